@@ -1,0 +1,33 @@
+"""Flax models: a Llama-style decoder (RoPE, RMSNorm, SwiGLU, grouped-query attention)
+with language-model, reward (K-head ensembles) and value heads, named presets from `tiny`
+to 7B, logical axis names on every parameter and the default sharding rules.
+
+    config = get_preset("tiny")
+    model = Transformer(config)
+    params = model.init(key, tokens, attention_mask)["params"]     # boxed: nn.unbox(...)
+    logits = model.apply({"params": params}, tokens, attention_mask)
+"""
+
+from rlhf_jax.models.config import DTYPES, PRESETS, TransformerConfig, get_preset
+from rlhf_jax.models.heads import RewardModel, ValueModel, last_token_index
+from rlhf_jax.models.layers import AXIS_NAMES, apply_rope
+from rlhf_jax.models.sharding import abstract_params, logical_axis_rules, param_count
+from rlhf_jax.models.transformer import Transformer, init_cache, token_positions
+
+__all__ = [
+    "AXIS_NAMES",
+    "DTYPES",
+    "PRESETS",
+    "RewardModel",
+    "Transformer",
+    "TransformerConfig",
+    "ValueModel",
+    "abstract_params",
+    "apply_rope",
+    "get_preset",
+    "init_cache",
+    "last_token_index",
+    "logical_axis_rules",
+    "param_count",
+    "token_positions",
+]

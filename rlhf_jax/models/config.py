@@ -1,0 +1,158 @@
+"""Transformer configuration and named presets, from a CPU-sized `tiny` to Llama-2-7B shapes.
+
+A config is a frozen (hashable) dataclass, so it can be a field of a Flax module and a
+static argument of `jax.jit`. Dtypes are strings ("float32", "bfloat16") so that a config
+round-trips through ml-collections and JSON run directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+__all__ = ["DTYPES", "PRESETS", "TransformerConfig", "get_preset"]
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Shape and numerics of a decoder-only transformer (Llama-style).
+
+  Attributes:
+    vocab_size: number of token ids; the embedding and output layer have this many rows.
+    d_model: width of the residual stream.
+    n_layers: number of transformer blocks.
+    n_heads: number of query heads; `d_model` must be divisible by it.
+    n_kv_heads: number of key/value heads; grouped-query attention (Ainslie et al.
+      2023, arXiv 2305.13245) when smaller than `n_heads`, which it must divide.
+    d_ff: hidden width of the SwiGLU feed-forward layer.
+    max_len: longest sequence the model accepts (a trace-time check, and the default
+      KV-cache length).
+    rope_theta: base of the rotary position frequencies (Su et al. 2021).
+    norm_eps: epsilon inside the RMSNorm square root.
+    dtype: compute dtype, "float32" or "bfloat16". Logits and head outputs are always
+      float32; normalisation and softmax run in float32 whatever this is.
+    param_dtype: storage dtype of the parameters ("float32" keeps master weights exact
+      while computing in bfloat16).
+    remat: recompute each block's activations in the backward pass (`nn.remat`),
+      trading about one extra forward for activation memory linear in depth.
+    tie_embeddings: share the input embedding with the output projection.
+    scan_layers: run the blocks with `nn.scan` over stacked parameters (leading
+      "layers" axis): compile time independent of depth, which matters for 7B plans.
+  """
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  max_len: int
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+  tie_embeddings: bool = False
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}.")
+    if self.d_model % self.n_heads:
+      raise ValueError(
+          f"TransformerConfig.d_model ({self.d_model}) must be divisible by n_heads "
+          f"({self.n_heads})."
+      )
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(
+          f"TransformerConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+          f"({self.n_kv_heads}) for grouped-query attention."
+      )
+    if self.head_dim % 2:
+      raise ValueError(
+          f"rotary embeddings need an even head dimension; d_model / n_heads = {self.head_dim}."
+      )
+    for name in ("rope_theta", "norm_eps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"TransformerConfig.{name} must be a positive number, got {value!r}.")
+    for name in ("dtype", "param_dtype"):
+      value = getattr(self, name)
+      if value not in DTYPES:
+        raise ValueError(
+            f"TransformerConfig.{name} must be one of {', '.join(map(repr, DTYPES))}; got {value!r}."
+        )
+    for name in ("remat", "tie_embeddings", "scan_layers"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"TransformerConfig.{name} must be a bool, got {getattr(self, name)!r}.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **overrides: Any) -> "TransformerConfig":
+    """A copy with some fields changed; unknown field names raise, listing the valid ones."""
+    _check_fields(overrides)
+    return dataclasses.replace(self, **overrides)
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # CPU tests and the demo: a few hundred thousand parameters, GQA exercised.
+    "tiny": dict(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_len=128
+    ),
+    # MobileLLM-125M (Liu et al. 2024, arXiv 2402.14905): deep and thin, GQA, tied
+    # embeddings; 124.6M parameters with a 32k vocabulary.
+    "125m": dict(
+        vocab_size=32000, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
+        max_len=2048, norm_eps=1e-5, dtype="bfloat16", tie_embeddings=True,
+    ),
+    # TinyLlama-1.1B (Zhang et al. 2024, arXiv 2401.02385): Llama-2 architecture, GQA.
+    "1b": dict(
+        vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4, d_ff=5632,
+        max_len=2048, norm_eps=1e-5, dtype="bfloat16",
+    ),
+    # Llama 2 7B (Touvron et al. 2023, arXiv 2307.09288): 6.74B parameters.
+    "7b": dict(
+        vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, d_ff=11008,
+        max_len=4096, norm_eps=1e-5, dtype="bfloat16", remat=True, scan_layers=True,
+    ),
+}
+
+PRESETS: tuple[str, ...] = tuple(_PRESETS)
+
+
+def _check_fields(overrides: dict[str, Any]) -> None:
+  valid = [f.name for f in dataclasses.fields(TransformerConfig)]
+  unknown = sorted(set(overrides) - set(valid))
+  if unknown:
+    raise ValueError(
+        f"unknown TransformerConfig field(s) {', '.join(map(repr, unknown))}; valid fields: "
+        f"{', '.join(valid)}."
+    )
+
+
+def get_preset(name: str, **overrides: Any) -> TransformerConfig:
+  """The named preset ("tiny", "125m", "1b", "7b") with some fields overridden.
+
+  >>> get_preset("tiny", dtype="bfloat16").d_model
+  64
+  """
+  if name not in _PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}.")
+  _check_fields(overrides)
+  return TransformerConfig(**{**_PRESETS[name], **overrides})

@@ -1,0 +1,219 @@
+"""Building blocks of the decoder: RMSNorm, rotary embeddings, attention, SwiGLU, block.
+
+Every parameter is created through `nn.with_logical_partitioning` with logical axis
+names from `AXIS_NAMES`, so that `logical_axis_rules` (in `sharding.py`) maps it to mesh
+axes. Activations carry `nn.with_logical_constraint` hints that are no-ops unless the
+caller installs rules and a mesh.
+
+Shapes: B batch, T query length, S key length, D d_model, H query heads, K key/value
+heads, Dh head dimension, F feed-forward width.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import TransformerConfig
+
+__all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "RMSNorm", "apply_rope"]
+
+# Logical names used by parameters. "layers" appears only with `scan_layers=True`;
+# None marks a dimension too small to shard (the outputs of a reward or value head).
+AXIS_NAMES = ("vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers")
+
+
+def _fan_in_init(in_axis, out_axis):
+  """LeCun-normal (truncated) initialiser: variance 1 / fan_in over the contracted axes."""
+  return nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+  )
+
+
+def _constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
+  return nn.with_logical_constraint(x, names)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square normalisation (Zhang & Sennrich 2019, arXiv 1910.07467).
+
+    y = x / sqrt(mean(x ** 2) + eps) * scale
+
+  computed in float32 and returned in the compute dtype. `scale` starts at one.
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    scale = self.param(
+        "scale",
+        nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        (cfg.d_model,),
+        cfg.params_dtype,
+    )
+    x32 = x.astype(jnp.float32)
+    inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
+    return (x32 * inv_rms * scale.astype(jnp.float32)).astype(cfg.compute_dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021, "RoFormer", arXiv 2104.09864).
+
+  Half-split convention (GPT-NeoX, Hugging Face Llama): with `x = [x1, x2]` split along
+  the head dimension Dh and frequencies `w_i = theta ** (-2 i / Dh)`, i < Dh / 2,
+
+    rope(x, p) = [x1 cos(p w) - x2 sin(p w),  x2 cos(p w) + x1 sin(p w)]
+
+  Args:
+    x: [B, T, N, Dh] queries or keys.
+    positions: int [B, T] position of every token.
+    theta: frequency base.
+
+  Returns:
+    [B, T, N, Dh] in the dtype of `x`; the rotation is computed in float32.
+  """
+  half = x.shape[-1] // 2
+  frequencies = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+  angles = positions.astype(jnp.float32)[:, :, None, None] * frequencies  # [B, T, 1, Dh/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x32 = x.astype(jnp.float32)
+  x1, x2 = x32[..., :half], x32[..., half:]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Causal multi-head attention with grouped-query heads, RoPE and a padding mask.
+
+  A query at position t attends to keys s <= t whose `attention_mask[s]` is true.
+  Query head h reads key/value head h // (H / K) (the "repeat" convention of GQA).
+
+  With `decode=True` the keys and values are also written to a "cache" collection
+  (`key`, `value` [B, L, K, Dh], `key_mask` [B, L], `index` scalar), and queries attend
+  to everything cached so far plus the new tokens: feeding a sequence in chunks gives
+  the same outputs as one full forward. The cache is created (all zeros, length L = the
+  input length) when the variable does not exist yet; see `transformer.init_cache`.
+  """
+
+  config: TransformerConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, positions: jax.Array, attention_mask: jax.Array
+  ) -> jax.Array:
+    cfg = self.config
+    d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    dtype = cfg.compute_dtype
+
+    def kernel(name, shape, axes, in_axis, out_axis):
+      value = self.param(
+          name,
+          nn.with_logical_partitioning(_fan_in_init(in_axis, out_axis), axes),
+          shape,
+          cfg.params_dtype,
+      )
+      return value.astype(dtype)
+
+    query_kernel = kernel("query", (d, h, dh), ("embed", "heads", "head_dim"), 0, (1, 2))
+    key_kernel = kernel("key", (d, k, dh), ("embed", "kv_heads", "head_dim"), 0, (1, 2))
+    value_kernel = kernel("value", (d, k, dh), ("embed", "kv_heads", "head_dim"), 0, (1, 2))
+    out_kernel = kernel("out", (h, dh, d), ("heads", "head_dim", "embed"), (0, 1), 2)
+
+    x = x.astype(dtype)
+    query = jnp.einsum("btd,dhk->bthk", x, query_kernel)
+    key = jnp.einsum("btd,dhk->bthk", x, key_kernel)
+    value = jnp.einsum("btd,dhk->bthk", x, value_kernel)
+    query = _constrain(query, ("batch", "length", "heads", "head_dim"))
+    key = _constrain(key, ("batch", "length", "kv_heads", "head_dim"))
+    value = _constrain(value, ("batch", "length", "kv_heads", "head_dim"))
+    query = apply_rope(query, positions, cfg.rope_theta)
+    key = apply_rope(key, positions, cfg.rope_theta)
+
+    length = x.shape[1]
+    query_slots = jnp.arange(length)
+    key_slots = jnp.arange(length)
+    key_mask = attention_mask
+    if self.decode:
+      initialized = self.has_variable("cache", "key")
+      cached_key = self.variable("cache", "key", jnp.zeros, key.shape, dtype)
+      cached_value = self.variable("cache", "value", jnp.zeros, value.shape, dtype)
+      cached_mask = self.variable("cache", "key_mask", jnp.zeros, attention_mask.shape, jnp.bool_)
+      cache_index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      if initialized:
+        # Writing past the end of the cache would be clamped by dynamic_update_slice,
+        # silently overwriting the last slots; callers size the cache for prompt +
+        # generation (`init_cache(..., max_length)`).
+        index = cache_index.value
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(
+            cached_value.value, value, (0, index, 0, 0)
+        )
+        cached_mask.value = jax.lax.dynamic_update_slice(
+            cached_mask.value, attention_mask, (0, index)
+        )
+        cache_index.value = index + length
+        key, value, key_mask = cached_key.value, cached_value.value, cached_mask.value
+        query_slots = index + query_slots
+        key_slots = jnp.arange(key.shape[1])
+
+    # [B, 1, T, S]: causal in slot order and restricted to non-pad keys.
+    mask = (key_slots[None, :] <= query_slots[:, None])[None, None] & key_mask[:, None, None, :]
+    # The XLA implementation computes logits and softmax in float32 and handles GQA
+    # without materialising repeated keys; on GPU `implementation="cudnn"` is flash attention.
+    attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    out = jnp.einsum("bthk,hkd->btd", attended, out_kernel)
+    return _constrain(out, ("batch", "length", "embed"))
+
+
+class FeedForward(nn.Module):
+  """SwiGLU feed-forward layer (Shazeer 2020, arXiv 2002.05202).
+
+    y = (silu(x W_gate) * (x W_up)) W_down
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    dtype = cfg.compute_dtype
+
+    def kernel(name, shape, axes):
+      value = self.param(
+          name, nn.with_logical_partitioning(_fan_in_init(0, 1), axes), shape, cfg.params_dtype
+      )
+      return value.astype(dtype)
+
+    gate = kernel("gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    up = kernel("up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    down = kernel("down", (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
+    x = x.astype(dtype)
+    hidden = nn.silu(x @ gate) * (x @ up)
+    hidden = _constrain(hidden, ("batch", "length", "mlp"))
+    return _constrain(hidden @ down, ("batch", "length", "embed"))
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x)).
+
+  Returns `(x, None)` so that the same module can be the body of `nn.scan`.
+  """
+
+  config: TransformerConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, positions: jax.Array, attention_mask: jax.Array
+  ) -> tuple[jax.Array, None]:
+    cfg = self.config
+    attended = Attention(cfg, decode=self.decode, name="attention")(
+        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask
+    )
+    x = x + attended
+    x = x + FeedForward(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
+    return _constrain(x, ("batch", "length", "embed")), None

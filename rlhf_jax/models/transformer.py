@@ -1,0 +1,214 @@
+"""Decoder-only transformer (Llama-style: RoPE, RMSNorm, SwiGLU, grouped-query attention).
+
+    model = Transformer(get_preset("tiny"))
+    params = model.init(key, tokens, attention_mask)["params"]
+    logits = model.apply({"params": params}, tokens, attention_mask)        # [B, T, V] f32
+    hidden = model.apply({"params": params}, tokens, attention_mask, return_hidden=True)
+
+Padding: `attention_mask` is true on real tokens. Keys that are padding are never
+attended to, and the position of a token is the number of real tokens before it, so a
+padded sequence gives, at its real positions, exactly the logits of the unpadded one
+(right or left padding alike).
+
+Sharding: parameters are created with logical axis names; under `jax.set_mesh(mesh)`
+(a mesh with `AxisType.Auto` axes) and `nn.logical_axis_rules(logical_axis_rules())`
+the activations get matching sharding constraints, and XLA inserts the collectives.
+
+Incremental decoding (online rollouts): `cache = init_cache(model, batch, length)`, then
+`logits, updates = model.apply({"params": p, "cache": cache}, chunk, chunk_mask,
+decode=True, mutable=["cache"])` with `cache = updates["cache"]`; chunks of any length
+(a whole prompt, then one token at a time) give the logits of the full forward.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.layers import Block, RMSNorm
+
+__all__ = ["Transformer", "check_inputs", "check_mesh", "init_cache", "token_positions"]
+
+
+def check_inputs(
+    tokens: jax.Array, attention_mask: jax.Array | None, config: TransformerConfig, where: str
+) -> tuple[jax.Array, jax.Array]:
+  """Trace-time checks of model inputs; returns `(tokens int32, attention_mask bool)`.
+
+  Token values are not checked (they may be traced); an id outside [0, vocab_size)
+  makes the embedding lookup return NaN, which shows in the logits.
+  """
+  tokens = jnp.asarray(tokens)
+  if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(
+        f"{where}: `tokens` must be an integer array [batch, length], got dtype "
+        f"{tokens.dtype} with shape {tokens.shape}."
+    )
+  if tokens.shape[1] > config.max_len:
+    raise ValueError(
+        f"{where}: `tokens` has length {tokens.shape[1]}, longer than the model's max_len "
+        f"{config.max_len}."
+    )
+  if attention_mask is None:
+    attention_mask = jnp.ones(tokens.shape, jnp.bool_)
+  attention_mask = jnp.asarray(attention_mask)
+  if attention_mask.shape != tokens.shape:
+    raise ValueError(
+        f"{where}: `attention_mask` must have the shape of `tokens` {tokens.shape}, got "
+        f"{attention_mask.shape}."
+    )
+  if attention_mask.dtype != jnp.bool_:
+    if not jnp.issubdtype(attention_mask.dtype, jnp.number):
+      raise ValueError(
+          f"{where}: `attention_mask` must be boolean or 0/1 numbers, got {attention_mask.dtype}."
+      )
+    attention_mask = attention_mask != 0
+  return tokens.astype(jnp.int32), attention_mask
+
+
+def check_mesh(where: str) -> None:
+  """Raises when the ambient mesh (`jax.set_mesh`) has Explicit axes.
+
+  The models shard the GSPMD way: parameters and activations carry logical axis names,
+  `logical_axis_rules` map them to mesh axes, and XLA propagates shardings (inserting the
+  FSDP all-gathers). Under Explicit axes (the default of `jax.make_mesh`) JAX instead
+  asks every gather and matmul for an explicit output sharding, which fails deep inside
+  the embedding lookup; this check says so up front.
+  """
+  explicit = tuple(jax.sharding.get_abstract_mesh().explicit_axes)
+  if explicit:
+    raise ValueError(
+        f"{where}: the current mesh has Explicit axes {explicit}; the models shard through "
+        "logical axis rules and need Auto axes: build the mesh with jax.make_mesh(shape, "
+        "names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))."
+    )
+
+
+def token_positions(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+  """Position of every token = number of real tokens before it (+ `offset` [B] or scalar).
+
+  Padding tokens get the position of the last real token before them (0 if none); their
+  outputs are never read.
+  """
+  counts = jnp.cumsum(attention_mask.astype(jnp.int32), axis=1)
+  offset = jnp.asarray(offset, jnp.int32)
+  if offset.ndim == 1:
+    offset = offset[:, None]
+  return jnp.maximum(offset + counts - 1, 0)
+
+
+class Transformer(nn.Module):
+  """Decoder-only language model; see the module docstring.
+
+  Parameters (unscanned): `embed/embedding` [V, D]; `layer_{i}/{attention_norm,mlp_norm}/
+  scale` [D]; `layer_{i}/attention/{query [D, H, Dh], key [D, K, Dh], value [D, K, Dh],
+  out [H, Dh, D]}`; `layer_{i}/mlp/{gate [D, F], up [D, F], down [F, D]}`;
+  `final_norm/scale` [D]; `lm_head` [D, V] unless `tie_embeddings`. With `scan_layers`
+  the blocks are one `layers` subtree whose leaves have a leading [n_layers] axis.
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      tokens: jax.Array,
+      attention_mask: jax.Array | None = None,
+      *,
+      return_hidden: bool = False,
+      decode: bool = False,
+  ) -> jax.Array:
+    """Logits [B, T, V] float32, or with `return_hidden` the final normalised hidden
+    states [B, T, D] in the compute dtype.
+
+    Args:
+      tokens: int [B, T] token ids.
+      attention_mask: bool [B, T], true on real tokens (default: all true).
+      return_hidden: skip the output projection and return the hidden states.
+      decode: read and extend the KV cache (collection "cache", made by `init_cache`).
+    """
+    cfg = self.config
+    tokens, attention_mask = check_inputs(tokens, attention_mask, cfg, "Transformer")
+    check_mesh("Transformer")
+
+    offset = 0
+    if decode:
+      initialized = self.has_variable("cache", "num_tokens")
+      num_tokens = self.variable(
+          "cache", "num_tokens", jnp.zeros, (tokens.shape[0],), jnp.int32
+      )
+      offset = num_tokens.value
+      if initialized:
+        num_tokens.value = offset + jnp.sum(attention_mask, axis=1, dtype=jnp.int32)
+    positions = token_positions(attention_mask, offset)
+
+    embed = nn.Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.params_dtype,
+        # Unit-variance rows feed the first RMSNorm; tied rows are also the output
+        # projection, scaled by 1/sqrt(D) so that the initial logits have unit scale.
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0),
+            ("vocab", "embed"),
+        ),
+        name="embed",
+    )
+    x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+
+    block = Block
+    if cfg.remat:
+      # Recompute everything inside a block on the backward pass; under scan the CSE
+      # barrier is unnecessary (the loop already prevents it) and costs speed.
+      block = nn.remat(Block, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      layers = nn.scan(
+          block,
+          variable_axes={"params": 0, "cache": 0},
+          split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast),
+          length=cfg.n_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )
+      x, _ = layers(cfg, decode=decode, name="layers")(x, positions, attention_mask)
+    else:
+      for i in range(cfg.n_layers):
+        x, _ = block(cfg, decode=decode, name=f"layer_{i}")(x, positions, attention_mask)
+
+    hidden = RMSNorm(cfg, name="final_norm")(x)
+    if return_hidden:
+      return hidden
+    if cfg.tie_embeddings:
+      logits = embed.attend(hidden)
+    else:
+      kernel = self.param(
+          "lm_head",
+          nn.with_logical_partitioning(
+              nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+              ("embed", "vocab"),
+          ),
+          (cfg.d_model, cfg.vocab_size),
+          cfg.params_dtype,
+      )
+      logits = hidden @ kernel.astype(cfg.compute_dtype)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def init_cache(model: nn.Module, batch_size: int, max_length: int | None = None):
+  """An empty KV cache (all zeros) for `model` (a `Transformer`, `RewardModel` or
+  `ValueModel`), for sequences of up to `max_length` tokens (default: `max_len`).
+
+  Shapes come from `jax.eval_shape`, so no parameters are initialised.
+  """
+  config = model.config
+  max_length = config.max_len if max_length is None else max_length
+  if not 1 <= max_length <= config.max_len:
+    raise ValueError(f"init_cache: max_length must lie in [1, {config.max_len}], got {max_length}.")
+  tokens = jnp.zeros((batch_size, max_length), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), tokens, jnp.ones(tokens.shape, bool), decode=True)
+  )
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
