@@ -1,0 +1,81 @@
+"""The human-feedback layer: annotations in, labels with a confidence out.
+
+Records (`read_annotations`) -> agreement (`fleiss_kappa`, `krippendorff_alpha`, ...) ->
+annotator calibration and drift (`annotator_metrics`, `annotator_weights`,
+`bernoulli_cusum`, `page_hinkley`) -> aggregation (`majority_vote`, `dawid_skene`, ...,
+each returning an `AggregationResult`) -> routing (`route_items`) and lineage
+(`item_lineage`). `simulate_annotations` makes annotator populations with known truth.
+Every algorithm takes flat integer arrays `items, annotators, labels` (see `types`).
+"""
+
+from rlhf_jax.feedback.agreement import (
+    ALPHA_LEVELS,
+    coincidence_matrix,
+    cohen_kappa,
+    fleiss_kappa,
+    item_agreement,
+    item_majority_share,
+    krippendorff_alpha,
+    percent_agreement,
+)
+from rlhf_jax.feedback.aggregation import (
+    BAYESIAN_METHODS,
+    TIE_BREAKS,
+    bayesian_dawid_skene,
+    dawid_skene,
+    e_step,
+    m_step,
+    majority_vote,
+    one_coin_dawid_skene,
+    weighted_vote,
+)
+from rlhf_jax.feedback.annotators import (
+    AnnotatorMetrics,
+    GoldenPlan,
+    annotator_metrics,
+    annotator_weights,
+    plan_golden_injection,
+)
+from rlhf_jax.feedback.drift import (
+    DETECTORS,
+    DetectorEvaluation,
+    DriftResult,
+    bernoulli_cusum,
+    detect_annotator_drift,
+    evaluate_detector,
+    page_hinkley,
+)
+from rlhf_jax.feedback.records import (
+    DUPLICATE_POLICIES,
+    FORMATS,
+    FeedbackInputError,
+    ReadReport,
+    item_lineage,
+    read_annotations,
+    read_truth,
+)
+from rlhf_jax.feedback.routing import (
+    assign_hard_items,
+    difficulty,
+    price_items,
+    resolve_expert_reviews,
+    route_items,
+    simulate_budget,
+)
+from rlhf_jax.feedback.simulate import (
+    ANNOTATOR_TYPES,
+    Simulation,
+    SimulationConfig,
+    simulate_annotations,
+    to_encoded,
+    to_records,
+    write_jsonl,
+)
+from rlhf_jax.feedback.types import (
+    A_PREFERRED,
+    B_PREFERRED,
+    PAIRWISE_CLASS_NAMES,
+    TIE,
+    AggregationResult,
+    EncodedAnnotations,
+)
