@@ -45,6 +45,14 @@ from rlhf_jax.feedback.drift import (
     evaluate_detector,
     page_hinkley,
 )
+from rlhf_jax.feedback.pairwise import (
+    CrowdBTResult,
+    SimulatedComparisons,
+    crowd_bt,
+    crowd_bt_log_likelihood,
+    crowd_bt_log_prior,
+    simulate_comparisons,
+)
 from rlhf_jax.feedback.records import (
     DUPLICATE_POLICIES,
     FORMATS,
