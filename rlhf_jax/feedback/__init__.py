@@ -79,6 +79,13 @@ from rlhf_jax.feedback.simulate import (
     to_records,
     write_jsonl,
 )
+from rlhf_jax.feedback.spammer_models import (
+    glad,
+    glad_log_likelihood,
+    glad_m_step_objective,
+    mace,
+    mace_log_likelihood,
+)
 from rlhf_jax.feedback.types import (
     A_PREFERRED,
     B_PREFERRED,
