@@ -1,0 +1,62 @@
+"""Sharded training of offline RLHF objectives: SFT, reward models, DPO family, ORPO, KTO.
+
+    from rlhf_jax import train
+    config = train.base_config("dpo", "tiny")          # or configs/dpo.py:get_config
+    metrics = train.train(config, "/tmp/run")          # resumes if /tmp/run has a checkpoint
+
+Modules: `config` (the config builder), `mesh` (device mesh and shardings), `optim`
+(AdamW + warmup-cosine + clipping + NaN guard), `state` (TrainState, sharded init),
+`objectives` (registry of loss functions), `step` (jitted train/eval steps),
+`reference` (cached reference log-probs), `checkpoint` (orbax, SIGTERM), `rundir`
+(config/run info/metrics/TensorBoard), `evaluate` (accuracy, ECE, margins), `inputs`
+(config -> tokenized data), `components` (everything compiled for a mesh), `loop` (`train`).
+"""
+
+from rlhf_jax.train import objectives
+from rlhf_jax.train.components import Components, MeshFunction, abstract_batch, build, device_batch_layout
+from rlhf_jax.train.checkpoint import Checkpointer, StopRequest, load_params
+from rlhf_jax.train.config import OBJECTIVES, PRESETS, base_config, parse_arg
+from rlhf_jax.train.evaluate import expected_calibration_error, pairwise_accuracy, summarize
+from rlhf_jax.train.inputs import DataInfo, Datasets, load_datasets, mismatched_pairs
+from rlhf_jax.train.loop import TrainingError, evaluate_dataset, train
+from rlhf_jax.train.mesh import batch_sharding, make_mesh, param_shardings, shard_batch
+from rlhf_jax.train.optim import learning_rate_schedule, make_optimizer, skipped_updates
+from rlhf_jax.train.state import TrainState
+from rlhf_jax.train.step import make_eval_step, make_train_step, train_step_fn
+
+__all__ = [
+    "Checkpointer",
+    "Components",
+    "DataInfo",
+    "Datasets",
+    "MeshFunction",
+    "OBJECTIVES",
+    "PRESETS",
+    "StopRequest",
+    "TrainState",
+    "TrainingError",
+    "abstract_batch",
+    "base_config",
+    "batch_sharding",
+    "build",
+    "device_batch_layout",
+    "evaluate_dataset",
+    "expected_calibration_error",
+    "learning_rate_schedule",
+    "load_datasets",
+    "load_params",
+    "make_eval_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
+    "mismatched_pairs",
+    "objectives",
+    "pairwise_accuracy",
+    "param_shardings",
+    "parse_arg",
+    "shard_batch",
+    "skipped_updates",
+    "summarize",
+    "train",
+    "train_step_fn",
+]

@@ -1,0 +1,201 @@
+"""Everything a run compiles, built from (config, mesh, data description) alone.
+
+    parts = build(config, mesh, info)
+    state = parts.init_state(init_key, train_key)         # sharded from birth
+    state, metrics = parts.train_step(state, batch, key)  # jitted, donated
+
+Nothing here reads data or allocates parameters except `init_state`, so the same
+`build` serves ahead-of-time planning: `parts.train_step.lower(parts.abstract_state,
+abstract_batch(config, info), key_shape)` compiles the step for any mesh with abstract
+shapes only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from rlhf_jax import models
+from rlhf_jax.train import networks
+from rlhf_jax.train import objectives as objectives_lib
+from rlhf_jax.train import optim
+from rlhf_jax.train import reference as reference_lib
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import step as step_lib
+from rlhf_jax.train.inputs import DataInfo
+
+__all__ = [
+    "FAST_COMPILE_OPTIONS",
+    "Components",
+    "MeshFunction",
+    "abstract_batch",
+    "axis_rules",
+    "build",
+    "compiler_options",
+    "device_batch_layout",
+]
+
+
+# XLA options of `train.fast_compile`: no backend (LLVM) optimisation. Compilation is
+# 2-4x faster, steps slower; right for tests and the tiny CPU preset, where compiling
+# takes longer than training.
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def compiler_options(config: Any) -> dict[str, Any] | None:
+  """The XLA compiler options of `config.train.fast_compile` (None: XLA's defaults)."""
+  return dict(FAST_COMPILE_OPTIONS) if config.train.get("fast_compile", False) else None
+
+
+def axis_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
+  """The models' logical axis rules for `mesh`, plus the (replicated) ensemble axis."""
+  return tuple(models.logical_axis_rules(mesh.axis_names)) + ((networks.ENSEMBLE_AXIS, None),)
+
+
+class MeshFunction:
+  """A jitted function that is traced, lowered and called inside the mesh and the
+  logical-axis-rules contexts (needed by the models' `with_logical_constraint`)."""
+
+  def __init__(self, jitted: Any, mesh: Mesh, rules: Any):
+    self.jitted = jitted
+    self.mesh = mesh
+    self.rules = rules
+
+  @contextlib.contextmanager
+  def context(self):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def __call__(self, *args, **kwargs):
+    with self.context():
+      return self.jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    """`jax.jit(...).lower` (ahead-of-time compilation with abstract arguments)."""
+    with self.context():
+      return self.jitted.lower(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class Components:
+  """The compiled pieces of a run (see the module docstring)."""
+
+  config: Any
+  info: DataInfo
+  objective: objectives_lib.Objective
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: Mesh
+  rules: Any
+  init_params: Callable[[jax.Array], Any]
+  shardings: state_lib.TrainState
+  abstract_state: state_lib.TrainState
+  init_state: MeshFunction
+  train_step: MeshFunction
+  eval_step: MeshFunction
+  # (ref_params, batch) -> reference columns; replicated outputs (for the cache) and
+  # batch-sharded outputs (on the fly). None when the objective needs no reference.
+  reference_cached: MeshFunction | None
+  reference_on_the_fly: MeshFunction | None
+  reference_groups: tuple[tuple[str, str, str, str], ...]
+
+  @property
+  def param_shardings(self) -> Any:
+    return self.shardings.params
+
+
+def device_batch_layout(config: Any, info: DataInfo) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """The arrays a training batch carries to the devices: {name: (per-example shape, dtype)}.
+
+  `example_index` stays on the host (it only finds cached reference log-probs)."""
+  length = info.max_length
+  sequence = lambda prefix: {f"{prefix}tokens": ((length,), jnp.int32),
+                             f"{prefix}attention_mask": ((length,), jnp.bool_),
+                             f"{prefix}loss_mask": ((length,), jnp.bool_)}
+  keys: dict[str, tuple[tuple[int, ...], Any]] = {}
+  if info.kind == "pairs":
+    keys.update(sequence("chosen_"))
+    keys.update(sequence("rejected_"))
+    keys.update(target_prob=((), jnp.float32), weight=((), jnp.float32), is_tie=((), jnp.bool_),
+                annotator=((), jnp.int32))
+    if config.objective == "reward_model" and config.loss.get("name") == "crowd_bt" and \
+        config.loss.reliabilities != "learn":
+      keys["reliability"] = ((), jnp.float32)
+  elif info.kind == "sequences":
+    keys.update(sequence(""))
+  else:
+    keys.update(sequence(""))
+    keys["is_desirable"] = ((), jnp.bool_)
+    if config.loss.get("reference_point") == "mismatched":
+      keys.update(sequence("kl_"))
+  objective = objectives_lib.get(config.objective)
+  if objective.reference:
+    for group in reference_lib.reference_groups(info.kind, tuple(keys)):
+      keys[group[3]] = ((), jnp.float32)
+  return keys
+
+
+def abstract_batch(config: Any, info: DataInfo, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs of one global training batch (reference columns included)."""
+  size = int(config.train.batch_size if batch_size is None else batch_size)
+  return {name: jax.ShapeDtypeStruct((size, *shape), dtype)
+          for name, (shape, dtype) in device_batch_layout(config, info).items()}
+
+
+def build(config: Any, mesh: Mesh, info: DataInfo) -> Components:
+  """Builds model, optimizer, shardings and the jitted init / train / eval / reference
+  functions for `config` on `mesh` (see the module docstring)."""
+  objective = objectives_lib.get(config.objective)
+  model = networks.build_model(config, info.vocab_size, objective.model)
+  if info.max_length > model.config.max_len:
+    raise ValueError(
+        f"sequences of length {info.max_length} (data.max_length) exceed the model's max_len "
+        f"{model.config.max_len} (preset {config.model.preset!r}).")
+  total_steps = int(config.train.steps)
+  tx = optim.make_optimizer(config.optim, total_steps)
+  schedule = optim.learning_rate_schedule(config.optim, total_steps)
+  rules = axis_rules(mesh)
+
+  extra = None
+  if objective.extra_params is not None:
+    extra = lambda key: objective.extra_params(key, config, info)
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  init_params = state_lib.init_params_fn(model, batch_size=dp, length=min(8, model.config.max_len),
+                                         extra_params=extra)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_params, jax.random.key(0))
+    shardings = state_lib.state_shardings(boxed, tx, mesh, rules)
+    abstract = state_lib.abstract_state(init_params, tx, shardings)
+  options = compiler_options(config)
+  init_state = MeshFunction(
+      state_lib.make_init_state(init_params, tx, shardings, compiler_options=options), mesh, rules)
+  train_step = MeshFunction(step_lib.make_train_step(
+      objective, model, tx, config, mesh, shardings, schedule=schedule, compiler_options=options),
+      mesh, rules)
+  eval_step = MeshFunction(step_lib.make_eval_step(
+      objective, model, config, mesh, shardings.params, compiler_options=options), mesh, rules)
+
+  groups: tuple = ()
+  reference_cached = reference_on_the_fly = None
+  if objective.reference:
+    groups = reference_lib.reference_groups(info.kind, tuple(device_batch_layout(config, info)))
+    reference_cached = MeshFunction(reference_lib.make_reference_fn(
+        model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options),
+        mesh, rules)
+    reference_on_the_fly = MeshFunction(reference_lib.make_reference_fn(
+        model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options),
+        mesh, rules)
+  return Components(
+      config=config, info=info, objective=objective, model=model, tx=tx, schedule=schedule, mesh=mesh,
+      rules=rules, init_params=init_params, shardings=shardings, abstract_state=abstract,
+      init_state=init_state, train_step=train_step, eval_step=eval_step,
+      reference_cached=reference_cached, reference_on_the_fly=reference_on_the_fly,
+      reference_groups=groups)

@@ -1,0 +1,286 @@
+"""The one config builder every `configs/*.py` calls, with every field commented here once.
+
+    config = base_config("dpo", "tiny")      # an ml_collections.ConfigDict
+    config.loss.beta = 0.2
+
+Layout (big_vision style: plain nested ConfigDicts, no classes):
+
+  objective            registry name of the training objective (`objectives.py`)
+  seed                 parameter init, data order and per-step randomness
+  model.*              transformer preset and options (`rlhf_jax.models`)
+  data.*               training / evaluation files, tokenizer, lengths, toy data
+  mesh.*               device mesh sizes for the axes data / fsdp / tensor
+  optim.*              AdamW, warmup-cosine schedule, clipping, NaN/Inf guard
+  train.*              steps, global batch, microbatches, logging
+  eval.*               evaluation cadence and calibration bins
+  checkpoint.*         orbax checkpoint cadence and retention
+  reference.*          DPO/KTO reference log-probs: cached per data set or on the fly
+  loss.*               the objective's own hyper-parameters (only those of `objective`)
+
+`parse_arg("preset=tiny,variant=ipo")` reads the `get_config(arg)` string.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+__all__ = ["OBJECTIVES", "PRESETS", "base_config", "parse_arg", "to_dict"]
+
+OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
+PRESETS = ("tiny", "125m", "1b", "7b")
+
+# Learning rates for the accelerator presets, from the papers' recipes: SFT and reward
+# models as in Ouyang et al. 2022 (arXiv 2203.02155) and TRL's examples, DPO 5e-7
+# (Rafailov et al. 2023, Tunstall et al. 2023 Zephyr), SimPO 5e-7 (Meng et al. 2024),
+# ORPO 8e-6 (Hong et al. 2024), KTO 5e-7 (Ethayarajh et al. 2024 with beta 0.1).
+_LEARNING_RATES = {"sft": 2e-5, "reward_model": 1e-5, "dpo": 5e-7, "simpo": 5e-7,
+                   "orpo": 8e-6, "kto": 5e-7}
+# The tiny CPU demo: a fresh 2-layer model learns the planted toy rule in ~200 steps.
+_TINY_LEARNING_RATES = {"sft": 3e-3, "reward_model": 1e-3, "dpo": 1e-3, "simpo": 1e-3,
+                        "orpo": 3e-3, "kto": 1e-3}
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses the `get_config` argument "k=v,k2=v2" over `defaults`.
+
+  Values take the type of their default (int, float, bool, str). An unknown key or a
+  malformed entry raises ValueError naming it and the valid keys.
+  """
+  result = dict(defaults)
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+      raise ValueError(f"config argument {item!r} is not of the form key=value (in {arg!r}).")
+    if key not in defaults:
+      raise ValueError(
+          f"unknown config argument {key!r} (in {arg!r}); valid keys: {', '.join(sorted(defaults))}.")
+    default = defaults[key]
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(value)
+        result[key] = value.lower() in ("true", "1")
+      elif isinstance(default, int):
+        result[key] = int(value)
+      elif isinstance(default, float):
+        result[key] = float(value)
+      else:
+        result[key] = value
+    except ValueError:
+      raise ValueError(
+          f"config argument {key}={value!r}: expected a {type(default).__name__}.") from None
+  return ml_collections.ConfigDict(result)
+
+
+def _loss_config(objective: str, preset: str) -> ml_collections.ConfigDict:
+  """The `loss` section: hyper-parameters of `objective` only (a typo elsewhere fails)."""
+  loss = ml_collections.ConfigDict()
+  if objective == "sft":
+    # How token losses are averaged: "token_mean" (every completion token of the batch
+    # weighs the same, as TRL's SFTTrainer) or "sequence_mean" (mean per sequence first).
+    loss.aggregation = "token_mean"
+  elif objective == "reward_model":
+    # "bradley_terry" | "bradley_terry_soft" (targets = batch target_prob) |
+    # "bradley_terry_ties" (Davidson; batch is_tie) | "crowd_bt" (annotator reliabilities).
+    loss.name = "bradley_terry"
+    # bradley_terry: required reward gap (Llama 2 margin); a scalar here.
+    loss.margin = 0.0
+    # bradley_terry: probability that a label is flipped, in [0, 0.5).
+    loss.label_smoothing = 0.0
+    # bradley_terry_ties: Davidson tie parameter nu > 0.
+    loss.tie_param = 1.0
+    # Coefficient of the reward-centering penalty mean((r_c + r_r)^2) (Eisenstein et
+    # al. 2023 use 0.01); 0 disables it.
+    loss.centering = 0.0
+    # crowd_bt: "learn" learns one reliability per annotator jointly with the reward
+    # (Chen et al. 2013), or a JSON file {"annotator id": reliability}.
+    loss.reliabilities = "learn"
+    # crowd_bt: initial (when learned) reliability of every annotator, in (0.5, 1).
+    loss.initial_reliability = 0.8
+    # crowd_bt: reliability used for labels with no single known annotator (-1).
+    loss.unknown_reliability = 1.0
+  elif objective == "dpo":
+    # One of `rlhf_jax.losses.DPO_VARIANTS` ("sigmoid", "ipo", "hinge", "robust", ...).
+    loss.variant = "sigmoid"
+    # Inverse temperature of the implicit reward beta * log(pi / pi_ref).
+    loss.beta = 0.1
+    # Assumed label-flip rate (cDPO, robust, EXO, AOT), in [0, 0.5).
+    loss.label_smoothing = 0.0
+    # DiscoPOP modulation temperature, in (0, 1].
+    loss.discopop_tau = 0.05
+    # EXO target smoothing; 0 means "use label_smoothing, else 1e-3" (as TRL).
+    loss.exo_epsilon = 0.0
+    # BCO reward shift delta (TRL keeps a running mean; here a constant).
+    loss.bco_delta = 0.0
+  elif objective == "simpo":
+    # Reward scale on average log-probs; the paper uses 2.0 to 10.0.
+    loss.beta = 2.0
+    # Target reward margin; the paper uses 0.3 to 1.6.
+    loss.gamma = 0.5
+    # Label-flip probability, in [0, 0.5).
+    loss.label_smoothing = 0.0
+  elif objective == "orpo":
+    # Weight lambda of the odds-ratio term (TRL's ORPO beta).
+    loss.lam = 0.1
+  elif objective == "kto":
+    # Reward scale of the KTO value function.
+    loss.beta = 0.1
+    # lambda_D and lambda_U of the paper (balance them when classes are imbalanced).
+    loss.desirable_weight = 1.0
+    loss.undesirable_weight = 1.0
+    # Reference point z0: "mismatched" (KL estimate on (prompt_i, completion_{i+1})
+    # pairs, as the paper and TRL) or "zero" (z0 = 0, no extra forward passes).
+    loss.reference_point = "mismatched"
+  else:
+    raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
+  return loss
+
+
+def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDict:
+  """The full default config of `objective` at size `preset` (see the module docstring).
+
+  Args:
+    objective: one of `OBJECTIVES`.
+    preset: "tiny" (CPU demo on synthetic data, no file) or "125m" / "1b" / "7b"
+      (accelerator shapes; give `data.train` for a real run).
+  """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
+  tiny = preset == "tiny"
+  config = ml_collections.ConfigDict()
+  # Registry name of the objective (`rlhf_jax.train.objectives.names()`).
+  config.objective = objective
+  # Seeds parameter init, the data order and the per-step keys fold_in(key, step).
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  # `rlhf_jax.models.get_preset` name: "tiny", "125m", "1b", "7b".
+  config.model.preset = preset
+  # Vocabulary size; 0 takes it from the tokenizer (or the toy data).
+  config.model.vocab_size = 0
+  # Compute dtype "float32" | "bfloat16"; unset (None) keeps the preset's.
+  config.model.dtype = placeholder(str)
+  # Parameter storage dtype; float32 master weights are the safe default.
+  config.model.param_dtype = "float32"
+  # Rematerialise each block in the backward pass (saves activation memory); unset
+  # keeps the preset's choice.
+  config.model.remat = placeholder(bool)
+  # Reward models: number of scalar heads on one backbone (an ensemble of K heads).
+  config.model.reward_heads = 1
+  # Reward models: number of independent models trained together (ensemble of K models).
+  config.model.ensemble_models = 1
+  # Start from the parameters of an earlier run's latest checkpoint (its workdir), e.g.
+  # an SFT run for DPO; "" initialises from `seed`. The reference model is this start.
+  config.model.init_from = ""
+
+  config.data = ml_collections.ConfigDict()
+  # Training file (JSON Lines / Parquet / CSV, local); "" uses synthetic toy data.
+  config.data.train = ""
+  # Evaluation file; "" uses toy data when `train` is empty, else no evaluation.
+  config.data.eval = ""
+  # Record format: "auto" or a format of `rlhf_jax.data` (e.g. "hh_rlhf", "explicit").
+  config.data.format = "auto"
+  # sentencepiece model file; "" trains one on the training file into the workdir.
+  config.data.tokenizer = ""
+  # Vocabulary size of a tokenizer trained here.
+  config.data.tokenizer_vocab_size = 512 if tiny else 32000
+  # Length of every tokenized sequence (prompt + completion + eos), padded / truncated.
+  config.data.max_length = 128 if tiny else 1024
+  # Longest prompt segment (bos included); longer prompts lose their oldest tokens.
+  config.data.max_prompt_length = 64 if tiny else 512
+  config.data.toy = ml_collections.ConfigDict()
+  # Toy data (`rlhf_jax.data.toy_*`, used when `data.train` is empty): training and
+  # evaluation examples (0: no evaluation), vocabulary of the integer "words", sequence
+  # length.
+  config.data.toy.num_train = 4096
+  config.data.toy.num_eval = 64
+  config.data.toy.vocab_size = 32
+  config.data.toy.max_length = 16
+
+  config.mesh = ml_collections.ConfigDict()
+  # Device mesh axis sizes; -1 fills with the remaining devices (at most one axis).
+  # data: pure data parallelism; fsdp: data parallel with sharded parameters and
+  # optimizer state (ZeRO-3); tensor: Megatron-style tensor parallelism.
+  config.mesh.data = -1 if preset in ("tiny", "125m") else 1
+  config.mesh.fsdp = 1 if preset in ("tiny", "125m") else -1
+  config.mesh.tensor = 1
+
+  config.optim = ml_collections.ConfigDict()
+  # Peak learning rate of the warmup-cosine schedule.
+  config.optim.learning_rate = (_TINY_LEARNING_RATES if tiny else _LEARNING_RATES)[objective]
+  # Linear warmup from 0 to the peak over this many steps.
+  config.optim.warmup_steps = 10 if tiny else 100
+  # Final learning rate as a fraction of the peak (end of the cosine decay).
+  config.optim.end_learning_rate_factor = 0.1
+  # AdamW moments and epsilon.
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.95 if not tiny else 0.98
+  config.optim.eps = 1e-8
+  # Decoupled weight decay, applied to matrices only (not norms, biases).
+  config.optim.weight_decay = 0.0 if tiny else 0.01
+  # Clip the global gradient norm to this value; 0 disables clipping.
+  config.optim.clip_norm = 1.0
+  # Abort the run after more than this many consecutive skipped (non-finite) updates
+  # (checked at every logging step).
+  config.optim.max_consecutive_skips = 10
+
+  config.train = ml_collections.ConfigDict()
+  # Optimizer steps of the run (the schedule decays to its end at this step).
+  config.train.steps = 200 if tiny else 2000
+  # Global batch: pairs (reward model, DPO family) or sequences (SFT, KTO) per step.
+  config.train.batch_size = 16 if tiny else 64
+  # Gradient accumulation: the batch is split into this many microbatches (lax.scan).
+  config.train.microbatches = 1
+  # Write metrics (metrics.jsonl, TensorBoard, progress bar) every this many steps.
+  config.train.log_every = 10 if tiny else 20
+  # Show a tqdm progress bar (process 0 only).
+  config.train.progress_bar = True
+  # Compile without XLA backend optimisation: 2-4x faster compilation, slower steps.
+  # On for the tiny CPU preset, where compiling takes longer than training.
+  config.train.fast_compile = tiny
+
+  config.eval = ml_collections.ConfigDict()
+  # Evaluate every this many steps (and after the last one); 0 evaluates only at the end.
+  config.eval.every = 50 if tiny else 500
+  # Evaluation batch size; the eval set is read in order, the last partial batch padded.
+  config.eval.batch_size = 32 if tiny else 64
+  # Equal-width bins of the expected calibration error (reward models).
+  config.eval.ece_bins = 10
+
+  config.checkpoint = ml_collections.ConfigDict()
+  # Save every this many steps (and at the end); 0 saves only at the end.
+  config.checkpoint.every = 100 if tiny else 500
+  # Keep the newest this many checkpoints.
+  config.checkpoint.keep = 2
+  # Write checkpoints in a background thread (orbax async checkpointing).
+  config.checkpoint.async_save = True
+
+  config.reference = ml_collections.ConfigDict()
+  # DPO / KTO reference log-probs: "cached" (one pass of the frozen reference over each
+  # data set, stored as .npz keyed by data and parameter fingerprints) or "on_the_fly"
+  # (a reference forward every step).
+  config.reference.mode = "cached"
+  # Folder of the reference cache; "" uses `<workdir>/reference_cache`.
+  config.reference.cache_dir = ""
+  # Batch size of the one-off reference pass.
+  config.reference.batch_size = 32 if tiny else 64
+
+  # The objective's own hyper-parameters.
+  config.loss = _loss_config(objective, preset)
+  return config
+
+
+def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  """A plain (JSON-ready) dict of a config."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return config.to_dict()
+  return dict(config)

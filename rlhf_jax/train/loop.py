@@ -1,0 +1,341 @@
+"""`train(config, workdir)`: the whole run, from data files to checkpoints and metrics.
+
+  1. data      read and tokenize (`inputs.py`), or the toy set when `data.train` is empty
+  2. mesh      devices arranged as (data, fsdp, tensor) from `config.mesh`
+  3. build     model, optimizer, shardings, jitted steps (`build.py`)
+  4. state     restored from the newest checkpoint in `<workdir>`, else initialised
+               (already sharded) or loaded from `model.init_from`
+  5. reference DPO/KTO reference log-probs, cached per data set or on the fly
+  6. loop      steps; metrics every `train.log_every`; evaluation every `eval.every`;
+               checkpoints every `checkpoint.every`; SIGTERM saves and stops at the
+               next step boundary
+  7. end       final evaluation and checkpoint; returns the final metrics
+
+Rerunning the same command on the same workdir resumes exactly: parameters, optimizer,
+step, key and data position come from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from rlhf_jax import data as data_lib
+from rlhf_jax.train import components as components_lib
+from rlhf_jax.train import checkpoint as checkpoint_lib
+from rlhf_jax.train import evaluate as evaluate_lib
+from rlhf_jax.train import inputs as inputs_lib
+from rlhf_jax.train import mesh as mesh_lib
+from rlhf_jax.train import reference as reference_lib
+from rlhf_jax.train import rundir
+
+__all__ = ["TrainingError", "evaluate_dataset", "train"]
+
+_log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+  """The run cannot continue (e.g. the loss stayed non-finite); the message says why."""
+
+
+def _check_config(config: Any) -> None:
+  from rlhf_jax.train import objectives  # pylint: disable=g-import-not-at-top
+  objectives.get(config.objective)  # unknown names list the valid ones
+  for section, name in (("train", "steps"), ("train", "batch_size"), ("train", "log_every"),
+                        ("eval", "batch_size"), ("reference", "batch_size")):
+    value = config[section][name]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{section}.{name} must be a positive int, got {value!r}.")
+  for section, name in (("eval", "every"), ("checkpoint", "every")):
+    if config[section][name] < 0:
+      raise ValueError(f"{section}.{name} must be >= 0 (0: only at the end), got {config[section][name]}.")
+  if config.train.batch_size % config.train.microbatches:
+    raise ValueError(f"train.batch_size {config.train.batch_size} must be divisible by "
+                     f"train.microbatches {config.train.microbatches}.")
+  if config.reference.mode not in ("cached", "on_the_fly"):
+    raise ValueError(f"reference.mode must be 'cached' or 'on_the_fly', got {config.reference.mode!r}.")
+
+
+# The compiled pieces of recent runs, so that calling `train` again in the same process
+# with the same config, mesh and data layout (a resumed run, a sweep over seeds of the
+# data only, tests) reuses the compiled steps instead of compiling them again.
+_BUILD_CACHE: "collections.OrderedDict[str, components_lib.Components]" = collections.OrderedDict()
+_BUILD_CACHE_SIZE = 4
+
+
+def _compiled_settings(config: Any) -> dict[str, Any]:
+  """The config fields that change what is compiled (batch sizes only change shapes,
+  which jit handles by itself; seeds, paths, cadences change nothing compiled)."""
+  model = {k: v for k, v in config.model.to_dict().items() if k != "init_from"}
+  return {"objective": config.objective, "model": model, "optim": config.optim.to_dict(),
+          "loss": config.loss.to_dict(), "steps": config.train.steps,
+          "microbatches": config.train.microbatches, "fast_compile": config.train.get("fast_compile", False)}
+
+
+def _cached_build(config: Any, mesh: Any, info: inputs_lib.DataInfo) -> components_lib.Components:
+  key = json.dumps({
+      "config": _compiled_settings(config),
+      "mesh": {"shape": dict(mesh.shape), "devices": [d.id for d in mesh.devices.flat]},
+      "info": dataclasses.asdict(info),
+  }, sort_keys=True, default=str)
+  if key in _BUILD_CACHE:
+    _BUILD_CACHE.move_to_end(key)
+    return _BUILD_CACHE[key]
+  parts = components_lib.build(config, mesh, info)
+  _BUILD_CACHE[key] = parts
+  while len(_BUILD_CACHE) > _BUILD_CACHE_SIZE:
+    _BUILD_CACHE.popitem(last=False)
+  return parts
+
+
+@jax.jit
+def _copy(tree: Any) -> Any:
+  """A copy of a (sharded) tree in fresh buffers, laid out like the original."""
+  return jax.tree.map(lambda x: x.copy(), tree)
+
+
+def _host(tree: Any) -> Any:
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _device_batch(host_batch: Mapping[str, np.ndarray], layout: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
+  missing = [k for k in layout if k not in host_batch]
+  if missing:
+    raise KeyError(f"the batch lacks the arrays {missing} the objective needs.")
+  return mesh_lib.shard_batch({k: host_batch[k] for k in layout}, mesh)
+
+
+class _Reference:
+  """Adds reference log-probs to batches: from cached tables or a forward pass."""
+
+  def __init__(self, parts: components_lib.Components, config: Any, workdir: Path, ref_params: Any,
+               datasets: inputs_lib.Datasets):
+    self.parts = parts
+    self.mode = config.reference.mode
+    self.tables: dict[str, reference_lib.ReferenceTable] = {}
+    self.ref_params = None
+    if self.mode == "on_the_fly":
+      self.ref_params = ref_params
+      return
+    cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else workdir / "reference_cache"
+    params_fp = reference_lib.params_fingerprint(ref_params)
+    description = {"model": repr(parts.model.config), "kind": parts.objective.model}
+
+    def compute(arrays):
+      return reference_lib.compute_reference_logps(
+          parts.reference_cached, ref_params, arrays, parts.reference_groups,
+          batch_size=int(config.reference.batch_size), mesh=parts.mesh)
+
+    for name, arrays in (("train", datasets.train), ("eval", datasets.eval)):
+      if arrays is not None:
+        self.tables[name] = reference_lib.load_or_compute(
+            cache_dir=cache_dir, name=name, arrays=arrays, groups=parts.reference_groups,
+            params_fp=params_fp, model_description=description, compute=compute)
+
+  def host(self, split: str, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return self.tables[split].lookup(batch) if self.mode == "cached" else dict(batch)
+
+  def device(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    if self.mode == "on_the_fly":
+      batch = dict(batch)
+      batch.update(self.parts.reference_on_the_fly(self.ref_params, batch))
+    return batch
+
+
+def _device_keys(layout: Mapping[str, Any], reference: _Reference | None) -> dict[str, Any]:
+  """The batch arrays sent to the devices (reference columns come from the host only
+  in cached mode)."""
+  on_the_fly = reference is not None and reference.mode == "on_the_fly"
+  return {k: v for k, v in layout.items() if not (on_the_fly and k.startswith("ref_"))}
+
+
+def evaluate_dataset(
+    parts: components_lib.Components,
+    params: Any,
+    arrays: Mapping[str, np.ndarray],
+    reference: _Reference | None,
+    split: str = "eval",
+) -> dict[str, float]:
+  """Metrics of `params` on a whole data set (in order; the last batch padded)."""
+  config = parts.config
+  layout = _device_keys(components_lib.device_batch_layout(config, parts.info), reference)
+  outputs = []
+  for batch, valid in reference_lib.padded_batches(arrays, list(arrays), int(config.eval.batch_size)):
+    if reference is not None:
+      batch = reference.host(split, batch)
+    device = _device_batch(batch, layout, parts.mesh)
+    if reference is not None:
+      device = reference.device(device)
+    result = _host(parts.eval_step(params, device))
+    outputs.append({k: v[:valid] for k, v in result.items()})
+  return evaluate_lib.summarize(config.objective, evaluate_lib.concatenate(outputs), config)
+
+
+def _initial_params(parts: components_lib.Components, config: Any, init_key, train_key) -> Any:
+  """The run's starting parameters (also the frozen reference): a fresh sharded init, or
+  `model.init_from`'s latest checkpoint."""
+  state = parts.init_state(init_key, train_key)
+  if config.model.init_from:
+    return state.replace(params=checkpoint_lib.load_params(config.model.init_from, state.params))
+  return state
+
+
+def _format(metrics: Mapping[str, float], names: tuple[str, ...]) -> str:
+  return " ".join(f"{n}={metrics[n]:.4g}" for n in names if n in metrics)
+
+
+def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | None = None) -> dict[str, Any]:
+  """Trains `config.objective` as configured; returns the final metrics.
+
+  Args:
+    config: a config from `configs/*.py` (`rlhf_jax.train.config.base_config`).
+    workdir: the run directory; an existing checkpoint there is resumed.
+    stop_at_step: stop (saving a checkpoint) once this step is reached, as a preemption
+      would; the run resumes from there when started again.
+
+  Returns:
+    {"step", "preempted", "seconds", "examples_per_second", "train/<metric>" of the last
+    logged step, "eval/<metric>" of the last evaluation, "state": the final TrainState}.
+  """
+  _check_config(config)
+  start_time = time.time()
+  workdir = Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  datasets = inputs_lib.load_datasets(config, workdir)
+  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  dp = mesh_lib.data_parallel_size(mesh)
+  for name, size in (("train.batch_size", config.train.batch_size // config.train.microbatches),
+                     ("eval.batch_size", config.eval.batch_size)):
+    if size % dp:
+      raise ValueError(f"{name} (per microbatch) {size} must be divisible by the {dp} data-parallel "
+                       f"shards of the mesh {dict(mesh.shape)}.")
+  parts = _cached_build(config, mesh, datasets.info)
+  layout = components_lib.device_batch_layout(config, datasets.info)
+  rundir.write_config(workdir, config)
+  rundir.write_run_info(workdir, mesh=dict(mesh.shape), data_info=vars(datasets.info), **datasets.provenance)
+
+  init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
+  batch_size = int(config.train.batch_size)
+  iterator = data_lib.BatchIterator(datasets.train, batch_size=batch_size, seed=int(config.seed))
+  latest = checkpointer.latest_step()
+  initial = None
+  if latest is None:
+    state = initial = _initial_params(parts, config, init_key, train_key)
+  else:
+    state, data_state = checkpointer.restore(latest, parts.abstract_state)
+    iterator.restore(data_state)
+    _log.info("resumed from %s step %d", checkpointer.directory, latest)
+
+  reference = None
+  if parts.objective.reference:
+    if initial is None:
+      initial = _initial_params(parts, config, init_key, train_key)
+    # A copy: the state's buffers are donated to the first step.
+    ref_params = _copy(initial.params)
+    reference = _Reference(parts, config, workdir, ref_params, datasets)
+    if reference.mode == "cached":
+      del ref_params
+  if initial is not None and initial is not state:
+    del initial
+  # The run's base key, as saved in the (restored) state; a separate buffer, since the
+  # state is donated to every step.
+  key = jax.device_put(np.asarray(jax.device_get(state.rng)), mesh_lib.replicated(mesh))
+  train_layout = _device_keys(layout, reference)
+
+  writer = rundir.MetricWriter(workdir)
+  total = int(config.train.steps)
+  step = int(jax.device_get(state.step))
+  log_every, eval_every = int(config.train.log_every), int(config.eval.every)
+  checkpoint_every = int(config.checkpoint.every)
+  results: dict[str, Any] = {}
+  progress = None
+  if config.train.progress_bar and jax.process_index() == 0:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    progress = tqdm(total=total, initial=step, desc=config.objective, unit="step", dynamic_ncols=True)
+  preempted = False
+  window_start, window_steps = time.time(), 0
+  examples_per_second = float("nan")
+
+  def run_eval(at_step: int) -> None:
+    if datasets.eval is None:
+      return
+    metrics = evaluate_dataset(parts, state.params, datasets.eval, reference)
+    writer.write(at_step, metrics, split="eval")
+    results.update({f"eval/{k}": v for k, v in metrics.items()})
+    _log.info("step %d eval: %s", at_step, _format(metrics, tuple(metrics)))
+
+  first_step = last_saved = step
+
+  def save() -> None:
+    nonlocal last_saved
+    if last_saved != step:
+      checkpointer.save(step, state, iterator.state())
+      last_saved = step
+
+  try:
+    with checkpoint_lib.StopRequest() as stop:
+      while step < total:
+        host_batch = iterator.next()
+        if reference is not None:
+          host_batch = reference.host("train", host_batch)
+        batch = _device_batch(host_batch, train_layout, mesh)
+        if reference is not None:
+          batch = reference.device(batch)
+        state, metrics = parts.train_step(state, batch, key)
+        step += 1
+        window_steps += 1
+        if step == first_step + 1:
+          # Throughput excludes the first step's compilation.
+          jax.block_until_ready(state)
+          window_start, window_steps = time.time(), 0
+        if step % log_every == 0 or step == total:
+          metrics = {k: float(v) for k, v in _host(metrics).items()}
+          elapsed = time.time() - window_start
+          if window_steps:
+            examples_per_second = window_steps * batch_size / max(elapsed, 1e-9)
+            metrics["examples_per_second"] = examples_per_second
+          window_start, window_steps = time.time(), 0
+          writer.write(step, metrics, split="train")
+          results.update({f"train/{k}": v for k, v in metrics.items()})
+          if progress is not None:
+            progress.set_postfix_str(_format(metrics, ("loss", "accuracy", "examples_per_second")))
+          if metrics.get("consecutive_skips", 0) > int(config.optim.max_consecutive_skips):
+            raise TrainingError(
+                f"step {step}: {int(metrics['consecutive_skips'])} consecutive updates were skipped "
+                "because the gradient was not finite (NaN/Inf); lower optim.learning_rate or check "
+                "the data. The last good checkpoint is in " + str(checkpointer.directory))
+        if progress is not None:
+          progress.update(1)
+        if eval_every and step % eval_every == 0 and step < total:
+          run_eval(step)
+        if checkpoint_every and step % checkpoint_every == 0 and step < total:
+          save()
+        if step < total and ((stop_at_step is not None and step >= stop_at_step) or stop.any_process()):
+          save()
+          preempted = True
+          _log.warning("stopping at step %d (checkpoint saved); rerun to resume.", step)
+          break
+      if not preempted:
+        run_eval(step)
+        if checkpointer.latest_step() != step:
+          save()
+  finally:
+    if progress is not None:
+      progress.close()
+    checkpointer.close()
+    writer.close()
+  results.update(step=step, preempted=preempted, seconds=time.time() - start_time,
+                 examples_per_second=examples_per_second)
+  results["state"] = state
+  return results

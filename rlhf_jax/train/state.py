@@ -1,0 +1,132 @@
+"""The train state and its creation directly in its sharded layout.
+
+    TrainState(step, params, opt_state, rng)
+
+Parameters are created already sharded (big_vision / flax "scale up" pattern):
+`jax.eval_shape(init)` gives abstract parameters with their logical axis names, the
+sharding rules turn them into NamedShardings, and `jax.jit(init, out_shardings=...)`
+materialises every shard on its own device, so no device ever holds a full copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+
+from rlhf_jax.train import mesh as mesh_lib
+from rlhf_jax.train import optim
+
+__all__ = [
+    "TrainState",
+    "abstract_state",
+    "init_params_fn",
+    "make_init_state",
+    "state_shardings",
+]
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything a step reads and a checkpoint saves (besides the data position).
+
+  Attributes:
+    step: int32 scalar, number of optimizer steps taken (skipped ones included).
+    params: the parameters (a dict tree).
+    opt_state: the optax state (AdamW moments, schedule count, NaN-guard counters).
+    rng: uint32 key data of the run's base key; step `s` uses `fold_in(key, s)`.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+  @property
+  def skipped_updates(self) -> jax.Array:
+    """Updates skipped by the NaN/Inf guard so far (int32 scalar)."""
+    return optim.skipped_updates(self.opt_state)
+
+
+def init_params_fn(
+    model: nn.Module,
+    *,
+    batch_size: int,
+    length: int,
+    extra_params: Callable[[jax.Array], dict[str, Any]] | None = None,
+) -> Callable[[jax.Array], Any]:
+  """`key -> boxed params` of `model` (and the objective's extra parameters).
+
+  The dummy input only fixes the traced shapes; parameter shapes do not depend on it.
+  """
+
+  def init(key: jax.Array) -> Any:
+    model_key, extra_key = jax.random.split(key)
+    tokens = jnp.zeros((batch_size, length), jnp.int32)
+    mask = jnp.ones((batch_size, length), jnp.bool_)
+    params = dict(model.init(model_key, tokens, mask)["params"])
+    if extra_params is not None:
+      params.update(extra_params(extra_key))
+    return params
+
+  return init
+
+
+def state_shardings(
+    boxed_params: Any,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Any,
+) -> TrainState:
+  """NamedShardings of every TrainState leaf: parameters from their logical names,
+  optimizer moments like their parameters (`optax.tree_utils.tree_map_params`),
+  counters and the key replicated."""
+  param_sh = mesh_lib.param_shardings(boxed_params, mesh, rules)
+  abstract_opt = jax.eval_shape(tx.init, mesh_lib.unbox_values(boxed_params))
+  replicated = mesh_lib.replicated(mesh)
+  opt_sh = optax.tree_utils.tree_map_params(
+      tx, lambda _, sharding: sharding, abstract_opt, param_sh,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+  return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+
+
+def make_init_state(
+    init_params: Callable[[jax.Array], Any],
+    tx: optax.GradientTransformation,
+    shardings: TrainState,
+    *,
+    compiler_options: dict[str, Any] | None = None,
+) -> Callable[[jax.Array, jax.Array], TrainState]:
+  """A jitted `(init_key, train_key) -> TrainState` whose outputs land in `shardings`."""
+
+  def init_state(init_key: jax.Array, train_key: jax.Array) -> TrainState:
+    params = nn.unbox(init_params(init_key))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        rng=jax.random.key_data(train_key))
+
+  return jax.jit(init_state, out_shardings=shardings, compiler_options=compiler_options)
+
+
+def abstract_state(
+    init_params: Callable[[jax.Array], Any],
+    tx: optax.GradientTransformation,
+    shardings: TrainState,
+) -> TrainState:
+  """ShapeDtypeStructs (with shardings) of the TrainState: the restore target of a
+  checkpoint and the input of ahead-of-time compilation; nothing is allocated."""
+
+  def init_state(init_key, train_key):
+    params = nn.unbox(init_params(init_key))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(train_key))
+
+  key = jax.random.key(0)
+  shapes = jax.eval_shape(init_state, key, key)
+  return jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)

@@ -1,0 +1,174 @@
+"""The train and eval steps: pure functions of explicit state, compiled once with shardings.
+
+    train_step(state, batch, key) -> (state, metrics)
+
+- randomness: `rng = fold_in(key, state.step)` (and `fold_in(rng, i)` for microbatch i);
+- gradient accumulation: the global batch is split into `microbatches` pieces and a
+  `lax.scan` sums their losses and gradients; since every microbatch loss is divided
+  by the denominator of the whole batch (`objectives.weighted_sum`), the sum equals the
+  full-batch loss and gradient for any per-example weights;
+- the optimizer (with its NaN/Inf guard) updates parameters and moments;
+- compiled by `jax.jit` with `in_shardings`/`out_shardings` and the state donated.
+
+Metrics are scalars: the loss, gradient norm, learning rate, skip counters and the
+batch mean of every per-example output of the objective.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlhf_jax.train import mesh as mesh_lib
+from rlhf_jax.train import optim
+from rlhf_jax.train.objectives import Objective
+from rlhf_jax.train.state import TrainState
+
+__all__ = ["make_eval_step", "make_train_step", "split_microbatches", "train_step_fn"]
+
+Batch = Mapping[str, jax.Array]
+
+
+def _as_key(key: jax.Array) -> jax.Array:
+  """Accepts a typed key or raw uint32 key data."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(key)
+
+
+def split_microbatches(batch: Batch, count: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [count, B / count, ...], microbatch m holding rows m, m + count, ...
+
+  Interleaving (rather than contiguous blocks) gives every data-parallel shard the same
+  number of rows of each microbatch, so the split needs no communication.
+  """
+  result = {}
+  for name, value in batch.items():
+    size = value.shape[0]
+    if size % count:
+      raise ValueError(
+          f"batch array {name!r} has {size} rows, not divisible by train.microbatches={count}.")
+    result[name] = jnp.swapaxes(value.reshape(size // count, count, *value.shape[1:]), 0, 1)
+  return result
+
+
+def _merge_microbatches(outputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Inverse of `split_microbatches` for the stacked per-example outputs."""
+  return {k: jnp.swapaxes(v, 0, 1).reshape(-1, *v.shape[2:]) for k, v in outputs.items()}
+
+
+def train_step_fn(
+    objective: Objective,
+    model: Any,
+    tx: optax.GradientTransformation,
+    config: Any,
+    *,
+    schedule: optax.Schedule | None = None,
+    microbatch_sharding: NamedSharding | None = None,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+  """The pure (not yet jitted) train step of `objective`; see the module docstring."""
+  microbatches = int(config.train.microbatches)
+  if microbatches < 1:
+    raise ValueError(f"train.microbatches must be >= 1, got {microbatches}.")
+
+  def loss_fn(params, batch, rng, denominator):
+    batch = dict(batch, loss_denominator=denominator)
+    return objective.fn(params, batch, rng, model=model, config=config)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, batch: Batch, key: jax.Array):
+    rng = jax.random.fold_in(_as_key(key), state.step)
+    denominator = objective.denominator(batch, config)
+    if microbatches == 1:
+      (loss, outputs), grads = grad_fn(state.params, batch, rng, denominator)
+    else:
+      micro = split_microbatches(batch, microbatches)
+      if microbatch_sharding is not None:
+        micro = jax.lax.with_sharding_constraint(micro, microbatch_sharding)
+
+      def accumulate(carry, inputs):
+        grads_sum, loss_sum = carry
+        index, microbatch = inputs
+        (loss, outputs), grads = grad_fn(
+            state.params, microbatch, jax.random.fold_in(rng, index), denominator)
+        return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss), outputs
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, loss), outputs = jax.lax.scan(
+          accumulate, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(microbatches), micro))
+      outputs = _merge_microbatches(outputs)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    skipped_before = optim.skipped_updates(state.opt_state)
+    metrics = {k: jnp.mean(v) for k, v in outputs.items() if k != "loss" and not k.startswith("label_")}
+    metrics.update(
+        loss=loss,
+        grad_norm=optax.tree.norm(grads),
+        skipped_updates=optim.skipped_updates(opt_state),
+        update_skipped=optim.skipped_updates(opt_state) - skipped_before,
+        consecutive_skips=optim.consecutive_skips(opt_state),
+    )
+    if schedule is not None:
+      # The schedule counts applied updates only (a skipped one does not advance it).
+      metrics["learning_rate"] = schedule(state.step - skipped_before)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return step
+
+
+def make_train_step(
+    objective: Objective,
+    model: Any,
+    tx: optax.GradientTransformation,
+    config: Any,
+    mesh: Mesh,
+    shardings: TrainState,
+    *,
+    schedule: optax.Schedule | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+  """`jax.jit` of the train step: state in/out with `shardings` (donated), the batch split
+  over ("data", "fsdp"), the key and the metrics replicated."""
+  step = train_step_fn(
+      objective, model, tx, config, schedule=schedule,
+      microbatch_sharding=NamedSharding(mesh, PartitionSpec(None, mesh_lib.BATCH_AXES)))
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(
+      step,
+      in_shardings=(shardings, mesh_lib.batch_sharding(mesh), replicated),
+      out_shardings=(shardings, replicated),
+      donate_argnums=0,
+      compiler_options=compiler_options,
+  )
+
+
+def make_eval_step(
+    objective: Objective,
+    model: Any,
+    config: Any,
+    mesh: Mesh,
+    param_shardings: Any,
+    *,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+  """`eval_step(params, batch) -> per-example outputs` (replicated, so every process can
+  read them), with a fixed key (objectives are deterministic at evaluation)."""
+
+  def eval_step(params, batch):
+    batch = dict(batch, loss_denominator=jnp.ones((), jnp.float32))
+    _, outputs = objective.fn(params, batch, jax.random.key(0), model=model, config=config)
+    return outputs
+
+  return jax.jit(
+      eval_step,
+      in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh)),
+      out_shardings=mesh_lib.replicated(mesh),
+      compiler_options=compiler_options,
+  )

@@ -1,0 +1,144 @@
+r"""Trains an offline RLHF objective from a config file: one command from data to checkpoints.
+
+  python scripts/train.py --config=configs/dpo.py:preset=tiny --workdir=/tmp/dpo
+  python scripts/train.py --config=configs/reward_model.py:preset=125m --workdir=runs/rm \
+      --config.data.train=train.jsonl.gz --config.data.eval=test.jsonl.gz \
+      --config.optim.learning_rate=5e-6
+
+`--config.<field>=<value>` overrides any field; an unknown field is an error (the config
+is locked). Rerunning with the same workdir resumes from its newest checkpoint; SIGTERM
+saves a checkpoint at the next step and exits cleanly.
+
+Multi-process (one process per host): pass `--coordinator_address=host:port
+--num_processes=N --process_id=i`, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID, or run under a cluster JAX detects itself (SLURM, Open MPI, TPU pods).
+"""
+
+from __future__ import annotations
+
+import json
+import logging as py_logging
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/dpo.py:preset=tiny.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+_STOP_AT_STEP = flags.DEFINE_integer(
+    "stop_at_step", None, "Stop (with a checkpoint) at this step, as a preemption would.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a user error.")
+
+# Cluster environments that `jax.distributed.initialize()` detects by itself.
+_CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+
+
+def _config_typo(argv: list[str]) -> str | None:
+  """Explains the first `--config.<path>=...` whose field does not exist (or None)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  try:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    module_spec = importlib.util.spec_from_file_location("_config_module", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for item in argv:
+    if not item.startswith("--config."):
+      continue
+    field = item[len("--config."):].split("=", 1)[0]
+    node, walked = config, []
+    for part in field.split("."):
+      if not hasattr(node, "keys") or part not in node.keys():
+        where = "config" + "".join(f".{w}" for w in walked)
+        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+        return (f"unknown config field {field!r} in {item!r}: {where} has no field {part!r}. "
+                f"Valid fields of {where}: {valid}.")
+      node = node[part]
+      walked.append(part)
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as error:
+    message = _config_typo(argv) or f"invalid config override: {error}"
+  except flags.Error as error:
+    message = str(error)
+    if "Traceback (most recent call last)" in message:
+      # A config file's own error: keep the flag and the final exception line.
+      lines = [line for line in message.splitlines() if line.strip()]
+      message = f"{lines[0]} {lines[-1]}"
+  print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+  print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+  sys.exit(1)
+
+
+def _initialize_distributed() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  given = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
+  if any(v is not None for v in given):
+    if any(v is None for v in given):
+      raise app.UsageError(
+          "multi-process runs need all of --coordinator_address, --num_processes, --process_id.")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(
+        os.environ["JAX_COORDINATOR_ADDRESS"],
+        int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
+        int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
+  elif any(v in os.environ for v in _CLUSTER_VARIABLES):
+    try:
+      jax.distributed.initialize()
+    except (RuntimeError, ValueError) as error:
+      logging.warning("no multi-process cluster detected (%s); running as one process.", error)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required.")
+  sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
+  # Our progress messages at INFO; the libraries' (orbax is chatty) at WARNING unless
+  # --verbosity asks for more.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  py_logging.getLogger("rlhf_jax").setLevel(py_logging.INFO)
+  _initialize_distributed()
+
+  from rlhf_jax import data, train  # pylint: disable=g-import-not-at-top
+
+  user_errors = (data.DataError, train.TrainingError, FileNotFoundError, ValueError, KeyError)
+  try:
+    results = train.train(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT_STEP.value)
+  except user_errors as error:
+    if _TRACEBACK.value:
+      raise
+    print(f"train.py: error: {error}", file=sys.stderr)
+    sys.exit(1)
+  results.pop("state", None)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(json.dumps({k: v for k, v in results.items() if isinstance(v, (int, float, bool, str))},
+                     sort_keys=True))
+    if results.get("preempted"):
+      print(f"stopped at step {results['step']} with a checkpoint in {_WORKDIR.value}; rerun the "
+            "same command to resume.", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main, flags_parser=_parse_flags)

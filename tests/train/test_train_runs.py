@@ -1,0 +1,206 @@
+"""Whole runs of `train()`: learning the toy rules, exact resume, and bad data files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax import data
+from rlhf_jax.train import checkpoint, inputs, loop, networks
+from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
+
+from train_testlib import numpy_sequence_logps, tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+HH_RLHF = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test-head1500.jsonl.gz"
+
+
+def _short(objective, **overrides):
+  settings = dict(train__steps=60, train__log_every=20, optim__warmup_steps=5, eval__every=0,
+                  checkpoint__every=0, data__toy__num_train=1024, data__toy__num_eval=32)
+  settings.update(overrides)
+  return tiny_config(objective, **settings)
+
+
+def _forward(config, kind, vocab_size=32):
+  """The raw model outputs (logits or rewards) as a jitted function of (params, tokens, mask)."""
+  model = networks.build_model(config, vocab_size, kind)
+  return jax.jit(lambda p, t, m: model.apply({"params": p}, t, m), compiler_options=FAST_COMPILE_OPTIONS)
+
+
+def test_dpo_drives_implicit_reward_accuracy_to_one(tmp_path):
+  config = _short("dpo")
+  results = loop.train(config, tmp_path)
+  assert results["step"] == 60 and not results["preempted"]
+  assert results["eval/accuracy"] == 1.0
+  # Independent check: implicit rewards beta * (log pi - log pi_ref), the policy's from its
+  # raw logits, the reference's from the run's cache (checked against the reference
+  # model's logits in test_train_step.py).
+  pairs = inputs.load_datasets(config, tmp_path / "data").eval
+  (cache,) = (tmp_path / "reference_cache").glob("reference_eval_*.npz")
+  with np.load(cache) as stored:
+    np.testing.assert_array_equal(stored["example_index"], pairs["example_index"])
+    ref = {part: stored[f"ref_{part}_logps"] for part in ("chosen", "rejected")}
+  apply = _forward(config, "policy")
+  policy = jax.device_get(results["state"].params)
+
+  def logps(part):
+    logits = np.asarray(apply(policy, pairs[f"{part}_tokens"], pairs[f"{part}_attention_mask"]))
+    return numpy_sequence_logps(logits, pairs[f"{part}_tokens"], pairs[f"{part}_loss_mask"])
+
+  chosen = 0.1 * (logps("chosen") - ref["chosen"])
+  rejected = 0.1 * (logps("rejected") - ref["rejected"])
+  assert np.mean(chosen > rejected) == 1.0
+  np.testing.assert_allclose(results["eval/margin"], np.mean(chosen - rejected), rtol=1e-3)
+  # The run directory holds what the run was.
+  assert json.loads((tmp_path / "config.json").read_text())["objective"] == "dpo"
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert set(run["git"]) == {"commit", "dirty"} and "train" in run["arrays_sha256"]
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "train"] == [20, 40, 60]
+  assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_reward_model_learns_the_planted_rule(tmp_path):
+  config = _short("reward_model")
+  results = loop.train(config, tmp_path)
+  assert results["eval/accuracy"] == 1.0
+  assert results["eval/ece"] < 0.1
+  # Independent check of the accuracy from the model's raw rewards on held-out pairs.
+  pairs = inputs.load_datasets(config, tmp_path / "data").eval
+  apply = _forward(config, "reward")
+  params = jax.device_get(results["state"].params)
+  chosen = np.asarray(apply(params, pairs["chosen_tokens"], pairs["chosen_attention_mask"]))[:, 0]
+  rejected = np.asarray(apply(params, pairs["rejected_tokens"], pairs["rejected_attention_mask"]))[:, 0]
+  assert np.mean(chosen > rejected) == 1.0
+  # The rule is the marker: swapping GOOD for BAD in a chosen completion lowers its reward.
+  swapped = pairs["chosen_tokens"].copy()
+  swapped[swapped == data.TOY_GOOD] = data.TOY_BAD
+  flipped = np.asarray(apply(params, swapped, pairs["chosen_attention_mask"]))[:, 0]
+  assert np.mean(flipped < chosen) == 1.0
+
+
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+  config = tiny_config("sft", train__steps=12, train__batch_size=8, train__log_every=4, optim__warmup_steps=2,
+                       eval__every=0, checkpoint__every=0, data__toy__num_train=40, data__toy__num_eval=0)
+  straight = loop.train(config, tmp_path / "straight")
+  first = loop.train(config, tmp_path / "resumed", stop_at_step=6)
+  assert first["preempted"] and first["step"] == 6
+  # The checkpoint holds the data position: 6 batches of 8 from 40 examples (5 per epoch).
+  saved = json.loads((tmp_path / "resumed" / "checkpoints" / "6" / "data" / "metadata").read_text())
+  assert (saved["epoch"], saved["position"]) == (1, 8)
+  second = loop.train(config, tmp_path / "resumed")
+  assert second["step"] == 12 and not second["preempted"]
+  a, b = jax.device_get(straight["state"]), jax.device_get(second["state"])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert straight["train/loss"] == second["train/loss"]
+
+
+def test_bad_rows_go_to_the_rejects_file(tmp_path):
+  lines = [
+      '{"prompt": "What is 2+2?", "chosen": " It is 4.", "rejected": " It is 5."}',
+      '{"prompt": "Capital of France?", "chosen": " Paris.", "rejected": " Rome."}',
+      '{"prompt": "Color of the sky?", "chosen": " Blue.", "rejected": " Green."',  # bad JSON
+      '{"prompt": "Say hi", "chosen": " Hi!"}',  # no rejected
+      '{"prompt": "Opposite of hot?", "chosen": " Cold.", "rejected": " Warm."}',
+      '{"prompt": "Count to three", "chosen": " One, two, three.", "rejected": " One, three."}',
+  ]
+  path = tmp_path / "train.jsonl"
+  path.write_text("\n".join(lines) + "\n")
+  config = tiny_config("reward_model", data__train=str(path), data__tokenizer_vocab_size=300)
+  datasets = inputs.load_datasets(config, tmp_path / "run")
+  assert len(datasets.train["chosen_tokens"]) == 4 and datasets.eval is None
+  assert datasets.info.vocab_size == 300  # a tokenizer trained on the file, in the workdir
+  assert (tmp_path / "run" / "tokenizer" / "spm.model").is_file()
+  rejects_file = tmp_path / "run" / "rejects" / "train.jsonl"
+  rejects = [json.loads(line) for line in rejects_file.read_text().splitlines()]
+  assert [(r["line"], r["code"], r["field"]) for r in rejects] == [
+      (3, "bad_json", None), (4, "missing_field", "rejected")]
+  counts = datasets.provenance["data"]["train"]
+  assert (counts["read"], counts["accepted"], counts["rejected"]) == (6, 4, 2)
+
+
+def test_unusable_file_is_a_clear_error_without_traceback(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  path.write_text('{"question": "no preference fields here"}\n')
+  result = subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/reward_model.py:preset=tiny",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.train={path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1
+  assert "train.py: error:" in result.stderr and str(path) in result.stderr
+  assert "cannot detect the preference format" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_hh_rlhf_reward_model_smoke(tmp_path):
+  if not HH_RLHF.is_file():
+    pytest.skip(f"real data not found at {HH_RLHF} (../shared/data is absent)")
+  config = tiny_config("reward_model", data__train=str(HH_RLHF), data__eval=str(HH_RLHF), train__steps=20,
+                       train__batch_size=8, eval__batch_size=64, optim__warmup_steps=2)
+  results = loop.train(config, tmp_path)
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run["data"]["train"]["format"] == "hh_rlhf"
+  assert run["data"]["train"]["read"] == 1500
+  assert run["data"]["train"]["read"] == run["data"]["train"]["accepted"] + run["data"]["train"]["rejected"]
+  assert (tmp_path / "tokenizer" / "spm.model").is_file()
+  assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/loss"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_finishes(tmp_path):
+  """A real SIGTERM in a subprocess: checkpoint at the next step, clean exit, then resume."""
+  import signal
+  import time
+  command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/sft.py:preset=tiny",
+             f"--workdir={tmp_path}", "--config.train.steps=100000", "--config.train.log_every=1",
+             "--config.eval.every=0", "--config.checkpoint.every=0", "--config.data.toy.num_eval=0",
+             "--config.train.progress_bar=false"]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 5):
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr
+  final = json.loads(stdout.strip().splitlines()[-1])
+  assert final["preempted"] and final["step"] >= 5
+  assert checkpoint.Checkpointer(tmp_path).latest_step() == final["step"]
+  # The same command (with a finite length) resumes from that checkpoint and finishes.
+  command[command.index("--config.train.steps=100000")] = f"--config.train.steps={final['step'] + 2}"
+  resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240,
+                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert resumed.returncode == 0, resumed.stderr
+  done = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert done["step"] == final["step"] + 2 and not done["preempted"]
+  steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+  assert steps == list(range(1, final["step"] + 3))  # no step lost or repeated
+
+
+@pytest.mark.slow
+def test_init_from_an_sft_run(tmp_path):
+  """DPO starts from an SFT run's parameters; a reward model takes them as its backbone."""
+  sft = loop.train(tiny_config("sft", train__steps=4, data__toy__num_eval=0, optim__warmup_steps=0),
+                   tmp_path / "sft")
+  sft_params = jax.device_get(sft["state"].params)
+  frozen = dict(train__steps=1, data__toy__num_eval=0, optim__warmup_steps=0, optim__learning_rate=0.0,
+                model__init_from=str(tmp_path / "sft"))
+  dpo = loop.train(tiny_config("dpo", **frozen), tmp_path / "dpo")
+  for a, b in zip(jax.tree.leaves(sft_params), jax.tree.leaves(jax.device_get(dpo["state"].params))):
+    np.testing.assert_array_equal(a, b)
+  assert dpo["train/margin"] == 0.0  # the reference is the SFT policy itself
+  reward = jax.device_get(loop.train(tiny_config("reward_model", **frozen), tmp_path / "rm")["state"].params)
+  backbone = {k: v for k, v in sft_params.items() if k != "lm_head"}
+  for a, b in zip(jax.tree.leaves(backbone), jax.tree.leaves(reward["backbone"])):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="do not fit this model"):
+    loop.train(tiny_config("dpo", **{**frozen, "model__init_from": str(tmp_path / "rm")}), tmp_path / "bad")
