@@ -150,11 +150,12 @@ def abstract_batch(config: Any, info: DataInfo, batch_size: int | None = None) -
           for name, (shape, dtype) in device_batch_layout(config, info).items()}
 
 
-def build(config: Any, mesh: Mesh, info: DataInfo) -> Components:
+def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> Components:
   """Builds model, optimizer, shardings and the jitted init / train / eval / reference
-  functions for `config` on `mesh` (see the module docstring)."""
+  functions for `config` on `mesh` (see the module docstring). `preset_overrides` change
+  fields of the model preset (`TransformerConfig`), e.g. `n_layers` when planning."""
   objective = objectives_lib.get(config.objective)
-  model = networks.build_model(config, info.vocab_size, objective.model)
+  model = networks.build_model(config, info.vocab_size, objective.model, **preset_overrides)
   if info.max_length > model.config.max_len:
     raise ValueError(
         f"sequences of length {info.max_length} (data.max_length) exceed the model's max_len "

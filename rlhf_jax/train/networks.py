@@ -27,9 +27,10 @@ __all__ = ["ENSEMBLE_AXIS", "apply_policy", "apply_reward", "build_model", "mode
 ENSEMBLE_AXIS = "ensemble"
 
 
-def model_config(config: Any, vocab_size: int) -> models.TransformerConfig:
-  """The TransformerConfig of `config.model` with the data's vocabulary size."""
-  overrides: dict[str, Any] = {"param_dtype": config.model.param_dtype}
+def model_config(config: Any, vocab_size: int, **preset_overrides: Any) -> models.TransformerConfig:
+  """The TransformerConfig of `config.model` with the data's vocabulary size (and any
+  `TransformerConfig` fields in `preset_overrides`, e.g. `n_layers` for planning)."""
+  overrides: dict[str, Any] = {"param_dtype": config.model.param_dtype, **preset_overrides}
   vocab = int(config.model.vocab_size) or int(vocab_size)
   if vocab < vocab_size:
     raise ValueError(
@@ -64,9 +65,9 @@ class _RewardEnsemble(nn.Module):
     return rewards.reshape(rewards.shape[0], -1)
 
 
-def build_model(config: Any, vocab_size: int, kind: str) -> nn.Module:
+def build_model(config: Any, vocab_size: int, kind: str, **preset_overrides: Any) -> nn.Module:
   """The module for `kind` "policy" (a `Transformer`) or "reward" (reward model/ensemble)."""
-  cfg = model_config(config, vocab_size)
+  cfg = model_config(config, vocab_size, **preset_overrides)
   if kind == "policy":
     return models.Transformer(cfg)
   if kind == "reward":
