@@ -8,6 +8,7 @@ each returning an `AggregationResult`) -> routing (`route_items`) and lineage
 Every algorithm takes flat integer arrays `items, annotators, labels` (see `types`).
 """
 
+from rlhf_jax.feedback import pipeline, report
 from rlhf_jax.feedback.agreement import (
     ALPHA_LEVELS,
     coincidence_matrix,

@@ -1,0 +1,978 @@
+"""The aggregation pipeline behind `scripts/aggregate.py`: one file of annotations in,
+labels with a confidence, annotator metrics, rejects and a report out.
+
+`run(config)` takes the `ml_collections.ConfigDict` of `configs/aggregate.py` and
+
+1. reads and validates the annotations (`records.read_annotations`; rejects to
+   `rejects.jsonl`, accepted + rejected = read);
+2. measures agreement (percent agreement, Fleiss' kappa, Krippendorff's alpha) and
+   per-annotator calibration (golden accuracy, expert agreement, temporal consistency,
+   median response time, the weight of `annotators.annotator_weights`);
+3. aggregates with the method named in the config (`METHODS`), each a jitted function of
+   the flat arrays; `crowd_bt` scores the responses of arena-style comparisons and turns
+   the scores into per-comparison posteriors;
+4. routes low-confidence (or low-agreement) items to expert review and merges expert
+   labels when given (`routing.route_items`, `routing.resolve_expert_reviews`);
+5. runs the drift detectors when annotations carry timestamps (Bernoulli CUSUM on golden
+   correctness, Page-Hinkley on leave-one-out agreement);
+6. scores the labels against gold labels when a truth file is given or found;
+7. writes `labels.csv`, `annotators.csv`, `report.md` with its PNG plots and
+   `summary.json` (the numbers of report.md, for machines), through `report`.
+
+A user mistake (bad config value, missing or unusable file) raises `ConfigError`,
+`records.FeedbackInputError` or `FileNotFoundError` with a message that names the field
+or file; `USER_ERRORS` lists them for the command line to catch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.feedback import (
+    agreement,
+    aggregation,
+    annotators as annotators_lib,
+    drift as drift_lib,
+    records,
+    report,
+    routing,
+    types,
+)
+
+__all__ = [
+    "METHODS",
+    "PROGRESS_MODES",
+    "USER_ERRORS",
+    "WEIGHT_SOURCES",
+    "AggregateOutputs",
+    "ConfigError",
+    "run",
+    "validate_config",
+]
+
+METHODS = (
+    "majority_vote",
+    "weighted_vote",
+    "dawid_skene",
+    "one_coin_dawid_skene",
+    "bayesian_dawid_skene",
+    "mace",
+    "glad",
+    "crowd_bt",
+)
+PAIRWISE_FORMATS = ("jsonl", "csv", "parquet")
+PROGRESS_MODES = ("auto", "on", "off")
+WEIGHT_SOURCES = ("auto", "calibration", "reliability")
+CROWD_BT_TIES = ("split", "drop")
+# `progress="auto"` shows a bar for input files at least this large (~100k JSONL records).
+AUTO_PROGRESS_BYTES = 8 * 2**20
+
+
+class ConfigError(ValueError):
+  """A config value the pipeline cannot use; the message names the field and what is valid."""
+
+
+USER_ERRORS = (ConfigError, records.FeedbackInputError, FileNotFoundError, IsADirectoryError,
+               PermissionError)
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateOutputs:
+  """What `run` produced.
+
+  Attributes:
+    output_dir: where the files are.
+    summary: the numbers of report.md (also written to summary.json): counts, agreement,
+      label counts, expert-review counts, accuracy, drift, timings, file list.
+    read_report: the `records.ReadReport` of the input.
+    result: the method's `AggregationResult` (NumPy arrays), before expert labels.
+    labels: [I] int final labels (expert labels merged in).
+    confidence: [I] float final confidence.
+    expert_review: [I] bool, routed to expert review.
+    label_source: [I] str "crowd" | "expert" | "pending".
+    annotator_rows: the rows of annotators.csv.
+  """
+
+  output_dir: Path
+  summary: dict[str, Any]
+  read_report: records.ReadReport
+  result: types.AggregationResult
+  labels: np.ndarray
+  confidence: np.ndarray
+  expert_review: np.ndarray
+  label_source: list[str]
+  annotator_rows: list[dict[str, Any]]
+
+  def summary_text(self) -> str:
+    """A few lines for the terminal."""
+    s = self.summary
+    agreement_text = ", ".join(
+        f"{label} {format(s['agreement'][k], '.3f') if s['agreement'][k] is not None else 'undefined'}"
+        for k, label in (("percent_agreement", "percent"), ("fleiss_kappa", "Fleiss' kappa"),
+                         ("krippendorff_alpha", "Krippendorff's alpha")))
+    lines = [
+        f"Read {s['num_read']} records from {s['input']} ({s['format']}): {s['num_accepted']} "
+        f"accepted, {s['num_rejected']} rejected (rejects.jsonl).",
+        f"{s['num_items']} items, {s['num_annotators']} annotator"
+        f"{'' if s['num_annotators'] == 1 else 's'}, {s['num_classes']} classes "
+        f"({', '.join(map(str, s['class_names']))}).",
+        f"Agreement: {agreement_text}.",
+        f"{s['method']}"
+        + (f" ({s['num_iters']} iterations)" if s.get("num_iters") is not None else "")
+        + ": " + ", ".join(f"{k}: {v}" for k, v in s["label_counts"].items())
+        + f"; mean confidence {s['mean_confidence']:.3f}.",
+        f"Expert review: {s['num_expert_review']} items ({s['routing_rule']}); "
+        f"{s['num_expert_resolved']} expert-labelled, {s['num_pending']} pending.",
+    ]
+    if s.get("accuracy") is not None:
+      lines.append(f"Accuracy {s['accuracy']:.4f} on {s['num_truth_items']} items with a gold "
+                   f"label ({s['truth']}).")
+    drift = s["drift"]
+    if drift["measured"]:
+      lines.append(f"Drift alarms: CUSUM {drift['cusum_alarms']}, Page-Hinkley "
+                   f"{drift['page_hinkley_alarms']} annotators.")
+    else:
+      lines.append(f"Drift: not measured ({drift['note']})")
+    for note in s.get("notes", []):
+      lines.append(f"Note: {note}")
+    lines.append(f"Wrote {', '.join(s['files'])} to {self.output_dir} in "
+                 f"{sum(s['seconds'].values()):.1f} s.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Config validation.
+
+
+def _get(config: Any, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part] if isinstance(node, Mapping) or hasattr(node, "keys") else getattr(node, part)
+  return node
+
+
+def _fail(field: str, value: Any, expected: str) -> None:
+  raise ConfigError(f"config.{field} = {value!r} is not valid: expected {expected}.")
+
+
+def _choice(config: Any, field: str, choices: tuple[str, ...]) -> str:
+  value = _get(config, field)
+  if value not in choices:
+    _fail(field, value, "one of " + ", ".join(choices))
+  return value
+
+
+def _number(config: Any, field: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, integer: bool = False) -> Any:
+  value = _get(config, field)
+  kind = "an integer" if integer else "a number"
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    _fail(field, value, kind)
+  if integer and int(value) != value:
+    _fail(field, value, kind)
+  if not math.isfinite(float(value)):
+    _fail(field, value, f"a finite {kind[2:] if kind.startswith('a ') else kind}")
+  bad_low = low is not None and (value < low or (low_open and value == low))
+  bad_high = high is not None and (value > high or (high_open and value == high))
+  if bad_low or bad_high:
+    left = "-inf" if low is None else f"{low}"
+    right = "inf" if high is None else f"{high}"
+    _fail(field, value, f"{kind} in {'(' if low_open or low is None else '['}{left}, {right}"
+          f"{')' if high_open or high is None else ']'}")
+  return int(value) if integer else float(value)
+
+
+def validate_config(config: Any) -> None:
+  """Checks every field `run` uses; raises `ConfigError` naming the first bad one."""
+  for field in ("input", "output_dir"):
+    value = _get(config, field)
+    if not isinstance(value, str) or not value.strip():
+      _fail(field, value, "a path (this field is required: --config."
+            f"{field}=PATH)")
+  _choice(config, "format", records.FORMATS)
+  method = _choice(config, "method", METHODS)
+  if method == "crowd_bt" and _get(config, "format") not in PAIRWISE_FORMATS:
+    _fail("method", method, "a class-level method: crowd_bt needs pairwise comparisons "
+          f"(format one of {', '.join(PAIRWISE_FORMATS)}), not format "
+          f"{_get(config, 'format')!r}")
+  for field in ("truth", "expert_labels"):
+    if not isinstance(_get(config, field), str):
+      _fail(field, _get(config, field), 'a path or ""')
+  _choice(config, "duplicate_policy", records.DUPLICATE_POLICIES)
+  _number(config, "num_iters", low=1, integer=True)
+  _number(config, "tol", low=0.0)
+  _number(config, "seed", low=0, integer=True)
+  _choice(config, "tie_break", aggregation.TIE_BREAKS)
+  _number(config, "smoothing", low=0.0)
+  _choice(config, "bayesian.method", aggregation.BAYESIAN_METHODS)
+  for field in ("bayesian.prior_correct", "bayesian.prior_incorrect", "bayesian.prior_class"):
+    _number(config, field, low=0.0, low_open=True)
+  _choice(config, "mace.method", ("vb", "em"))
+  _number(config, "mace.num_restarts", low=1, integer=True)
+  _number(config, "glad.m_step_iters", low=1, integer=True)
+  _choice(config, "crowd_bt.ties", CROWD_BT_TIES)
+  _choice(config, "crowd_bt.optimizer", ("optax", "em"))
+  if not isinstance(_get(config, "crowd_bt.position_bias"), bool):
+    _fail("crowd_bt.position_bias", _get(config, "crowd_bt.position_bias"), "True or False")
+  _number(config, "crowd_bt.score_prior_var", low=0.0, low_open=True)
+  _number(config, "routing.confidence_threshold", low=0.0, high=1.0)
+  if _get(config, "routing.agreement_threshold") is not None:
+    _number(config, "routing.agreement_threshold", low=0.0, high=1.0)
+  coefficients = [_number(config, f"weights.{name}_coef", low=0.0)
+                  for name in ("golden", "expert", "temporal")]
+  if sum(coefficients) <= 0:
+    _fail("weights.golden_coef", coefficients[0],
+          "coefficients (golden, expert, temporal) with a positive sum")
+  _number(config, "weights.fast_threshold_ms", low=0.0)
+  _number(config, "weights.fast_penalty", low=0.0, high=1.0)
+  _number(config, "weights.min_count", low=1, integer=True)
+  _choice(config, "weights.source", WEIGHT_SOURCES)
+  _number(config, "golden_rate", low=0.0, high=1.0, high_open=True)
+  _number(config, "drift.cusum_p0", low=0.0, high=1.0, low_open=True, high_open=True)
+  _number(config, "drift.cusum_p1", low=0.0, high=1.0, low_open=True, high_open=True)
+  if _get(config, "drift.cusum_p0") == _get(config, "drift.cusum_p1"):
+    _fail("drift.cusum_p1", _get(config, "drift.cusum_p1"), "a value different from drift.cusum_p0")
+  _number(config, "drift.cusum_threshold", low=0.0, low_open=True)
+  _number(config, "drift.ph_delta", low=0.0)
+  _number(config, "drift.ph_threshold", low=0.0, low_open=True)
+  _number(config, "drift.ph_min_samples", low=1, integer=True)
+  if not isinstance(_get(config, "report.plots"), bool):
+    _fail("report.plots", _get(config, "report.plots"), "True or False")
+  _number(config, "report.num_confusion", low=0, integer=True)
+  _number(config, "report.num_drift", low=0, integer=True)
+  _choice(config, "progress", PROGRESS_MODES)
+
+
+# ----------------------------------------------------------------------------------------
+# Aggregation by name.
+
+
+def _tol(config: Any) -> float | None:
+  return float(config.tol) if config.tol > 0 else None
+
+
+def _class_method(method: str, enc: types.EncodedAnnotations, config: Any,
+                  vote_weights: np.ndarray | None) -> types.AggregationResult:
+  """Runs one class-level method on the encoded annotations."""
+  arrays = (enc.items, enc.annotators, enc.labels)
+  sizes = dict(num_classes=enc.num_classes, num_items=enc.num_items)
+  key = jax.random.key(int(config.seed))
+  em = dict(num_iters=int(config.num_iters), num_annotators=enc.num_annotators, **sizes)
+  if method == "majority_vote":
+    return aggregation.majority_vote(*arrays, num_annotators=enc.num_annotators,
+                                     tie_break=config.tie_break, key=key, **sizes)
+  if method == "weighted_vote":
+    return aggregation.weighted_vote(*arrays, annotator_weights=vote_weights,
+                                     tie_break=config.tie_break, key=key, **sizes)
+  if method == "dawid_skene":
+    return aggregation.dawid_skene(*arrays, tol=_tol(config), smoothing=float(config.smoothing),
+                                   **em)
+  if method == "one_coin_dawid_skene":
+    return aggregation.one_coin_dawid_skene(*arrays, tol=_tol(config),
+                                            smoothing=float(config.smoothing), **em)
+  if method == "bayesian_dawid_skene":
+    b = config.bayesian
+    return aggregation.bayesian_dawid_skene(
+        *arrays, tol=_tol(config), prior_correct=float(b.prior_correct),
+        prior_incorrect=float(b.prior_incorrect), prior_class=float(b.prior_class),
+        method=b.method, **em)
+  # Imported here: the spammer-aware models are optional extras of the pipeline.
+  from rlhf_jax.feedback import spammer_models  # pylint: disable=g-import-not-at-top
+  if method == "mace":
+    return spammer_models.mace(*arrays, num_restarts=int(config.mace.num_restarts), key=key,
+                               method=config.mace.method, **em)
+  if method == "glad":
+    return spammer_models.glad(*arrays, m_step_iters=int(config.glad.m_step_iters), **em)
+  raise ConfigError(f"config.method = {method!r} is not a class-level method.")
+
+
+def _response_keys(enc: types.EncodedAnnotations) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Per item, the keys of responses a and b (ids, else a hash of the text)."""
+  payloads = enc.item_payloads
+  if payloads is None:
+    raise records.FeedbackInputError(
+        "crowd_bt needs pairwise records with response ids or texts; this input has none.")
+  keys_a, keys_b, previews = [], [], {}
+  for item_id, payload in zip(enc.item_ids, payloads):
+    pair = []
+    for side in ("a", "b"):
+      if f"response_{side}_id" in payload:
+        key = str(payload[f"response_{side}_id"])
+        previews.setdefault(key, "")
+      elif f"response_{side}" in payload:
+        text = str(payload[f"response_{side}"])
+        key = "sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        previews.setdefault(key, text[:100].replace("\n", " "))
+      else:
+        raise records.FeedbackInputError(
+            f"crowd_bt scores responses, but item {item_id!r} has neither response_{side}_id "
+            f"nor response_{side}; give both responses (ids or texts) for every item, or use a "
+            "class-level method such as dawid_skene.")
+      pair.append(key)
+    keys_a.append(pair[0])
+    keys_b.append(pair[1])
+  return np.asarray(keys_a, dtype=object), np.asarray(keys_b, dtype=object), previews
+
+
+def _crowd_bt(enc: types.EncodedAnnotations, config: Any
+              ) -> tuple[types.AggregationResult, dict[str, Any]]:
+  """Item-level Crowd-BT over the responses; per-comparison posteriors from the scores."""
+  from rlhf_jax.feedback import pairwise  # pylint: disable=g-import-not-at-top
+
+  keys_a, keys_b, previews = _response_keys(enc)
+  response_ids, codes = np.unique(np.concatenate([keys_a, keys_b]).astype(str),
+                                  return_inverse=True)
+  codes = codes.reshape(-1).astype(np.int32)
+  code_a, code_b = codes[:enc.num_items], codes[enc.num_items:]
+  left, right = code_a[enc.items], code_b[enc.items]
+  labels = np.asarray(enc.labels)
+  decided = labels != types.TIE
+  left_wins = labels == types.A_PREFERRED
+  ties = int((~decided).sum())
+  if config.crowd_bt.ties == "split":
+    # A tie counts as one win each way: no net preference, but evidence of closeness.
+    tie_rows = np.flatnonzero(~decided)
+    order = np.concatenate([np.flatnonzero(decided), tie_rows, tie_rows])
+    wins = np.concatenate([left_wins[decided], np.ones(ties, bool), np.zeros(ties, bool)])
+  else:
+    order = np.flatnonzero(decided)
+    wins = left_wins[decided]
+  if order.size == 0:
+    raise records.FeedbackInputError(
+        "crowd_bt: every annotation is a tie and config.crowd_bt.ties = 'drop' leaves no "
+        "comparison to fit.")
+  fit = pairwise.crowd_bt(
+      left[order], right[order], np.asarray(enc.annotators)[order], wins,
+      num_items=int(response_ids.size), num_annotators=enc.num_annotators,
+      position_bias=bool(config.crowd_bt.position_bias),
+      score_prior_var=float(config.crowd_bt.score_prior_var),
+      num_iters=int(config.num_iters), method=config.crowd_bt.optimizer,
+  )
+  fit = jax.device_get(fit)
+  scores = np.asarray(fit.scores, np.float64)
+  p_a = 1.0 / (1.0 + np.exp(-(scores[code_a] - scores[code_b])))
+  posteriors = np.zeros((enc.num_items, enc.num_classes), np.float32)
+  posteriors[:, types.A_PREFERRED] = p_a
+  posteriors[:, types.B_PREFERRED] = 1.0 - p_a
+  item_labels = np.where(p_a >= 0.5, types.A_PREFERRED, types.B_PREFERRED).astype(np.int32)
+  confidence = np.maximum(p_a, 1.0 - p_a).astype(np.float32)
+  comparisons = np.bincount(left[order], minlength=response_ids.size) + np.bincount(
+      right[order], minlength=response_ids.size)
+  result = types.AggregationResult(
+      posteriors=posteriors, labels=item_labels, confidence=confidence,
+      annotator_params={"reliability": np.asarray(fit.reliability),
+                        "position_bias": np.asarray(fit.position_bias)},
+      extras={"num_iters": int(fit.num_iters), "log_likelihood": float(fit.log_likelihood)},
+  )
+  info = {
+      "response_ids": response_ids, "scores": scores, "comparisons": comparisons,
+      "previews": previews, "num_comparisons": int(order.size), "num_ties": ties,
+  }
+  return result, info
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _class_indices(mapping: dict[str, str], enc: types.EncodedAnnotations, what: str,
+                   path: Path, strict: bool) -> tuple[np.ndarray, int]:
+  """[I] class index per item from {item id: class name} (-1 where absent or unknown).
+
+  Returns the array and the number of ids not among the items. With `strict`, a class
+  name that is not one of the input's classes is an error (expert labels must be usable);
+  otherwise it counts as -2 (a gold class no annotator gave: never matched).
+  """
+  class_index = {name: k for k, name in enumerate(enc.class_names)}
+  item_index = {item_id: i for i, item_id in enumerate(enc.item_ids)}
+  out = np.full(enc.num_items, -1, np.int32)
+  unknown_items = 0
+  for item_id, name in mapping.items():
+    i = item_index.get(item_id)
+    if i is None:
+      unknown_items += 1
+      continue
+    k = class_index.get(name)
+    if k is None:
+      if strict:
+        raise records.FeedbackInputError(
+            f"{path}: {what} {name!r} for item {item_id!r} is not one of the classes of the "
+            f"input ({', '.join(enc.class_names)}).")
+      k = -2
+    out[i] = k
+  return out, unknown_items
+
+
+def _leave_one_out_agreement(enc: types.EncodedAnnotations) -> np.ndarray:
+  """Per annotation: share of the item's other annotations with the same label (NaN if none)."""
+  items, labels = np.asarray(enc.items), np.asarray(enc.labels)
+  k = enc.num_classes
+  counts = np.bincount(items * k + labels, minlength=enc.num_items * k).reshape(enc.num_items, k)
+  others = counts.sum(axis=1)[items] - 1
+  same = counts[items, labels] - 1
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(others > 0, same / np.maximum(others, 1), np.nan)
+
+
+def _iso(seconds: float) -> str:
+  if seconds is None or not np.isfinite(seconds):
+    return ""
+  return datetime.datetime.fromtimestamp(float(seconds), datetime.timezone.utc).strftime(
+      "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _agreement_metrics(enc: types.EncodedAnnotations) -> tuple[dict, dict]:
+  values, notes = {}, {}
+  arrays = (enc.items, enc.annotators, enc.labels)
+  for name, fn in (("percent_agreement", agreement.percent_agreement),
+                   ("fleiss_kappa", agreement.fleiss_kappa),
+                   ("krippendorff_alpha", agreement.krippendorff_alpha)):
+    try:
+      values[name] = float(fn(*arrays))
+    except ValueError as error:  # undefined on this data (one annotator, one class, ...)
+      values[name] = None
+      notes[name] = str(error)
+  return values, notes
+
+
+def _empirical_confusion(enc: types.EncodedAnnotations, item_labels: np.ndarray,
+                         annotator_index: np.ndarray) -> np.ndarray:
+  """[len(annotator_index), K, K] P(answer | aggregated label), from counts."""
+  k = enc.num_classes
+  annotators_np = np.asarray(enc.annotators)
+  true = item_labels[np.asarray(enc.items)]
+  cells = (annotators_np * k + true) * k + np.asarray(enc.labels)
+  counts = np.bincount(cells, minlength=enc.num_annotators * k * k).reshape(
+      enc.num_annotators, k, k)[annotator_index].astype(np.float64)
+  totals = counts.sum(axis=2, keepdims=True)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+
+
+class _Stages:
+  """Times the pipeline's stages and drives the optional tqdm bar."""
+
+  def __init__(self, names: list[str], show: bool):
+    self.seconds: dict[str, float] = {}
+    self._show = show
+    self._bar = None
+    if show:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=len(names), unit="stage", file=sys.stderr, leave=False)
+    self._name: str | None = None
+    self._start = 0.0
+
+  def start(self, name: str) -> None:
+    self._finish()
+    self._name, self._start = name, time.perf_counter()
+    if self._bar is not None:
+      self._bar.set_description(name)
+
+  def _finish(self) -> None:
+    if self._name is not None:
+      self.seconds[self._name] = time.perf_counter() - self._start
+      if self._bar is not None:
+        self._bar.update(1)
+      self._name = None
+
+  def close(self) -> None:
+    self._finish()
+    if self._bar is not None:
+      self._bar.close()
+
+
+# ----------------------------------------------------------------------------------------
+# The pipeline.
+
+
+def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
+  """Reads, aggregates, routes, measures and reports (see the module docstring).
+
+  Args:
+    config: the `ml_collections.ConfigDict` of `configs/aggregate.py` (every field is
+      documented there).
+    progress: force the progress bar on or off (default: `config.progress`).
+
+  Returns:
+    `AggregateOutputs`; the files are in `config.output_dir`.
+
+  Raises:
+    ConfigError: a config value is invalid (the message names the field).
+    FileNotFoundError: the input, truth or expert file does not exist.
+    records.FeedbackInputError: the input has no usable annotation, or a truth/expert file
+      is malformed.
+  """
+  validate_config(config)
+  input_path = Path(config.input)
+  if not input_path.exists():
+    raise FileNotFoundError(f"input file not found: {input_path} (config.input)")
+  if input_path.is_dir():
+    raise IsADirectoryError(f"config.input is a directory, expected a file: {input_path}")
+  truth_path = _truth_path(config, input_path)
+  expert_path = Path(config.expert_labels) if config.expert_labels else None
+  if expert_path is not None and not expert_path.is_file():
+    raise FileNotFoundError(f"expert labels file not found: {expert_path} (config.expert_labels)")
+  output_dir = Path(config.output_dir)
+  if output_dir.exists() and not output_dir.is_dir():
+    raise ConfigError(f"config.output_dir = {str(output_dir)!r} is a file, expected a directory.")
+  output_dir.mkdir(parents=True, exist_ok=True)
+  if progress is None:
+    progress = config.progress == "on" or (
+        config.progress == "auto" and input_path.stat().st_size >= AUTO_PROGRESS_BYTES)
+
+  method = config.method
+  stages = _Stages(["read", "calibrate", "aggregate", "route", "drift", "write"], progress)
+  notes: list[str] = []
+  try:
+    # ---- Read.
+    stages.start("read")
+    rejects_path = output_dir / "rejects.jsonl"
+    read = records.read_annotations(input_path, format=config.format, rejects_path=rejects_path,
+                                    duplicate_policy=config.duplicate_policy)
+    enc = read.annotations
+    if enc.num_classes < 2:
+      raise records.FeedbackInputError(
+          f"{input_path}: every accepted annotation has the same answer "
+          f"{enc.class_names[0]!r}; aggregation needs at least two classes.")
+    if enc.num_annotators < 2:
+      notes.append("only one annotator: agreement is undefined and every method returns "
+                   "that annotator's answers.")
+    truth = records.read_truth(truth_path) if truth_path is not None else None
+    experts = records.read_truth(expert_path) if expert_path is not None else None
+
+    # ---- Calibration: per-annotator metrics and weights.
+    stages.start("calibrate")
+    expert_labels = np.full(enc.num_items, -1, np.int32)
+    if experts is not None:
+      expert_labels, unknown = _class_indices(experts, enc, "expert label", expert_path, True)
+      if unknown:
+        notes.append(f"{unknown} expert-labelled items of {expert_path} are not in the input.")
+    timestamps = enc.timestamps
+    has_all_times = timestamps is not None and bool(np.all(np.isfinite(timestamps)))
+    if timestamps is not None and not has_all_times:
+      notes.append(f"{int((~np.isfinite(timestamps)).sum())} annotations have no timestamp: "
+                   "temporal consistency is not measured and drift uses the others.")
+    metrics = jax.device_get(annotators_lib.annotator_metrics(
+        enc.items, enc.annotators, enc.labels,
+        timestamps=timestamps if has_all_times else None,
+        response_ms=enc.response_ms, is_golden=enc.is_golden, golden_labels=enc.golden_labels,
+        expert_labels=expert_labels, num_annotators=enc.num_annotators,
+        num_items=enc.num_items))
+    w = config.weights
+    weights = np.asarray(annotators_lib.annotator_weights(
+        metrics, golden_coef=float(w.golden_coef), expert_coef=float(w.expert_coef),
+        temporal_coef=float(w.temporal_coef), fast_threshold_ms=float(w.fast_threshold_ms),
+        fast_penalty=float(w.fast_penalty), min_count=int(w.min_count)))
+    min_count = int(w.min_count)
+    has_calibration = bool(np.any(
+        (metrics.num_golden >= min_count) | (metrics.num_expert >= min_count)
+        | (metrics.num_repeat_pairs >= min_count)))
+    agreement_values, agreement_notes = _agreement_metrics(enc)
+    leave_one_out = _leave_one_out_agreement(enc)
+
+    # ---- Aggregate.
+    stages.start("aggregate")
+    vote_weights = None
+    weight_source = None
+    if method == "weighted_vote":
+      weight_source = w.source
+      if weight_source == "auto":
+        weight_source = "calibration" if has_calibration else "reliability"
+      if weight_source == "calibration":
+        vote_weights = weights
+        if not has_calibration:
+          notes.append("no annotator has golden, expert or repeat data: every calibration "
+                       "weight is equal and weighted_vote is a majority vote.")
+      else:
+        reliability = aggregation.dawid_skene(
+            enc.items, enc.annotators, enc.labels, num_classes=enc.num_classes,
+            num_items=enc.num_items, num_annotators=enc.num_annotators,
+            num_iters=int(config.num_iters), tol=_tol(config)).annotator_params["reliability"]
+        vote_weights = np.asarray(reliability)
+    crowd_bt_info = None
+    if method == "crowd_bt":
+      result, crowd_bt_info = _crowd_bt(enc, config)
+    else:
+      result = _class_method(method, enc, config, vote_weights)
+    result = jax.device_get(result)
+    posteriors = np.asarray(result.posteriors, np.float32)
+    crowd_labels = np.asarray(result.labels, np.int32)
+    crowd_confidence = np.asarray(result.confidence, np.float32)
+    num_annotations = np.bincount(enc.items, minlength=enc.num_items)
+
+    # ---- Route: expert review, expert labels.
+    stages.start("route")
+    r = config.routing
+    item_agreement = None
+    if r.agreement_threshold is not None:
+      item_agreement = agreement.item_agreement(
+          enc.items, enc.annotators, enc.labels, num_items=enc.num_items,
+          num_classes=enc.num_classes)
+    review = np.asarray(routing.route_items(
+        posteriors, agreement=item_agreement,
+        confidence_threshold=float(r.confidence_threshold),
+        agreement_threshold=None if r.agreement_threshold is None else float(r.agreement_threshold)))
+    expert_items = np.flatnonzero(expert_labels >= 0)
+    resolved = routing.resolve_expert_reviews(
+        crowd_labels, crowd_confidence, review, expert_items, expert_labels[expert_items],
+        posteriors=posteriors)
+    final_labels = np.asarray(resolved.labels, np.int32)
+    final_confidence = np.asarray(resolved.confidence, np.float32)
+    final_posteriors = np.asarray(resolved.posteriors, np.float32)
+    label_source = resolved.source_names()
+    routing_rule = f"confidence < {float(r.confidence_threshold):g}"
+    if r.agreement_threshold is not None:
+      routing_rule += f" or pairwise agreement < {float(r.agreement_threshold):g}"
+
+    accuracy = crowd_accuracy = None
+    num_truth_items = 0
+    if truth is not None:
+      truth_labels, unknown = _class_indices(truth, enc, "gold label", truth_path, False)
+      has_truth = truth_labels != -1
+      num_truth_items = int(has_truth.sum())
+      if num_truth_items and unknown:
+        notes.append(f"{unknown} items of {truth_path} have no accepted annotation and are "
+                     "not scored.")
+      if num_truth_items:
+        accuracy = float(np.mean(final_labels[has_truth] == truth_labels[has_truth]))
+        if expert_items.size:
+          crowd_accuracy = float(np.mean(crowd_labels[has_truth] == truth_labels[has_truth]))
+      else:
+        notes.append(f"no item of {truth_path} is in the input: accuracy not computed.")
+
+    # ---- Drift.
+    stages.start("drift")
+    drift_summary, drift_rows, drift_panels = _drift(enc, config, leave_one_out)
+
+    # ---- Annotator table.
+    reliability = np.asarray(result.annotator_params["reliability"], np.float64)
+    annotators_np = np.asarray(enc.annotators)
+    agrees_label = (np.asarray(enc.labels) == crowd_labels[np.asarray(enc.items)]).astype(np.float64)
+    agreement_with_label = np.bincount(annotators_np, agrees_label, minlength=enc.num_annotators) / (
+        np.maximum(metrics.num_annotations, 1))
+    finite_loo = np.isfinite(leave_one_out)
+    loo_count = np.bincount(annotators_np[finite_loo], minlength=enc.num_annotators)
+    loo_sum = np.bincount(annotators_np[finite_loo], leave_one_out[finite_loo],
+                          minlength=enc.num_annotators)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      agreement_with_others = np.where(loo_count > 0, loo_sum / np.maximum(loo_count, 1), np.nan)
+      golden_share = np.where(metrics.num_annotations > 0,
+                              metrics.num_golden / np.maximum(metrics.num_annotations, 1), np.nan)
+    golden_rate = float(config.golden_rate)
+    any_golden = bool(np.any(metrics.num_golden > 0))
+    under_calibrated = (golden_share < golden_rate) & any_golden
+    fast = np.isfinite(metrics.median_response_ms) & (
+        metrics.median_response_ms < float(w.fast_threshold_ms))
+    annotator_rows = []
+    for a, annotator_id in enumerate(enc.annotator_ids):
+      row = {
+          "annotator": annotator_id,
+          "num_annotations": int(metrics.num_annotations[a]),
+          "reliability": float(reliability[a]),
+          "agreement_with_label": float(agreement_with_label[a]),
+          "agreement_with_others": float(agreement_with_others[a]),
+          "golden_accuracy": float(metrics.golden_accuracy[a]),
+          "num_golden": int(metrics.num_golden[a]),
+          "golden_share": float(golden_share[a]),
+          "expert_agreement": float(metrics.expert_agreement[a]),
+          "num_expert": int(metrics.num_expert[a]),
+          "temporal_consistency": float(metrics.temporal_consistency[a]),
+          "num_repeat_pairs": int(metrics.num_repeat_pairs[a]),
+          "median_response_ms": float(metrics.median_response_ms[a]),
+          "weight": float(weights[a]),
+      }
+      if vote_weights is not None:
+        row["vote_weight"] = float(vote_weights[a])
+      if "position_bias" in result.annotator_params:
+        row["position_bias"] = float(np.asarray(result.annotator_params["position_bias"])[a])
+      row.update(drift_rows[a])
+      annotator_rows.append(row)
+
+    # ---- Write.
+    stages.start("write")
+    lineage = records.item_lineage(enc)
+    files: dict[str, str] = {}
+    report.write_labels_csv(
+        output_dir / "labels.csv", item_ids=enc.item_ids, class_names=enc.class_names,
+        labels=final_labels, confidence=final_confidence, num_annotations=num_annotations,
+        expert_review=review, posteriors=final_posteriors, lineage=lineage,
+        label_source=label_source, progress=progress)
+    files["labels.csv"] = ("one row per item: label, confidence, number of annotations, expert "
+                           "review flag, posterior per class, lineage (annotation ids, guideline "
+                           "versions, label source)")
+    columns = list(_ANNOTATOR_COLUMNS)
+    if vote_weights is not None:
+      columns.insert(columns.index("weight") + 1, "vote_weight")
+    if "position_bias" in result.annotator_params:
+      columns.insert(columns.index("reliability") + 1, "position_bias")
+    report.write_annotators_csv(output_dir / "annotators.csv", annotator_rows, columns)
+    files["annotators.csv"] = ("one row per annotator: workload, reliability, agreement, golden "
+                               "accuracy, expert agreement, temporal consistency, speed, weight, "
+                               "drift alarms")
+    files["rejects.jsonl"] = f"{read.num_rejected} rejected records with file, line, field, reason"
+    if crowd_bt_info is not None:
+      _write_scores_csv(output_dir / "scores.csv", crowd_bt_info)
+      files["scores.csv"] = "Crowd-BT score per response, with its number of comparisons"
+
+    plots: dict[str, str] = {}
+    if config.report.plots:
+      plots = _plots(output_dir, enc, config, result, reliability, metrics, crowd_labels,
+                     drift_panels)
+      files.update({name: caption for caption, name in plots.items()})
+    files["report.md"] = "this report"
+    files["summary.json"] = "the report's numbers, for machines"
+
+    label_counts = {enc.class_names[k]: int(n)
+                    for k, n in enumerate(np.bincount(final_labels, minlength=enc.num_classes))}
+    num_iters = result.extras.get("num_iters") if isinstance(result.extras, dict) else None
+    stages.close()
+    summary = {
+        "input": str(input_path),
+        "format": config.format,
+        "method": method,
+        "num_iters": None if num_iters is None else int(np.asarray(num_iters)),
+        "num_read": read.num_read,
+        "num_accepted": read.num_accepted,
+        "num_rejected": read.num_rejected,
+        "reject_reasons": read.reject_reasons(),
+        "num_duplicates": len(read.duplicates),
+        "num_contradictions": len(read.contradictions),
+        "duplicate_policy": read.duplicate_policy,
+        "num_items": enc.num_items,
+        "num_annotators": enc.num_annotators,
+        "num_classes": enc.num_classes,
+        "class_names": list(enc.class_names),
+        "agreement": agreement_values,
+        "agreement_notes": agreement_notes,
+        "label_counts": label_counts,
+        "mean_confidence": float(np.mean(final_confidence)),
+        "num_expert_review": int(review.sum()),
+        "num_expert_resolved": int(expert_items.size),
+        "num_pending": int(sum(s == "pending" for s in label_source)),
+        "routing_rule": routing_rule,
+        "accuracy": accuracy,
+        "crowd_accuracy": crowd_accuracy,
+        "num_truth_items": num_truth_items,
+        "truth": None if truth_path is None else str(truth_path),
+        "weight_source": weight_source,
+        "calibration": {
+            "formula": (f"{float(w.golden_coef):g}*golden + {float(w.expert_coef):g}*expert "
+                        f"+ {float(w.temporal_coef):g}*temporal, renormalised over the metrics "
+                        f"an annotator has, times {float(w.fast_penalty):g} when the median "
+                        f"response is under {float(w.fast_threshold_ms):g} ms"),
+            "num_with_golden": int(np.sum(metrics.num_golden > 0)),
+            "has_evidence": has_calibration,
+            "num_under_calibrated": int(under_calibrated.sum()),
+            "golden_rate": golden_rate,
+            "num_fast": int(fast.sum()),
+            "fast_threshold_ms": float(w.fast_threshold_ms),
+        },
+        "drift": drift_summary,
+        "notes": notes,
+        "seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
+        "files": files,
+    }
+    if crowd_bt_info is not None:
+      summary["crowd_bt"] = {
+          "num_responses": int(crowd_bt_info["response_ids"].size),
+          "num_comparisons": crowd_bt_info["num_comparisons"],
+          "num_ties": crowd_bt_info["num_ties"],
+          "ties": config.crowd_bt.ties,
+      }
+    report.write_report_md(output_dir / "report.md", summary, annotator_rows=annotator_rows,
+                           plots=plots, reject_examples=read.rejects[:5])
+    with open(output_dir / "summary.json", "w", encoding="utf-8") as handle:
+      json.dump(_finite(summary), handle, indent=2, allow_nan=False, default=_json_default)
+      handle.write("\n")
+  finally:
+    stages.close()
+  return AggregateOutputs(
+      output_dir=output_dir, summary=summary, read_report=read, result=result,
+      labels=final_labels, confidence=final_confidence, expert_review=review,
+      label_source=label_source, annotator_rows=annotator_rows)
+
+
+_ANNOTATOR_COLUMNS = (
+    "annotator", "num_annotations", "reliability", "agreement_with_label",
+    "agreement_with_others", "golden_accuracy", "num_golden", "golden_share",
+    "expert_agreement", "num_expert", "temporal_consistency", "num_repeat_pairs",
+    "median_response_ms", "weight", "drift_alarm", "cusum_alarm_time", "cusum_drop",
+    "page_hinkley_alarm_time", "page_hinkley_drop",
+)
+
+
+def _finite(value: Any) -> Any:
+  """The summary with NaN and infinities as None (JSON has no NaN)."""
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+    return None
+  return value
+
+
+def _json_default(value: Any) -> Any:
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (np.floating,)):
+    return None if not np.isfinite(value) else float(value)
+  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _truth_path(config: Any, input_path: Path) -> Path | None:
+  if config.truth:
+    path = Path(config.truth)
+    if not path.is_file():
+      raise FileNotFoundError(f"truth file not found: {path} (config.truth)")
+    return path
+  if config.format == "crowd_csv":
+    candidate = input_path.parent / "truth.csv"
+    if candidate.is_file() and candidate.resolve() != input_path.resolve():
+      return candidate
+  return None
+
+
+def _drift(enc: types.EncodedAnnotations, config: Any, leave_one_out: np.ndarray
+           ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+  """Runs both detectors per annotator; returns (summary, per-annotator fields, plot panels)."""
+  d = config.drift
+  rows = [{"drift_alarm": "", "cusum_alarm_time": "", "cusum_drop": None,
+           "page_hinkley_alarm_time": "", "page_hinkley_drop": None}
+          for _ in range(enc.num_annotators)]
+  cusum_rule = (f"p0 = {float(d.cusum_p0):g} -> p1 = {float(d.cusum_p1):g}, "
+                f"h = {float(d.cusum_threshold):g}")
+  ph_rule = (f"delta = {float(d.ph_delta):g}, lambda = {float(d.ph_threshold):g}, "
+             f"at least {int(d.ph_min_samples)} annotations")
+  summary = {"measured": False, "note": "", "cusum_alarms": 0, "page_hinkley_alarms": 0,
+             "cusum_rule": cusum_rule, "page_hinkley_rule": ph_rule}
+  if enc.timestamps is None:
+    summary["note"] = f"the input ({config.format}) has no timestamps."
+    return summary, rows, []
+  timed = np.isfinite(enc.timestamps)
+  if not timed.any():
+    summary["note"] = "no annotation has a timestamp."
+    return summary, rows, []
+  summary["measured"] = True
+  for row in rows:
+    row["drift_alarm"] = "no"
+  annotators_np = np.asarray(enc.annotators)
+  panels_data: dict[str, tuple[Any, Any, float, str]] = {}
+
+  golden = timed.copy()
+  if enc.is_golden is not None and enc.golden_labels is not None:
+    golden &= np.asarray(enc.is_golden) & (np.asarray(enc.golden_labels) >= 0)
+  else:
+    golden[:] = False
+  if golden.any():
+    correct = (np.asarray(enc.labels)[golden] == np.asarray(enc.golden_labels)[golden])
+    result, streams = drift_lib.detect_annotator_drift(
+        annotators_np[golden], correct.astype(np.float32), enc.timestamps[golden],
+        num_annotators=enc.num_annotators, method="cusum", p0=float(d.cusum_p0),
+        p1=float(d.cusum_p1), threshold=float(d.cusum_threshold))
+    panels_data["cusum"] = (result, streams, float(d.cusum_threshold), "CUSUM S_t (golden)")
+  usable = timed & np.isfinite(leave_one_out)
+  if usable.any():
+    result, streams = drift_lib.detect_annotator_drift(
+        annotators_np[usable], leave_one_out[usable].astype(np.float32),
+        enc.timestamps[usable], num_annotators=enc.num_annotators, method="page_hinkley",
+        delta=float(d.ph_delta), threshold=float(d.ph_threshold),
+        min_samples=int(d.ph_min_samples), direction="decrease")
+    panels_data["page_hinkley"] = (result, streams, float(d.ph_threshold), "PH_t (agreement)")
+  if not panels_data:
+    summary["measured"] = False
+    summary["note"] = "no golden annotation and no item with two timed annotations."
+    for row in rows:
+      row["drift_alarm"] = ""
+    return summary, rows, []
+
+  alarmed = np.zeros(enc.num_annotators, bool)
+  for name, (result, _, _, _) in panels_data.items():
+    first = np.asarray(result.alarm_index) >= 0
+    summary[f"{name}_alarms"] = int(first.sum())
+    alarmed |= first
+    for a in np.flatnonzero(first):
+      rows[a][f"{name}_alarm_time"] = _iso(result.alarm_time[a])
+      rows[a][f"{name}_drop"] = float(result.magnitude[a])
+  for a in np.flatnonzero(alarmed):
+    rows[a]["drift_alarm"] = "yes"
+  if "cusum" not in panels_data:
+    summary["note"] = "no golden annotation with a timestamp: only Page-Hinkley ran."
+
+  # Timelines: alarmed annotators first (by first alarm), then the most active.
+  workload = np.bincount(annotators_np[timed], minlength=enc.num_annotators)
+  order = sorted(range(enc.num_annotators), key=lambda a: (not alarmed[a], -workload[a]))
+  panels = []
+  for a in order[:int(config.report.num_drift)]:
+    if workload[a] == 0:
+      continue
+    panel: dict[str, Any] = {"annotator": enc.annotator_ids[a]}
+    for name, (result, streams, threshold, label) in panels_data.items():
+      mask = np.asarray(streams.mask[a])
+      panel[name] = {
+          "times": streams.times[a][mask], "statistic": np.asarray(result.statistic[a])[mask],
+          "alarms": np.asarray(result.alarms[a])[mask], "threshold": threshold, "label": label,
+      }
+    panels.append(panel)
+  return summary, rows, panels
+
+
+def _plots(output_dir: Path, enc: types.EncodedAnnotations, config: Any,
+           result: types.AggregationResult, reliability: np.ndarray, metrics: Any,
+           crowd_labels: np.ndarray, drift_panels: list[dict[str, Any]]) -> dict[str, str]:
+  plots: dict[str, str] = {}
+  report.plot_reliability_histogram(
+      output_dir / "reliability_histogram.png", reliability, num_classes=enc.num_classes,
+      title=f"Annotator reliability ({config.method}, {enc.num_annotators} annotators)",
+      num_annotations=np.asarray(metrics.num_annotations))
+  plots["Annotator reliability: histogram and against workload"] = "reliability_histogram.png"
+  count = min(int(config.report.num_confusion), enc.num_annotators)
+  if count > 0:
+    workload = np.asarray(metrics.num_annotations)
+    top = np.argsort(-workload, kind="stable")[:count]
+    confusion = result.annotator_params.get("confusion")
+    if confusion is not None:
+      matrices = np.asarray(confusion)[top]
+      source = f"{config.method} confusion matrices"
+    else:
+      matrices = _empirical_confusion(enc, crowd_labels, top)
+      source = f"answers against the {config.method} labels"
+    report.plot_confusion_matrices(
+        output_dir / "confusion_matrices.png", matrices,
+        annotator_ids=[enc.annotator_ids[a] for a in top], num_annotations=workload[top],
+        class_names=enc.class_names,
+        title=f"P(answer | true class) of the {count} most active annotators ({source})")
+    plots[f"Confusion matrices of the {count} most active annotators"] = "confusion_matrices.png"
+  if drift_panels:
+    report.plot_drift_timelines(
+        output_dir / "drift_timelines.png", drift_panels,
+        title="Drift detectors over time (alarmed annotators first; dashed: threshold)")
+    plots["Drift timelines: CUSUM on golden correctness, Page-Hinkley on agreement"] = (
+        "drift_timelines.png")
+  return plots
+
+
+def _write_scores_csv(path: Path, info: dict[str, Any]) -> None:
+  import csv  # pylint: disable=g-import-not-at-top
+
+  order = np.argsort(-info["scores"], kind="stable")
+  with open(path, "w", newline="", encoding="utf-8") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(["response", "score", "rank", "num_comparisons", "text_preview"])
+    for rank, r in enumerate(order, start=1):
+      key = str(info["response_ids"][r])
+      writer.writerow([key, report.format_number(info["scores"][r]), rank,
+                       int(info["comparisons"][r]), info["previews"].get(key, "")])

@@ -1,0 +1,387 @@
+"""End-to-end tests of `scripts/aggregate.py` and `rlhf_jax.feedback.pipeline`.
+
+Every number the command reports is recomputed here from the input files with NumPy
+(counts, lineage, Fleiss' kappa, accuracy against the truth file, the routing rule), so a
+test fails when the pipeline misreports what it read or computed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax.feedback import pairwise, pipeline, simulate
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "aggregate.py"
+CONFIG = REPO / "configs" / "aggregate.py"
+DUCK = REPO / ".." / "shared" / "data" / "crowd" / "duck"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASS_NAMES = ("a", "b", "tie")
+
+
+def _run_cli(*overrides: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, str(SCRIPT), f"--config={CONFIG}", *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+  with open(path, newline="", encoding="utf-8") as handle:
+    reader = csv.DictReader(handle)
+    return list(reader.fieldnames), list(reader)
+
+
+def _load_config(**fields):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("_aggregate_config_under_test", CONFIG)
+  config_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config_module)
+  config = config_module.get_config()
+  for key, value in fields.items():
+    node = config
+    *parents, last = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def _fleiss_kappa_equal_raters(counts: np.ndarray) -> float:
+  """Fleiss (1971) with the same number m of ratings per item: counts [items, K]."""
+  m = counts.sum(axis=1)
+  assert np.all(m == m[0])
+  m = m[0]
+  p_item = (np.sum(counts**2, axis=1) - m) / (m * (m - 1))
+  p_class = counts.sum(axis=0) / counts.sum()
+  p_bar, p_e = p_item.mean(), np.sum(p_class**2)
+  return float((p_bar - p_e) / (1 - p_e))
+
+
+# ----------------------------------------------------------------------------------------
+# A simulated pairwise JSONL file with planted bad lines, through the command line.
+
+
+@pytest.fixture(scope="module")
+def simulated_run(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("simulated")
+  config = simulate.SimulationConfig(
+      num_items=240, num_annotators=16, annotations_per_item=5, golden_rate=0.1)
+  sim = simulate.simulate_annotations(jax.random.key(7), config)
+  data = folder / "annotations.jsonl"
+  simulate.write_jsonl(sim, data, with_text=False)
+  good_lines = sim.num_annotations
+  planted = [
+      b"{this is not json\n",
+      json.dumps({"item_id": "item-0", "annotator_id": "annotator-99", "choice": "maybe"}).encode() + b"\n",
+      json.dumps({"annotator_id": "annotator-98", "choice": "a"}).encode() + b"\n",
+      b'{"item_id": "item-1", "annotator_id": "bad-\xff", "choice": "a"}\n',
+      json.dumps({"item_id": "item-2", "annotator_id": "annotator-97", "choice": "b",
+                  "timestamp": "yesterday"}).encode() + b"\n",
+  ]
+  with open(data, "ab") as handle:
+    handle.write(b"\n")  # a blank line is not a record
+    handle.writelines(planted)
+  truth = folder / "truth.csv"
+  with open(truth, "w", encoding="utf-8") as handle:
+    handle.write("question,truth\n")
+    for i, label in enumerate(sim.true_labels):
+      handle.write(f"item-{i},{CLASS_NAMES[label]}\n")
+  # Expert decisions for the first 10 items: their true label.
+  experts = folder / "experts.csv"
+  with open(experts, "w", encoding="utf-8") as handle:
+    handle.write("question,truth\n")
+    for i in range(10):
+      handle.write(f"item-{i},{CLASS_NAMES[sim.true_labels[i]]}\n")
+  out = folder / "out"
+  completed = _run_cli(
+      f"--config.input={data}", "--config.format=jsonl", "--config.method=dawid_skene",
+      f"--config.output_dir={out}", f"--config.truth={truth}",
+      f"--config.expert_labels={experts}", "--config.routing.agreement_threshold=0.5")
+  return {"sim": sim, "data": data, "truth": truth, "out": out, "completed": completed,
+          "good_lines": good_lines, "planted": len(planted)}
+
+
+def _valid_records(path: Path) -> list[dict]:
+  """The records the test itself considers valid: the simulator's (annotation ids sim-N)."""
+  rows = []
+  for raw in path.read_bytes().split(b"\n"):
+    try:
+      row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      continue
+    if str(row.get("annotation_id", "")).startswith("sim-"):
+      rows.append(row)
+  return rows
+
+
+def test_cli_succeeds_and_prints_summary(simulated_run):
+  completed = simulated_run["completed"]
+  assert completed.returncode == 0, completed.stderr
+  assert "Traceback" not in completed.stderr
+  assert "Accuracy" in completed.stdout and "Fleiss' kappa" in completed.stdout
+
+
+def test_labels_csv_columns_rows_and_lineage(simulated_run):
+  header, rows = _read_csv(simulated_run["out"] / "labels.csv")
+  assert header[:5] == ["item", "label", "confidence", "num_annotations", "expert_review"]
+  assert header[5:8] == ["p_a", "p_b", "p_tie"]
+  assert header[8:10] == ["annotation_ids", "guideline_versions"]
+  records = _valid_records(simulated_run["data"])
+  expected_ids: dict[str, list[str]] = {}
+  for record in records:
+    expected_ids.setdefault(record["item_id"], []).append(record["annotation_id"])
+  assert len(rows) == len(expected_ids) == simulated_run["sim"].config.num_items
+  for row in rows:
+    assert row["annotation_ids"].split(";") == expected_ids[row["item"]]
+    assert int(row["num_annotations"]) == len(expected_ids[row["item"]])
+    assert row["guideline_versions"] == "sim-v1"
+    posterior = np.array([float(row[c]) for c in ("p_a", "p_b", "p_tie")])
+    np.testing.assert_allclose(posterior.sum(), 1.0, atol=1e-4)
+    assert row["label"] in CLASS_NAMES
+    np.testing.assert_allclose(float(row["confidence"]), posterior[CLASS_NAMES.index(row["label"])],
+                               atol=1e-5)
+
+
+def test_accuracy_recomputed_from_truth_equals_reported(simulated_run):
+  _, rows = _read_csv(simulated_run["out"] / "labels.csv")
+  _, truth_rows = _read_csv(simulated_run["truth"])
+  truth = {r["question"]: r["truth"] for r in truth_rows}
+  accuracy = np.mean([row["label"] == truth[row["item"]] for row in rows])
+  summary = json.loads((simulated_run["out"] / "summary.json").read_text())
+  assert summary["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+  assert summary["num_truth_items"] == len(rows)
+  assert f"Accuracy {accuracy:.4f}" in simulated_run["completed"].stdout
+  assert f"Accuracy {accuracy:.4f}" in (simulated_run["out"] / "report.md").read_text()
+  # The simulated annotators are informative: far above the 0.45 of always answering "a".
+  assert accuracy > 0.8
+
+
+def test_rejects_plus_accepted_equals_read(simulated_run):
+  rejects = [json.loads(line) for line in
+             (simulated_run["out"] / "rejects.jsonl").read_text().splitlines()]
+  summary = json.loads((simulated_run["out"] / "summary.json").read_text())
+  non_blank = sum(1 for line in simulated_run["data"].read_bytes().split(b"\n") if line.strip())
+  assert summary["num_read"] == non_blank == simulated_run["good_lines"] + simulated_run["planted"]
+  assert len(rejects) == summary["num_rejected"] == simulated_run["planted"]
+  assert summary["num_accepted"] + len(rejects) == non_blank
+  # The planted lines follow the good ones and one blank line; lines are 1-based.
+  first_planted = simulated_run["good_lines"] + 2
+  assert [r["line"] for r in rejects] == list(range(first_planted, first_planted + 5))
+  assert [r["field"] for r in rejects] == [None, "choice", "item_id", None, "timestamp"]
+  assert all(r["file"] == "annotations.jsonl" and r["reason"] for r in rejects)
+
+
+def test_agreement_matches_numpy_fleiss(simulated_run):
+  records = _valid_records(simulated_run["data"])
+  items = sorted({r["item_id"] for r in records})
+  index = {item: i for i, item in enumerate(items)}
+  counts = np.zeros((len(items), 3), np.int64)
+  for r in records:
+    counts[index[r["item_id"]], CLASS_NAMES.index(r["choice"])] += 1
+  summary = json.loads((simulated_run["out"] / "summary.json").read_text())
+  assert summary["agreement"]["fleiss_kappa"] == pytest.approx(
+      _fleiss_kappa_equal_raters(counts), abs=1e-5)
+
+
+def test_routing_and_expert_labels(simulated_run):
+  _, rows = _read_csv(simulated_run["out"] / "labels.csv")
+  records = _valid_records(simulated_run["data"])
+  per_item: dict[str, list[str]] = {}
+  for r in records:
+    per_item.setdefault(r["item_id"], []).append(r["choice"])
+  sim = simulated_run["sim"]
+  for row in rows:
+    item = int(row["item"].split("-")[1])
+    if item < 10:  # expert-labelled: the expert's (true) label, source "expert"
+      assert row["label_source"] == "expert"
+      assert row["label"] == CLASS_NAMES[sim.true_labels[item]]
+      continue
+    choices = per_item[row["item"]]
+    m = len(choices)
+    n = np.array([choices.count(c) for c in CLASS_NAMES])
+    pair_agreement = np.sum(n * (n - 1)) / (m * (m - 1))
+    routed = float(row["confidence"]) < 0.7 or pair_agreement < 0.5
+    assert row["expert_review"] == ("1" if routed else "0"), row
+    assert row["label_source"] == ("pending" if routed else "crowd")
+  summary = json.loads((simulated_run["out"] / "summary.json").read_text())
+  assert summary["num_expert_review"] == sum(r["expert_review"] == "1" for r in rows)
+  assert summary["num_expert_resolved"] == 10
+
+
+def test_annotators_csv(simulated_run):
+  _, rows = _read_csv(simulated_run["out"] / "annotators.csv")
+  sim = simulated_run["sim"]
+  assert len(rows) == sim.config.num_annotators
+  for row in rows:
+    a = int(row["annotator"].split("-")[1])
+    mine = sim.annotators == a
+    assert int(row["num_annotations"]) == mine.sum()
+    golden = mine & sim.is_golden
+    assert int(row["num_golden"]) == golden.sum()
+    if golden.any():
+      expected = np.mean(sim.labels[golden] == sim.golden_labels[golden])
+      assert float(row["golden_accuracy"]) == pytest.approx(expected, abs=1e-5)
+    assert 0.0 <= float(row["reliability"]) <= 1.0
+    assert 0.0 <= float(row["weight"]) <= 1.0
+    assert row["drift_alarm"] in ("yes", "no")
+
+
+def test_report_and_plots(simulated_run):
+  out = simulated_run["out"]
+  report = (out / "report.md").read_text()
+  from matplotlib import image  # pylint: disable=g-import-not-at-top
+  for name in ("reliability_histogram.png", "confusion_matrices.png", "drift_timelines.png"):
+    path = out / name
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = image.imread(path)  # a full decode, not just the signature
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels.std() > 0  # not a blank image
+    assert f"]({name})" in report
+  summary = json.loads((out / "summary.json").read_text())
+  for text in ("Fleiss' kappa", "Krippendorff's alpha", "items go to expert review",
+               f"| {summary['num_read']} | {summary['num_accepted']} | {summary['num_rejected']} |"):
+    assert text in report
+
+
+# ----------------------------------------------------------------------------------------
+# The duck data set (real crowd answers with gold labels).
+
+
+@pytest.fixture(scope="module")
+def duck_run(tmp_path_factory):
+  if not (DUCK / "answers.csv").is_file():
+    pytest.skip(f"real crowd data not found at {DUCK} (../shared/data is absent)")
+  out = tmp_path_factory.mktemp("duck")
+  completed = _run_cli(f"--config.input={DUCK / 'answers.csv'}", "--config.format=crowd_csv",
+                       "--config.method=dawid_skene", f"--config.output_dir={out}")
+  return out, completed
+
+
+def test_duck_end_to_end(duck_run):
+  out, completed = duck_run
+  assert completed.returncode == 0, completed.stderr
+  with open(DUCK / "answers.csv", newline="", encoding="utf-8") as handle:
+    answers = list(csv.DictReader(handle))
+  header, rows = _read_csv(out / "labels.csv")
+  assert header[:7] == ["item", "label", "confidence", "num_annotations", "expert_review",
+                        "p_0", "p_1"]
+  assert len(rows) == len({a["question"] for a in answers}) == 108
+  _, truth_rows = _read_csv(DUCK / "truth.csv")
+  truth = {r["question"]: r["truth"] for r in truth_rows}
+  accuracy = np.mean([row["label"] == truth[row["item"]] for row in rows])
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+  assert summary["num_read"] == summary["num_accepted"] == len(answers)
+  assert f"Accuracy {accuracy:.4f}" in completed.stdout
+  # The default method matches crowd-kit's DawidSkene (0.889) or beats it.
+  assert accuracy >= 0.889
+  for name in ("reliability_histogram.png", "confusion_matrices.png"):
+    assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+  assert not (out / "drift_timelines.png").exists()  # no timestamps in crowd data
+  assert "Not measured" in (out / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------
+# User mistakes: exit code 2, one message, no traceback.
+
+
+def test_config_field_typo_is_rejected(tmp_path):
+  completed = _run_cli("--config.input=x.csv", f"--config.output_dir={tmp_path}",
+                       "--config.num_iter=5")
+  assert completed.returncode == 2
+  assert "unknown config field 'num_iter'" in completed.stderr
+  assert "num_iters" in completed.stderr  # the valid fields are listed
+  assert "Traceback" not in completed.stderr
+
+
+def test_missing_input_exits_2_naming_the_file(tmp_path):
+  missing = tmp_path / "no_such_answers.csv"
+  completed = _run_cli(f"--config.input={missing}", f"--config.output_dir={tmp_path / 'out'}")
+  assert completed.returncode == 2
+  assert str(missing) in completed.stderr
+  assert "Traceback" not in completed.stderr
+
+
+def test_bad_config_value_exits_2(tmp_path):
+  completed = _run_cli(f"--config.input={tmp_path}/a.csv", f"--config.output_dir={tmp_path}",
+                       "--config.method=dawid_skeen")
+  assert completed.returncode == 2
+  assert "config.method = 'dawid_skeen'" in completed.stderr
+  assert "dawid_skene" in completed.stderr
+  assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("format", "xml", "one of jsonl, csv, parquet, crowd_csv"),
+    ("num_iters", 0, "an integer in [1, inf)"),
+    ("routing.confidence_threshold", 1.5, "[0.0, 1.0]"),
+    ("weights.source", "golden", "one of auto, calibration, reliability"),
+    ("drift.cusum_p1", 0.9, "different from drift.cusum_p0"),
+    ("output_dir", "", "required"),
+])
+def test_validate_config_names_field(field, value, expected):
+  config = _load_config(input="answers.csv", output_dir="out")
+  node = config
+  *parents, last = field.split(".")
+  for part in parents:
+    node = node[part]
+  node[last] = value
+  with pytest.raises(pipeline.ConfigError) as error:
+    pipeline.validate_config(config)
+  assert f"config.{field}" in str(error.value)
+  assert expected in str(error.value)
+
+
+def test_crowd_bt_on_pairwise_records_crowd_csv_rejected():
+  config = _load_config(input="answers.csv", output_dir="out", method="crowd_bt",
+                        format="crowd_csv")
+  with pytest.raises(pipeline.ConfigError, match="crowd_bt needs pairwise comparisons"):
+    pipeline.validate_config(config)
+
+
+# ----------------------------------------------------------------------------------------
+# Item-level Crowd-BT through the pipeline (in process).
+
+
+@pytest.mark.slow  # compiling the L-BFGS fit takes ~10 s on 2 cores
+def test_crowd_bt_scores_recover_simulated_ranking(tmp_path):
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  num_items = 40
+  data = pairwise.simulate_comparisons(
+      jax.random.key(3), num_items=num_items, num_annotators=12, num_comparisons=3000,
+      score_scale=1.5)
+  left, right = np.asarray(data.left), np.asarray(data.right)
+  annotators, left_wins = np.asarray(data.annotators), np.asarray(data.left_wins)
+  path = tmp_path / "arena.jsonl"
+  with open(path, "w", encoding="utf-8") as handle:
+    for n in range(left.size):
+      handle.write(json.dumps({
+          "item_id": f"match-{n}", "response_a_id": f"model-{left[n]}",
+          "response_b_id": f"model-{right[n]}", "annotator_id": f"judge-{annotators[n]}",
+          "choice": "a" if left_wins[n] else "b"}) + "\n")
+  config = _load_config(input=str(path), format="jsonl", method="crowd_bt",
+                        output_dir=str(tmp_path / "out"), **{"report.plots": False})
+  outputs = pipeline.run(config)
+  _, rows = _read_csv(tmp_path / "out" / "scores.csv")
+  assert len(rows) == num_items
+  fitted = {int(r["response"].split("-")[1]): float(r["score"]) for r in rows}
+  scores = np.array([fitted[i] for i in range(num_items)])
+  rho = stats.spearmanr(scores, np.asarray(data.scores)).statistic
+  assert rho > 0.9
+  # Each comparison's posterior is sigmoid(score_a - score_b) of the fitted scores.
+  _, labels = _read_csv(tmp_path / "out" / "labels.csv")
+  for row, n in zip(labels[:50], range(50)):
+    expected = 1.0 / (1.0 + np.exp(-(scores[left[n]] - scores[right[n]])))
+    assert float(row["p_a"]) == pytest.approx(expected, abs=1e-4)
+  assert outputs.summary["crowd_bt"]["num_comparisons"] == left.size
