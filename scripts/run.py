@@ -1,6 +1,32 @@
-"""The main job behind `make run` (today: the objectives demonstration)."""
+r"""The main job behind `make run`: feedback -> labels -> reward model and DPO, end to end.
 
-from rlhf_jax import demo
+  python scripts/run.py                                   # configs/pipeline.py, runs/pipeline
+  python scripts/run.py --config.aggregate.method=mace --workdir=/tmp/run
+  python scripts/run.py --demo_losses                     # only the objectives table
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rlhf_jax import demo, pipeline
+
+config_flags.DEFINE_config_file("config", "configs/pipeline.py", "Pipeline config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "runs/pipeline", "Directory for every stage's outputs.")
+flags.DEFINE_bool("demo_losses", False, "Only evaluate every objective on a small batch.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if FLAGS.demo_losses:
+    demo.main()
+    return
+  # Checkpoint libraries log every save at INFO; the job prints its own summary.
+  logging.set_verbosity(logging.WARNING)
+  summary = pipeline.run(FLAGS.config, FLAGS.workdir)
+  print(pipeline.format_summary(summary))
+
 
 if __name__ == "__main__":
-  demo.main()
+  app.run(main)

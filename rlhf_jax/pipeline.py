@@ -1,0 +1,212 @@
+"""The end-to-end job behind `make run`: human feedback -> labels -> reward model and DPO.
+
+On a synthetic preference task whose truth is known, it runs every stage of the project
+the way a researcher would on real data, and reports how much of the truth survives:
+
+1. Task: prompts with two text responses; the preferred one follows a planted rule (it
+   is polite: it holds words of `POLITE_WORDS`, the other holds words of `RUDE_WORDS`),
+   amid filler words of random length.
+2. Annotators: `feedback.simulate_annotations` draws a population (good, position- and
+   length-biased, spammers, adversaries, fast, drifting annotators, golden items) that
+   labels every comparison several times; the records are written as JSON Lines.
+3. Aggregation: `feedback.pipeline.run` reads the records (validation, rejects),
+   measures agreement and calibration, aggregates (Dawid-Skene by default) into labels
+   with a confidence, routes low-confidence items to expert review, and writes
+   `labels.csv`, `annotators.csv`, `report.md`. Its accuracy against the truth is
+   compared with majority vote.
+4. Data: the labels become a `feedback_labels` training file (soft target = posterior
+   P(a preferred), weight = confidence, lineage = annotation ids); items awaiting expert
+   review stay out of training.
+5. Training: a tiny reward model with the confidence-weighted Bradley-Terry loss, and a
+   tiny DPO policy, both evaluated on held-out pairs labelled by the truth.
+
+Every stage writes into `workdir`; `summary.json` holds the numbers printed at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from rlhf_jax import feedback
+from rlhf_jax import train as train_lib
+from rlhf_jax.feedback import pipeline as feedback_pipeline
+
+# The planted rule: the preferred response is the polite one.
+POLITE_WORDS = ("please", "gladly", "certainly", "thanks", "welcome", "happy")
+RUDE_WORDS = ("whatever", "go", "away", "ugh", "annoying", "stop")
+FILLER_WORDS = ("the", "river", "stone", "garden", "blue", "quiet", "market", "seven", "paper",
+                "window", "cloud", "lamp", "orange", "north", "bridge", "song")
+TOPICS = ("bread", "tides", "birds", "maps", "clocks", "tea", "snow", "bees", "ships", "salt")
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Calls `get_config(arg)` of a config file of this repository (trusted Python code)."""
+  path = Path(path)
+  spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"config file {path} not found")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _response(rng: np.random.Generator, rule_words: tuple[str, ...]) -> str:
+  words = list(rng.choice(FILLER_WORDS, size=int(rng.integers(3, 9))))
+  for _ in range(int(rng.integers(1, 3))):
+    words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(rule_words)))
+  return " ".join(words)
+
+
+def make_task(num_pairs: int, seed: int) -> list[dict[str, str]]:
+  """Prompts with a preferred (`good`) and a dispreferred (`bad`) response."""
+  rng = np.random.default_rng(seed)
+  return [{"prompt": f"\n\nHuman: tell me about {rng.choice(TOPICS)}, request {i}.\n\nAssistant:",
+           "good": " " + _response(rng, POLITE_WORDS), "bad": " " + _response(rng, RUDE_WORDS)}
+          for i in range(num_pairs)]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def simulate_feedback(config: ml_collections.ConfigDict, task: list[dict[str, str]], path: Path
+                      ) -> tuple[feedback.Simulation, np.ndarray]:
+  """Simulated annotators label the task; returns the simulation and a-is-good per item.
+
+  The simulator decides per item which position holds the preferred response (its true
+  label, a or b); the task's good response is put in that position.
+  """
+  sim_config = feedback.SimulationConfig(num_items=len(task), **config.annotators.to_dict())
+  simulation = feedback.simulate_annotations(jax.random.key(config.seed), sim_config)
+  a_is_good = simulation.true_labels == feedback.A_PREFERRED
+  records = feedback.to_records(simulation, with_text=True)
+  for record in records:
+    item = int(record["item_id"].rsplit("-", 1)[1])
+    pair = task[item]
+    record["prompt"] = pair["prompt"]
+    record["response_a"], record["response_b"] = (
+        (pair["good"], pair["bad"]) if a_is_good[item] else (pair["bad"], pair["good"]))
+  _write_jsonl(path, records)
+  return simulation, a_is_good
+
+
+def labels_to_training_file(outputs: feedback_pipeline.AggregateOutputs, task: list[dict[str, str]],
+                            path: Path) -> dict[str, int]:
+  """Writes the aggregated labels with their texts in the `feedback_labels` data format."""
+  encoded = outputs.read_report.annotations
+  posteriors = np.asarray(outputs.result.posteriors)
+  lineage = feedback.item_lineage(encoded)
+  rows = []
+  for index, item_id in enumerate(encoded.item_ids):
+    payload = encoded.item_payloads[index] if encoded.item_payloads else {}
+    label = encoded.class_names[int(outputs.labels[index])]
+    p_a, p_b = float(posteriors[index, feedback.A_PREFERRED]), float(posteriors[index, feedback.B_PREFERRED])
+    rows.append({
+        "item": item_id,
+        "prompt": payload["prompt"],
+        "response_a": payload["response_a"],
+        "response_b": payload["response_b"],
+        "label": label,
+        # P(a preferred) among the two strict outcomes; a tie label keeps 0.5.
+        "target_prob": 0.5 if label == "tie" else p_a / max(p_a + p_b, 1e-12),
+        "confidence": float(outputs.confidence[index]),
+        "annotation_ids": ";".join(lineage[index]["annotation_ids"]),
+        "expert_review": bool(outputs.expert_review[index]),
+    })
+  _write_jsonl(path, rows)
+  return {"rows": len(rows), "expert_review": int(np.sum(outputs.expert_review))}
+
+
+def _eval_file(task: list[dict[str, str]], path: Path) -> None:
+  _write_jsonl(path, [{"prompt": p["prompt"], "chosen": p["good"], "rejected": p["bad"]} for p in task])
+
+
+def _train(base: ml_collections.ConfigDict, train_path: Path, eval_path: Path, workdir: Path
+           ) -> dict[str, Any]:
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.data.train = str(train_path)
+  config.data.eval = str(eval_path)
+  return train_lib.train(config, workdir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Runs every stage into `workdir`; returns (and writes to summary.json) the numbers."""
+  workdir = Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  start = time.time()
+  task = make_task(config.task.num_pairs + config.task.num_eval, config.seed)
+  train_task, eval_task = task[: config.task.num_pairs], task[config.task.num_pairs:]
+
+  annotations_path = workdir / "annotations.jsonl"
+  simulation, a_is_good = simulate_feedback(config, train_task, annotations_path)
+
+  aggregate_config = ml_collections.ConfigDict(config.aggregate.to_dict())
+  aggregate_config.input = str(annotations_path)
+  aggregate_config.format = "jsonl"
+  aggregate_config.output_dir = str(workdir / "feedback")
+  outputs = feedback_pipeline.run(aggregate_config, progress=False)
+  print(outputs.summary_text())
+
+  # Accuracy of the labels against the truth, and of majority vote for comparison.
+  encoded = outputs.read_report.annotations
+  truth = np.array([int(simulation.true_labels[int(i.rsplit("-", 1)[1])]) for i in encoded.item_ids])
+  votes = feedback.majority_vote(encoded.items, encoded.annotators, encoded.labels,
+                                 num_classes=encoded.num_classes, num_items=encoded.num_items)
+  label_accuracy = {
+      config.aggregate.method: float(np.mean(np.asarray(outputs.result.labels) == truth)),
+      "majority_vote": float(np.mean(np.asarray(votes.labels) == truth)),
+  }
+
+  data_dir = workdir / "data"
+  data_dir.mkdir(exist_ok=True)
+  train_path, eval_path = data_dir / "preferences.jsonl", data_dir / "eval.jsonl"
+  counts = labels_to_training_file(outputs, train_task, train_path)
+  _eval_file(eval_task, eval_path)
+
+  results = {}
+  for name in ("reward_model", "dpo"):
+    if config[name].train.steps > 0:
+      results[name] = _train(config[name], train_path, eval_path, workdir / name)
+
+  summary = {
+      "annotations": int(outputs.read_report.num_read),
+      "items": int(encoded.num_items),
+      "annotators": int(encoded.num_annotators),
+      "label_accuracy": label_accuracy,
+      "expert_review_items": counts["expert_review"],
+      "training_pairs": counts["rows"] - counts["expert_review"],
+      "reward_model_eval_accuracy": results.get("reward_model", {}).get("eval/accuracy"),
+      "reward_model_eval_ece": results.get("reward_model", {}).get("eval/ece"),
+      "dpo_eval_implicit_reward_accuracy": results.get("dpo", {}).get("eval/accuracy"),
+      "seconds": round(time.time() - start, 1),
+  }
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  accuracy = ", ".join(f"{k} {v:.3f}" for k, v in summary["label_accuracy"].items())
+  def fmt(value):
+    return "-" if value is None else f"{value:.3f}"
+  return "\n".join([
+      f"{summary['annotations']} simulated annotations of {summary['items']} comparisons by "
+      f"{summary['annotators']} annotators.",
+      f"Label accuracy against the truth: {accuracy}.",
+      f"{summary['expert_review_items']} items routed to expert review (kept out of training); "
+      f"{summary['training_pairs']} training pairs.",
+      f"Reward model (confidence-weighted Bradley-Terry): held-out accuracy "
+      f"{fmt(summary['reward_model_eval_accuracy'])}, ECE {fmt(summary['reward_model_eval_ece'])}.",
+      f"DPO: held-out implicit-reward accuracy {fmt(summary['dpo_eval_implicit_reward_accuracy'])}.",
+      f"Total {summary['seconds']} s.",
+  ])
