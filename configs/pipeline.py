@@ -19,7 +19,7 @@ from pathlib import Path
 import ml_collections
 
 from rlhf_jax import train
-from rlhf_jax.pipeline import load_config_file
+from rlhf_jax.cli import load_config_file
 
 
 def get_config(arg=None):

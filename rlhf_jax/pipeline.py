@@ -25,8 +25,6 @@ Every stage writes into `workdir`; `summary.json` holds the numbers printed at t
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -46,17 +44,6 @@ RUDE_WORDS = ("whatever", "go", "away", "ugh", "annoying", "stop")
 FILLER_WORDS = ("the", "river", "stone", "garden", "blue", "quiet", "market", "seven", "paper",
                 "window", "cloud", "lamp", "orange", "north", "bridge", "song")
 TOPICS = ("bread", "tides", "birds", "maps", "clocks", "tea", "snow", "bees", "ships", "salt")
-
-
-def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
-  """Calls `get_config(arg)` of a config file of this repository (trusted Python code)."""
-  path = Path(path)
-  spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"config file {path} not found")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _response(rng: np.random.Generator, rule_words: tuple[str, ...]) -> str:

@@ -24,6 +24,8 @@ from ml_collections import config_flags
 # Runnable from a checkout without installation.
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
+from rlhf_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/aggregate.py.", lock_config=True)
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a user error.")
@@ -34,51 +36,6 @@ USAGE_ERROR = 2
 def _fail(message: str) -> None:
   print(f"aggregate.py: error: {message}", file=sys.stderr)
   sys.exit(USAGE_ERROR)
-
-
-def _config_typo(argv: list[str]) -> str | None:
-  """Explains the first `--config.<path>=...` naming a field that does not exist."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None:
-    return None
-  path, _, arg = spec.partition(":")
-  try:
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    module_spec = importlib.util.spec_from_file_location("_aggregate_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-  except Exception:  # pylint: disable=broad-except
-    return None
-  for item in argv:
-    if not item.startswith("--config."):
-      continue
-    field = item[len("--config."):].split("=", 1)[0]
-    node, walked = config, []
-    for part in field.split("."):
-      if not hasattr(node, "keys") or part not in node.keys():
-        where = "config" + "".join(f".{w}" for w in walked)
-        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
-        return (f"unknown config field {field!r} in {item!r}: {where} has no field {part!r}. "
-                f"Valid fields of {where}: {valid}.")
-      node = node[part]
-      walked.append(part)
-  return None
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return flags.FLAGS(argv)
-  except (KeyError, AttributeError) as error:
-    _fail(_config_typo(argv) or f"invalid config override: {error}")
-  except flags.Error as error:
-    message = str(error)
-    if "Traceback (most recent call last)" in message:
-      # The config file's own error: keep the flag and the final exception line.
-      lines = [line for line in message.splitlines() if line.strip()]
-      message = f"{lines[0]} {lines[-1]}"
-    _fail(f"{message} (pass --helpfull to see the flags)")
-  return []
 
 
 def main(argv: list[str]) -> None:
@@ -102,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("aggregate.py", USAGE_ERROR))

@@ -5,12 +5,16 @@ r"""The main job behind `make run`: feedback -> labels -> reward model and DPO, 
   python scripts/run.py --demo_losses                     # only the objectives table
 """
 
+import sys
+from pathlib import Path
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlhf_jax import demo, pipeline
+from rlhf_jax import cli, demo, pipeline
 
-config_flags.DEFINE_config_file("config", "configs/pipeline.py", "Pipeline config file.",
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline.py"
+config_flags.DEFINE_config_file("config", None, f"Pipeline config file (default {DEFAULT_CONFIG}).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "runs/pipeline", "Directory for every stage's outputs.")
 flags.DEFINE_bool("demo_losses", False, "Only evaluate every objective on a small batch.")
@@ -29,4 +33,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # The default config goes in as a flag so that overrides of it are parsed like any other.
+  if not any(arg == "--config" or arg.startswith("--config=") for arg in sys.argv[1:]):
+    sys.argv.insert(1, f"--config={DEFAULT_CONFIG}")
+  app.run(main, flags_parser=cli.flags_parser("run.py", 2))

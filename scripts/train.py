@@ -25,6 +25,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from rlhf_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/dpo.py:preset=tiny.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
@@ -38,52 +40,6 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a user
 
 # Cluster environments that `jax.distributed.initialize()` detects by itself.
 _CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
-
-
-def _config_typo(argv: list[str]) -> str | None:
-  """Explains the first `--config.<path>=...` whose field does not exist (or None)."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None:
-    return None
-  path, _, arg = spec.partition(":")
-  try:
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    module_spec = importlib.util.spec_from_file_location("_config_module", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-  except Exception:  # pylint: disable=broad-except
-    return None
-  for item in argv:
-    if not item.startswith("--config."):
-      continue
-    field = item[len("--config."):].split("=", 1)[0]
-    node, walked = config, []
-    for part in field.split("."):
-      if not hasattr(node, "keys") or part not in node.keys():
-        where = "config" + "".join(f".{w}" for w in walked)
-        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
-        return (f"unknown config field {field!r} in {item!r}: {where} has no field {part!r}. "
-                f"Valid fields of {where}: {valid}.")
-      node = node[part]
-      walked.append(part)
-  return None
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return flags.FLAGS(argv)
-  except (KeyError, AttributeError) as error:
-    message = _config_typo(argv) or f"invalid config override: {error}"
-  except flags.Error as error:
-    message = str(error)
-    if "Traceback (most recent call last)" in message:
-      # A config file's own error: keep the flag and the final exception line.
-      lines = [line for line in message.splitlines() if line.strip()]
-      message = f"{lines[0]} {lines[-1]}"
-  print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
-  print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
-  sys.exit(1)
 
 
 def _initialize_distributed() -> None:
@@ -141,4 +97,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("train.py", 1))

@@ -2,21 +2,16 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rlhf_jax import pipeline
+from rlhf_jax import cli, pipeline
 
 
 def _small_config():
-  import importlib.util
-  from pathlib import Path
-  path = Path(__file__).resolve().parents[2] / "configs" / "pipeline.py"
-  spec = importlib.util.spec_from_file_location("pipeline_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = cli.load_config_file(Path(__file__).resolve().parents[2] / "configs" / "pipeline.py")
   config.task.num_pairs = 240
   config.task.num_eval = 64
   config.reward_model.train.steps = 80
