@@ -1,0 +1,493 @@
+"""Benchmark: one DPO or reward-model train step in JAX (jitted) against PyTorch (eager).
+
+    .venv/bin/python benchmarks/train_step.py --objective=dpo --d_model=256 --n_layers=4 \\
+        --n_heads=4 --vocab=8000 --seq_len=256 --batch_pairs=8
+    .venv/bin/python benchmarks/train_step.py --objective=dpo ... --cached_reference
+    .venv/bin/python benchmarks/train_step.py --objective=reward_model ...
+
+Both sides train the same model (`rlhf_jax.models` and its PyTorch twin in
+`benchmarks/torch_reference.py`: RoPE, RMSNorm, SwiGLU, grouped-query attention when
+`--n_kv_heads` < `--n_heads`, untied output layer) on the same synthetic right-padded
+preference batches, with the same objective and the same AdamW update:
+
+  * dpo: sigmoid DPO (`rlhf_jax.losses.dpo`); chosen and rejected rows in one [2B, T]
+    forward; the frozen reference's forward is part of every step, unless
+    `--cached_reference`: the JAX step then reads reference log-probs precomputed once
+    per data set (what the trainer does for a frozen reference) and is compared with
+    PyTorch both with the reference forward (the issue's target) and with cached
+    reference log-probs (the like-for-like comparison).
+  * reward_model: `RewardModel` (scalar head at the last real token) and the
+    Bradley-Terry loss (`rlhf_jax.losses.bradley_terry`).
+
+The JAX step is one `jax.jit` function of (state, batch) with the state donated, built
+from `rlhf_jax.models`, `rlhf_jax.losses` and `optax.adamw`; it is compiled ahead of time
+(`lower().compile()`, which also gives XLA's `cost_analysis()` FLOPs) and warmed up.
+PyTorch runs with `torch.set_num_threads(--torch_threads)` (default 2, the cores of
+this machine). Both start from the same weights (the JAX initialisation copied into
+torch) and the script prints how far their first losses, log-probs or rewards, and
+second-step losses (after one AdamW update) are apart.
+
+Reported per implementation: median step time over `--rounds` x `--steps` timed steps
+(implementations interleaved round by round, so that a change in machine load hits all
+of them), pairs per second, achieved GFLOP/s and model FLOP utilisation (MFU): analytic
+model FLOPs per step over the median step time, divided by a peak measured here with a
+large jitted float32 matmul. Model FLOPs (Kaplan et al. 2020; PaLM, Chowdhery et al.
+2022, appendix B): a forward costs `2 N + 4 L T D` per token (N = matmul parameters
+including the output layer, not the embedding lookup; `4 L T D` for the attention
+scores and weighted values over all T keys of the padded length), a training step three
+forwards, the DPO reference one more; every position of the padded [2B, T] batch counts.
+Without torch installed the PyTorch columns are skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# Allow `python benchmarks/train_step.py` from the repository root without installation.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))
+sys.path.insert(0, _HERE)
+
+from rlhf_jax import losses, models  # noqa: E402
+
+try:  # The PyTorch side is optional: `pip install torch==2.13.0` (the `bench` extra).
+  import torch  # noqa: E402
+
+  import torch_reference  # noqa: E402
+except ImportError as error:  # pragma: no cover - depends on the environment
+  torch, torch_reference, TORCH_ERROR = None, None, error
+else:
+  TORCH_ERROR = None
+
+PAD, BOS, EOS = 0, 1, 2
+OBJECTIVES = ("dpo", "reward_model")
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--objective", choices=OBJECTIVES, default="dpo")
+  parser.add_argument("--d_model", type=int, default=256)
+  parser.add_argument("--n_layers", type=int, default=4)
+  parser.add_argument("--n_heads", type=int, default=4)
+  parser.add_argument("--n_kv_heads", type=int, default=0, help="0: same as --n_heads (no GQA)")
+  parser.add_argument("--d_ff", type=int, default=0, help="SwiGLU width; 0: 4 * d_model")
+  parser.add_argument("--vocab", type=int, default=8000)
+  parser.add_argument("--seq_len", type=int, default=256)
+  parser.add_argument("--batch_pairs", type=int, default=8, help="preference pairs per step")
+  parser.add_argument("--cached_reference", action="store_true",
+                      help="dpo: JAX reads precomputed reference log-probs (no reference forward)")
+  parser.add_argument("--beta", type=float, default=0.1, help="DPO inverse temperature")
+  parser.add_argument("--learning_rate", type=float, default=1e-4)
+  parser.add_argument("--weight_decay", type=float, default=0.01)
+  parser.add_argument("--rounds", type=int, default=3, help="timing rounds (implementations interleaved)")
+  parser.add_argument("--steps", type=int, default=4, help="timed steps per implementation per round")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  parser.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+  parser.add_argument("--torch_threads", type=int, default=2)
+  parser.add_argument("--torch_optimizer", choices=("foreach", "fused", "for-loop"), default="fused",
+                      help="implementation of torch.optim.AdamW")
+  parser.add_argument("--torch_padding_mask", action="store_true",
+                      help="torch attention with an explicit causal+padding mask instead of is_causal")
+  parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
+  parser.add_argument("--peak_size", type=int, default=2048, help="n of the n x n x n peak matmul")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  args.n_kv_heads = args.n_kv_heads or args.n_heads
+  args.d_ff = args.d_ff or 4 * args.d_model
+  for name in ("d_model", "n_layers", "n_heads", "vocab", "seq_len", "batch_pairs", "rounds",
+               "steps", "batches", "torch_threads", "peak_size"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
+  if args.warmup < 0:
+    parser.error(f"--warmup must be >= 0, got {args.warmup}.")
+  if args.seq_len < 8:
+    parser.error(f"--seq_len must be >= 8 (prompt + completion + eos), got {args.seq_len}.")
+  if args.vocab < 4:
+    parser.error(f"--vocab must be >= 4 (pad, bos, eos and one word), got {args.vocab}.")
+  if args.cached_reference and args.objective != "dpo":
+    parser.error("--cached_reference applies to --objective=dpo only.")
+  return args
+
+
+def model_config(args: argparse.Namespace) -> models.TransformerConfig:
+  try:
+    return models.TransformerConfig(
+        vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+        n_kv_heads=args.n_kv_heads, d_ff=args.d_ff, max_len=args.seq_len, dtype="float32",
+        param_dtype="float32", remat=False)
+  except ValueError as error:
+    raise SystemExit(f"train_step.py: bad model flags: {error}") from None
+
+
+def make_batches(args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
+  """Synthetic right-padded preference pairs: [bos][prompt][completion][eos][pad...].
+
+  Chosen and rejected share the prompt; prompt lengths are uniform in [T/8, T/2],
+  completion lengths fill between a quarter of the rest and all of it, so rows have
+  different amounts of padding. `loss_mask` is true on completion tokens and the eos.
+  """
+  rng = np.random.default_rng(args.seed)
+  b, t = args.batch_pairs, args.seq_len
+  batches = []
+  for _ in range(args.batches):
+    batch: dict[str, np.ndarray] = {}
+    prompt_lengths = rng.integers(max(1, t // 8), max(2, t // 2) + 1, size=b)
+    prompts = rng.integers(3, args.vocab, size=(b, t))
+    for side in ("chosen", "rejected"):
+      room = t - 2 - prompt_lengths  # bos and eos take two slots
+      completion_lengths = rng.integers(np.maximum(1, room // 4), room + 1)
+      words = rng.integers(3, args.vocab, size=(b, t))
+      tokens = np.full((b, t), PAD, np.int32)
+      attention_mask = np.zeros((b, t), bool)
+      loss_mask = np.zeros((b, t), bool)
+      for row in range(b):
+        p, c = prompt_lengths[row], completion_lengths[row]
+        sequence = np.concatenate([[BOS], prompts[row, :p], words[row, :c], [EOS]])
+        tokens[row, : len(sequence)] = sequence
+        attention_mask[row, : len(sequence)] = True
+        loss_mask[row, 1 + p : len(sequence)] = True
+      batch[f"{side}_tokens"] = tokens
+      batch[f"{side}_attention_mask"] = attention_mask
+      batch[f"{side}_loss_mask"] = loss_mask
+    batches.append(batch)
+  return batches
+
+
+def matmul_parameters(config: models.TransformerConfig, objective: str) -> int:
+  """Parameters that multiply activations (all but the embedding table and norm scales)."""
+  d, dh = config.d_model, config.head_dim
+  attention = d * (config.n_heads + 2 * config.n_kv_heads) * dh + config.n_heads * dh * d
+  mlp = 3 * d * config.d_ff
+  head = d * config.vocab_size if objective == "dpo" else d * 1
+  return config.n_layers * (attention + mlp) + head
+
+
+def model_flops(config: models.TransformerConfig, args: argparse.Namespace, reference_forward: bool) -> float:
+  """Analytic model FLOPs of one train step (see the module docstring)."""
+  tokens = 2 * args.batch_pairs * args.seq_len
+  forward = tokens * (2 * matmul_parameters(config, args.objective)
+                      + 4 * config.n_layers * args.seq_len * config.d_model)
+  return (3 + (1 if reference_forward else 0)) * forward
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def measure_peak(n: int, repeats: int = 7) -> tuple[float, float | None]:
+  """FLOP/s of an n x n x n float32 matmul: jitted JAX (the MFU denominator) and torch.mm."""
+  keys = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(keys[0], (n, n), jnp.float32)
+  b = jax.random.normal(keys[1], (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  jax.block_until_ready(matmul(a, b))
+  flops = 2.0 * n**3
+  jax_peak = flops / median_seconds(lambda: jax.block_until_ready(matmul(a, b)), repeats)
+  torch_peak = None
+  if torch is not None:
+    ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
+    torch.mm(ta, tb)
+    torch_peak = flops / median_seconds(lambda: torch.mm(ta, tb), repeats)
+  return jax_peak, torch_peak
+
+
+# ----------------------------------------------------------------------------- JAX side
+
+
+def pair_rows(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Chosen rows then rejected rows as one [2B, T] batch: one forward for both."""
+  cat = lambda name: jnp.concatenate([batch[f"chosen_{name}"], batch[f"rejected_{name}"]])
+  return cat("tokens"), cat("attention_mask"), cat("loss_mask")
+
+
+def completion_logps(model: nn.Module, params: Any, tokens: jax.Array, attention_mask: jax.Array,
+                     loss_mask: jax.Array) -> jax.Array:
+  """Summed completion log-probs [2B]: the logits at t-1 predict token t."""
+  logits = model.apply({"params": params}, tokens, attention_mask)
+  return losses.sequence_logprobs(logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:]).sum(-1)
+
+
+@dataclasses.dataclass
+class JaxSide:
+  """The jitted step, its state and what `cost_analysis` says about it."""
+
+  step: Any  # compiled: (state, batch, reference_params) -> (state, outputs)
+  state: Any
+  reference_params: Any
+  init_params: Any  # numpy copy of the initial parameters (for torch)
+  xla_flops: float | None
+  compile_seconds: float
+
+
+def build_jax(args: argparse.Namespace, config: models.TransformerConfig, example: dict[str, jax.Array],
+              cached: bool) -> JaxSide:
+  model = models.Transformer(config) if args.objective == "dpo" else models.RewardModel(config)
+  tokens, attention_mask, _ = pair_rows(example)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(args.seed), tokens, attention_mask)["params"])
+  init_params = jax.tree.map(np.asarray, params)
+  tx = optax.adamw(args.learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay)
+
+  def loss_fn(params, batch, reference_params):
+    tokens, attention_mask, loss_mask = pair_rows(batch)
+    if args.objective == "reward_model":
+      rewards = model.apply({"params": params}, tokens, attention_mask)[:, 0]
+      chosen, rejected = jnp.split(rewards, 2)
+      return losses.bradley_terry(chosen, rejected).mean(), rewards
+    logps = completion_logps(model, params, tokens, attention_mask, loss_mask)
+    if cached:
+      ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    else:
+      ref_logps = completion_logps(model, reference_params, tokens, attention_mask, loss_mask)
+      ref_chosen, ref_rejected = jnp.split(ref_logps, 2)
+    policy_chosen, policy_rejected = jnp.split(logps, 2)
+    per_pair, _, _ = losses.dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=args.beta)
+    return per_pair.mean(), logps
+
+  def step(state, batch, reference_params):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], batch, reference_params)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "opt_state": opt_state}, {"loss": loss, "aux": aux}
+
+  # The reference is a separate copy of the initial weights: the policy's buffers are donated.
+  reference_params = None
+  if args.objective == "dpo" and not cached:
+    reference_params = jax.tree.map(jnp.copy, params)
+  state = {"params": params, "opt_state": tx.init(params)}
+  start = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, example, reference_params).compile()
+  compile_seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+    cost = cost[0] if cost else None
+  xla_flops = float(cost["flops"]) if cost and "flops" in cost else None
+  return JaxSide(compiled, state, reference_params, init_params, xla_flops, compile_seconds)
+
+
+def cached_reference_logps(args, config, params, batches):
+  """Reference log-probs of every batch, computed once (as the trainer caches them)."""
+  model = models.Transformer(config)
+  forward = jax.jit(lambda p, b: jnp.split(completion_logps(model, p, *pair_rows(b)), 2))
+  out = []
+  for batch in batches:
+    ref_chosen, ref_rejected = forward(params, batch)
+    out.append({**batch, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected})
+  return out
+
+
+# ----------------------------------------------------------------------------- torch side
+
+
+@dataclasses.dataclass
+class TorchSide:
+  step: Callable[[dict[str, Any]], dict[str, Any]]
+  batches: list[dict[str, Any]]
+
+
+def build_torch(args, config, init_params, batches_np, cached: bool) -> TorchSide:
+  right_padded = not args.torch_padding_mask
+  torch.manual_seed(args.seed)
+  if args.objective == "dpo":
+    policy = torch_reference.Transformer(config, right_padded=right_padded)
+    torch_reference.load_jax_params(policy, init_params)
+  else:
+    policy = torch_reference.RewardModel(config, right_padded=right_padded)
+    torch_reference.load_jax_params(policy, init_params)
+  policy.train()
+  kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True},
+            "for-loop": {"foreach": False}}[args.torch_optimizer]
+  optimizer = torch.optim.AdamW(policy.parameters(), lr=args.learning_rate, betas=(0.9, 0.999),
+                                eps=1e-8, weight_decay=args.weight_decay, **kwargs)
+  batches = []
+  for batch in batches_np:
+    converted = {}
+    for name, value in batch.items():
+      value = np.asarray(value)
+      if name.endswith("_tokens"):
+        value = value.astype(np.int64)  # gather and embedding index with int64
+      converted[name] = torch.from_numpy(value)
+    batches.append(converted)
+  if args.objective == "reward_model":
+    return TorchSide(torch_reference.make_reward_step(policy, optimizer), batches)
+  reference = None
+  if not cached:
+    reference = torch_reference.Transformer(config, right_padded=right_padded)
+    torch_reference.load_jax_params(reference, init_params)
+    reference.eval().requires_grad_(False)
+  return TorchSide(torch_reference.make_dpo_step(policy, reference, optimizer, args.beta), batches)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+@dataclasses.dataclass
+class Runner:
+  """One implementation: a callable running step i and blocking until it is done."""
+
+  name: str
+  run: Callable[[int], dict[str, float | np.ndarray]]
+  flops: float
+  times: list[float] = dataclasses.field(default_factory=list)
+
+
+def jax_runner(name: str, side: JaxSide, batches: list[dict[str, jax.Array]], flops: float) -> Runner:
+  def run(i: int):
+    side.state, outputs = side.step(side.state, batches[i % len(batches)], side.reference_params)
+    jax.block_until_ready((side.state, outputs))
+    return {"loss": float(outputs["loss"]), "aux": np.asarray(outputs["aux"])}
+
+  return Runner(name, run, flops)
+
+
+def torch_runner(name: str, side: TorchSide, flops: float) -> Runner:
+  def run(i: int):
+    outputs = side.step(side.batches[i % len(side.batches)])
+    aux = outputs.get("logps", outputs.get("rewards"))
+    return {"loss": float(outputs["loss"]), "aux": aux.numpy()}
+
+  return Runner(name, run, flops)
+
+
+def check_agreement(reference: dict, other: dict, label: str, aux_name: str) -> str:
+  loss_diff = abs(reference["loss"] - other["loss"])
+  aux_diff = float(np.max(np.abs(reference["aux"] - other["aux"])))
+  aux_scale = float(np.max(np.abs(reference["aux"])))
+  return (f"{label}: loss jax {reference['loss']:.6f} torch {other['loss']:.6f} |diff| {loss_diff:.2e}; "
+          f"{aux_name} max |diff| {aux_diff:.2e} (max |value| {aux_scale:.3g})")
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  config = model_config(args)
+  use_torch = torch is not None and not args.no_torch
+  if use_torch:
+    torch.set_num_threads(args.torch_threads)
+
+  print(f"train step benchmark: objective={args.objective}"
+        f"{' (cached reference log-probs)' if args.cached_reference else ''}; "
+        f"d_model={config.d_model} n_layers={config.n_layers} n_heads={config.n_heads} "
+        f"n_kv_heads={config.n_kv_heads} d_ff={config.d_ff} vocab={config.vocab_size} "
+        f"seq_len={args.seq_len} batch_pairs={args.batch_pairs} (float32, AdamW)")
+  torch_text = (f"torch {torch.__version__} ({torch.get_num_threads()} threads, AdamW {args.torch_optimizer}, "
+                f"attention {'explicit padding mask' if args.torch_padding_mask else 'is_causal'})"
+                if use_torch else "torch: not used")
+  print(f"jax {jax.__version__} (backend {jax.default_backend()}, {os.cpu_count()} CPUs); {torch_text}")
+  if torch is None:
+    print(f"PyTorch columns skipped: torch is not installed ({TORCH_ERROR}); "
+          "install the CPU build with `.venv/bin/pip install torch==2.13.0`.")
+  elif args.no_torch:
+    print("PyTorch columns skipped: --no_torch.")
+
+  jax_peak, torch_peak = measure_peak(args.peak_size)
+  peak_text = f"peak: jitted float32 matmul {args.peak_size}^3: {jax_peak / 1e9:.1f} GFLOP/s"
+  if torch_peak is not None:
+    peak_text += f" (torch.mm: {torch_peak / 1e9:.1f} GFLOP/s)"
+  print(peak_text + " -> MFU denominator")
+
+  batches_np = make_batches(args)
+  batches = [jax.device_put(b) for b in batches_np]
+  jax_cached = args.objective == "dpo" and args.cached_reference
+  jax_side = build_jax(args, config, batches[0] if not jax_cached else
+                       {**batches[0], "ref_chosen_logps": jnp.zeros(args.batch_pairs),
+                        "ref_rejected_logps": jnp.zeros(args.batch_pairs)}, jax_cached)
+  if jax_cached:
+    batches = cached_reference_logps(args, config, jax.device_put(jax_side.init_params), batches)
+  total_params = sum(np.size(x) for x in jax.tree.leaves(jax_side.init_params))
+  tokens = 2 * args.batch_pairs * args.seq_len
+  real = sum(int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()) for b in batches_np)
+  print(f"parameters: {total_params / 1e6:.2f}M ({matmul_parameters(config, args.objective) / 1e6:.2f}M in "
+        f"matmuls); tokens/step {tokens} (2 x {args.batch_pairs} x {args.seq_len}, "
+        f"{100 * real / (tokens * len(batches_np)):.0f}% non-pad)")
+
+  with_reference = args.objective == "dpo"
+  flops_jax = model_flops(config, args, reference_forward=with_reference and not jax_cached)
+  flops_text = f"model FLOPs/step (analytic): {flops_jax / 1e9:.1f} G"
+  if jax_side.xla_flops is not None:
+    flops_text += f"; XLA cost_analysis of the JAX step: {jax_side.xla_flops / 1e9:.1f} G"
+  print(flops_text + f"; JAX compile {jax_side.compile_seconds:.1f} s")
+
+  label = "jax (cached ref)" if jax_cached else ("jax (ref forward)" if with_reference else "jax")
+  runners = [jax_runner(label, jax_side, batches, flops_jax)]
+  if use_torch:
+    if with_reference:
+      runners.append(torch_runner("torch (ref forward)", build_torch(args, config, jax_side.init_params,
+                                                                     batches_np, cached=False),
+                                  model_flops(config, args, reference_forward=True)))
+      if jax_cached:
+        cached_np = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
+        runners.append(torch_runner("torch (cached ref)", build_torch(args, config, jax_side.init_params,
+                                                                      cached_np, cached=True),
+                                    model_flops(config, args, reference_forward=False)))
+    else:
+      runners.append(torch_runner("torch", build_torch(args, config, jax_side.init_params,
+                                                       batches_np, cached=False), flops_jax))
+
+  # Same weights, same batch twice: both steps must agree, the second one after an AdamW
+  # update, so that it also checks the gradients and the optimizer. How far the second
+  # step moved from the first shows the size of that update next to the disagreement.
+  aux_name = "policy log-probs" if with_reference else "rewards"
+  first = [r.run(0) for r in runners]
+  second = [r.run(0) for r in runners]
+  moved_loss = abs(second[0]["loss"] - first[0]["loss"])
+  moved_aux = float(np.max(np.abs(second[0]["aux"] - first[0]["aux"])))
+  print(f"check: the update moved the JAX loss by {moved_loss:.2e} and the {aux_name} by up to "
+        f"{moved_aux:.2e} (same batch, step 2 vs step 1)")
+  for runner, one, two in zip(runners[1:], first[1:], second[1:]):
+    print(f"check vs {runner.name}: " + check_agreement(first[0], one, "step 1", aux_name))
+    print(f"check vs {runner.name}: " + check_agreement(second[0], two, "step 2", aux_name))
+  for runner in runners:
+    for i in range(args.warmup):
+      runner.run(2 + i)
+
+  step_index = 2 + args.warmup
+  for _ in range(args.rounds):
+    for runner in runners:
+      for i in range(args.steps):
+        start = time.perf_counter()
+        runner.run(step_index + i)
+        runner.times.append(time.perf_counter() - start)
+    step_index += args.steps
+
+  timed = args.rounds * args.steps
+  print(f"\nmedian of {timed} timed steps ({args.rounds} rounds x {args.steps}, after {2 + args.warmup} untimed)")
+  print(f"{'':22s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'pairs/s':>10s}{'GFLOP/s':>10s}{'MFU':>8s}")
+  medians = {}
+  for runner in runners:
+    median = statistics.median(runner.times)
+    medians[runner.name] = median
+    print(f"{runner.name:22s}{median:10.3f}{min(runner.times):9.3f}{max(runner.times):9.3f}"
+          f"{args.batch_pairs / median:10.2f}{runner.flops / median / 1e9:10.1f}"
+          f"{100 * runner.flops / median / jax_peak:7.1f}%")
+  jax_median = medians[runners[0].name]
+  for runner in runners[1:]:
+    speedup = medians[runner.name] / jax_median
+    target = ""
+    if runner.name.startswith("torch (ref forward)") or runner.name == "torch":
+      target = f" (target {'2' if jax_cached else '1.5'}x: {'met' if speedup >= (2 if jax_cached else 1.5) else 'MISSED'})"
+    print(f"speed-up {runners[0].name} over {runner.name}: {speedup:.2f}x{target}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,71 @@
+"""`benchmarks/train_step.py` helpers: the synthetic batches follow the data convention,
+and the analytic FLOP count equals a hand count and XLA's own count of a forward."""
+
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import train_step  # noqa: E402
+from rlhf_jax import models  # noqa: E402
+
+
+def test_batches_follow_the_token_convention():
+  args = train_step.parse_args(["--batch_pairs=5", "--seq_len=32", "--vocab=50", "--batches=2"])
+  batches = train_step.make_batches(args)
+  assert len(batches) == 2
+  for batch in batches:
+    for side in ("chosen", "rejected"):
+      tokens = batch[f"{side}_tokens"]
+      attention = batch[f"{side}_attention_mask"]
+      loss = batch[f"{side}_loss_mask"]
+      assert tokens.shape == (5, 32) and tokens.dtype == np.int32
+      lengths = attention.sum(1)
+      # Right padded: real tokens first, then pad ids only.
+      np.testing.assert_array_equal(attention, np.arange(32)[None] < lengths[:, None])
+      np.testing.assert_array_equal(tokens[~attention], train_step.PAD)
+      assert (tokens[:, 0] == train_step.BOS).all()
+      assert (tokens[np.arange(5), lengths - 1] == train_step.EOS).all()
+      # Completion (with eos) counted, bos and prompt not, nothing outside the sequence.
+      assert not (loss & ~attention).any() and not loss[:, 0].any()
+      assert loss[np.arange(5), lengths - 1].all() and (loss.sum(1) >= 2).all()
+    # Chosen and rejected share the prompt (everything before the first loss token).
+    starts_c = batch["chosen_loss_mask"].argmax(1)
+    starts_r = batch["rejected_loss_mask"].argmax(1)
+    np.testing.assert_array_equal(starts_c, starts_r)
+    for row, start in enumerate(starts_c):
+      np.testing.assert_array_equal(batch["chosen_tokens"][row, :start], batch["rejected_tokens"][row, :start])
+
+
+def test_model_flops_hand_count():
+  args = train_step.parse_args(["--d_model=8", "--n_layers=1", "--n_heads=2", "--n_kv_heads=1",
+                                "--d_ff=16", "--vocab=10", "--seq_len=8", "--batch_pairs=1"])
+  config = train_step.model_config(args)
+  # q 8x(2x4) + k, v 8x(1x4) each + out (2x4)x8 + gate, up, down 3x8x16 + lm_head 8x10.
+  assert train_step.matmul_parameters(config, "dpo") == 64 + 32 + 32 + 64 + 384 + 80
+  per_token_forward = 2 * 656 + 4 * 1 * 8 * 8  # + QK^T and AV over 8 keys of width 8
+  tokens = 2 * 1 * 8
+  assert train_step.model_flops(config, args, reference_forward=False) == 3 * tokens * per_token_forward
+  assert train_step.model_flops(config, args, reference_forward=True) == 4 * tokens * per_token_forward
+
+
+def test_model_flops_match_xla_cost_analysis():
+  args = train_step.parse_args(["--d_model=128", "--n_layers=2", "--n_heads=4", "--vocab=1000",
+                                "--seq_len=64", "--batch_pairs=2"])
+  config = train_step.model_config(args)
+  model = models.Transformer(config)
+  params = nn.unbox(models.abstract_params(model))
+  tokens = jax.ShapeDtypeStruct((4, 64), jnp.int32)
+  mask = jax.ShapeDtypeStruct((4, 64), jnp.bool_)
+  compiled = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m)).lower(params, tokens, mask).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic_forward = train_step.model_flops(config, args, reference_forward=False) / 3
+  # XLA also counts the elementwise work (norms, RoPE, softmax, SwiGLU): a few percent.
+  assert analytic_forward <= cost["flops"] <= 1.1 * analytic_forward
