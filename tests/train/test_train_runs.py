@@ -162,7 +162,9 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
   command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/sft.py:preset=tiny",
              f"--workdir={tmp_path}", "--config.train.steps=100000", "--config.train.log_every=1",
              "--config.eval.every=0", "--config.checkpoint.every=0", "--config.data.toy.num_eval=0",
-             "--config.train.progress_bar=false"]
+             "--config.train.progress_bar=false",
+             # No warmup: the resumed run is only a few steps long, shorter than the default warmup.
+             "--config.optim.warmup_steps=0"]
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, JAX_PLATFORMS="cpu"))
   metrics = tmp_path / "metrics.jsonl"
