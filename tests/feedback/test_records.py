@@ -10,7 +10,6 @@ import csv
 import gzip
 import json
 from pathlib import Path
-import time
 
 import hypothesis
 from hypothesis import strategies as st
@@ -552,11 +551,11 @@ def test_read_truth_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
-# Speed.
+# Scale (speed itself is measured in benchmarks/, not asserted here).
 
 
 @pytest.mark.slow
-def test_one_million_crowd_rows_in_a_few_seconds(tmp_path):
+def test_one_million_crowd_rows_are_all_accounted_for(tmp_path):
   rng = np.random.default_rng(1)
   n = 1_000_000
   questions = rng.integers(0, 100_000, n)
@@ -566,12 +565,9 @@ def test_one_million_crowd_rows_in_a_few_seconds(tmp_path):
   with path.open("w") as f:
     f.write("question,worker,answer\n")
     f.write("".join(f"q{q},w{w},{a}\n" for q, w, a in zip(questions, workers, answers)))
-  start = time.perf_counter()
   report = read_annotations(path, format="crowd_csv")
-  seconds = time.perf_counter() - start
   # Reference counts with NumPy on the generating arrays.
   pairs = np.unique(questions * 2_000 + workers)
   assert report.num_read == n
   assert report.num_accepted == pairs.size  # keep_last leaves one per (item, annotator)
   assert report.annotations.num_items == np.unique(questions).size
-  assert seconds < 15.0, f"reading 1M crowd rows took {seconds:.1f} s"
