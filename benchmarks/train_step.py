@@ -16,6 +16,10 @@ preference batches, with the same objective and the same AdamW update:
     per data set (what the trainer does for a frozen reference) and is compared with
     PyTorch both with the reference forward (the issue's target) and with cached
     reference log-probs (the like-for-like comparison).
+    With `--share_prompt` the JAX side packs each pair as one row [prompt | chosen |
+    rejected] (`rlhf_jax.train.shared_prompt`, the trainer's `data.share_prompt`): the
+    prompt is computed once and logits only at completion positions; PyTorch keeps
+    the two-row layout a PyTorch user (TRL) runs. Its FLOPs are those of the packed rows.
   * reward_model: `RewardModel` (scalar head at the last real token) and the
     Bradley-Terry loss (`rlhf_jax.losses.bradley_terry`).
 
@@ -30,13 +34,18 @@ second-step losses (after one AdamW update) are apart.
 Reported per implementation: median step time over `--rounds` x `--steps` timed steps
 (implementations interleaved round by round, so that a change in machine load hits all
 of them), pairs per second, achieved GFLOP/s and model FLOP utilisation (MFU): analytic
-model FLOPs per step over the median step time, divided by a peak measured here with a
-large jitted float32 matmul. Model FLOPs (Kaplan et al. 2020; PaLM, Chowdhery et al.
+model FLOPs per step over the median step time, divided by a peak measured in the same
+run: the faster of a large jitted float32 matmul and `torch.mm` of the same size. Model FLOPs (Kaplan et al. 2020; PaLM, Chowdhery et al.
 2022, appendix B): a forward costs `2 N + 4 L T D` per token (N = matmul parameters
 including the output layer, not the embedding lookup; `4 L T D` for the attention
 scores and weighted values over all T keys of the padded length), a training step three
 forwards, the DPO reference one more; every position of the padded [2B, T] batch counts.
 Without torch installed the PyTorch columns are skipped with a message.
+
+`--jax_dots=eigen` (default) sets `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+-individual_dot` before the first JAX computation, so that XLA:CPU runs the matmuls with
+its Eigen kernels instead of YNNPACK (both float32, default precision); `--jax_dots=ynnpack`
+keeps XLA's default. The flags in force are printed.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
 from rlhf_jax import losses, models  # noqa: E402
+from rlhf_jax.train import objectives, shared_prompt  # noqa: E402
 
 try:  # The PyTorch side is optional: `pip install torch==2.13.0` (the `bench` extra).
   import torch  # noqa: E402
@@ -73,6 +83,10 @@ else:
 
 PAD, BOS, EOS = 0, 1, 2
 OBJECTIVES = ("dpo", "reward_model")
+# XLA:CPU (jax 0.10) sends every dot to YNNPACK by default; taking dots out of the YNNPACK
+# fusions leaves them to XLA's Eigen kernels, which were 10-20% faster on this step here
+# (float32 either way: the kernels differ, not the precision). See docs/benchmarks.md.
+DOT_FLAGS = {"eigen": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot", "ynnpack": ""}
 
 
 # ----------------------------------------------------------------------------- setup
@@ -92,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--batch_pairs", type=int, default=8, help="preference pairs per step")
   parser.add_argument("--cached_reference", action="store_true",
                       help="dpo: JAX reads precomputed reference log-probs (no reference forward)")
+  parser.add_argument("--share_prompt", action="store_true",
+                      help="dpo: JAX packs [prompt | chosen | rejected] in one row (prompt computed once)")
   parser.add_argument("--beta", type=float, default=0.1, help="DPO inverse temperature")
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--weight_decay", type=float, default=0.01)
@@ -99,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=4, help="timed steps per implementation per round")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   parser.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+  parser.add_argument("--jax_dots", choices=tuple(DOT_FLAGS), default="eigen",
+                      help="XLA:CPU matmul kernels: Eigen, or YNNPACK (the XLA default)")
   parser.add_argument("--torch_threads", type=int, default=2)
   parser.add_argument("--torch_optimizer", choices=("foreach", "fused", "for-loop"), default="fused",
                       help="implementation of torch.optim.AdamW")
@@ -120,8 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.error(f"--seq_len must be >= 8 (prompt + completion + eos), got {args.seq_len}.")
   if args.vocab < 4:
     parser.error(f"--vocab must be >= 4 (pad, bos, eos and one word), got {args.vocab}.")
-  if args.cached_reference and args.objective != "dpo":
-    parser.error("--cached_reference applies to --objective=dpo only.")
+  for flag in ("cached_reference", "share_prompt"):
+    if getattr(args, flag) and args.objective != "dpo":
+      parser.error(f"--{flag} applies to --objective=dpo only.")
   return args
 
 
@@ -178,11 +197,22 @@ def matmul_parameters(config: models.TransformerConfig, objective: str) -> int:
   return config.n_layers * (attention + mlp) + head
 
 
-def model_flops(config: models.TransformerConfig, args: argparse.Namespace, reference_forward: bool) -> float:
-  """Analytic model FLOPs of one train step (see the module docstring)."""
-  tokens = 2 * args.batch_pairs * args.seq_len
-  forward = tokens * (2 * matmul_parameters(config, args.objective)
-                      + 4 * config.n_layers * args.seq_len * config.d_model)
+def model_flops(config: models.TransformerConfig, args: argparse.Namespace, reference_forward: bool,
+                layout: shared_prompt.SharedPromptLayout | None = None) -> float:
+  """Analytic model FLOPs of one train step (see the module docstring).
+
+  With a shared-prompt `layout` the body runs on B packed rows of `layout.length` slots
+  and the output layer on `layout.num_targets` positions per row.
+  """
+  body = matmul_parameters(config, args.objective)
+  if layout is None:
+    tokens = 2 * args.batch_pairs * args.seq_len
+    forward = tokens * (2 * body + 4 * config.n_layers * args.seq_len * config.d_model)
+  else:
+    head = config.d_model * config.vocab_size
+    rows, length = args.batch_pairs, layout.length
+    forward = (rows * length * (2 * (body - head) + 4 * config.n_layers * length * config.d_model)
+               + rows * layout.num_targets * 2 * head)
   return (3 + (1 if reference_forward else 0)) * forward
 
 
@@ -221,11 +251,12 @@ def pair_rows(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Ar
   return cat("tokens"), cat("attention_mask"), cat("loss_mask")
 
 
-def completion_logps(model: nn.Module, params: Any, tokens: jax.Array, attention_mask: jax.Array,
-                     loss_mask: jax.Array) -> jax.Array:
-  """Summed completion log-probs [2B]: the logits at t-1 predict token t."""
-  logits = model.apply({"params": params}, tokens, attention_mask)
-  return losses.sequence_logprobs(logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:]).sum(-1)
+def completion_logps(model: nn.Module, params: Any, batch: dict[str, jax.Array],
+                     layout: shared_prompt.SharedPromptLayout | None) -> jax.Array:
+  """Summed completion log-probs [2B] (chosen rows, then rejected), by the trainer's own
+  `objectives.pair_logps`: two rows per pair, or one packed row with a `layout`."""
+  logps = objectives.pair_logps(model, params, batch, layout)
+  return jnp.concatenate([logps["chosen_logps"], logps["rejected_logps"]])
 
 
 @dataclasses.dataclass
@@ -241,7 +272,7 @@ class JaxSide:
 
 
 def build_jax(args: argparse.Namespace, config: models.TransformerConfig, example: dict[str, jax.Array],
-              cached: bool) -> JaxSide:
+              cached: bool, layout: shared_prompt.SharedPromptLayout | None = None) -> JaxSide:
   model = models.Transformer(config) if args.objective == "dpo" else models.RewardModel(config)
   tokens, attention_mask, _ = pair_rows(example)
   params = nn.unbox(jax.jit(model.init)(jax.random.key(args.seed), tokens, attention_mask)["params"])
@@ -249,16 +280,16 @@ def build_jax(args: argparse.Namespace, config: models.TransformerConfig, exampl
   tx = optax.adamw(args.learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay)
 
   def loss_fn(params, batch, reference_params):
-    tokens, attention_mask, loss_mask = pair_rows(batch)
+    tokens, attention_mask, _ = pair_rows(batch)
     if args.objective == "reward_model":
       rewards = model.apply({"params": params}, tokens, attention_mask)[:, 0]
       chosen, rejected = jnp.split(rewards, 2)
       return losses.bradley_terry(chosen, rejected).mean(), rewards
-    logps = completion_logps(model, params, tokens, attention_mask, loss_mask)
+    logps = completion_logps(model, params, batch, layout)
     if cached:
       ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     else:
-      ref_logps = completion_logps(model, reference_params, tokens, attention_mask, loss_mask)
+      ref_logps = completion_logps(model, reference_params, batch, layout)
       ref_chosen, ref_rejected = jnp.split(ref_logps, 2)
     policy_chosen, policy_rejected = jnp.split(logps, 2)
     per_pair, _, _ = losses.dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=args.beta)
@@ -286,10 +317,10 @@ def build_jax(args: argparse.Namespace, config: models.TransformerConfig, exampl
   return JaxSide(compiled, state, reference_params, init_params, xla_flops, compile_seconds)
 
 
-def cached_reference_logps(args, config, params, batches):
+def cached_reference_logps(args, config, params, batches, layout=None):
   """Reference log-probs of every batch, computed once (as the trainer caches them)."""
   model = models.Transformer(config)
-  forward = jax.jit(lambda p, b: jnp.split(completion_logps(model, p, *pair_rows(b)), 2))
+  forward = jax.jit(lambda p, b: jnp.split(completion_logps(model, p, b, layout), 2))
   out = []
   for batch in batches:
     ref_chosen, ref_rejected = forward(params, batch)
@@ -324,7 +355,7 @@ def build_torch(args, config, init_params, batches_np, cached: bool) -> TorchSid
   for batch in batches_np:
     converted = {}
     for name, value in batch.items():
-      value = np.asarray(value)
+      value = np.array(value)  # a writable copy (arrays from JAX are read-only)
       if name.endswith("_tokens"):
         value = value.astype(np.int64)  # gather and embedding index with int64
       converted[name] = torch.from_numpy(value)
@@ -380,6 +411,11 @@ def check_agreement(reference: dict, other: dict, label: str, aux_name: str) -> 
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
+  # Read when the CPU client is created (the first JAX computation), so setting it here
+  # still applies; a choice the caller already made in XLA_FLAGS wins.
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if DOT_FLAGS[args.jax_dots] and "ynn_fusion_type" not in xla_flags:
+    os.environ["XLA_FLAGS"] = f"{xla_flags} {DOT_FLAGS[args.jax_dots]}".strip()
   config = model_config(args)
   use_torch = torch is not None and not args.no_torch
   if use_torch:
@@ -393,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
   torch_text = (f"torch {torch.__version__} ({torch.get_num_threads()} threads, AdamW {args.torch_optimizer}, "
                 f"attention {'explicit padding mask' if args.torch_padding_mask else 'is_causal'})"
                 if use_torch else "torch: not used")
-  print(f"jax {jax.__version__} (backend {jax.default_backend()}, {os.cpu_count()} CPUs); {torch_text}")
+  print(f"jax {jax.__version__} (backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); {torch_text}")
   if torch is None:
     print(f"PyTorch columns skipped: torch is not installed ({TORCH_ERROR}); "
           "install the CPU build with `.venv/bin/pip install torch==2.13.0`.")
@@ -401,19 +438,27 @@ def main(argv: list[str] | None = None) -> None:
     print("PyTorch columns skipped: --no_torch.")
 
   jax_peak, torch_peak = measure_peak(args.peak_size)
+  # The MFU denominator is the faster of the two large matmuls: the best this CPU did.
+  peak = max(jax_peak, torch_peak or 0.0)
   peak_text = f"peak: jitted float32 matmul {args.peak_size}^3: {jax_peak / 1e9:.1f} GFLOP/s"
   if torch_peak is not None:
-    peak_text += f" (torch.mm: {torch_peak / 1e9:.1f} GFLOP/s)"
-  print(peak_text + " -> MFU denominator")
+    peak_text += f", torch.mm: {torch_peak / 1e9:.1f} GFLOP/s"
+  print(peak_text + f" -> MFU denominator {peak / 1e9:.1f} GFLOP/s")
 
   batches_np = make_batches(args)
   batches = [jax.device_put(b) for b in batches_np]
   jax_cached = args.objective == "dpo" and args.cached_reference
+  layout = None
+  if args.share_prompt:
+    # Measured on the benchmark's batches, as the trainer measures its data sets.
+    layout = shared_prompt.layout_for({f"batch {i}": b for i, b in enumerate(batches_np)})
+    print(f"shared prompt: packed rows of {layout.length} slots (two rows: {2 * args.seq_len}), "
+          f"logits at {layout.num_targets} completion positions per pair")
   jax_side = build_jax(args, config, batches[0] if not jax_cached else
                        {**batches[0], "ref_chosen_logps": jnp.zeros(args.batch_pairs),
-                        "ref_rejected_logps": jnp.zeros(args.batch_pairs)}, jax_cached)
+                        "ref_rejected_logps": jnp.zeros(args.batch_pairs)}, jax_cached, layout)
   if jax_cached:
-    batches = cached_reference_logps(args, config, jax.device_put(jax_side.init_params), batches)
+    batches = cached_reference_logps(args, config, jax.device_put(jax_side.init_params), batches, layout)
   total_params = sum(np.size(x) for x in jax.tree.leaves(jax_side.init_params))
   tokens = 2 * args.batch_pairs * args.seq_len
   real = sum(int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()) for b in batches_np)
@@ -422,13 +467,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{100 * real / (tokens * len(batches_np)):.0f}% non-pad)")
 
   with_reference = args.objective == "dpo"
-  flops_jax = model_flops(config, args, reference_forward=with_reference and not jax_cached)
-  flops_text = f"model FLOPs/step (analytic): {flops_jax / 1e9:.1f} G"
+  flops_jax = model_flops(config, args, reference_forward=with_reference and not jax_cached, layout=layout)
+  flops_text = f"model FLOPs/step (analytic{', packed rows' if layout else ''}): {flops_jax / 1e9:.1f} G"
   if jax_side.xla_flops is not None:
     flops_text += f"; XLA cost_analysis of the JAX step: {jax_side.xla_flops / 1e9:.1f} G"
   print(flops_text + f"; JAX compile {jax_side.compile_seconds:.1f} s")
 
   label = "jax (cached ref)" if jax_cached else ("jax (ref forward)" if with_reference else "jax")
+  if layout is not None:
+    label = label.replace(")", ", shared)")
   runners = [jax_runner(label, jax_side, batches, flops_jax)]
   if use_torch:
     if with_reference:
@@ -472,14 +519,14 @@ def main(argv: list[str] | None = None) -> None:
 
   timed = args.rounds * args.steps
   print(f"\nmedian of {timed} timed steps ({args.rounds} rounds x {args.steps}, after {2 + args.warmup} untimed)")
-  print(f"{'':22s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'pairs/s':>10s}{'GFLOP/s':>10s}{'MFU':>8s}")
+  print(f"{'':28s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'pairs/s':>10s}{'GFLOP/s':>10s}{'MFU':>8s}")
   medians = {}
   for runner in runners:
     median = statistics.median(runner.times)
     medians[runner.name] = median
-    print(f"{runner.name:22s}{median:10.3f}{min(runner.times):9.3f}{max(runner.times):9.3f}"
+    print(f"{runner.name:28s}{median:10.3f}{min(runner.times):9.3f}{max(runner.times):9.3f}"
           f"{args.batch_pairs / median:10.2f}{runner.flops / median / 1e9:10.1f}"
-          f"{100 * runner.flops / median / jax_peak:7.1f}%")
+          f"{100 * runner.flops / median / peak:7.1f}%")
   jax_median = medians[runners[0].name]
   for runner in runners[1:]:
     speedup = medians[runner.name] / jax_median

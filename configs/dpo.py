@@ -14,6 +14,11 @@ A real run (HH-RLHF jsonl, tokenizer trained into the workdir when none is given
     --config.data.train=train.jsonl.gz --config.data.eval=test.jsonl.gz \
     --config.model.init_from=runs/sft
 
+Prompt-prefix sharing: `--config.data.share_prompt=true` packs each pair as one row
+[prompt | chosen | rejected], so the prompt goes through the policy (and the reference)
+once and logits are computed only at completion positions; the log-probs are the same
+(`rlhf_jax/train/shared_prompt.py`; speed in docs/benchmarks.md). Also for SimPO and ORPO.
+
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """
 

@@ -91,6 +91,11 @@ class Attention(nn.Module):
   A query at position t attends to keys s <= t whose `attention_mask[s]` is true.
   Query head h reads key/value head h // (H / K) (the "repeat" convention of GQA).
 
+  With `segment_ids` (int [B, T], full forward only) a row holds a shared prefix
+  (segment 0) followed by several continuations of it (segments 1, 2, ...): a token of
+  segment k > 0 attends to the prefix and to its own segment only, never to another
+  continuation; prefix tokens attend to the prefix. See `rlhf_jax.train.shared_prompt`.
+
   With `decode=True` the keys and values are also written to a "cache" collection
   (`key`, `value` [B, L, K, Dh], `key_mask` [B, L], `index` scalar), and queries attend
   to everything cached so far plus the new tokens: feeding a sequence in chunks gives
@@ -103,7 +108,11 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, positions: jax.Array, attention_mask: jax.Array
+      self,
+      x: jax.Array,
+      positions: jax.Array,
+      attention_mask: jax.Array,
+      segment_ids: jax.Array | None = None,
   ) -> jax.Array:
     cfg = self.config
     d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -162,6 +171,12 @@ class Attention(nn.Module):
 
     # [B, 1, T, S]: causal in slot order and restricted to non-pad keys.
     mask = (key_slots[None, :] <= query_slots[:, None])[None, None] & key_mask[:, None, None, :]
+    if segment_ids is not None:
+      if self.decode:
+        raise ValueError("Attention: segment_ids are for full forward passes, not decoding.")
+      same = segment_ids[:, :, None] == segment_ids[:, None, :]
+      shared = (segment_ids == 0)[:, None, :]
+      mask = mask & (same | shared)[:, None]
     # The XLA implementation computes logits and softmax in float32 and handles GQA
     # without materialising repeated keys; on GPU `implementation="cudnn"` is flash attention.
     attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
@@ -208,11 +223,15 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, positions: jax.Array, attention_mask: jax.Array
+      self,
+      x: jax.Array,
+      positions: jax.Array,
+      attention_mask: jax.Array,
+      segment_ids: jax.Array | None = None,
   ) -> tuple[jax.Array, None]:
     cfg = self.config
     attended = Attention(cfg, decode=self.decode, name="attention")(
-        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask
+        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask, segment_ids
     )
     x = x + attended
     x = x + FeedForward(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))

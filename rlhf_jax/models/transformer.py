@@ -14,6 +14,11 @@ Sharding: parameters are created with logical axis names; under `jax.set_mesh(me
 (a mesh with `AxisType.Auto` axes) and `nn.logical_axis_rules(logical_axis_rules())`
 the activations get matching sharding constraints, and XLA inserts the collectives.
 
+Shared prefixes: `segment_ids` (0 = a prefix every later segment sees, k > 0 = one
+continuation) with explicit `positions` run several continuations of one prompt in one
+row, and `logit_slots` computes logits only at the slots that predict a token; see
+`rlhf_jax.train.shared_prompt`.
+
 Incremental decoding (online rollouts): `cache = init_cache(model, batch, length)`, then
 `logits, updates = model.apply({"params": p, "cache": cache}, chunk, chunk_mask,
 decode=True, mutable=["cache"])` with `cache = updates["cache"]`; chunks of any length
@@ -33,12 +38,15 @@ __all__ = ["Transformer", "check_inputs", "check_mesh", "init_cache", "token_pos
 
 
 def check_inputs(
-    tokens: jax.Array, attention_mask: jax.Array | None, config: TransformerConfig, where: str
+    tokens: jax.Array, attention_mask: jax.Array | None, config: TransformerConfig, where: str,
+    *, check_length: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
   """Trace-time checks of model inputs; returns `(tokens int32, attention_mask bool)`.
 
   Token values are not checked (they may be traced); an id outside [0, vocab_size)
-  makes the embedding lookup return NaN, which shows in the logits.
+  makes the embedding lookup return NaN, which shows in the logits. `check_length=False`
+  allows rows longer than `max_len` (packed rows with explicit positions, whose
+  positions, not slots, stay below `max_len`).
   """
   tokens = jnp.asarray(tokens)
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -46,7 +54,7 @@ def check_inputs(
         f"{where}: `tokens` must be an integer array [batch, length], got dtype "
         f"{tokens.dtype} with shape {tokens.shape}."
     )
-  if tokens.shape[1] > config.max_len:
+  if check_length and tokens.shape[1] > config.max_len:
     raise ValueError(
         f"{where}: `tokens` has length {tokens.shape[1]}, longer than the model's max_len "
         f"{config.max_len}."
@@ -117,6 +125,9 @@ class Transformer(nn.Module):
       tokens: jax.Array,
       attention_mask: jax.Array | None = None,
       *,
+      segment_ids: jax.Array | None = None,
+      positions: jax.Array | None = None,
+      logit_slots: jax.Array | None = None,
       return_hidden: bool = False,
       decode: bool = False,
   ) -> jax.Array:
@@ -126,12 +137,35 @@ class Transformer(nn.Module):
     Args:
       tokens: int [B, T] token ids.
       attention_mask: bool [B, T], true on real tokens (default: all true).
+      segment_ids: optional int [B, T]: segment 0 is a prefix shared by the later
+        segments, a token of segment k > 0 attends to segment 0 and to segment k only
+        (full forward only, not with `decode`).
+      positions: optional int [B, T] rotary positions (default: the number of real
+        tokens before each token); they must stay below `max_len`, while the row itself
+        may then be longer (a packed row of several continuations).
+      logit_slots: optional int [B, N]: compute the output (logits or hidden states)
+        only at these slots, giving [B, N, V] (or [B, N, D]); the output projection
+        then costs N instead of T positions.
       return_hidden: skip the output projection and return the hidden states.
       decode: read and extend the KV cache (collection "cache", made by `init_cache`).
     """
     cfg = self.config
-    tokens, attention_mask = check_inputs(tokens, attention_mask, cfg, "Transformer")
+    tokens, attention_mask = check_inputs(tokens, attention_mask, cfg, "Transformer",
+                                          check_length=positions is None)
     check_mesh("Transformer")
+    for name, value in (("segment_ids", segment_ids), ("positions", positions)):
+      if value is not None and jnp.shape(value) != tokens.shape:
+        raise ValueError(
+            f"Transformer: `{name}` must have the shape of `tokens` {tokens.shape}, got "
+            f"{jnp.shape(value)}.")
+    if decode and (segment_ids is not None or positions is not None):
+      raise ValueError("Transformer: `segment_ids` and `positions` are for full forward "
+                       "passes; decoding derives positions from the cache.")
+    if logit_slots is not None and (jnp.ndim(logit_slots) != 2
+                                    or jnp.shape(logit_slots)[0] != tokens.shape[0]):
+      raise ValueError(
+          f"Transformer: `logit_slots` must be an int array [batch={tokens.shape[0]}, N], "
+          f"got shape {jnp.shape(logit_slots)}.")
 
     offset = 0
     if decode:
@@ -142,7 +176,11 @@ class Transformer(nn.Module):
       offset = num_tokens.value
       if initialized:
         num_tokens.value = offset + jnp.sum(attention_mask, axis=1, dtype=jnp.int32)
-    positions = token_positions(attention_mask, offset)
+    if positions is None:
+      positions = token_positions(attention_mask, offset)
+    positions = jnp.asarray(positions, jnp.int32)
+    if segment_ids is not None:
+      segment_ids = jnp.asarray(segment_ids, jnp.int32)
 
     embed = nn.Embed(
         cfg.vocab_size,
@@ -169,15 +207,19 @@ class Transformer(nn.Module):
           block,
           variable_axes={"params": 0, "cache": 0},
           split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
           length=cfg.n_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      x, _ = layers(cfg, decode=decode, name="layers")(x, positions, attention_mask)
+      x, _ = layers(cfg, decode=decode, name="layers")(x, positions, attention_mask, segment_ids)
     else:
       for i in range(cfg.n_layers):
-        x, _ = block(cfg, decode=decode, name=f"layer_{i}")(x, positions, attention_mask)
+        x, _ = block(cfg, decode=decode, name=f"layer_{i}")(x, positions, attention_mask, segment_ids)
 
+    if logit_slots is not None:
+      # Gather before the final norm (per position) and the [D, V] projection.
+      slots = jnp.asarray(logit_slots, jnp.int32)
+      x = jnp.take_along_axis(x, slots[:, :, None], axis=1)
     hidden = RMSNorm(cfg, name="final_norm")(x)
     if return_hidden:
       return hidden

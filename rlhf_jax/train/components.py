@@ -27,6 +27,7 @@ from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import reference as reference_lib
+from rlhf_jax.train import shared_prompt
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import step as step_lib
 from rlhf_jax.train.inputs import DataInfo
@@ -188,12 +189,13 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
   reference_cached = reference_on_the_fly = None
   if objective.reference:
     groups = reference_lib.reference_groups(info.kind, tuple(device_batch_layout(config, info)))
+    shared_layout = shared_prompt.from_config(config) if info.kind == "pairs" else None
     reference_cached = MeshFunction(reference_lib.make_reference_fn(
-        model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options),
-        mesh, rules)
+        model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options,
+        shared_layout=shared_layout), mesh, rules)
     reference_on_the_fly = MeshFunction(reference_lib.make_reference_fn(
-        model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options),
-        mesh, rules)
+        model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options,
+        shared_layout=shared_layout), mesh, rules)
   return Components(
       config=config, info=info, objective=objective, model=model, tx=tx, schedule=schedule, mesh=mesh,
       rules=rules, init_params=init_params, shardings=shardings, abstract_state=abstract,

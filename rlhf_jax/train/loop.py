@@ -36,7 +36,9 @@ from rlhf_jax.train import evaluate as evaluate_lib
 from rlhf_jax.train import inputs as inputs_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import reference as reference_lib
+from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import rundir
+from rlhf_jax.train import shared_prompt
 
 __all__ = ["TrainingError", "evaluate_dataset", "train"]
 
@@ -48,8 +50,7 @@ class TrainingError(RuntimeError):
 
 
 def _check_config(config: Any) -> None:
-  from rlhf_jax.train import objectives  # pylint: disable=g-import-not-at-top
-  objectives.get(config.objective)  # unknown names list the valid ones
+  objectives_lib.get(config.objective)  # unknown names list the valid ones
   for section, name in (("train", "steps"), ("train", "batch_size"), ("train", "log_every"),
                         ("eval", "batch_size"), ("reference", "batch_size")):
     value = config[section][name]
@@ -76,7 +77,8 @@ def _compiled_settings(config: Any) -> dict[str, Any]:
   """The config fields that change what is compiled (batch sizes only change shapes,
   which jit handles by itself; seeds, paths, cadences change nothing compiled)."""
   model = {k: v for k, v in config.model.to_dict().items() if k != "init_from"}
-  return {"objective": config.objective, "model": model, "optim": config.optim.to_dict(),
+  shared = {k: config.data.get(k) for k in ("share_prompt", "shared_length", "shared_targets")}
+  return {"objective": config.objective, "model": model, "shared_prompt": shared, "optim": config.optim.to_dict(),
           "loss": config.loss.to_dict(), "steps": config.train.steps,
           "microbatches": config.train.microbatches, "fast_compile": config.train.get("fast_compile", False)}
 
@@ -128,7 +130,8 @@ class _Reference:
       return
     cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else workdir / "reference_cache"
     params_fp = reference_lib.params_fingerprint(ref_params)
-    description = {"model": repr(parts.model.config), "kind": parts.objective.model}
+    description = {"model": repr(parts.model.config), "kind": parts.objective.model,
+                   "shared_prompt": repr(shared_prompt.from_config(config))}
 
     def compute(arrays):
       return reference_lib.compute_reference_logps(
@@ -211,6 +214,10 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   datasets = inputs_lib.load_datasets(config, workdir)
+  objective = objectives_lib.get(config.objective)
+  # Packed-pair sizes are measured on the data and become part of the resolved config.
+  config = shared_prompt.resolve(config, {"train": datasets.train, "eval": datasets.eval},
+                                 data_kind=objective.data, model_kind=objective.model)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   dp = mesh_lib.data_parallel_size(mesh)
   for name, size in (("train.batch_size", config.train.batch_size // config.train.microbatches),

@@ -39,6 +39,7 @@ import numpy as np
 
 from rlhf_jax import losses
 from rlhf_jax.train import networks
+from rlhf_jax.train import shared_prompt
 
 __all__ = [
     "Objective",
@@ -169,9 +170,16 @@ def _concat(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.concatenate([a, b], axis=0)
 
 
-def pair_logps(model: Any, params: Any, batch: Batch) -> dict[str, jax.Array]:
-  """Policy log-probs and lengths of the chosen and rejected completions, in one forward
-  pass over the concatenated [2B, T] batch."""
+def pair_logps(model: Any, params: Any, batch: Batch,
+               layout: shared_prompt.SharedPromptLayout | None = None) -> dict[str, jax.Array]:
+  """Policy log-probs and lengths of the chosen and rejected completions.
+
+  One forward pass over the concatenated [2B, T] batch, or with a `layout` (from
+  `config.data.share_prompt`) over [B, layout.length] rows that hold the prompt once
+  (`shared_prompt.shared_pair_logps`; same values up to float rounding).
+  """
+  if layout is not None:
+    return shared_prompt.shared_pair_logps(model, params, batch, layout)
   logps, lengths = sequence_logps(
       model, params,
       _concat(batch["chosen_tokens"], batch["rejected_tokens"]),
@@ -345,7 +353,7 @@ def dpo(params, batch, rng, *, model, config):
   """
   del rng
   cfg = config.loss
-  policy = pair_logps(model, params, batch)
+  policy = pair_logps(model, params, batch, shared_prompt.from_config(config))
   use_lengths = cfg.variant in ("ipo", "sigmoid_norm")
   per_example, chosen_rewards, rejected_rewards = losses.dpo(
       policy["chosen_logps"], policy["rejected_logps"],
@@ -371,7 +379,8 @@ def simpo(params, batch, rng, *, model, config):
   """SimPO (`losses.simpo`): reference-free, on average completion log-probs."""
   del rng
   cfg = config.loss
-  chosen_avg, rejected_avg = _average_logps(pair_logps(model, params, batch))
+  chosen_avg, rejected_avg = _average_logps(
+      pair_logps(model, params, batch, shared_prompt.from_config(config)))
   per_example, chosen_rewards, rejected_rewards = losses.simpo(
       chosen_avg, rejected_avg, beta=cfg.beta, gamma=cfg.gamma, label_smoothing=cfg.label_smoothing)
   return weighted_sum(per_example, batch), _pair_outputs(per_example, chosen_rewards, rejected_rewards)
@@ -385,7 +394,8 @@ def orpo(params, batch, rng, *, model, config):
   `accuracy` the fraction of pairs where it is positive.
   """
   del rng
-  chosen_avg, rejected_avg = _average_logps(pair_logps(model, params, batch))
+  chosen_avg, rejected_avg = _average_logps(
+      pair_logps(model, params, batch, shared_prompt.from_config(config)))
   per_example, log_odds_ratio = losses.orpo(chosen_avg, rejected_avg, -chosen_avg, lam=config.loss.lam)
   outputs = _pair_outputs(per_example, jax.lax.stop_gradient(chosen_avg),
                           jax.lax.stop_gradient(rejected_avg))

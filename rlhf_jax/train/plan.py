@@ -32,6 +32,7 @@ differently (temporaries mostly), while parameter and optimizer bytes do not cha
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -157,6 +158,13 @@ def plan(config: Any, mesh: Mesh, info: DataInfo | None = None, *, correct_scan_
       `n_layers=4, scan_layers=True`.
   """
   info = planning_data_info(config) if info is None else info
+  if config.data.get("share_prompt", False) and not (config.data.shared_length and config.data.shared_targets):
+    # No data to measure: plan for the longest pair that fits two rows of max_length
+    # (p + c + r <= 2T - 1, c + r <= 2T - 2), unless the config sets the sizes.
+    config = copy.deepcopy(config)
+    width = info.max_length
+    config.data.shared_length = config.data.shared_length or 2 * width
+    config.data.shared_targets = config.data.shared_targets or 2 * width - 2
   start = time.time()
   parts, compiled = _compile(config, mesh, info, **preset_overrides)
   memory = compiled.memory_analysis()

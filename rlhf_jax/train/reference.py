@@ -67,15 +67,22 @@ def reference_groups(data_kind: str, keys: Sequence[str]) -> tuple[tuple[str, st
 
 def make_reference_fn(model: Any, groups: Sequence[tuple[str, str, str, str]], mesh: Mesh,
                       param_shardings: Any, *, replicate_outputs: bool,
-                      compiler_options: Mapping[str, Any] | None = None):
+                      compiler_options: Mapping[str, Any] | None = None,
+                      shared_layout: Any = None):
   """A jitted `(ref_params, batch) -> {column: [B] log-probs}`.
 
-  All groups go through one forward pass (concatenated along the batch). Outputs are
-  replicated (for the host-side cache) or split like the batch (on the fly).
+  All groups go through one forward pass (concatenated along the batch), or for pairs
+  with a `shared_layout` (`shared_prompt.SharedPromptLayout`) one packed row per pair.
+  Outputs are replicated (for the host-side cache) or split like the batch (on the fly).
   """
   groups = tuple(groups)
+  if shared_layout is not None and groups != REFERENCE_GROUPS["pairs"]:
+    raise ValueError("make_reference_fn: shared_layout needs the chosen and rejected groups of pairs.")
 
   def reference_fn(ref_params, batch):
+    if shared_layout is not None:
+      logps = objectives.pair_logps(model, ref_params, batch, shared_layout)
+      return {"ref_chosen_logps": logps["chosen_logps"], "ref_rejected_logps": logps["rejected_logps"]}
     tokens = jnp.concatenate([batch[g[0]] for g in groups], axis=0)
     attention = jnp.concatenate([batch[g[1]] for g in groups], axis=0)
     loss_mask = jnp.concatenate([batch[g[2]] for g in groups], axis=0)

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import train_step  # noqa: E402
 from rlhf_jax import models  # noqa: E402
+from rlhf_jax.train import shared_prompt  # noqa: E402
 
 
 def test_batches_follow_the_token_convention():
@@ -68,4 +69,34 @@ def test_model_flops_match_xla_cost_analysis():
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   analytic_forward = train_step.model_flops(config, args, reference_forward=False) / 3
   # XLA also counts the elementwise work (norms, RoPE, softmax, SwiGLU): a few percent.
+  assert analytic_forward <= cost["flops"] <= 1.1 * analytic_forward
+
+
+def test_packed_model_flops_hand_count():
+  args = train_step.parse_args(["--d_model=8", "--n_layers=1", "--n_heads=2", "--n_kv_heads=1",
+                                "--d_ff=16", "--vocab=10", "--seq_len=8", "--batch_pairs=1", "--share_prompt"])
+  config = train_step.model_config(args)
+  layout = shared_prompt.SharedPromptLayout(length=12, num_targets=8)
+  # The body (656 matmul parameters without the 80 of lm_head) on 12 packed slots with
+  # attention over 12 keys; the output layer on the 8 completion positions only.
+  per_row = 12 * (2 * 576 + 4 * 1 * 12 * 8) + 8 * 2 * 80
+  assert train_step.model_flops(config, args, reference_forward=False, layout=layout) == 3 * per_row
+  assert train_step.model_flops(config, args, reference_forward=True, layout=layout) == 4 * per_row
+
+
+def test_packed_model_flops_match_xla_cost_analysis():
+  args = train_step.parse_args(["--d_model=128", "--n_layers=2", "--n_heads=4", "--vocab=1000",
+                                "--seq_len=64", "--batch_pairs=2", "--share_prompt"])
+  config = train_step.model_config(args)
+  layout = shared_prompt.SharedPromptLayout(length=96, num_targets=64)
+  model = models.Transformer(config)
+  params = nn.unbox(models.abstract_params(model))
+  ints = jax.ShapeDtypeStruct((2, 96), jnp.int32)
+  mask = jax.ShapeDtypeStruct((2, 96), jnp.bool_)
+  slots = jax.ShapeDtypeStruct((2, 64), jnp.int32)
+  forward = lambda p, t, m, s, q, o: model.apply({"params": p}, t, m, segment_ids=s, positions=q, logit_slots=o)
+  compiled = jax.jit(forward).lower(params, ints, mask, ints, ints, slots).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic_forward = train_step.model_flops(config, args, reference_forward=False, layout=layout) / 3
   assert analytic_forward <= cost["flops"] <= 1.1 * analytic_forward
