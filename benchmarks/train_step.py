@@ -4,6 +4,8 @@
         --n_heads=4 --vocab=8000 --seq_len=256 --batch_pairs=8
     .venv/bin/python benchmarks/train_step.py --objective=dpo ... --cached_reference
     .venv/bin/python benchmarks/train_step.py --objective=reward_model ...
+    .venv/bin/python benchmarks/train_step.py --objective=dpo ... --share_prompt \
+        --data=../shared/data/hh-rlhf/harmless-base-test-head1500.jsonl.gz
 
 Both sides train the same model (`rlhf_jax.models` and its PyTorch twin in
 `benchmarks/torch_reference.py`: RoPE, RMSNorm, SwiGLU, grouped-query attention when
@@ -22,6 +24,7 @@ preference batches, with the same objective and the same AdamW update:
     the two-row layout a PyTorch user (TRL) runs. Its FLOPs are those of the packed rows.
   * reward_model: `RewardModel` (scalar head at the last real token) and the
     Bradley-Terry loss (`rlhf_jax.losses.bradley_terry`).
+    `--share_prompt` packs the pair the same way and reads both rewards from the one row.
 
 The JAX step is one `jax.jit` function of (state, batch) with the state donated, built
 from `rlhf_jax.models`, `rlhf_jax.losses` and `optax.adamw`; it is compiled ahead of time
@@ -41,6 +44,10 @@ including the output layer, not the embedding lookup; `4 L T D` for the attentio
 scores and weighted values over all T keys of the padded length), a training step three
 forwards, the DPO reference one more; every position of the padded [2B, T] batch counts.
 Without torch installed the PyTorch columns are skipped with a message.
+
+The pairs are synthetic (random tokens, prompts T/8 to T/2 long) unless `--data` names a
+preference file: its pairs are then tokenized as the trainer does (`real_batches`), so
+the prompt share, which decides what `--share_prompt` saves, is that of real data.
 
 `--jax_dots=eigen` (default) sets `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
 -individual_dot` before the first JAX computation, so that XLA:CPU runs the matmuls with
@@ -69,6 +76,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
+from rlhf_jax import data as data_lib  # noqa: E402
 from rlhf_jax import losses, models  # noqa: E402
 from rlhf_jax.train import objectives, shared_prompt  # noqa: E402
 
@@ -106,8 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--batch_pairs", type=int, default=8, help="preference pairs per step")
   parser.add_argument("--cached_reference", action="store_true",
                       help="dpo: JAX reads precomputed reference log-probs (no reference forward)")
+  parser.add_argument("--data", default="",
+                      help="preference file (e.g. HH-RLHF .jsonl.gz): real pairs instead of synthetic "
+                           "ones, tokenized by a sentencepiece model of --vocab pieces trained on it")
   parser.add_argument("--share_prompt", action="store_true",
-                      help="dpo: JAX packs [prompt | chosen | rejected] in one row (prompt computed once)")
+                      help="JAX packs [prompt | chosen | rejected] in one row (prompt computed once)")
   parser.add_argument("--beta", type=float, default=0.1, help="DPO inverse temperature")
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--weight_decay", type=float, default=0.01)
@@ -138,9 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.error(f"--seq_len must be >= 8 (prompt + completion + eos), got {args.seq_len}.")
   if args.vocab < 4:
     parser.error(f"--vocab must be >= 4 (pad, bos, eos and one word), got {args.vocab}.")
-  for flag in ("cached_reference", "share_prompt"):
-    if getattr(args, flag) and args.objective != "dpo":
-      parser.error(f"--{flag} applies to --objective=dpo only.")
+  if args.cached_reference and args.objective != "dpo":
+    parser.error("--cached_reference applies to --objective=dpo only.")
   return args
 
 
@@ -188,6 +198,42 @@ def make_batches(args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
   return batches
 
 
+def real_batches(args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
+  """Pairs of a local preference file, tokenized as the trainer does.
+
+  A sentencepiece model of `--vocab` pieces is trained on the file's texts (in a
+  temporary folder), pairs are cut to `--seq_len` tokens with prompts of at most half
+  of it (the trainer's default ratio), and `--batches` x `--batch_pairs` of them are
+  drawn at random (`--seed`). Pairs the truncation empties are counted and skipped.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as folder:
+    pairs = data_lib.load_preference_data(args.data, rejects_path=os.path.join(folder, "rejects.jsonl"))
+    model_file = data_lib.train_tokenizer(
+        None, os.path.join(folder, "spm"), vocab_size=args.vocab,
+        texts=[*pairs.prompts, *pairs.chosen, *pairs.rejected], num_threads=2)
+    tokenizer = data_lib.Tokenizer.load(model_file)
+    tokenized = data_lib.tokenize_pairs(pairs, tokenizer, max_length=args.seq_len,
+                                        max_prompt_length=args.seq_len // 2)
+  wanted = args.batches * args.batch_pairs
+  if len(tokenized) < wanted:
+    raise SystemExit(f"train_step.py: {args.data} has {len(tokenized)} usable pairs; "
+                     f"--batches x --batch_pairs needs {wanted}.")
+  rows = np.random.default_rng(args.seed).choice(len(tokenized), wanted, replace=False)
+  keys = [f"{part}_{name}" for part in ("chosen", "rejected") for name in ("tokens", "attention_mask", "loss_mask")]
+  batches = []
+  for i in range(args.batches):
+    batch = tokenized.batch(rows[i * args.batch_pairs:(i + 1) * args.batch_pairs])
+    batches.append({k: np.asarray(batch[k]) for k in keys})
+  prompt = sum(int((b["chosen_attention_mask"] & ~b["chosen_loss_mask"]).sum()) for b in batches)
+  real = sum(int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()) for b in batches)
+  report = pairs.report
+  print(f"data: {args.data}: {report.read if report else len(pairs)} records read, {len(tokenized)} pairs "
+        f"tokenized ({tokenizer.vocab_size} pieces); prompts are {100 * 2 * prompt / real:.0f}% of the real "
+        "tokens of the two-row layout")
+  return batches
+
+
 def matmul_parameters(config: models.TransformerConfig, objective: str) -> int:
   """Parameters that multiply activations (all but the embedding table and norm scales)."""
   d, dh = config.d_model, config.head_dim
@@ -202,17 +248,20 @@ def model_flops(config: models.TransformerConfig, args: argparse.Namespace, refe
   """Analytic model FLOPs of one train step (see the module docstring).
 
   With a shared-prompt `layout` the body runs on B packed rows of `layout.length` slots
-  and the output layer on `layout.num_targets` positions per row.
+  and the output layer on `layout.num_targets` positions per row (DPO) or on the two
+  last tokens (reward model).
   """
   body = matmul_parameters(config, args.objective)
   if layout is None:
     tokens = 2 * args.batch_pairs * args.seq_len
     forward = tokens * (2 * body + 4 * config.n_layers * args.seq_len * config.d_model)
   else:
-    head = config.d_model * config.vocab_size
+    dpo = args.objective == "dpo"
+    head = config.d_model * (config.vocab_size if dpo else 1)
+    outputs = layout.num_targets if dpo else 2
     rows, length = args.batch_pairs, layout.length
     forward = (rows * length * (2 * (body - head) + 4 * config.n_layers * length * config.d_model)
-               + rows * layout.num_targets * 2 * head)
+               + rows * outputs * 2 * head)
   return (3 + (1 if reference_forward else 0)) * forward
 
 
@@ -282,8 +331,12 @@ def build_jax(args: argparse.Namespace, config: models.TransformerConfig, exampl
   def loss_fn(params, batch, reference_params):
     tokens, attention_mask, _ = pair_rows(batch)
     if args.objective == "reward_model":
-      rewards = model.apply({"params": params}, tokens, attention_mask)[:, 0]
-      chosen, rejected = jnp.split(rewards, 2)
+      if layout is not None:
+        chosen, rejected = (r[:, 0] for r in shared_prompt.shared_pair_rewards(model, params, batch, layout))
+        rewards = jnp.concatenate([chosen, rejected])
+      else:
+        rewards = model.apply({"params": params}, tokens, attention_mask)[:, 0]
+        chosen, rejected = jnp.split(rewards, 2)
       return losses.bradley_terry(chosen, rejected).mean(), rewards
     logps = completion_logps(model, params, batch, layout)
     if cached:
@@ -445,15 +498,16 @@ def main(argv: list[str] | None = None) -> None:
     peak_text += f", torch.mm: {torch_peak / 1e9:.1f} GFLOP/s"
   print(peak_text + f" -> MFU denominator {peak / 1e9:.1f} GFLOP/s")
 
-  batches_np = make_batches(args)
+  batches_np = real_batches(args) if args.data else make_batches(args)
   batches = [jax.device_put(b) for b in batches_np]
   jax_cached = args.objective == "dpo" and args.cached_reference
   layout = None
   if args.share_prompt:
     # Measured on the benchmark's batches, as the trainer measures its data sets.
     layout = shared_prompt.layout_for({f"batch {i}": b for i, b in enumerate(batches_np)})
-    print(f"shared prompt: packed rows of {layout.length} slots (two rows: {2 * args.seq_len}), "
-          f"logits at {layout.num_targets} completion positions per pair")
+    outputs = (f"logits at {layout.num_targets} completion positions per pair" if args.objective == "dpo"
+               else "rewards at the two last tokens")
+    print(f"shared prompt: packed rows of {layout.length} slots (two rows: {2 * args.seq_len}), {outputs}")
   jax_side = build_jax(args, config, batches[0] if not jax_cached else
                        {**batches[0], "ref_chosen_logps": jnp.zeros(args.batch_pairs),
                         "ref_rejected_logps": jnp.zeros(args.batch_pairs)}, jax_cached, layout)
@@ -475,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
 
   label = "jax (cached ref)" if jax_cached else ("jax (ref forward)" if with_reference else "jax")
   if layout is not None:
-    label = label.replace(")", ", shared)")
+    label = label.replace(")", ", shared)") if ")" in label else "jax (shared)"
   runners = [jax_runner(label, jax_side, batches, flops_jax)]
   if use_torch:
     if with_reference:

@@ -69,6 +69,10 @@ class RewardModel(nn.Module):
   2310.02743). Head parameters stay float32 whatever the config's `param_dtype`.
 
   `apply({"params": p}, tokens [B, T], attention_mask [B, T]) -> rewards [B, K]` float32.
+
+  Packed rows (several continuations of one prompt, see `Transformer`): with
+  `segment_ids`, `positions` and `reward_slots` int [B, N] the rewards are read at those
+  slots instead of the last real token: `rewards [B, N, K]`.
   """
 
   config: TransformerConfig
@@ -76,13 +80,27 @@ class RewardModel(nn.Module):
 
   @nn.compact
   def __call__(
-      self, tokens: jax.Array, attention_mask: jax.Array | None = None, *, decode: bool = False
+      self,
+      tokens: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      positions: jax.Array | None = None,
+      reward_slots: jax.Array | None = None,
+      *,
+      decode: bool = False,
   ) -> jax.Array:
     if isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1:
       raise ValueError(f"RewardModel.num_heads must be a positive int, got {self.num_heads!r}.")
-    tokens, attention_mask = check_inputs(tokens, attention_mask, self.config, "RewardModel")
+    tokens, attention_mask = check_inputs(tokens, attention_mask, self.config, "RewardModel",
+                                          check_length=positions is None)
+    if reward_slots is not None:
+      hidden = Transformer(self.config, name="backbone")(
+          tokens, attention_mask, segment_ids=segment_ids, positions=positions,
+          logit_slots=reward_slots, return_hidden=True)
+      return _Head(self.config.d_model, self.num_heads, name="reward_head")(hidden)  # [B, N, K]
     hidden = Transformer(self.config, name="backbone")(
-        tokens, attention_mask, return_hidden=True, decode=decode
+        tokens, attention_mask, segment_ids=segment_ids, positions=positions, return_hidden=True,
+        decode=decode
     )
     last = last_token_index(attention_mask)
     final_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, D]

@@ -197,9 +197,10 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   config.data.max_length = 128 if tiny else 1024
   # Longest prompt segment (bos included); longer prompts lose their oldest tokens.
   config.data.max_prompt_length = 64 if tiny else 512
-  # DPO family (dpo, simpo, orpo): pack each pair as one row [prompt | chosen | rejected]
-  # so the prompt goes through the model once and logits are computed only where a
-  # completion token is predicted (`rlhf_jax.train.shared_prompt`; same log-probs).
+  # Pairs (dpo, simpo, orpo, reward_model): pack each pair as one row [prompt | chosen |
+  # rejected] so the prompt goes through the model once; logits only where a completion
+  # token is predicted, rewards at each completion's last token
+  # (`rlhf_jax.train.shared_prompt`; same log-probs and rewards).
   config.data.share_prompt = False
   # Packed row length and completion tokens per row; 0 measures the longest pair of
   # the training and evaluation data (rounded up to a multiple of 8).

@@ -217,7 +217,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   objective = objectives_lib.get(config.objective)
   # Packed-pair sizes are measured on the data and become part of the resolved config.
   config = shared_prompt.resolve(config, {"train": datasets.train, "eval": datasets.eval},
-                                 data_kind=objective.data, model_kind=objective.model)
+                                 data_kind=objective.data)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   dp = mesh_lib.data_parallel_size(mesh)
   for name, size in (("train.batch_size", config.train.batch_size // config.train.microbatches),

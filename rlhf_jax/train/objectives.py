@@ -303,17 +303,22 @@ def reward_model(params, batch, rng, *, model, config):
 
   With K reward outputs (heads and/or ensemble members) the loss is the mean of the K
   per-head losses; `loss.centering` adds `centering * mean_k (r_c + r_r)^2`
-  (`losses.reward_centering`). Outputs use the mean reward over the K outputs.
+  (`losses.reward_centering`). Outputs use the mean reward over the K outputs. With
+  `data.share_prompt` both rewards come from one packed row per pair.
   """
   del rng
   cfg = config.loss
   _check_choice(cfg.name, "loss.name", _REWARD_LOSSES)
-  size = batch["chosen_tokens"].shape[0]
-  rewards = networks.apply_reward(
-      model, _reward_params(params),
-      _concat(batch["chosen_tokens"], batch["rejected_tokens"]),
-      _concat(batch["chosen_attention_mask"], batch["rejected_attention_mask"]))
-  chosen, rejected = rewards[:size], rewards[size:]  # [B, K]
+  layout = shared_prompt.from_config(config)
+  if layout is not None:
+    chosen, rejected = shared_prompt.shared_pair_rewards(model, _reward_params(params), batch, layout)
+  else:
+    size = batch["chosen_tokens"].shape[0]
+    rewards = networks.apply_reward(
+        model, _reward_params(params),
+        _concat(batch["chosen_tokens"], batch["rejected_tokens"]),
+        _concat(batch["chosen_attention_mask"], batch["rejected_attention_mask"]))
+    chosen, rejected = rewards[:size], rewards[size:]  # [B, K]
 
   def per_pair(column: jax.Array) -> jax.Array:
     return jnp.broadcast_to(column[:, None], chosen.shape)

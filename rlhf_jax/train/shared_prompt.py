@@ -17,7 +17,8 @@ exactly the attention inputs and rotary positions it has in its own row, so the
 log-probs are those of the two-row layout (up to float rounding), for a prompt computed
 once. Logits are computed only at the N slots that predict a completion token (the
 first rejected token is predicted from the last prompt slot p-1), [B, N, V] instead of
-[2B, T, V].
+[2B, T, V]. A reward model reads its two rewards at the slots of the last chosen and
+the last rejected token (`shared_pair_rewards`).
 
 This is prefix sharing for preference tuning (Wang & Hegde 2024, "Accelerating Direct
 Preference Optimization with Prefix Sharing", arXiv 2410.20305), which reports 1.1-1.5x
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import losses
+from rlhf_jax.train import networks
 
 __all__ = [
     "SharedPromptLayout",
@@ -49,6 +51,7 @@ __all__ = [
     "pair_extents",
     "resolve",
     "shared_pair_logps",
+    "shared_pair_rewards",
 ]
 
 # Segment id of the padding slots: neither the prompt (0) nor a completion (1, 2).
@@ -158,19 +161,19 @@ def from_config(config: Any) -> SharedPromptLayout | None:
 
 
 def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None], *,
-            data_kind: str, model_kind: str) -> Any:
+            data_kind: str) -> Any:
   """`config` itself when sharing is off, else a copy whose `data.shared_length` and
   `data.shared_targets` are measured on `datasets` (when 0) or checked against them.
 
-  Raises ValueError when the objective has no pairs for a policy (sharing applies to
-  the DPO family) or when a pair does not fit user-set sizes.
+  Raises ValueError when the objective does not train on pairs or when a pair does not
+  fit user-set sizes.
   """
   if not config.data.get("share_prompt", False):
     return config
-  if data_kind != "pairs" or model_kind != "policy":
+  if data_kind != "pairs":
     raise ValueError(
-        f"data.share_prompt applies to policy objectives on pairs (dpo, simpo, orpo); "
-        f"objective {config.objective!r} trains a {model_kind} model on {data_kind}.")
+        f"data.share_prompt applies to objectives on pairs (dpo, simpo, orpo, reward_model); "
+        f"objective {config.objective!r} trains on {data_kind}.")
   measured = layout_for(datasets)
   config = copy.deepcopy(config)
   if not config.data.shared_length:
@@ -185,9 +188,10 @@ def pack_pairs(batch: Mapping[str, jax.Array], layout: SharedPromptLayout) -> di
   """Packs right-padded pairs into [B, length] rows (inside jit; pure gathers).
 
   Returns `tokens`, `attention_mask`, `segment_ids`, `positions` [B, length] for the
-  model and, per completion token j < num_targets, `target_tokens`, `target_slots` (the
+  model; per completion token j < num_targets, `target_tokens`, `target_slots` (the
   slot whose logits predict it) and `target_segment` (1 chosen, 2 rejected, 0 none)
-  [B, num_targets]. Pairs longer than the layout would be cut: `layout_for` /
+  [B, num_targets]; and `last_slots` [B, 2], the slots of the last chosen and the last
+  rejected token (where a reward model reads its rewards). Pairs longer than the layout would be cut: `layout_for` /
   `check_layout` rule that out on the host.
   """
   chosen = jnp.asarray(batch["chosen_tokens"], jnp.int32)
@@ -213,9 +217,20 @@ def pack_pairs(batch: Mapping[str, jax.Array], layout: SharedPromptLayout) -> di
   # Token at slot p + j comes from slot p + j - 1, except the first rejected token
   # (j == c), which continues the prompt: slot p - 1.
   target_slots = jnp.clip(jnp.where(j == c, prompt - 1, prompt + j - 1), 0, layout.length - 1)
+  last_slots = jnp.concatenate([prompt + c - 1, prompt + c + r - 1], axis=1)
   return {"tokens": tokens, "attention_mask": from_chosen | from_rejected, "segment_ids": segment_ids,
           "positions": positions, "target_tokens": target_tokens, "target_slots": target_slots,
-          "target_segment": target_segment}
+          "target_segment": target_segment, "last_slots": last_slots}
+
+
+def shared_pair_rewards(model: Any, params: Any, batch: Mapping[str, jax.Array],
+                        layout: SharedPromptLayout) -> tuple[jax.Array, jax.Array]:
+  """Rewards [B, K] of the chosen and the rejected completions, one packed forward per
+  pair, read at each completion's last token (same values as the two-row layout)."""
+  packed = pack_pairs(batch, layout)
+  rewards = networks.apply_reward(model, params, packed["tokens"], packed["attention_mask"],
+                                  packed["segment_ids"], packed["positions"], packed["last_slots"])
+  return rewards[:, 0], rewards[:, 1]
 
 
 def shared_pair_logps(model: Any, params: Any, batch: Mapping[str, jax.Array],

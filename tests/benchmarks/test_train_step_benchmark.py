@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -100,3 +101,35 @@ def test_packed_model_flops_match_xla_cost_analysis():
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   analytic_forward = train_step.model_flops(config, args, reference_forward=False, layout=layout) / 3
   assert analytic_forward <= cost["flops"] <= 1.1 * analytic_forward
+
+
+HH_RLHF = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-head1500.jsonl.gz"
+
+
+@pytest.mark.skipif(not HH_RLHF.is_file(), reason=f"real data not found at {HH_RLHF} (see ../shared/data)")
+def test_real_batches_are_tokenized_hh_rlhf_pairs_that_share_their_prompt():
+  args = train_step.parse_args([f"--data={HH_RLHF}", "--vocab=600", "--seq_len=64", "--batch_pairs=3",
+                                "--batches=2", "--share_prompt"])
+  batches = train_step.real_batches(args)
+  assert len(batches) == 2
+  for batch in batches:
+    assert batch["chosen_tokens"].shape == (3, 64)
+    # Right padded, loss mask on the completion only, same prompt segment on both sides:
+    # exactly what the packing checks (it raises otherwise).
+    prompt, chosen, rejected = shared_prompt.pair_extents(batch)
+    assert (prompt >= 2).all() and (prompt <= 32).all()  # bos + at most half of 64
+    np.testing.assert_array_equal(chosen, batch["chosen_loss_mask"].sum(1))
+    assert (batch["chosen_tokens"] < 600).all()
+  # Different rows in the two batches (drawn without replacement).
+  assert not np.array_equal(batches[0]["chosen_tokens"], batches[1]["chosen_tokens"])
+
+
+def test_packed_reward_model_flops_hand_count():
+  args = train_step.parse_args(["--objective=reward_model", "--d_model=8", "--n_layers=1", "--n_heads=2",
+                                "--n_kv_heads=1", "--d_ff=16", "--vocab=10", "--seq_len=8", "--batch_pairs=1",
+                                "--share_prompt"])
+  config = train_step.model_config(args)
+  layout = shared_prompt.SharedPromptLayout(length=12, num_targets=8)
+  # Body 576 matmul parameters on 12 slots, the 8 -> 1 reward head at the two last tokens.
+  per_row = 12 * (2 * 576 + 4 * 1 * 12 * 8) + 2 * 2 * 8
+  assert train_step.model_flops(config, args, reference_forward=False, layout=layout) == 3 * per_row

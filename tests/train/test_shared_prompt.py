@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import losses, models
-from rlhf_jax.train import loop, objectives, shared_prompt
+from rlhf_jax.train import loop, networks, objectives, shared_prompt
 from rlhf_jax.train.shared_prompt import SharedPromptLayout
 
 from train_testlib import numpy_sequence_logps, tiny_config
@@ -133,6 +133,32 @@ def test_trainer_with_shared_prompt_matches_the_two_row_run(tmp_path):
   assert resolved["shared_length"] % 8 == 0 and resolved["shared_length"] < 2 * 16
 
 
-def test_shared_prompt_is_refused_for_objectives_without_policy_pairs(tmp_path):
-  with pytest.raises(ValueError, match="data.share_prompt applies to policy objectives on pairs"):
-    loop.train(tiny_config("reward_model", data__share_prompt=True, train__steps=1), tmp_path)
+def test_shared_prompt_is_refused_for_objectives_without_pairs(tmp_path):
+  with pytest.raises(ValueError, match="data.share_prompt applies to objectives on pairs"):
+    loop.train(tiny_config("kto", data__share_prompt=True, train__steps=1), tmp_path)
+
+
+@pytest.mark.parametrize("members,heads", [(1, 2), (2, 1)])
+def test_shared_rewards_equal_the_two_row_rewards(members, heads):
+  vocab, width = 40, 12
+  batch = _random_pairs(np.random.default_rng(3), 5, width, vocab)
+  config = tiny_config("reward_model", model__reward_heads=heads, model__ensemble_models=members)
+  model = networks.build_model(config, vocab, "reward")
+  params = model.init(jax.random.key(0), jnp.asarray(batch["chosen_tokens"]),
+                      jnp.asarray(batch["chosen_attention_mask"]))["params"]
+  layout = shared_prompt.layout_for({"train": batch})
+  chosen, rejected = jax.jit(lambda p: shared_prompt.shared_pair_rewards(model, p, batch, layout))(params)
+  assert chosen.shape == (5, members * heads)
+  # Reference: each row on its own, read at its last real token by the model itself.
+  for part, shared in (("chosen", chosen), ("rejected", rejected)):
+    expected = model.apply({"params": params}, batch[f"{part}_tokens"], batch[f"{part}_attention_mask"])
+    np.testing.assert_allclose(shared, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reward_model_trainer_with_shared_prompt_matches_the_two_row_run(tmp_path):
+  settings = dict(train__steps=6, train__log_every=3, optim__warmup_steps=0, eval__every=0,
+                  checkpoint__every=0, data__toy__num_train=64, data__toy__num_eval=16)
+  plain = loop.train(tiny_config("reward_model", **settings), tmp_path / "plain")
+  shared = loop.train(tiny_config("reward_model", data__share_prompt=True, **settings), tmp_path / "shared")
+  for name in ("train/loss", "eval/loss", "eval/accuracy", "eval/ece"):
+    np.testing.assert_allclose(shared[name], plain[name], rtol=1e-4, atol=1e-5, err_msg=name)
