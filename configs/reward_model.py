@@ -16,6 +16,10 @@ A real run on HH-RLHF (tokenizer trained into the workdir when none is given):
   python scripts/train.py --config=configs/reward_model.py:preset=125m --workdir=runs/rm \
     --config.data.train=train.jsonl.gz --config.data.eval=test.jsonl.gz
 
+`--config.data.share_prompt=true` packs each pair as one row [prompt | chosen | rejected]
+and reads both rewards from it: the prompt goes through the model once, the rewards are
+the same (`rlhf_jax/train/shared_prompt.py`).
+
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """
 
