@@ -96,7 +96,7 @@ class RewardModel(nn.Module):
     if reward_slots is not None:
       hidden = Transformer(self.config, name="backbone")(
           tokens, attention_mask, segment_ids=segment_ids, positions=positions,
-          logit_slots=reward_slots, return_hidden=True)
+          logit_slots=reward_slots, return_hidden=True, decode=decode)
       return _Head(self.config.d_model, self.num_heads, name="reward_head")(hidden)  # [B, N, K]
     hidden = Transformer(self.config, name="backbone")(
         tokens, attention_mask, segment_ids=segment_ids, positions=positions, return_hidden=True,

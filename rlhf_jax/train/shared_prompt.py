@@ -77,6 +77,13 @@ class SharedPromptLayout:
           f"{self.length}, num_targets={self.num_targets}.")
 
 
+def _row_name(arrays: Mapping[str, np.ndarray], row: int) -> str:
+  """'row 17' plus the example's index in its data file when the arrays carry it."""
+  if "example_index" in arrays:
+    return f"row {row} (example_index {int(np.asarray(arrays['example_index'])[row])})"
+  return f"row {row}"
+
+
 def pair_extents(arrays: Mapping[str, np.ndarray], name: str = "data") -> tuple[np.ndarray, ...]:
   """Host-side (prompt, chosen, rejected) segment lengths [B] of right-padded pairs.
 
@@ -97,7 +104,7 @@ def pair_extents(arrays: Mapping[str, np.ndarray], name: str = "data") -> tuple[
                          | (prompt < 1) | (completion < 1))
     if bad.size:
       raise ValueError(
-          f"prompt sharing: {name} row {int(bad[0])} ({part}) is not [prompt][completion][pad] with a "
+          f"prompt sharing: {name} {_row_name(arrays, int(bad[0]))} ({part}) is not [prompt][completion][pad] with a "
           "non-empty prompt segment and completion (loss mask right after the prompt, right "
           f"padding); {bad.size} such rows. Set data.share_prompt=False for this data.")
     lengths[part] = (prompt, completion)
@@ -111,7 +118,7 @@ def pair_extents(arrays: Mapping[str, np.ndarray], name: str = "data") -> tuple[
   if np.any(differs):
     row = int(np.flatnonzero(differs)[0])
     raise ValueError(
-        f"prompt sharing: {name} row {row}: the chosen and rejected rows do not start with the "
+        f"prompt sharing: {name} {_row_name(arrays, row)}: the chosen and rejected rows do not start with the "
         f"same prompt segment (lengths {int(prompt[row])} and {int(rejected_prompt[row])}); "
         f"{int(np.sum(differs))} such rows. Set data.share_prompt=False for this data.")
   return prompt, chosen, rejected
@@ -144,7 +151,7 @@ def check_layout(layout: SharedPromptLayout, datasets: Mapping[str, Mapping[str,
       if np.max(needed) > limit:
         row = int(np.argmax(needed))
         raise ValueError(
-            f"prompt sharing: {name} row {row} needs {what} = {int(needed[row])} "
+            f"prompt sharing: {name} {_row_name(arrays, row)} needs {what} = {int(needed[row])} "
             f"(prompt {int(prompt[row])}, chosen {int(chosen[row])}, rejected {int(rejected[row])}) "
             f"but {field} = {limit}; raise it or set it to 0 (measured on the data).")
 

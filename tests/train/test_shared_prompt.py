@@ -118,16 +118,25 @@ def test_pairs_that_cannot_share_or_do_not_fit_are_named():
     shared_prompt.check_layout(SharedPromptLayout(length=6, num_targets=4), {"train": batch})
 
 
-def test_trainer_with_shared_prompt_matches_the_two_row_run(tmp_path):
+@pytest.mark.parametrize("objective,metrics", [
+    ("dpo", ("train/loss", "eval/loss", "eval/margin", "eval/accuracy")),
+    ("reward_model", ("train/loss", "eval/loss", "eval/accuracy", "eval/ece")),
+])
+def test_trainer_with_shared_prompt_matches_the_two_row_run(tmp_path, objective, metrics):
   settings = dict(train__steps=6, train__log_every=3, optim__warmup_steps=0, eval__every=0,
                   checkpoint__every=0, data__toy__num_train=64, data__toy__num_eval=16)
-  plain = loop.train(tiny_config("dpo", **settings), tmp_path / "plain")
-  shared = loop.train(tiny_config("dpo", data__share_prompt=True, **settings), tmp_path / "shared")
-  for name in ("train/loss", "eval/loss", "eval/margin", "eval/accuracy"):
+  plain = loop.train(tiny_config(objective, **settings), tmp_path / "plain")
+  shared = loop.train(tiny_config(objective, data__share_prompt=True, **settings), tmp_path / "shared")
+  for name in metrics:
     np.testing.assert_allclose(shared[name], plain[name], rtol=1e-4, atol=1e-5, err_msg=name)
-  for a, b in zip(jax.tree.leaves(jax.device_get(plain["state"].params)),
-                  jax.tree.leaves(jax.device_get(shared["state"].params))):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  plain_params = jax.tree_util.tree_flatten_with_path(jax.device_get(plain["state"].params))[0]
+  shared_params = jax.tree.leaves(jax.device_get(shared["state"].params))
+  for (path, a), b in zip(plain_params, shared_params):
+    if "reward_head" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path):
+      # Bradley-Terry cancels the bias: its gradient is 0 up to rounding, which differs
+      # between layouts, and Adam turns any rounding-size gradient into an lr-size step.
+      continue
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   resolved = json.loads((tmp_path / "shared" / "config.json").read_text())["data"]
   assert resolved["share_prompt"] and resolved["shared_length"] > 0 and resolved["shared_targets"] > 0
   assert resolved["shared_length"] % 8 == 0 and resolved["shared_length"] < 2 * 16
@@ -153,12 +162,3 @@ def test_shared_rewards_equal_the_two_row_rewards(members, heads):
   for part, shared in (("chosen", chosen), ("rejected", rejected)):
     expected = model.apply({"params": params}, batch[f"{part}_tokens"], batch[f"{part}_attention_mask"])
     np.testing.assert_allclose(shared, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_reward_model_trainer_with_shared_prompt_matches_the_two_row_run(tmp_path):
-  settings = dict(train__steps=6, train__log_every=3, optim__warmup_steps=0, eval__every=0,
-                  checkpoint__every=0, data__toy__num_train=64, data__toy__num_eval=16)
-  plain = loop.train(tiny_config("reward_model", **settings), tmp_path / "plain")
-  shared = loop.train(tiny_config("reward_model", data__share_prompt=True, **settings), tmp_path / "shared")
-  for name in ("train/loss", "eval/loss", "eval/accuracy", "eval/ece"):
-    np.testing.assert_allclose(shared[name], plain[name], rtol=1e-4, atol=1e-5, err_msg=name)
