@@ -35,8 +35,8 @@ from rlhf_jax.train import checkpoint as checkpoint_lib
 from rlhf_jax.train import evaluate as evaluate_lib
 from rlhf_jax.train import inputs as inputs_lib
 from rlhf_jax.train import mesh as mesh_lib
-from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import objectives as objectives_lib
+from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import rundir
 from rlhf_jax.train import shared_prompt
 
