@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
-from rlhf_jax.models.layers import Block, RMSNorm
+from rlhf_jax.models.layers import Block, RMSNorm, project
 
 __all__ = ["Transformer", "check_inputs", "check_mesh", "init_cache", "token_positions"]
 
@@ -235,7 +235,7 @@ class Transformer(nn.Module):
           (cfg.d_model, cfg.vocab_size),
           cfg.params_dtype,
       )
-      logits = hidden @ kernel.astype(cfg.compute_dtype)
+      logits = project(hidden, kernel.astype(cfg.compute_dtype))
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
