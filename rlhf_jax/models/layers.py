@@ -49,11 +49,13 @@ def _matmul_forward(x, w):
 def _matmul_backward(residuals, grad):
   x, w = residuals
   grad_x = jnp.einsum("no,io->ni", grad, w)
-  # The weight gradient as [O, I] then transposed: XLA:CPU otherwise materialises the
-  # tokens-major operand transposed inside an elementwise fusion (strided writes that
-  # cost more than the matmul); see docs/benchmarks.md, "hand-written matmul gradient".
+  # Autodiff's form of these two products made XLA:CPU write transposed copies of the
+  # activations, recomputed element by element (strided writes costing more than the
+  # matmul). Of the hand-written forms, [O, I] then transposed was the faster on one
+  # SwiGLU layer (210 against 235 ms for [I, O]); see docs/benchmarks.md.
   grad_w = jnp.einsum("ni,no->oi", x, grad).T
-  return grad_x, grad_w
+  # Cotangents in the primals' dtypes (x and w may differ: `x @ w` promotes).
+  return grad_x.astype(x.dtype), grad_w.astype(w.dtype)
 
 
 _matmul.defvjp(_matmul_forward, _matmul_backward)
@@ -64,10 +66,10 @@ def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
 
     project(x [..., I1..Ic], kernel [I1..Ic, O1..Om]) -> [..., O1..Om]
 
-  The same value as `jnp.tensordot(x, kernel, contract)`, as one [N, I] x [I, O] matmul
-  whose gradient is written out (`jax.custom_vjp`): dx = g W^T, dW = x^T g. The product
-  is the same, but XLA:CPU compiles the hand-written backward with no strided transposed
-  copies, which made the benchmarked train steps 1.2-1.4x faster against PyTorch there.
+  The value of `jnp.tensordot(x, kernel, contract)`, as one [N, I] x [I, O] matmul whose
+  gradient is written out (`jax.custom_vjp`): dx = g W^T, dW = x^T g. XLA:CPU compiles
+  this backward without the strided transposed copies it made of autodiff's, which made
+  the benchmarked train steps 1.2-1.4x faster against PyTorch there.
   Being a custom VJP, it supports reverse-mode differentiation (`grad`, `vjp`) and not
   forward mode (`jvp`).
   """

@@ -85,3 +85,18 @@ def test_project_keeps_bfloat16():
 def test_project_rejects_mismatched_axes():
   with pytest.raises(ValueError, match=r"x ends in \(4,\), but the kernel starts with \(5,\)"):
     project(jnp.ones((2, 4)), jnp.ones((5, 3)))
+
+
+def test_project_gradients_keep_each_input_dtype_when_they_differ():
+  """float32 activations through a bfloat16 kernel: `x @ w` promotes to float32, and each
+  gradient comes back in its own input's dtype, equal to the same product by tensordot."""
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(3, 4)).astype(np.float32)
+  kernel = jnp.asarray(rng.normal(size=(4, 2)), jnp.bfloat16)
+  loss = lambda dot: (lambda x, k: jnp.sum(jnp.sin(dot(x, k))))
+  ours = jax.grad(loss(project), argnums=(0, 1))(x, kernel)
+  plain = jax.grad(loss(lambda u, w: jnp.tensordot(u, w, 1)), argnums=(0, 1))(x, kernel)
+  assert ours[0].dtype == jnp.float32 and ours[1].dtype == jnp.bfloat16
+  for a, b in zip(ours, plain):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-2)
