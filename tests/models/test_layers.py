@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models.layers import project
+from rlhf_jax.models.layers import causal_attention, project
 
 
 def _numpy_project_and_grads(x, kernel, grad_out, contract):
@@ -100,3 +100,57 @@ def test_project_gradients_keep_each_input_dtype_when_they_differ():
   for a, b in zip(ours, plain):
     assert a.dtype == b.dtype
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-2)
+
+
+def _attention_numpy(q, k, v, mask):
+  """Float64 loops: out[b, t, h] = sum_s softmax over allowed s of q.k / sqrt(Dh), times v."""
+  batch, length, heads, dim = q.shape
+  repeats = heads // k.shape[2]
+  out = np.zeros(q.shape)
+  for b in range(batch):
+    for h in range(heads):
+      for t in range(length):
+        allowed = np.flatnonzero(mask[b, 0, t])
+        scores = np.array([q[b, t, h] @ k[b, s, h // repeats] for s in allowed]) / np.sqrt(dim)
+        weights = np.exp(scores - scores.max())
+        weights /= weights.sum()
+        out[b, t, h] = sum(w * v[b, s, h // repeats] for w, s in zip(weights, allowed))
+  return out
+
+
+def _causal_padding_segment_mask(lengths, segments, length):
+  slots = np.arange(length)
+  mask = (slots[None, :] <= slots[:, None])[None] & (slots[None, None, :] < np.asarray(lengths)[:, None, None])
+  same = segments[:, :, None] == segments[:, None, :]
+  prefix = (segments == 0)[:, None, :]
+  return (mask & (same | prefix))[:, None]
+
+
+@pytest.mark.parametrize("query_blocks", [1, 2, 4])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_causal_attention_matches_numpy_and_xla(query_blocks, heads, kv_heads):
+  rng = np.random.default_rng(query_blocks * 10 + kv_heads)
+  batch, length, dim = 3, 8, 4
+  q = rng.normal(size=(batch, length, heads, dim))
+  k = rng.normal(size=(batch, length, kv_heads, dim))
+  v = rng.normal(size=(batch, length, kv_heads, dim))
+  segments = np.array([[0] * 8, [0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, 1, 2, 2]])
+  mask = _causal_padding_segment_mask([8, 6, 3], segments, length)
+  out = causal_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(mask),
+                         query_blocks=query_blocks)
+  # Rows 1 and 2 end in padding queries, whose outputs are never read: compare real rows.
+  real = np.arange(length)[None, :] < np.array([8, 6, 3])[:, None]
+  np.testing.assert_allclose(np.asarray(out)[real], _attention_numpy(q, k, v, mask)[real], atol=1e-5)
+
+  weight = jnp.asarray(rng.normal(size=q.shape) * real[:, :, None, None], jnp.float32)
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(fn(q, k, v) * weight)
+
+  args = tuple(jnp.asarray(x, jnp.float32) for x in (q, k, v))
+  ours = jax.grad(loss(lambda q, k, v: causal_attention(q, k, v, jnp.asarray(mask), query_blocks)),
+                  argnums=(0, 1, 2))(*args)
+  xla = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask))),
+                 argnums=(0, 1, 2))(*args)
+  for a, b in zip(ours, xla):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
