@@ -93,18 +93,14 @@ class RewardModel(nn.Module):
       raise ValueError(f"RewardModel.num_heads must be a positive int, got {self.num_heads!r}.")
     tokens, attention_mask = check_inputs(tokens, attention_mask, self.config, "RewardModel",
                                           check_length=positions is None)
-    if reward_slots is not None:
-      hidden = Transformer(self.config, name="backbone")(
-          tokens, attention_mask, segment_ids=segment_ids, positions=positions,
-          logit_slots=reward_slots, return_hidden=True, decode=decode)
-      return _Head(self.config.d_model, self.num_heads, name="reward_head")(hidden)  # [B, N, K]
+    # Read at one slot per row (the last real token) or at the given slots; either way
+    # the backbone's last block runs its queries and feed-forward only there.
+    slots = last_token_index(attention_mask)[:, None] if reward_slots is None else reward_slots
     hidden = Transformer(self.config, name="backbone")(
-        tokens, attention_mask, segment_ids=segment_ids, positions=positions, return_hidden=True,
-        decode=decode
-    )
-    last = last_token_index(attention_mask)
-    final_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, D]
-    return _Head(self.config.d_model, self.num_heads, name="reward_head")(final_hidden)
+        tokens, attention_mask, segment_ids=segment_ids, positions=positions,
+        logit_slots=slots, return_hidden=True, decode=decode)
+    rewards = _Head(self.config.d_model, self.num_heads, name="reward_head")(hidden)  # [B, N, K]
+    return rewards if reward_slots is not None else rewards[:, 0]
 
 
 class ValueModel(nn.Module):

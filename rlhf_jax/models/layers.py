@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from rlhf_jax.models.config import TransformerConfig
 
 __all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "RMSNorm", "apply_rope", "causal_attention",
-           "project"]
+           "gather_slots", "project"]
 
 # Logical names used by parameters. "layers" appears only with `scan_layers=True`;
 # None marks a dimension too small to shard (the outputs of a reward or value head).
@@ -120,6 +120,12 @@ def causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: j
   return jnp.concatenate(outputs, axis=2).transpose(0, 2, 1, 3)
 
 
+def gather_slots(x: jax.Array, slots: jax.Array) -> jax.Array:
+  """Rows of `x` [B, T, ...] at `slots` int [B, N] (in [0, T)): [B, N, ...]."""
+  index = slots.reshape(slots.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=1)
+
+
 class RMSNorm(nn.Module):
   """Root-mean-square normalisation (Zhang & Sennrich 2019, arXiv 1910.07467).
 
@@ -181,6 +187,10 @@ class Attention(nn.Module):
   segment k > 0 attends to the prefix and to its own segment only, never to another
   continuation; prefix tokens attend to the prefix. See `rlhf_jax.train.shared_prompt`.
 
+  With `query_slots` (int [B, N], full forward only) keys and values are computed at
+  every slot but queries only at those N slots: the output is [B, N, D], the rows of
+  the full output at those slots (the last block of a model read at a few slots).
+
   With `decode=True` the keys and values are also written to a "cache" collection
   (`key`, `value` [B, L, K, Dh], `key_mask` [B, L], `index` scalar), and queries attend
   to everything cached so far plus the new tokens: feeding a sequence in chunks gives
@@ -198,6 +208,7 @@ class Attention(nn.Module):
       positions: jax.Array,
       attention_mask: jax.Array,
       segment_ids: jax.Array | None = None,
+      query_slots: jax.Array | None = None,
   ) -> jax.Array:
     cfg = self.config
     d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -218,18 +229,27 @@ class Attention(nn.Module):
     out_kernel = kernel("out", (h, dh, d), ("heads", "head_dim", "embed"), (0, 1), 2)
 
     x = x.astype(dtype)
-    query = project(x, query_kernel)  # [B, T, H, Dh]
+    length = x.shape[1]
+    key_slots = jnp.arange(length)
+    if query_slots is None:
+      query_input, query_positions, query_segments = x, positions, segment_ids
+      query_index = key_slots[None]  # [1, T]: the slot of every query
+    else:
+      if self.decode:
+        raise ValueError("Attention: query_slots are for full forward passes, not decoding.")
+      query_index = jnp.asarray(query_slots, jnp.int32)  # [B, N]
+      query_input = gather_slots(x, query_index)
+      query_positions = gather_slots(positions, query_index)
+      query_segments = None if segment_ids is None else gather_slots(segment_ids, query_index)
+    query = project(query_input, query_kernel)  # [B, T or N, H, Dh]
     key = project(x, key_kernel)  # [B, T, K, Dh]
     value = project(x, value_kernel)
     query = _constrain(query, ("batch", "length", "heads", "head_dim"))
     key = _constrain(key, ("batch", "length", "kv_heads", "head_dim"))
     value = _constrain(value, ("batch", "length", "kv_heads", "head_dim"))
-    query = apply_rope(query, positions, cfg.rope_theta)
+    query = apply_rope(query, query_positions, cfg.rope_theta)
     key = apply_rope(key, positions, cfg.rope_theta)
 
-    length = x.shape[1]
-    query_slots = jnp.arange(length)
-    key_slots = jnp.arange(length)
     key_mask = attention_mask
     if self.decode:
       initialized = self.has_variable("cache", "key")
@@ -251,20 +271,21 @@ class Attention(nn.Module):
         )
         cache_index.value = index + length
         key, value, key_mask = cached_key.value, cached_value.value, cached_mask.value
-        query_slots = index + query_slots
+        query_index = index + query_index
         key_slots = jnp.arange(key.shape[1])
 
     # [B, 1, T, S]: causal in slot order and restricted to non-pad keys.
-    mask = (key_slots[None, :] <= query_slots[:, None])[None, None] & key_mask[:, None, None, :]
+    mask = (key_slots[None, None, :] <= query_index[:, :, None])[:, None] & key_mask[:, None, None, :]
     if segment_ids is not None:
       if self.decode:
         raise ValueError("Attention: segment_ids are for full forward passes, not decoding.")
-      same = segment_ids[:, :, None] == segment_ids[:, None, :]
+      same = query_segments[:, :, None] == segment_ids[:, None, :]
       shared = (segment_ids == 0)[:, None, :]
       mask = mask & (same | shared)[:, None]
-    if self.decode:
-      # Queries sit at an offset into the cache; XLA's implementation handles GQA without
-      # materialising repeated keys and computes logits and softmax in float32.
+    if self.decode or query_slots is not None:
+      # Queries sit at an offset into the cache, or are a few slots: XLA's implementation
+      # handles GQA without materialising repeated keys and computes logits and softmax
+      # in float32.
       attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
     else:
       attended = causal_attention(query, key, value, mask)
@@ -303,7 +324,10 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
   """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x)).
 
-  Returns `(x, None)` so that the same module can be the body of `nn.scan`.
+  Returns `(x, None)` so that the same module can be the body of `nn.scan`. With
+  `query_slots` int [B, N] it returns only the rows at those slots, [B, N, D]: every
+  slot still gives its key and value, but the query, the attention output and the
+  feed-forward layer run at N slots instead of T.
   """
 
   config: TransformerConfig
@@ -316,11 +340,14 @@ class Block(nn.Module):
       positions: jax.Array,
       attention_mask: jax.Array,
       segment_ids: jax.Array | None = None,
+      query_slots: jax.Array | None = None,
   ) -> tuple[jax.Array, None]:
     cfg = self.config
     attended = Attention(cfg, decode=self.decode, name="attention")(
-        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask, segment_ids
+        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask, segment_ids, query_slots
     )
+    if query_slots is not None:
+      x = gather_slots(x, jnp.asarray(query_slots, jnp.int32))
     x = x + attended
     x = x + FeedForward(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
     return _constrain(x, ("batch", "length", "embed")), None

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
-from rlhf_jax.models.layers import Block, RMSNorm, project
+from rlhf_jax.models.layers import Block, RMSNorm, gather_slots, project
 
 __all__ = ["Transformer", "check_inputs", "check_mesh", "init_cache", "token_positions"]
 
@@ -143,9 +143,11 @@ class Transformer(nn.Module):
       positions: optional int [B, T] rotary positions (default: the number of real
         tokens before each token); they must stay below `max_len`, while the row itself
         may then be longer (a packed row of several continuations).
-      logit_slots: optional int [B, N]: compute the output (logits or hidden states)
-        only at these slots, giving [B, N, V] (or [B, N, D]); the output projection
-        then costs N instead of T positions.
+      logit_slots: optional int [B, N] in [0, T): compute the output (logits or hidden
+        states) only at these slots, giving [B, N, V] (or [B, N, D]); the output
+        projection then costs N instead of T positions, and so do the queries,
+        attention output and feed-forward layer of the last block (unscanned layers,
+        full forward).
       return_hidden: skip the output projection and return the hidden states.
       decode: read and extend the KV cache (collection "cache", made by `init_cache`).
     """
@@ -202,6 +204,11 @@ class Transformer(nn.Module):
       # Recompute everything inside a block on the backward pass; under scan the CSE
       # barrier is unnecessary (the loop already prevents it) and costs speed.
       block = nn.remat(Block, prevent_cse=not cfg.scan_layers)
+    slots = None if logit_slots is None else jnp.asarray(logit_slots, jnp.int32)
+    # Read at a few slots, the last block needs keys and values everywhere but queries,
+    # attention output and feed-forward only at those slots (under scan the blocks
+    # share one shape, so there the output is gathered after the last block).
+    prune_last = slots is not None and not decode and not cfg.scan_layers
     if cfg.scan_layers:
       layers = nn.scan(
           block,
@@ -214,12 +221,13 @@ class Transformer(nn.Module):
       x, _ = layers(cfg, decode=decode, name="layers")(x, positions, attention_mask, segment_ids)
     else:
       for i in range(cfg.n_layers):
-        x, _ = block(cfg, decode=decode, name=f"layer_{i}")(x, positions, attention_mask, segment_ids)
+        last_slots = (slots,) if prune_last and i == cfg.n_layers - 1 else ()
+        x, _ = block(cfg, decode=decode, name=f"layer_{i}")(
+            x, positions, attention_mask, segment_ids, *last_slots)
 
-    if logit_slots is not None:
+    if slots is not None and not prune_last:
       # Gather before the final norm (per position) and the [D, V] projection.
-      slots = jnp.asarray(logit_slots, jnp.int32)
-      x = jnp.take_along_axis(x, slots[:, :, None], axis=1)
+      x = gather_slots(x, slots)
     hidden = RMSNorm(cfg, name="final_norm")(x)
     if return_hidden:
       return hidden

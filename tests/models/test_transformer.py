@@ -238,6 +238,41 @@ def test_incremental_decoding_equals_full_forward(tiny, scan_layers):
   assert np.asarray(cache["num_tokens"]).tolist() == mask.sum(1).tolist()
 
 
+# Unsorted, repeated, and one row read only at a padding slot (slot 5 of the length-3 row).
+SLOTS = np.array([[9, 0, 4], [6, 6, 2], [2, 5, 0], [0, 0, 0]], np.int32)
+
+
+@pytest.mark.parametrize("variant", ["plain", "gqa_remat", "scan"])
+def test_logit_slots_equal_the_full_forward_at_those_slots(tiny, variant):
+  # With `logit_slots` the last block computes queries and feed-forward only at the
+  # slots (unscanned layers); values and gradients must be those of the full forward.
+  config, unscanned = TINY, tiny[1]
+  if variant == "gqa_remat":
+    config = TINY.replace(n_kv_heads=1, remat=True)
+    _, unscanned = init(config, seed=5)
+  params = unscanned
+  if variant == "scan":
+    config, params = TINY.replace(scan_layers=True), _stack_layers(unscanned, TINY.n_layers)
+  model = models.Transformer(config)
+  expected, _ = ref.forward(unscanned, TOKENS, MASK, config)
+  at_slots = np.take_along_axis(expected, SLOTS[:, :, None], axis=1)
+  logits = jax.jit(lambda p: model.apply({"params": p}, TOKENS, MASK, logit_slots=SLOTS))(params)
+  assert logits.shape == (4, 3, TINY.vocab_size)
+  np.testing.assert_allclose(logits, at_slots, atol=1e-4, rtol=1e-4)
+
+  # Gradients: the same weighted read-out through the full forward, gathered afterwards.
+  weights = np.random.default_rng(2).normal(size=(4, 3, TINY.vocab_size)).astype(np.float32)
+  pruned = lambda p: jnp.sum(weights * model.apply({"params": p}, TOKENS, MASK, logit_slots=SLOTS))
+  full = lambda p: jnp.sum(weights * jnp.take_along_axis(
+      model.apply({"params": p}, TOKENS, MASK), SLOTS[:, :, None], axis=1))
+  grads, grads_full = jax.jit(jax.grad(pruned))(params), jax.jit(jax.grad(full))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads_full)
+  # Every layer's weights get a gradient, the last block's keys and values included.
+  last = grads["layers"] if variant == "scan" else grads[f"layer_{TINY.n_layers - 1}"]
+  for name in ("query", "key", "value", "out"):
+    assert float(jnp.abs(last["attention"][name]).max()) > 0
+
+
 def test_input_checks_name_the_problem(tiny):
   model, params, _ = tiny
   with pytest.raises(ValueError, match="`tokens` must be an integer"):
