@@ -48,6 +48,14 @@ Without torch installed the PyTorch columns are skipped with a message.
 The pairs are synthetic (random tokens, prompts T/8 to T/2 long) unless `--data` names a
 preference file: its pairs are then tokenized as the trainer does (`real_batches`), so
 the prompt share, which decides what `--share_prompt` saves, is that of real data.
+Unusable records and pairs go to the `--rejects` folder with their reasons.
+
+The model FLOPs are those of the full computation, which PyTorch performs. The JAX model
+skips part of it: `causal_attention` computes 3/4 of the attention scores, and where
+only a few slots are read (a reward model's last token, logits at completion slots) the
+last block computes queries, attention output and feed-forward only there. JAX's
+GFLOP/s and MFU therefore count work it did not do: they compare throughput at equal
+model FLOPs. XLA's own count of the compiled step is printed beside.
 
 `--jax_dots=eigen` (default) sets `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
 -individual_dot` before the first JAX computation, so that XLA:CPU runs the matmuls with
@@ -117,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--data", default="",
                       help="preference file (e.g. HH-RLHF .jsonl.gz): real pairs instead of synthetic "
                            "ones, tokenized by a sentencepiece model of --vocab pieces trained on it")
+  parser.add_argument("--rejects", default="train_step_rejects",
+                      help="with --data: folder for the records and pairs that cannot be used")
   parser.add_argument("--share_prompt", action="store_true",
                       help="JAX packs [prompt | chosen | rejected] in one row (prompt computed once)")
   parser.add_argument("--beta", type=float, default=0.1, help="DPO inverse temperature")
@@ -204,17 +214,23 @@ def real_batches(args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
   A sentencepiece model of `--vocab` pieces is trained on the file's texts (in a
   temporary folder), pairs are cut to `--seq_len` tokens with prompts of at most half
   of it (the trainer's default ratio), and `--batches` x `--batch_pairs` of them are
-  drawn at random (`--seed`). Pairs the truncation empties are counted and skipped.
+  drawn at random (`--seed`). Records that cannot be read as pairs and pairs the
+  truncation empties are written to `--rejects` (`records.jsonl`, `truncation.jsonl`,
+  each row with its reason) and counted: read = used + rejected.
   """
   import tempfile  # pylint: disable=g-import-not-at-top
+  for name in ("records.jsonl", "truncation.jsonl"):  # stale files of an earlier run
+    if os.path.exists(os.path.join(args.rejects, name)):
+      os.remove(os.path.join(args.rejects, name))
+  pairs = data_lib.load_preference_data(args.data, rejects_path=os.path.join(args.rejects, "records.jsonl"))
   with tempfile.TemporaryDirectory() as folder:
-    pairs = data_lib.load_preference_data(args.data, rejects_path=os.path.join(folder, "rejects.jsonl"))
     model_file = data_lib.train_tokenizer(
         None, os.path.join(folder, "spm"), vocab_size=args.vocab,
         texts=[*pairs.prompts, *pairs.chosen, *pairs.rejected], num_threads=2)
     tokenizer = data_lib.Tokenizer.load(model_file)
     tokenized = data_lib.tokenize_pairs(pairs, tokenizer, max_length=args.seq_len,
-                                        max_prompt_length=args.seq_len // 2)
+                                        max_prompt_length=args.seq_len // 2,
+                                        rejects_path=os.path.join(args.rejects, "truncation.jsonl"))
   wanted = args.batches * args.batch_pairs
   if len(tokenized) < wanted:
     raise SystemExit(f"train_step.py: {args.data} has {len(tokenized)} usable pairs; "
@@ -227,10 +243,14 @@ def real_batches(args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
     batches.append({k: np.asarray(batch[k]) for k in keys})
   prompt = sum(int((b["chosen_attention_mask"] & ~b["chosen_loss_mask"]).sum()) for b in batches)
   real = sum(int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()) for b in batches)
-  report = pairs.report
-  print(f"data: {args.data}: {report.read if report else len(pairs)} records read, {len(tokenized)} pairs "
-        f"tokenized ({tokenizer.vocab_size} pieces); prompts are {100 * 2 * prompt / real:.0f}% of the real "
-        "tokens of the two-row layout")
+  read, truncated = pairs.report, tokenized.report
+  rejected = ""
+  if read.rejected or truncated.rejected:
+    rejected = f" (rejects with reasons in {args.rejects})"
+  print(f"data: {args.data}: {read.read} records read = {len(tokenized)} pairs tokenized + {read.rejected} "
+        f"unusable records + {truncated.rejected} pairs emptied by truncation{rejected}; "
+        f"{tokenizer.vocab_size} pieces; prompts are {100 * 2 * prompt / real:.0f}% of the real tokens "
+        "of the two-row layout")
   return batches
 
 

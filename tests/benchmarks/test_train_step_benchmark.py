@@ -1,6 +1,8 @@
 """`benchmarks/train_step.py` helpers: the synthetic batches follow the data convention,
 and the analytic FLOP count equals a hand count and XLA's own count of a forward."""
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -115,11 +117,20 @@ HH_RLHF = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-head
 
 
 @pytest.mark.skipif(not HH_RLHF.is_file(), reason=f"real data not found at {HH_RLHF} (see ../shared/data)")
-def test_real_batches_are_tokenized_hh_rlhf_pairs_that_share_their_prompt():
+def test_real_batches_are_tokenized_hh_rlhf_pairs_that_share_their_prompt(tmp_path, capsys):
   args = train_step.parse_args([f"--data={HH_RLHF}", "--vocab=600", "--seq_len=64", "--batch_pairs=3",
-                                "--batches=2", "--share_prompt"])
+                                "--batches=2", "--share_prompt", f"--rejects={tmp_path}"])
   batches = train_step.real_batches(args)
   assert len(batches) == 2
+  # Every record is accounted for: used, or in a rejects file with its reason.
+  line = re.search(r"(\d+) records read = (\d+) pairs tokenized \+ (\d+) unusable records \+ (\d+) pairs "
+                   r"emptied by truncation", capsys.readouterr().out)
+  read, used, unusable, emptied = map(int, line.groups())
+  assert read == 1500 and read == used + unusable + emptied
+  for name, count in (("records.jsonl", unusable), ("truncation.jsonl", emptied)):
+    path = tmp_path / name
+    rows = [json.loads(row) for row in path.read_text().splitlines()] if path.exists() else []
+    assert len(rows) == count and all(row["reason"] for row in rows)
   for batch in batches:
     assert batch["chosen_tokens"].shape == (3, 64)
     # Right padded, loss mask on the completion only, same prompt segment on both sides:
