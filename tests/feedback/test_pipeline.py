@@ -48,12 +48,16 @@ def _load_config(**fields):
   spec.loader.exec_module(config_module)
   config = config_module.get_config()
   for key, value in fields.items():
-    node = config
-    *parents, last = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[last] = value
+    _set_field(config, key, value)
   return config
+
+
+def _set_field(config, dotted: str, value) -> None:
+  """config["a"]["b"] = value for dotted = "a.b"."""
+  *parents, last = dotted.split(".")
+  for part in parents:
+    config = config[part]
+  config[last] = value
 
 
 def _fleiss_kappa_equal_raters(counts: np.ndarray) -> float:
@@ -331,11 +335,7 @@ def test_bad_config_value_exits_2(tmp_path):
 ])
 def test_validate_config_names_field(field, value, expected):
   config = _load_config(input="answers.csv", output_dir="out")
-  node = config
-  *parents, last = field.split(".")
-  for part in parents:
-    node = node[part]
-  node[last] = value
+  _set_field(config, field, value)
   with pytest.raises(pipeline.ConfigError) as error:
     pipeline.validate_config(config)
   assert f"config.{field}" in str(error.value)
