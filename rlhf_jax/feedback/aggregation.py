@@ -35,7 +35,7 @@ from jax.scipy.special import digamma, gammaln
 from jax.typing import ArrayLike
 
 from rlhf_jax.feedback.types import AggregationResult
-from rlhf_jax.losses._checks import check_choice, check_scalar_range
+from rlhf_jax._checks import check_choice, check_scalar_range
 
 __all__ = [
     "TIE_BREAKS",

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.losses._checks import check_choice, check_scalar_range
+from rlhf_jax._checks import check_choice, check_scalar_range
 
 __all__ = [
     "DETECTORS",

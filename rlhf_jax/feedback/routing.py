@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import xlogy
 
-from rlhf_jax.losses._checks import as_float, check_choice, check_rank, check_scalar_range
+from rlhf_jax._checks import as_float, check_choice, check_rank, check_scalar_range
 
 __all__ = [
     "BudgetSimulation",

@@ -35,7 +35,7 @@ import optax
 from jax.typing import ArrayLike
 
 from rlhf_jax.feedback.types import AggregationResult
-from rlhf_jax.losses import _checks
+from rlhf_jax import _checks
 
 __all__ = [
     "glad",

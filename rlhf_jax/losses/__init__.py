@@ -4,7 +4,7 @@ Import them directly (`from rlhf_jax import losses; losses.dpo(...)`) or by name
 the registry (`losses.get("dpo")`, `losses.names()`) so that configs compose objectives.
 """
 
-from rlhf_jax.losses.dpo import DPO_VARIANTS, dpo
+from rlhf_jax.losses.dpo_family import DPO_VARIANTS, dpo
 from rlhf_jax.losses.policy import (
     AGGREGATIONS,
     GRPO_SCALES,

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.losses._checks import (
+from rlhf_jax._checks import (
     as_bool,
     as_float,
     check_choice,

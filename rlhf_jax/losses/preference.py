@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.losses._checks import (
+from rlhf_jax._checks import (
     as_bool,
     as_float,
     check_rank,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 # Modules by their full path: the package attribute `dpo` is the function, not the module.
-from rlhf_jax.losses.dpo import dpo as _dpo_fn
+from rlhf_jax.losses.dpo_family import dpo as _dpo_fn
 import rlhf_jax.losses.policy as _policy
 import rlhf_jax.losses.preference as _preference
 import rlhf_jax.losses.reward as _reward

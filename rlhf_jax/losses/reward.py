@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rlhf_jax.losses import _checks
+from rlhf_jax import _checks
 
 __all__ = [
     "bradley_terry",

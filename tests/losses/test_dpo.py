@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from rlhf_jax.losses.dpo import DPO_VARIANTS, dpo
+from rlhf_jax.losses.dpo_family import DPO_VARIANTS, dpo
 
 ALL_VARIANTS = (
     "sigmoid", "cdpo", "robust", "ipo", "hinge", "exo_pair", "nca_pair", "bco_pair",

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.losses import _checks
+from rlhf_jax import _checks
 
 DPO_VARIANTS: tuple[str, ...] = (
     "sigmoid",

@@ -1,4 +1,4 @@
-"""Trace-time argument checks shared by every loss.
+"""Trace-time argument checks shared by the losses and the feedback models.
 
 The checks look only at static information (shapes, dtypes, Python scalars), so they
 cost nothing inside `jax.jit` and fail when the function is traced, naming the argument.
