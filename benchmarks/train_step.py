@@ -159,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.error(f"--seq_len must be >= 8 (prompt + completion + eos), got {args.seq_len}.")
   if args.vocab < 4:
     parser.error(f"--vocab must be >= 4 (pad, bos, eos and one word), got {args.vocab}.")
+  if os.path.exists(args.rejects) and not os.path.isdir(args.rejects):
+    parser.error(f"--rejects must be a folder (created if missing), got the file {args.rejects}.")
   if args.cached_reference and args.objective != "dpo":
     parser.error("--cached_reference applies to --objective=dpo only.")
   return args

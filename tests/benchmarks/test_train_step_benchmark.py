@@ -47,6 +47,14 @@ def test_batches_follow_the_token_convention():
       np.testing.assert_array_equal(batch["chosen_tokens"][row, :start], batch["rejected_tokens"][row, :start])
 
 
+def test_rejects_must_be_a_folder(tmp_path, capsys):
+  not_a_folder = tmp_path / "rejects.jsonl"
+  not_a_folder.write_text("")
+  with pytest.raises(SystemExit):
+    train_step.parse_args([f"--rejects={not_a_folder}"])
+  assert f"--rejects must be a folder (created if missing), got the file {not_a_folder}" in capsys.readouterr().err
+
+
 def test_model_flops_hand_count():
   args = train_step.parse_args(["--d_model=8", "--n_layers=1", "--n_heads=2", "--n_kv_heads=1",
                                 "--d_ff=16", "--vocab=10", "--seq_len=8", "--batch_pairs=1"])

@@ -238,7 +238,7 @@ def test_incremental_decoding_equals_full_forward(tiny, scan_layers):
   assert np.asarray(cache["num_tokens"]).tolist() == mask.sum(1).tolist()
 
 
-# Unsorted, repeated, and one row read only at a padding slot (slot 5 of the length-3 row).
+# Unsorted, repeated, and one padding slot (slot 5 of the length-3 row).
 SLOTS = np.array([[9, 0, 4], [6, 6, 2], [2, 5, 0], [0, 0, 0]], np.int32)
 
 
