@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/train_step.py --objective=reward_model ...
     .venv/bin/python benchmarks/train_step.py --objective=dpo ... --share_prompt \
         --data=../shared/data/hh-rlhf/harmless-base-test-head1500.jsonl.gz
+    .venv/bin/python benchmarks/train_step.py --objective=dpo ... --padding_free [--share_prompt]
 
 Both sides train the same model (`rlhf_jax.models` and its PyTorch twin in
 `benchmarks/torch_reference.py`: RoPE, RMSNorm, SwiGLU, grouped-query attention when
@@ -25,6 +26,13 @@ preference batches, with the same objective and the same AdamW update:
   * reward_model: `RewardModel` (scalar head at the last real token) and the
     Bradley-Terry loss (`rlhf_jax.losses.bradley_terry`).
     `--share_prompt` packs the pair the same way and reads both rewards from the one row.
+
+`--padding_free` runs the JAX side the way the trainer runs with
+`--config.data.padding_free=true` (`rlhf_jax.data.packing`, `rlhf_jax.train.padding_free`):
+the pairs of a batch are laid end to end in one row without padding (rounded up to a
+bucket length, one compiled step per bucket, all compiled before timing), attention
+runs per sequence (per pair with `--share_prompt`) and logits only at completion
+tokens. PyTorch keeps the padded two-row layout. Its FLOPs are those of the packed rows.
 
 The JAX step is one `jax.jit` function of (state, batch) with the state donated, built
 from `rlhf_jax.models`, `rlhf_jax.losses` and `optax.adamw`; it is compiled ahead of time
@@ -86,7 +94,8 @@ sys.path.insert(0, _HERE)
 
 from rlhf_jax import data as data_lib  # noqa: E402
 from rlhf_jax import losses, models  # noqa: E402
-from rlhf_jax.train import objectives, shared_prompt  # noqa: E402
+from rlhf_jax.data import packing  # noqa: E402
+from rlhf_jax.train import objectives, padding_free, shared_prompt  # noqa: E402
 
 try:  # The PyTorch side is optional: `pip install torch==2.13.0` (the `bench` extra).
   import torch  # noqa: E402
@@ -129,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="with --data: folder for the records and pairs that cannot be used")
   parser.add_argument("--share_prompt", action="store_true",
                       help="JAX packs [prompt | chosen | rejected] in one row (prompt computed once)")
+  parser.add_argument("--padding_free", action="store_true",
+                      help="JAX lays the pairs of a batch end to end in one row, without padding "
+                           "(`rlhf_jax.data.packing`; with --share_prompt the prompt once per pair)")
   parser.add_argument("--beta", type=float, default=0.1, help="DPO inverse temperature")
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--weight_decay", type=float, default=0.01)
@@ -266,20 +278,32 @@ def matmul_parameters(config: models.TransformerConfig, objective: str) -> int:
 
 
 def model_flops(config: models.TransformerConfig, args: argparse.Namespace, reference_forward: bool,
-                layout: shared_prompt.SharedPromptLayout | None = None) -> float:
+                layout: shared_prompt.SharedPromptLayout | None = None,
+                packed: list[dict[str, np.ndarray]] | None = None) -> float:
   """Analytic model FLOPs of one train step (see the module docstring).
 
   With a shared-prompt `layout` the body runs on B packed rows of `layout.length` slots
   and the output layer on `layout.num_targets` positions per row (DPO) or on the two
-  last tokens (reward model).
+  last tokens (reward model). With `packed` (padding-free batches) the body runs on the
+  slots of the rows (bucket padding included), each token's attention on the keys of
+  its own document, and the output layer on the targets (or the read-out slots); the
+  mean over the batches.
   """
   body = matmul_parameters(config, args.objective)
+  dpo = args.objective == "dpo"
+  head = config.d_model * (config.vocab_size if dpo else 1)
+  if packed is not None:
+    per_batch = []
+    for batch in packed:
+      doc_lengths = np.sum(batch["packed_document_slots"] >= 0, axis=-1)
+      outputs = batch["target_tokens" if dpo else "reward_slots"].size
+      per_batch.append(batch["packed_tokens"].size * 2 * (body - head) + 4 * config.n_layers * config.d_model
+                       * float(np.sum(doc_lengths.astype(np.float64) ** 2)) + outputs * 2 * head)
+    return (3 + (1 if reference_forward else 0)) * float(np.mean(per_batch))
   if layout is None:
     tokens = 2 * args.batch_pairs * args.seq_len
     forward = tokens * (2 * body + 4 * config.n_layers * args.seq_len * config.d_model)
   else:
-    dpo = args.objective == "dpo"
-    head = config.d_model * (config.vocab_size if dpo else 1)
     outputs = layout.num_targets if dpo else 2
     rows, length = args.batch_pairs, layout.length
     forward = (rows * length * (2 * (body - head) + 4 * config.n_layers * length * config.d_model)
@@ -323,10 +347,14 @@ def pair_rows(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Ar
 
 
 def completion_logps(model: nn.Module, params: Any, batch: dict[str, jax.Array],
-                     layout: shared_prompt.SharedPromptLayout | None) -> jax.Array:
+                     layout: shared_prompt.SharedPromptLayout | None, unpadded: bool = False) -> jax.Array:
   """Summed completion log-probs [2B] (chosen rows, then rejected), by the trainer's own
-  `objectives.pair_logps`: two rows per pair, or one packed row with a `layout`."""
-  logps = objectives.pair_logps(model, params, batch, layout)
+  `objectives.pair_logps`: two rows per pair, or one packed row with a `layout`, or from
+  padding-free rows (`padding_free.packed_pair_logps`)."""
+  if unpadded:
+    logps = padding_free.packed_pair_logps(model, params, batch)
+  else:
+    logps = objectives.pair_logps(model, params, batch, layout)
   return jnp.concatenate([logps["chosen_logps"], logps["rejected_logps"]])
 
 
@@ -334,37 +362,49 @@ def completion_logps(model: nn.Module, params: Any, batch: dict[str, jax.Array],
 class JaxSide:
   """The jitted step, its state and what `cost_analysis` says about it."""
 
-  step: Any  # compiled: (state, batch, reference_params) -> (state, outputs)
+  step: Any  # (state, batch, reference_params) -> (state, outputs), compiled per batch shape
   state: Any
   reference_params: Any
   init_params: Any  # numpy copy of the initial parameters (for torch)
-  xla_flops: float | None
-  compile_seconds: float
+  xla_flops: float | None  # mean over the batches
+  compile_seconds: float  # all shapes
+  shapes: int  # distinct batch shapes compiled
 
 
-def build_jax(args: argparse.Namespace, config: models.TransformerConfig, example: dict[str, jax.Array],
-              cached: bool, layout: shared_prompt.SharedPromptLayout | None = None) -> JaxSide:
+def _shape_key(batch: dict[str, Any]) -> tuple:
+  return tuple(sorted((k, tuple(np.shape(v))) for k, v in batch.items()))
+
+
+def build_jax(args: argparse.Namespace, config: models.TransformerConfig, batches: list[dict[str, jax.Array]],
+              cached: bool, layout: shared_prompt.SharedPromptLayout | None = None,
+              unpadded: bool = False) -> JaxSide:
+  """The jitted step, compiled ahead of time for every distinct batch shape (padding-free
+  batches come in a few row lengths)."""
   model = models.Transformer(config) if args.objective == "dpo" else models.RewardModel(config)
-  tokens, attention_mask, _ = pair_rows(example)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(args.seed), tokens, attention_mask)["params"])
+  # Parameter values depend on the shapes of the config only, not on the example input.
+  init_tokens = jnp.zeros((2, args.seq_len), jnp.int32)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(args.seed), init_tokens)["params"])
   init_params = jax.tree.map(np.asarray, params)
   tx = optax.adamw(args.learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay)
 
   def loss_fn(params, batch, reference_params):
-    tokens, attention_mask, _ = pair_rows(batch)
     if args.objective == "reward_model":
-      if layout is not None:
+      if unpadded:
+        chosen, rejected = (r[:, 0] for r in padding_free.packed_pair_rewards(model, params, batch))
+        rewards = jnp.concatenate([chosen, rejected])
+      elif layout is not None:
         chosen, rejected = (r[:, 0] for r in shared_prompt.shared_pair_rewards(model, params, batch, layout))
         rewards = jnp.concatenate([chosen, rejected])
       else:
+        tokens, attention_mask, _ = pair_rows(batch)
         rewards = model.apply({"params": params}, tokens, attention_mask)[:, 0]
         chosen, rejected = jnp.split(rewards, 2)
       return losses.bradley_terry(chosen, rejected).mean(), rewards
-    logps = completion_logps(model, params, batch, layout)
+    logps = completion_logps(model, params, batch, layout, unpadded)
     if cached:
       ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     else:
-      ref_logps = completion_logps(model, reference_params, batch, layout)
+      ref_logps = completion_logps(model, reference_params, batch, layout, unpadded)
       ref_chosen, ref_rejected = jnp.split(ref_logps, 2)
     policy_chosen, policy_rejected = jnp.split(logps, 2)
     per_pair, _, _ = losses.dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=args.beta)
@@ -382,20 +422,30 @@ def build_jax(args: argparse.Namespace, config: models.TransformerConfig, exampl
   if args.objective == "dpo" and not cached:
     reference_params = jax.tree.map(jnp.copy, params)
   state = {"params": params, "opt_state": tx.init(params)}
+  jitted = jax.jit(step, donate_argnums=(0,))
+  compiled, flops = {}, []
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, example, reference_params).compile()
+  for batch in batches:
+    key = _shape_key(batch)
+    if key not in compiled:
+      compiled[key] = jitted.lower(state, batch, reference_params).compile()
+    cost = compiled[key].cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+      cost = cost[0] if cost else None
+    flops.append(float(cost["flops"]) if cost and "flops" in cost else None)
   compile_seconds = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
-    cost = cost[0] if cost else None
-  xla_flops = float(cost["flops"]) if cost and "flops" in cost else None
-  return JaxSide(compiled, state, reference_params, init_params, xla_flops, compile_seconds)
+  xla_flops = None if None in flops else float(np.mean(flops))
+
+  def run(state, batch, reference_params):
+    return compiled[_shape_key(batch)](state, batch, reference_params)
+
+  return JaxSide(run, state, reference_params, init_params, xla_flops, compile_seconds, len(compiled))
 
 
-def cached_reference_logps(args, config, params, batches, layout=None):
+def cached_reference_logps(args, config, params, batches, layout=None, unpadded=False):
   """Reference log-probs of every batch, computed once (as the trainer caches them)."""
   model = models.Transformer(config)
-  forward = jax.jit(lambda p, b: jnp.split(completion_logps(model, p, b, layout), 2))
+  forward = jax.jit(lambda p, b: jnp.split(completion_logps(model, p, b, layout, unpadded), 2))
   out = []
   for batch in batches:
     ref_chosen, ref_rejected = forward(params, batch)
@@ -523,18 +573,32 @@ def main(argv: list[str] | None = None) -> None:
   batches_np = real_batches(args) if args.data else make_batches(args)
   batches = [jax.device_put(b) for b in batches_np]
   jax_cached = args.objective == "dpo" and args.cached_reference
-  layout = None
-  if args.share_prompt:
+  layout = packed_np = None
+  if args.padding_free:
+    # One row per batch (one data-parallel shard); documents are as wide as the longest of
+    # the benchmark's batches, as the trainer measures it on its data sets.
+    width = max(packing.longest_document(b, args.share_prompt) for b in batches_np)
+    width = -(-width // 8) * 8
+    packed_np = [packing.pack_pairs(b, rows=1, share_prompt=args.share_prompt, width=width)
+                 for b in batches_np]
+    batches = [jax.device_put(b) for b in packed_np]
+    lengths = sorted({b["packed_tokens"].shape[1] for b in packed_np})
+    targets = sorted({b["target_tokens"].shape[1] for b in packed_np})
+    print(f"padding-free: one row of {'/'.join(map(str, lengths))} slots per batch (two rows: "
+          f"{2 * args.batch_pairs} x {args.seq_len} = {2 * args.batch_pairs * args.seq_len})"
+          + (f", logits at {'/'.join(map(str, targets))} targets" if args.objective == "dpo" else "")
+          + f"; attention per document, {width} slots wide{'; prompt once per pair' if args.share_prompt else ''}")
+  elif args.share_prompt:
     # Measured on the benchmark's batches, as the trainer measures its data sets.
     layout = shared_prompt.layout_for({f"batch {i}": b for i, b in enumerate(batches_np)})
     outputs = (f"logits at {layout.num_targets} completion positions per pair" if args.objective == "dpo"
                else "rewards at the two last tokens")
     print(f"shared prompt: packed rows of {layout.length} slots (two rows: {2 * args.seq_len}), {outputs}")
-  jax_side = build_jax(args, config, batches[0] if not jax_cached else
-                       {**batches[0], "ref_chosen_logps": jnp.zeros(args.batch_pairs),
-                        "ref_rejected_logps": jnp.zeros(args.batch_pairs)}, jax_cached, layout)
+  zeros = {"ref_chosen_logps": jnp.zeros(args.batch_pairs), "ref_rejected_logps": jnp.zeros(args.batch_pairs)}
+  jax_side = build_jax(args, config, [{**b, **zeros} for b in batches] if jax_cached else batches,
+                       jax_cached, layout, args.padding_free)
   if jax_cached:
-    batches = cached_reference_logps(args, config, jax.device_put(jax_side.init_params), batches, layout)
+    batches = cached_reference_logps(args, config, jax.device_put(jax_side.init_params), batches, layout, args.padding_free)
   total_params = sum(np.size(x) for x in jax.tree.leaves(jax_side.init_params))
   tokens = 2 * args.batch_pairs * args.seq_len
   real = sum(int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()) for b in batches_np)
@@ -543,15 +607,19 @@ def main(argv: list[str] | None = None) -> None:
         f"{100 * real / (tokens * len(batches_np)):.0f}% non-pad)")
 
   with_reference = args.objective == "dpo"
-  flops_jax = model_flops(config, args, reference_forward=with_reference and not jax_cached, layout=layout)
-  flops_text = f"model FLOPs/step (analytic{', packed rows' if layout else ''}): {flops_jax / 1e9:.1f} G"
+  flops_jax = model_flops(config, args, reference_forward=with_reference and not jax_cached, layout=layout,
+                          packed=packed_np)
+  kind = ", packed rows" if layout else (", padding-free rows" if args.padding_free else "")
+  flops_text = f"model FLOPs/step (analytic{kind}): {flops_jax / 1e9:.1f} G"
   if jax_side.xla_flops is not None:
     flops_text += f"; XLA cost_analysis of the JAX step: {jax_side.xla_flops / 1e9:.1f} G"
-  print(flops_text + f"; JAX compile {jax_side.compile_seconds:.1f} s")
+  print(flops_text + f"; JAX compile {jax_side.compile_seconds:.1f} s"
+        + (f" ({jax_side.shapes} batch shapes)" if jax_side.shapes > 1 else ""))
 
   label = "jax (cached ref)" if jax_cached else ("jax (ref forward)" if with_reference else "jax")
-  if layout is not None:
-    label = label.replace(")", ", shared)") if ")" in label else "jax (shared)"
+  if layout is not None or args.padding_free:
+    tag = ", ".join(t for t, on in (("shared", args.share_prompt), ("padding-free", args.padding_free)) if on)
+    label = label.replace(")", f", {tag})") if ")" in label else f"jax ({tag})"
   runners = [jax_runner(label, jax_side, batches, flops_jax)]
   if use_torch:
     if with_reference:
@@ -559,7 +627,9 @@ def main(argv: list[str] | None = None) -> None:
                                                                      batches_np, cached=False),
                                   model_flops(config, args, reference_forward=True)))
       if jax_cached:
-        cached_np = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
+        cached_np = [{**two_rows, "ref_chosen_logps": np.asarray(b["ref_chosen_logps"]),
+                      "ref_rejected_logps": np.asarray(b["ref_rejected_logps"])}
+                     for two_rows, b in zip(batches_np, batches)]
         runners.append(torch_runner("torch (cached ref)", build_torch(args, config, jax_side.init_params,
                                                                       cached_np, cached=True),
                                     model_flops(config, args, reference_forward=False)))

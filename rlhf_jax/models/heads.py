@@ -72,7 +72,8 @@ class RewardModel(nn.Module):
 
   Packed rows (several continuations of one prompt, see `Transformer`): with
   `segment_ids`, `positions` and `reward_slots` int [B, N] the rewards are read at those
-  slots instead of the last real token: `rewards [B, N, K]`.
+  slots instead of the last real token: `rewards [B, N, K]`. Padding-free rows of several
+  sequences add `document_slots` (see `Transformer`).
   """
 
   config: TransformerConfig
@@ -86,6 +87,7 @@ class RewardModel(nn.Module):
       segment_ids: jax.Array | None = None,
       positions: jax.Array | None = None,
       reward_slots: jax.Array | None = None,
+      document_slots: jax.Array | None = None,
       *,
       decode: bool = False,
   ) -> jax.Array:
@@ -97,8 +99,8 @@ class RewardModel(nn.Module):
     # the backbone's last block runs its queries and feed-forward only there.
     slots = last_token_index(attention_mask)[:, None] if reward_slots is None else reward_slots
     hidden = Transformer(self.config, name="backbone")(
-        tokens, attention_mask, segment_ids=segment_ids, positions=positions,
-        logit_slots=slots, return_hidden=True, decode=decode)
+        tokens, attention_mask, segment_ids=segment_ids, document_slots=document_slots,
+        positions=positions, logit_slots=slots, return_hidden=True, decode=decode)
     rewards = _Head(self.config.d_model, self.num_heads, name="reward_head")(hidden)  # [B, N, K]
     return rewards if reward_slots is not None else rewards[:, 0]
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from rlhf_jax.models.config import TransformerConfig
 
 __all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "RMSNorm", "apply_rope", "causal_attention",
-           "gather_slots", "project"]
+           "document_attention", "document_places", "gather_slots", "project", "visible_keys"]
 
 # Logical names used by parameters. "layers" appears only with `scan_layers=True`;
 # None marks a dimension too small to shard (the outputs of a reward or value head).
@@ -120,6 +120,63 @@ def causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: j
   return jnp.concatenate(outputs, axis=2).transpose(0, 2, 1, 3)
 
 
+def visible_keys(causal: jax.Array, key_valid: jax.Array,
+                 query_segments: jax.Array | None = None, key_segments: jax.Array | None = None,
+                 query_documents: jax.Array | None = None,
+                 key_documents: jax.Array | None = None) -> jax.Array:
+  """Which keys a query may attend to (all arguments broadcast against each other).
+
+  A key is visible when it is causal (not after the query) and valid (not padding);
+  with segments, when it is in the query's segment or in the shared prefix (segment 0);
+  with documents, when it is in the query's document.
+  """
+  mask = causal & key_valid
+  if query_segments is not None:
+    mask = mask & ((query_segments == key_segments) | (key_segments == 0))
+  if query_documents is not None:
+    mask = mask & (query_documents == key_documents)
+  return mask
+
+
+def document_attention(query: jax.Array, key: jax.Array, value: jax.Array, document_slots: jax.Array,
+                       slot_places: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+  """Causal attention within each document of padding-free rows.
+
+  A row of T slots holds D documents (sequences, or pairs under prompt sharing) end to
+  end; `document_slots` int [B, D, W] gives the slot of the j-th token of document d
+  (-1 past its end, W >= the longest document) and `slot_places` int [B, T] the inverse,
+  the place d * W + j of each slot (any place in [0, D W) for a slot outside every
+  document). The queries, keys and values are gathered into [B D, W] document rows,
+  attended causally there (`causal_attention`, with the segment rule of `visible_keys`
+  when `segment_ids` [B, T] are given) and gathered back to their slots: the scores cost
+  D x W^2 per row instead of T^2, what the documents cost one by one, while the matmuls
+  around attention run on the T slots without padding.
+
+  query [B, T, H, Dh], key and value [B, T, K, Dh]; returns [B, T, H, Dh].
+  """
+  batch, documents, width = document_slots.shape
+  places = jnp.clip(document_slots, 0).reshape(batch, documents * width)
+  to_documents = lambda x: gather_slots(x, places).reshape(batch * documents, width, *x.shape[2:])
+  real = (document_slots >= 0).reshape(batch * documents, 1, width)
+  causal = jnp.tril(jnp.ones((width, width), jnp.bool_))[None]
+  segments = None if segment_ids is None else to_documents(segment_ids)
+  mask = visible_keys(causal, real, None if segments is None else segments[:, :, None],
+                      None if segments is None else segments[:, None, :])
+  attended = causal_attention(to_documents(query), to_documents(key), to_documents(value), mask[:, None])
+  return gather_slots(attended.reshape(batch, documents * width, *attended.shape[2:]), slot_places)
+
+
+def document_places(document_slots: jax.Array, length: int) -> jax.Array:
+  """The inverse of `document_slots` [B, D, W]: int [B, length], the place d * W + j of
+  every slot in the flattened documents (0 for slots outside every document)."""
+  batch, documents, width = document_slots.shape
+  rows = jnp.broadcast_to(jnp.arange(batch)[:, None, None], document_slots.shape)
+  places = jnp.broadcast_to(jnp.arange(documents * width).reshape(1, documents, width), document_slots.shape)
+  # Slots -1 (past a document's end) go out of bounds and are dropped.
+  slots = jnp.where(document_slots >= 0, document_slots, length)
+  return jnp.zeros((batch, length), jnp.int32).at[rows, slots].set(places.astype(jnp.int32), mode="drop")
+
+
 def gather_slots(x: jax.Array, slots: jax.Array) -> jax.Array:
   """Rows of `x` [B, T, ...] at `slots` int [B, N] (in [0, T)): [B, N, ...]."""
   index = slots.reshape(slots.shape + (1,) * (x.ndim - 2))
@@ -187,6 +244,10 @@ class Attention(nn.Module):
   segment k > 0 attends to the prefix and to its own segment only, never to another
   continuation; prefix tokens attend to the prefix. See `rlhf_jax.train.shared_prompt`.
 
+  With `documents = (document_slots [B, D, W], slot_places [B, T])` (full forward only)
+  a row holds D documents end to end (a padding-free row of several sequences) and a
+  token attends within its own document only (`document_attention`).
+
   With `query_slots` (int [B, N], full forward only) keys and values are computed at
   every slot but queries only at those N slots: the output is [B, N, D], the rows of
   the full output at those slots (the last block of a model read at a few slots).
@@ -208,9 +269,15 @@ class Attention(nn.Module):
       positions: jax.Array,
       attention_mask: jax.Array,
       segment_ids: jax.Array | None = None,
+      documents: tuple[jax.Array, jax.Array] | None = None,
       query_slots: jax.Array | None = None,
   ) -> jax.Array:
     cfg = self.config
+    if self.decode and (segment_ids is not None or documents is not None):
+      raise ValueError("Attention: segment_ids and documents are for full forward passes, not decoding.")
+    document_ids = None
+    if documents is not None:  # the document of each slot, for masks over the whole row
+      document_ids = documents[1] // documents[0].shape[2]
     d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     dtype = cfg.compute_dtype
 
@@ -233,6 +300,7 @@ class Attention(nn.Module):
     key_slots = jnp.arange(length)
     if query_slots is None:
       query_input, query_positions, query_segments = x, positions, segment_ids
+      query_documents = document_ids
       query_index = key_slots[None]  # [1, T]: the slot of every query
     else:
       if self.decode:
@@ -241,6 +309,7 @@ class Attention(nn.Module):
       query_input = gather_slots(x, query_index)
       query_positions = gather_slots(positions, query_index)
       query_segments = None if segment_ids is None else gather_slots(segment_ids, query_index)
+      query_documents = None if document_ids is None else gather_slots(document_ids, query_index)
     query = project(query_input, query_kernel)  # [B, T or N, H, Dh]
     key = project(x, key_kernel)  # [B, T, K, Dh]
     value = project(x, value_kernel)
@@ -274,14 +343,17 @@ class Attention(nn.Module):
         query_index = index + query_index
         key_slots = jnp.arange(key.shape[1])
 
-    # [B, 1, T, S]: causal in slot order and restricted to non-pad keys.
-    mask = (key_slots[None, None, :] <= query_index[:, :, None])[:, None] & key_mask[:, None, None, :]
-    if segment_ids is not None:
-      if self.decode:
-        raise ValueError("Attention: segment_ids are for full forward passes, not decoding.")
-      same = query_segments[:, :, None] == segment_ids[:, None, :]
-      shared = (segment_ids == 0)[:, None, :]
-      mask = mask & (same | shared)[:, None]
+    if documents is not None and query_slots is None:
+      attended = document_attention(query, key, value, *documents, segment_ids)
+      out = project(attended, out_kernel, contract=2)
+      return _constrain(out, ("batch", "length", "embed"))
+
+    per_query = lambda ids: None if ids is None else ids[:, :, None]
+    per_key = lambda ids: None if ids is None else ids[:, None, :]
+    # [B, 1, T, S]: causal in slot order, non-pad keys, segment and document rules.
+    mask = visible_keys(key_slots[None, None, :] <= query_index[:, :, None], key_mask[:, None, :],
+                        per_query(query_segments), per_key(segment_ids),
+                        per_query(query_documents), per_key(document_ids))[:, None]
     if self.decode or query_slots is not None:
       # Queries sit at an offset into the cache, or are a few slots: XLA's implementation
       # handles GQA without materialising repeated keys and computes logits and softmax
@@ -340,12 +412,13 @@ class Block(nn.Module):
       positions: jax.Array,
       attention_mask: jax.Array,
       segment_ids: jax.Array | None = None,
+      documents: tuple[jax.Array, jax.Array] | None = None,
       query_slots: jax.Array | None = None,
   ) -> tuple[jax.Array, None]:
     cfg = self.config
     attended = Attention(cfg, decode=self.decode, name="attention")(
-        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask, segment_ids, query_slots
-    )
+        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask, segment_ids, documents,
+        query_slots)
     if query_slots is not None:
       x = gather_slots(x, jnp.asarray(query_slots, jnp.int32))
     x = x + attended

@@ -17,7 +17,9 @@ the activations get matching sharding constraints, and XLA inserts the collectiv
 Shared prefixes: `segment_ids` (0 = a prefix every later segment sees, k > 0 = one
 continuation) with explicit `positions` run several continuations of one prompt in one
 row, and `logit_slots` computes logits only at the slots that predict a token; see
-`rlhf_jax.train.shared_prompt`.
+`rlhf_jax.train.shared_prompt`. Padding-free rows: `document_slots` lay several
+sequences (or pairs) end to end in one row, each attending within itself only; see
+`rlhf_jax.data.packing`.
 
 Incremental decoding (online rollouts): `cache = init_cache(model, batch, length)`, then
 `logits, updates = model.apply({"params": p, "cache": cache}, chunk, chunk_mask,
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
-from rlhf_jax.models.layers import Block, RMSNorm, gather_slots, project
+from rlhf_jax.models.layers import Block, RMSNorm, document_places, gather_slots, project
 
 __all__ = ["Transformer", "check_inputs", "check_mesh", "init_cache", "token_positions"]
 
@@ -126,6 +128,7 @@ class Transformer(nn.Module):
       attention_mask: jax.Array | None = None,
       *,
       segment_ids: jax.Array | None = None,
+      document_slots: jax.Array | None = None,
       positions: jax.Array | None = None,
       logit_slots: jax.Array | None = None,
       return_hidden: bool = False,
@@ -140,6 +143,10 @@ class Transformer(nn.Module):
       segment_ids: optional int [B, T]: segment 0 is a prefix shared by the later
         segments, a token of segment k > 0 attends to segment 0 and to segment k only
         (full forward only, not with `decode`).
+      document_slots: optional int [B, D, W]: the row holds D documents end to end (a
+        padding-free row), the j-th token of document d at slot document_slots[b, d, j]
+        (-1 past its end; W >= the longest document). A token attends only within its
+        document, computed per document (`layers.document_attention`); full forward only.
       positions: optional int [B, T] rotary positions (default: the number of real
         tokens before each token); they must stay below `max_len`, while the row itself
         may then be longer (a packed row of several continuations).
@@ -160,9 +167,13 @@ class Transformer(nn.Module):
         raise ValueError(
             f"Transformer: `{name}` must have the shape of `tokens` {tokens.shape}, got "
             f"{jnp.shape(value)}.")
-    if decode and (segment_ids is not None or positions is not None):
-      raise ValueError("Transformer: `segment_ids` and `positions` are for full forward "
-                       "passes; decoding derives positions from the cache.")
+    if decode and (segment_ids is not None or document_slots is not None or positions is not None):
+      raise ValueError("Transformer: `segment_ids`, `document_slots` and `positions` are for full "
+                       "forward passes; decoding derives positions from the cache.")
+    if document_slots is not None and (jnp.ndim(document_slots) != 3
+                                       or jnp.shape(document_slots)[0] != tokens.shape[0]):
+      raise ValueError(f"Transformer: `document_slots` must be an int array [batch={tokens.shape[0]}, "
+                       f"documents, width], got shape {jnp.shape(document_slots)}.")
     if logit_slots is not None and (jnp.ndim(logit_slots) != 2
                                     or jnp.shape(logit_slots)[0] != tokens.shape[0]):
       raise ValueError(
@@ -183,6 +194,10 @@ class Transformer(nn.Module):
     positions = jnp.asarray(positions, jnp.int32)
     if segment_ids is not None:
       segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    documents = None
+    if document_slots is not None:  # (slots of each document, place of each slot): once for all blocks
+      document_slots = jnp.asarray(document_slots, jnp.int32)
+      documents = (document_slots, document_places(document_slots, tokens.shape[1]))
 
     embed = nn.Embed(
         cfg.vocab_size,
@@ -208,22 +223,25 @@ class Transformer(nn.Module):
     # Read at a few slots, the last block needs keys and values everywhere but queries,
     # attention output and feed-forward only at those slots (under scan the blocks
     # share one shape, so there the output is gathered after the last block).
-    prune_last = slots is not None and not decode and not cfg.scan_layers
+    # In a padding-free row the pruned queries read every slot's key (a mask over the
+    # whole row), which only pays for a few slots (a reward model's read-outs).
+    prune_last = (slots is not None and not decode and not cfg.scan_layers
+                  and (documents is None or slots.shape[1] <= document_slots.shape[2]))
     if cfg.scan_layers:
       layers = nn.scan(
           block,
           variable_axes={"params": 0, "cache": 0},
           split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast,) * 4,
           length=cfg.n_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      x, _ = layers(cfg, decode=decode, name="layers")(x, positions, attention_mask, segment_ids)
+      x, _ = layers(cfg, decode=decode, name="layers")(x, positions, attention_mask, segment_ids, documents)
     else:
       for i in range(cfg.n_layers):
         last_slots = (slots,) if prune_last and i == cfg.n_layers - 1 else ()
         x, _ = block(cfg, decode=decode, name=f"layer_{i}")(
-            x, positions, attention_mask, segment_ids, *last_slots)
+            x, positions, attention_mask, segment_ids, documents, *last_slots)
 
     if slots is not None and not prune_last:
       # Gather before the final norm (per position) and the [D, V] projection.

@@ -25,7 +25,9 @@ from jax.sharding import Mesh
 from rlhf_jax import models
 from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
+from rlhf_jax.data import packing
 from rlhf_jax.train import optim
+from rlhf_jax.train import padding_free
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import shared_prompt
 from rlhf_jax.train import state as state_lib
@@ -113,10 +115,15 @@ class Components:
     return self.shardings.params
 
 
-def device_batch_layout(config: Any, info: DataInfo) -> dict[str, tuple[tuple[int, ...], Any]]:
+def device_batch_layout(config: Any, info: DataInfo, *, packed: bool | None = None,
+                        ) -> dict[str, tuple[tuple[int, ...], Any]]:
   """The arrays a training batch carries to the devices: {name: (per-example shape, dtype)}.
 
-  `example_index` stays on the host (it only finds cached reference log-probs)."""
+  `example_index` stays on the host (it only finds cached reference log-probs). With
+  `data.padding_free` (or `packed=True`) the [B, T] pair arrays are replaced by the
+  padding-free rows of `padding_free.pack_batch`, whose shapes change from batch to
+  batch (given as None here).
+  """
   length = info.max_length
   sequence = lambda prefix: {f"{prefix}tokens": ((length,), jnp.int32),
                              f"{prefix}attention_mask": ((length,), jnp.bool_),
@@ -141,14 +148,23 @@ def device_batch_layout(config: Any, info: DataInfo) -> dict[str, tuple[tuple[in
   if objective.reference:
     for group in reference_lib.reference_groups(info.kind, tuple(keys)):
       keys[group[3]] = ((), jnp.float32)
+  if packed is None:
+    packed = bool(config.data.get("padding_free", False)) and info.kind == "pairs"
+  if packed:
+    keys = {k: v for k, v in keys.items() if k not in packing.PAIR_SEQUENCE_KEYS}
+    keys.update({k: (None, None) for k in padding_free.packed_keys(config)})
   return keys
 
 
 def abstract_batch(config: Any, info: DataInfo, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-  """ShapeDtypeStructs of one global training batch (reference columns included)."""
+  """ShapeDtypeStructs of one global training batch (reference columns included).
+
+  Padding-free batches have data-dependent shapes; this is the two-row layout, an upper
+  bound of their size.
+  """
   size = int(config.train.batch_size if batch_size is None else batch_size)
   return {name: jax.ShapeDtypeStruct((size, *shape), dtype)
-          for name, (shape, dtype) in device_batch_layout(config, info).items()}
+          for name, (shape, dtype) in device_batch_layout(config, info, packed=False).items()}
 
 
 def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> Components:
@@ -188,7 +204,7 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
   groups: tuple = ()
   reference_cached = reference_on_the_fly = None
   if objective.reference:
-    groups = reference_lib.reference_groups(info.kind, tuple(device_batch_layout(config, info)))
+    groups = reference_lib.reference_groups(info.kind, tuple(device_batch_layout(config, info, packed=False)))
     shared_layout = shared_prompt.from_config(config) if info.kind == "pairs" else None
     reference_cached = MeshFunction(reference_lib.make_reference_fn(
         model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options,

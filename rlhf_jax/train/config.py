@@ -206,6 +206,14 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   # the training and evaluation data (rounded up to a multiple of 8).
   config.data.shared_length = 0
   config.data.shared_targets = 0
+  # Pairs: lay the pairs of a batch end to end, one row per data-parallel shard, without
+  # padding (`rlhf_jax.data.packing`): the matmuls skip the padding, attention runs per
+  # sequence (per pair with share_prompt), logits only where a completion token is
+  # predicted. Same log-probs and rewards; one compiled step per row-length bucket.
+  config.data.padding_free = False
+  # Slots per document (the longest sequence, or packed pair with share_prompt); 0
+  # measures the training and evaluation data (rounded up to a multiple of 8).
+  config.data.document_width = 0
   config.data.toy = ml_collections.ConfigDict()
   # Toy data (`rlhf_jax.data.toy_*`, used when `data.train` is empty): training and
   # evaluation examples (0: no evaluation), vocabulary of the integer "words", sequence

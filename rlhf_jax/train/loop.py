@@ -38,7 +38,7 @@ from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import rundir
-from rlhf_jax.train import shared_prompt
+from rlhf_jax.train import padding_free, shared_prompt
 
 __all__ = ["TrainingError", "evaluate_dataset", "train"]
 
@@ -77,7 +77,8 @@ def _compiled_settings(config: Any) -> dict[str, Any]:
   """The config fields that change what is compiled (batch sizes only change shapes,
   which jit handles by itself; seeds, paths, cadences change nothing compiled)."""
   model = {k: v for k, v in config.model.to_dict().items() if k != "init_from"}
-  shared = {k: config.data.get(k) for k in ("share_prompt", "shared_length", "shared_targets")}
+  shared = {k: config.data.get(k) for k in ("share_prompt", "shared_length", "shared_targets",
+                                            "padding_free", "document_width")}
   return {"objective": config.objective, "model": model, "shared_prompt": shared, "optim": config.optim.to_dict(),
           "loss": config.loss.to_dict(), "steps": config.train.steps,
           "microbatches": config.train.microbatches, "fast_compile": config.train.get("fast_compile", False)}
@@ -109,7 +110,13 @@ def _host(tree: Any) -> Any:
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def _device_batch(host_batch: Mapping[str, np.ndarray], layout: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
+def _device_batch(host_batch: Mapping[str, np.ndarray], layout: Mapping[str, Any], mesh,
+                  config: Any = None, microbatches: int = 1) -> dict[str, jax.Array]:
+  """The arrays of `layout` placed on the mesh; with `data.padding_free` the pairs are
+  packed first (`padding_free.pack_batch`)."""
+  if config is not None and config.data.get("padding_free", False) and "chosen_tokens" in host_batch:
+    host_batch = padding_free.pack_batch(host_batch, config, data_parallel=mesh_lib.data_parallel_size(mesh),
+                                         microbatches=microbatches)
   missing = [k for k in layout if k not in host_batch]
   if missing:
     raise KeyError(f"the batch lacks the arrays {missing} the objective needs.")
@@ -175,7 +182,7 @@ def evaluate_dataset(
   for batch, valid in reference_lib.padded_batches(arrays, list(arrays), int(config.eval.batch_size)):
     if reference is not None:
       batch = reference.host(split, batch)
-    device = _device_batch(batch, layout, parts.mesh)
+    device = _device_batch(batch, layout, parts.mesh, config)
     if reference is not None:
       device = reference.device(device)
     result = _host(parts.eval_step(params, device))
@@ -218,6 +225,8 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   # Packed-pair sizes are measured on the data and become part of the resolved config.
   config = shared_prompt.resolve(config, {"train": datasets.train, "eval": datasets.eval},
                                  data_kind=objective.data)
+  config = padding_free.resolve(config, {"train": datasets.train, "eval": datasets.eval},
+                                data_kind=objective.data)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   dp = mesh_lib.data_parallel_size(mesh)
   for name, size in (("train.batch_size", config.train.batch_size // config.train.microbatches),
@@ -296,7 +305,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
         host_batch = iterator.next()
         if reference is not None:
           host_batch = reference.host("train", host_batch)
-        batch = _device_batch(host_batch, train_layout, mesh)
+        batch = _device_batch(host_batch, train_layout, mesh, config, int(config.train.microbatches))
         if reference is not None:
           batch = reference.device(batch)
         state, metrics = parts.train_step(state, batch, key)

@@ -52,7 +52,7 @@ class _RewardEnsemble(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, attention_mask: jax.Array, segment_ids=None, positions=None,
-               reward_slots=None) -> jax.Array:
+               reward_slots=None, document_slots=None) -> jax.Array:
     members = nn.vmap(
         models.RewardModel,
         variable_axes={"params": 0},
@@ -62,7 +62,7 @@ class _RewardEnsemble(nn.Module):
         axis_size=self.num_models,
         metadata_params={nn.PARTITION_NAME: ENSEMBLE_AXIS},
     )(self.config, num_heads=self.num_heads, name="members")
-    rewards = members(tokens, attention_mask, segment_ids, positions, reward_slots)
+    rewards = members(tokens, attention_mask, segment_ids, positions, reward_slots, document_slots)
     if reward_slots is not None:  # [B, models, N, heads] -> [B, N, models * heads]
       rewards = jnp.moveaxis(rewards, 1, 2)
       return rewards.reshape(*rewards.shape[:2], -1)
@@ -93,11 +93,14 @@ def apply_policy(model: nn.Module, params: Any, tokens: jax.Array, attention_mas
 
 def apply_reward(model: nn.Module, params: Any, tokens: jax.Array, attention_mask: jax.Array,
                  segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-                 reward_slots: jax.Array | None = None) -> jax.Array:
+                 reward_slots: jax.Array | None = None,
+                 document_slots: jax.Array | None = None) -> jax.Array:
   """Rewards [B, K] float32 (K = heads x ensemble members), or [B, N, K] read at
-  `reward_slots` of packed rows (`segment_ids`, `positions`: see `models.Transformer`)."""
+  `reward_slots` of packed rows (`segment_ids`, `positions`, `document_slots`: see
+  `models.Transformer`)."""
   if reward_slots is None:
     rewards = model.apply({"params": params}, tokens, attention_mask)
   else:
-    rewards = model.apply({"params": params}, tokens, attention_mask, segment_ids, positions, reward_slots)
+    rewards = model.apply({"params": params}, tokens, attention_mask, segment_ids, positions, reward_slots,
+                          document_slots)
   return jnp.asarray(rewards, jnp.float32)

@@ -39,7 +39,7 @@ import numpy as np
 
 from rlhf_jax import losses
 from rlhf_jax.train import networks
-from rlhf_jax.train import shared_prompt
+from rlhf_jax.train import padding_free, shared_prompt
 
 __all__ = [
     "Objective",
@@ -176,8 +176,12 @@ def pair_logps(model: Any, params: Any, batch: Batch,
 
   One forward pass over the concatenated [2B, T] batch, or with a `layout` (from
   `config.data.share_prompt`) over [B, layout.length] rows that hold the prompt once
-  (`shared_prompt.shared_pair_logps`; same values up to float rounding).
+  (`shared_prompt.shared_pair_logps`; same values up to float rounding). A batch packed
+  by `data.packing.pack_pairs` (`config.data.padding_free`: it carries `packed_tokens`)
+  goes through its padding-free rows (`padding_free.packed_pair_logps`).
   """
+  if "packed_tokens" in batch:
+    return padding_free.packed_pair_logps(model, params, batch)
   if layout is not None:
     return shared_prompt.shared_pair_logps(model, params, batch, layout)
   logps, lengths = sequence_logps(
@@ -304,13 +308,16 @@ def reward_model(params, batch, rng, *, model, config):
   With K reward outputs (heads and/or ensemble members) the loss is the mean of the K
   per-head losses; `loss.centering` adds `centering * mean_k (r_c + r_r)^2`
   (`losses.reward_centering`). Outputs use the mean reward over the K outputs. With
-  `data.share_prompt` both rewards come from one packed row per pair.
+  `data.share_prompt` both rewards come from one packed row per pair, with
+  `data.padding_free` from padding-free rows.
   """
   del rng
   cfg = config.loss
   _check_choice(cfg.name, "loss.name", _REWARD_LOSSES)
   layout = shared_prompt.from_config(config)
-  if layout is not None:
+  if "packed_tokens" in batch:  # data.padding_free
+    chosen, rejected = padding_free.packed_pair_rewards(model, _reward_params(params), batch)
+  elif layout is not None:
     chosen, rejected = shared_prompt.shared_pair_rewards(model, _reward_params(params), batch, layout)
   else:
     size = batch["chosen_tokens"].shape[0]

@@ -80,6 +80,9 @@ def make_reference_fn(model: Any, groups: Sequence[tuple[str, str, str, str]], m
     raise ValueError("make_reference_fn: shared_layout needs the chosen and rejected groups of pairs.")
 
   def reference_fn(ref_params, batch):
+    if "packed_tokens" in batch:  # padding-free rows (data.padding_free, on the fly)
+      logps = objectives.pair_logps(model, ref_params, batch)
+      return {"ref_chosen_logps": logps["chosen_logps"], "ref_rejected_logps": logps["rejected_logps"]}
     if shared_layout is not None:
       logps = objectives.pair_logps(model, ref_params, batch, shared_layout)
       return {"ref_chosen_logps": logps["chosen_logps"], "ref_rejected_logps": logps["rejected_logps"]}

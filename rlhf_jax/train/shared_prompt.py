@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import losses
+from rlhf_jax.data.packing import row_name, pair_extents
 from rlhf_jax.train import networks
 
 __all__ = [
@@ -77,53 +78,6 @@ class SharedPromptLayout:
           f"{self.length}, num_targets={self.num_targets}.")
 
 
-def _row_name(arrays: Mapping[str, np.ndarray], row: int) -> str:
-  """'row 17' plus the example's index in its data file when the arrays carry it."""
-  if "example_index" in arrays:
-    return f"row {row} (example_index {int(np.asarray(arrays['example_index'])[row])})"
-  return f"row {row}"
-
-
-def pair_extents(arrays: Mapping[str, np.ndarray], name: str = "data") -> tuple[np.ndarray, ...]:
-  """Host-side (prompt, chosen, rejected) segment lengths [B] of right-padded pairs.
-
-  Checks what the packing relies on and raises ValueError naming the data set and row:
-  chosen and rejected rows start with the same prompt segment (bos included) that ends
-  where the loss mask starts, every completion is contiguous and right after it.
-  """
-  lengths = {}
-  for part in ("chosen", "rejected"):
-    attention = np.asarray(arrays[f"{part}_attention_mask"], bool)
-    loss = np.asarray(arrays[f"{part}_loss_mask"], bool)
-    slots = np.arange(attention.shape[1])[None]
-    prompt = np.sum(attention & ~loss, axis=1)
-    completion = np.sum(loss, axis=1)
-    expected_loss = (slots >= prompt[:, None]) & (slots < (prompt + completion)[:, None])
-    expected_attention = slots < (prompt + completion)[:, None]
-    bad = np.flatnonzero(np.any(loss != expected_loss, axis=1) | np.any(attention != expected_attention, axis=1)
-                         | (prompt < 1) | (completion < 1))
-    if bad.size:
-      raise ValueError(
-          f"prompt sharing: {name} {_row_name(arrays, int(bad[0]))} ({part}) is not [prompt][completion][pad] with a "
-          "non-empty prompt segment and completion (loss mask right after the prompt, right "
-          f"padding); {bad.size} such rows. Set data.share_prompt=False for this data.")
-    lengths[part] = (prompt, completion)
-  prompt, chosen = lengths["chosen"]
-  rejected_prompt, rejected = lengths["rejected"]
-  tokens_c = np.asarray(arrays["chosen_tokens"])
-  tokens_r = np.asarray(arrays["rejected_tokens"])
-  slots = np.arange(tokens_c.shape[1])[None]
-  in_prompt = slots < prompt[:, None]
-  differs = (prompt != rejected_prompt) | np.any(in_prompt & (tokens_c != tokens_r), axis=1)
-  if np.any(differs):
-    row = int(np.flatnonzero(differs)[0])
-    raise ValueError(
-        f"prompt sharing: {name} {_row_name(arrays, row)}: the chosen and rejected rows do not start with the "
-        f"same prompt segment (lengths {int(prompt[row])} and {int(rejected_prompt[row])}); "
-        f"{int(np.sum(differs))} such rows. Set data.share_prompt=False for this data.")
-  return prompt, chosen, rejected
-
-
 def layout_for(datasets: Mapping[str, Mapping[str, np.ndarray]], *, multiple: int = 8) -> SharedPromptLayout:
   """The smallest layout (rounded up to `multiple`) that holds every pair of `datasets`
   ({name: pair arrays}, e.g. the training and evaluation sets)."""
@@ -151,7 +105,7 @@ def check_layout(layout: SharedPromptLayout, datasets: Mapping[str, Mapping[str,
       if np.max(needed) > limit:
         row = int(np.argmax(needed))
         raise ValueError(
-            f"prompt sharing: {name} {_row_name(arrays, row)} needs {what} = {int(needed[row])} "
+            f"prompt sharing: {name} {row_name(arrays, row)} needs {what} = {int(needed[row])} "
             f"(prompt {int(prompt[row])}, chosen {int(chosen[row])}, rejected {int(rejected[row])}) "
             f"but {field} = {limit}; raise it or set it to 0 (measured on the data).")
 

@@ -160,3 +160,33 @@ def test_packed_reward_model_flops_hand_count():
   # Body 576 matmul parameters on 12 slots, the 8 -> 1 reward head at the two last tokens.
   per_row = 12 * (2 * 576 + 4 * 1 * 12 * 8) + 2 * 2 * 8
   assert train_step.model_flops(config, args, reference_forward=False, layout=layout) == 3 * per_row
+
+
+def test_padding_free_model_flops_hand_count():
+  args = train_step.parse_args(["--d_model=8", "--n_layers=1", "--n_heads=2", "--n_kv_heads=1",
+                                "--d_ff=16", "--vocab=10", "--seq_len=8", "--batch_pairs=1", "--padding_free"])
+  config = train_step.model_config(args)
+  # One row of 16 slots holding documents of 5 and 7 tokens, 6 targets (2 of them padding).
+  slots = np.full((1, 2, 8), -1)
+  slots[0, 0, :5], slots[0, 1, :7] = np.arange(5), np.arange(5, 12)
+  packed = {"packed_tokens": np.zeros((1, 16)), "packed_document_slots": slots,
+            "target_tokens": np.zeros((1, 6)), "reward_slots": np.zeros((1, 2))}
+  # Body 576 matmul parameters on the 16 slots; attention over each token's own document
+  # (5 x 5 + 7 x 7 query-key pairs); the output layer at the 6 targets.
+  per_row = 16 * 2 * 576 + 4 * 1 * 8 * (25 + 49) + 6 * 2 * 80
+  assert train_step.model_flops(config, args, reference_forward=True, packed=[packed]) == 4 * per_row
+
+
+def test_padding_free_benchmark_agrees_with_torch(capsys):
+  pytest.importorskip("torch", reason="the PyTorch side needs torch (the bench extra)")
+  train_step.main(["--d_model=32", "--n_layers=2", "--n_heads=2", "--vocab=50", "--seq_len=32",
+                   "--batch_pairs=4", "--padding_free", "--share_prompt", "--cached_reference", "--rounds=1",
+                   "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64"])
+  out = capsys.readouterr().out
+  assert "padding-free: one row of" in out
+  checks = re.findall(r"check vs torch .*", out)
+  assert len(checks) == 4  # steps 1 and 2, against torch with and without the reference forward
+  for line in checks:
+    loss_diff = float(re.search(r"loss jax \S+ torch \S+ \|diff\| (\S+);", line).group(1))
+    logp_diff = float(re.search(r"log-probs max \|diff\| (\S+) ", line).group(1))
+    assert loss_diff < 1e-4 and logp_diff < 1e-3, line

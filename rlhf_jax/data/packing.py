@@ -1,0 +1,210 @@
+"""Padding-free rows: the pairs of a batch laid end to end, without padding between them.
+
+Right-padded pairs [B, T] are about 30% padding on typical data, and a two-row (or
+one-row-per-pair) step runs every matmul over it. `pack_pairs` lays the real tokens of
+the batch's pairs end to end in `rows` rows, each padded only at its end, to a length
+rounded up to a few sizes per octave (`bucket_size`) so that a jitted step meets a small
+number of shapes. Row r holds the consecutive pairs [r P, (r + 1) P), P = B / rows: with
+one row per data-parallel shard, a row's pairs are the pairs its devices would hold.
+
+Each pair is laid out in one of two ways (the same log-probs and rewards as the two-row
+layout, up to float rounding):
+
+    share_prompt=False   document 2i:     [prompt chosen]     positions 0 .. p+c-1
+                         document 2i + 1: [prompt rejected]   positions 0 .. p+r-1
+    share_prompt=True    document i:      [prompt | chosen | rejected]
+                         segments 0 | 1 | 2, positions 0 .. p+c-1 | p .. p+r-1
+                         (`rlhf_jax.train.shared_prompt`: the prompt once per pair)
+
+A token attends only within its document: `models.Transformer(document_slots=...)` runs
+attention per document, in [D, W] rows (W = `width`, at least the longest document),
+and everything else on the N slots. Targets are flat too: the M completion tokens
+of a row, each with the slot whose logits predict it and its owner 2i (chosen) or
+2i + 1 (rejected) of local pair i, so the output layer runs only where a log-prob is
+read. This is "padding-free" or "sequence packing" training (e.g. Krell et al. 2021,
+"Efficient Sequence Packing without Cross-contamination", arXiv 2107.02027), applied to
+preference pairs; packing happens on the host, per batch, in NumPy.
+
+Keys of the packed batch (NumPy):
+  packed_tokens, packed_positions int32 [R, N]; packed_attention_mask bool [R, N];
+  packed_segments int32 [R, N] (share_prompt only);
+  packed_document_slots int32 [R, D, W]: the slot of token j of document d, -1 past its
+  end (D = 2P documents per row, or P with share_prompt);
+  target_tokens, target_slots, target_owners (-1 on padding) int32 [R, M];
+  reward_slots int32 [R, 2P]: the last slot of the chosen (2i) and rejected (2i + 1)
+  completion of local pair i, where a reward model reads its rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = ["PACKED_KEYS", "PAIR_SEQUENCE_KEYS", "bucket_size", "longest_document", "pack_pairs", "pair_extents", "row_name"]
+
+# The [B, T] arrays of right-padded pairs that packing replaces.
+PAIR_SEQUENCE_KEYS = tuple(f"{part}_{name}" for part in ("chosen", "rejected")
+                           for name in ("tokens", "attention_mask", "loss_mask"))
+PACKED_KEYS = ("packed_tokens", "packed_positions", "packed_attention_mask", "packed_document_slots",
+               "target_tokens", "target_slots", "target_owners", "reward_slots")
+
+
+def bucket_size(n: int, per_octave: int = 16, minimum: int = 16) -> int:
+  """The smallest size >= n of the form m * 2^k with per_octave <= m < 2 per_octave
+  (at most 1/per_octave padding), and at least `minimum`. E.g. 2100 -> 2176 (17 x 128)."""
+  n = max(int(n), int(minimum), 1)
+  step = 1 << max(n.bit_length() - 1 - (per_octave.bit_length() - 1), 0)
+  return -(-n // step) * step
+
+
+def row_name(arrays: Mapping[str, np.ndarray], row: int) -> str:
+  """'row 17' plus the example's index in its data file when the arrays carry it."""
+  if "example_index" in arrays:
+    return f"row {row} (example_index {int(np.asarray(arrays['example_index'])[row])})"
+  return f"row {row}"
+
+
+def pair_extents(arrays: Mapping[str, np.ndarray], name: str = "data") -> tuple[np.ndarray, ...]:
+  """Host-side (prompt, chosen, rejected) segment lengths [B] of right-padded pairs.
+
+  Checks what prompt sharing relies on and raises ValueError naming the data set and
+  row: chosen and rejected rows start with the same prompt segment (bos included) that
+  ends where the loss mask starts, every completion is contiguous and right after it.
+  """
+  lengths = {}
+  for part in ("chosen", "rejected"):
+    attention = np.asarray(arrays[f"{part}_attention_mask"], bool)
+    loss = np.asarray(arrays[f"{part}_loss_mask"], bool)
+    slots = np.arange(attention.shape[1])[None]
+    prompt = np.sum(attention & ~loss, axis=1)
+    completion = np.sum(loss, axis=1)
+    expected_loss = (slots >= prompt[:, None]) & (slots < (prompt + completion)[:, None])
+    expected_attention = slots < (prompt + completion)[:, None]
+    bad = np.flatnonzero(np.any(loss != expected_loss, axis=1) | np.any(attention != expected_attention, axis=1)
+                         | (prompt < 1) | (completion < 1))
+    if bad.size:
+      raise ValueError(
+          f"prompt sharing: {name} {row_name(arrays, int(bad[0]))} ({part}) is not [prompt][completion][pad] with a "
+          "non-empty prompt segment and completion (loss mask right after the prompt, right "
+          f"padding); {bad.size} such rows. Set data.share_prompt=False for this data.")
+    lengths[part] = (prompt, completion)
+  prompt, chosen = lengths["chosen"]
+  rejected_prompt, rejected = lengths["rejected"]
+  tokens_c = np.asarray(arrays["chosen_tokens"])
+  tokens_r = np.asarray(arrays["rejected_tokens"])
+  slots = np.arange(tokens_c.shape[1])[None]
+  in_prompt = slots < prompt[:, None]
+  differs = (prompt != rejected_prompt) | np.any(in_prompt & (tokens_c != tokens_r), axis=1)
+  if np.any(differs):
+    row = int(np.flatnonzero(differs)[0])
+    raise ValueError(
+        f"prompt sharing: {name} {row_name(arrays, row)}: the chosen and rejected rows do not start with the "
+        f"same prompt segment (lengths {int(prompt[row])} and {int(rejected_prompt[row])}); "
+        f"{int(np.sum(differs))} such rows. Set data.share_prompt=False for this data.")
+  return prompt, chosen, rejected
+
+
+def longest_document(arrays: Mapping[str, np.ndarray], share_prompt: bool, name: str = "data") -> int:
+  """The longest document `pack_pairs` makes of these pairs (the least `width`)."""
+  if share_prompt:
+    prompt, chosen, rejected = pair_extents(arrays, name)
+    return int(np.max(prompt + chosen + rejected, initial=1))
+  return int(max(np.max(np.sum(np.asarray(arrays[f"{part}_attention_mask"], bool), axis=1), initial=1)
+                 for part in ("chosen", "rejected")))
+
+
+def _documents(batch: Mapping[str, np.ndarray], share_prompt: bool) -> list[list[dict[str, np.ndarray]]]:
+  """Per pair, its documents: tokens, positions, segments, and the document-relative
+  slots of its targets (predicting slot, token, side) and of its two read-out slots."""
+  if share_prompt:
+    prompt, chosen, rejected = pair_extents(batch)
+  pairs = []
+  for i in range(len(batch["chosen_tokens"])):
+    if share_prompt:
+      p, c, r = int(prompt[i]), int(chosen[i]), int(rejected[i])
+      tokens = np.concatenate([batch["chosen_tokens"][i, :p + c], batch["rejected_tokens"][i, p:p + r]])
+      positions = np.concatenate([np.arange(p + c), np.arange(p, p + r)])
+      segments = np.concatenate([np.zeros(p), np.ones(c), np.full(r, 2)])
+      # The token at document slot p + j is predicted from slot p + j - 1, except the
+      # first rejected token (j == c), which continues the prompt: slot p - 1.
+      j = np.arange(c + r)
+      sources = np.where(j == c, p - 1, p + j - 1)
+      pairs.append([dict(tokens=tokens, positions=positions, segments=segments, sources=sources,
+                         targets=tokens[p:], sides=(j >= c).astype(np.int64),
+                         reads=np.array([p + c - 1, p + c + r - 1]))])
+      continue
+    documents = []
+    for side, part in enumerate(("chosen", "rejected")):
+      real = np.asarray(batch[f"{part}_attention_mask"][i], bool)
+      tokens = np.asarray(batch[f"{part}_tokens"][i])[real]
+      loss = np.asarray(batch[f"{part}_loss_mask"][i], bool)[real]
+      loss[:1] = False  # the first token has no predecessor (the two-row layout skips it too)
+      slots = np.flatnonzero(loss)
+      documents.append(dict(tokens=tokens, positions=np.arange(len(tokens)), segments=np.zeros(len(tokens)),
+                            sources=slots - 1, targets=tokens[slots], sides=np.full(len(slots), side),
+                            reads=np.array([len(tokens) - 1])))
+    pairs.append(documents)
+  return pairs
+
+
+def pack_pairs(batch: Mapping[str, np.ndarray], *, rows: int, share_prompt: bool,
+               width: int | None = None, per_octave: int = 16) -> dict[str, np.ndarray]:
+  """Lays the pairs of `batch` (right-padded `PAIR_KEYS` arrays [B, T]) end to end in
+  `rows` padding-free rows; see the module docstring for the layout and the keys.
+
+  Row length N and target count M are the longest row's, rounded up by `bucket_size`.
+  `width` (W of `packed_document_slots`) should be fixed for a run, e.g. the
+  `longest_document` of the data sets, so that it adds no shapes; by default it is this
+  batch's longest document rounded up to a multiple of 8. Raises ValueError when a
+  document is longer than `width`, and with `share_prompt` (from `pair_extents`) for
+  pairs that do not share their prompt.
+  """
+  num_pairs = len(batch["chosen_tokens"])
+  if rows < 1 or num_pairs % rows:
+    raise ValueError(f"pack_pairs: {num_pairs} pairs do not split into {rows} rows.")
+  per_row = num_pairs // rows
+  pairs = _documents(batch, share_prompt)
+  longest = max(len(d["tokens"]) for documents in pairs for d in documents)
+  if width is None:
+    width = -(-longest // 8) * 8
+  if longest > width:
+    raise ValueError(f"pack_pairs: a document of {longest} tokens is longer than the document width "
+                     f"{width}; the width must cover the longest pair of the data.")
+
+  row_docs = [[d for documents in pairs[r * per_row:(r + 1) * per_row] for d in documents] for r in range(rows)]
+  length = bucket_size(max(sum(len(d["tokens"]) for d in docs) for docs in row_docs), per_octave)
+  num_targets = bucket_size(max(sum(len(d["targets"]) for d in docs) for docs in row_docs), per_octave)
+  out = {
+      "packed_tokens": np.zeros((rows, length), np.int32),
+      "packed_positions": np.zeros((rows, length), np.int32),
+      "packed_attention_mask": np.zeros((rows, length), bool),
+      "packed_document_slots": np.full((rows, len(row_docs[0]), width), -1, np.int32),
+      "target_tokens": np.zeros((rows, num_targets), np.int32),
+      "target_slots": np.zeros((rows, num_targets), np.int32),
+      "target_owners": np.full((rows, num_targets), -1, np.int32),
+      "reward_slots": np.zeros((rows, 2 * per_row), np.int32),
+  }
+  if share_prompt:
+    out["packed_segments"] = np.zeros((rows, length), np.int32)
+  for r, docs in enumerate(row_docs):
+    slot = target = 0
+    for k, d in enumerate(docs):
+      pair = k if share_prompt else k // 2
+      span = slice(slot, slot + len(d["tokens"]))
+      out["packed_tokens"][r, span] = d["tokens"]
+      out["packed_positions"][r, span] = d["positions"]
+      out["packed_document_slots"][r, k, :len(d["tokens"])] = np.arange(span.start, span.stop)
+      out["packed_attention_mask"][r, span] = True
+      if share_prompt:
+        out["packed_segments"][r, span] = d["segments"]
+      n = len(d["targets"])
+      out["target_tokens"][r, target:target + n] = d["targets"]
+      out["target_slots"][r, target:target + n] = slot + d["sources"]
+      out["target_owners"][r, target:target + n] = 2 * pair + d["sides"]
+      if share_prompt:
+        out["reward_slots"][r, 2 * pair:2 * pair + 2] = slot + d["reads"]
+      else:
+        out["reward_slots"][r, k] = slot + d["reads"][0]
+      slot, target = slot + len(d["tokens"]), target + n
+  return out

@@ -1,0 +1,125 @@
+"""Pair log-probs and rewards from padding-free rows (`rlhf_jax.data.packing`).
+
+The batch carries the packed keys of `data.packing.pack_pairs` (rows [R, N], documents
+[R, D, W], targets [R, M], read-out slots [R, 2P]); their shapes change from batch to
+batch within a few buckets, so `jax.jit` compiles one step per bucket. Per-pair outputs
+come back in batch order, [B] = [R * P], as from the two-row layout.
+
+Host side (`config.data.padding_free`): `resolve` measures the document width on the
+data sets, `pack_batch` packs each training or evaluation batch before it goes to the
+devices.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import losses
+from rlhf_jax.data import packing
+from rlhf_jax.train import networks
+
+__all__ = ["pack_batch", "packed_keys", "packed_pair_logps", "packed_pair_rewards", "resolve"]
+
+
+def _pairs_per_row(batch: Mapping[str, jax.Array]) -> int:
+  return batch["reward_slots"].shape[1] // 2
+
+
+def _model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+  return {"segment_ids": batch.get("packed_segments"), "document_slots": batch["packed_document_slots"],
+          "positions": batch["packed_positions"]}
+
+
+def packed_pair_logps(model: Any, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Summed completion log-probs and lengths of chosen and rejected [B], from logits at
+  the target slots only (same outputs as `objectives.pair_logps` on the two-row layout)."""
+  logits = model.apply({"params": params}, batch["packed_tokens"], batch["packed_attention_mask"],
+                       logit_slots=batch["target_slots"], **_model_inputs(batch))
+  owners = batch["target_owners"]
+  token_logps = losses.sequence_logprobs(logits, batch["target_tokens"], owners >= 0)  # [R, M]
+  # [R, M] -> [R, 2P] sums by owner; a one-hot contraction, as the owners are few.
+  one_hot = (owners[..., None] == jnp.arange(2 * _pairs_per_row(batch))).astype(jnp.float32)
+  sums = jnp.einsum("rm,rmo->ro", token_logps, one_hot).reshape(-1, 2)
+  counts = jnp.sum(one_hot, axis=1).reshape(-1, 2)
+  return {"chosen_logps": sums[:, 0], "rejected_logps": sums[:, 1],
+          "chosen_lengths": counts[:, 0], "rejected_lengths": counts[:, 1]}
+
+
+def packed_pair_rewards(model: Any, params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Rewards [B, K] of the chosen and the rejected completions, read at their last tokens."""
+  inputs = _model_inputs(batch)
+  rewards = networks.apply_reward(model, params, batch["packed_tokens"], batch["packed_attention_mask"],
+                                  inputs["segment_ids"], inputs["positions"], batch["reward_slots"],
+                                  inputs["document_slots"])  # [R, 2P, K]
+  rewards = rewards.reshape(-1, 2, rewards.shape[-1])
+  return rewards[:, 0], rewards[:, 1]
+
+
+# ---------------------------------------------------------------------------------------
+# Host side: the trainer's batches.
+
+
+def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None], *, data_kind: str) -> Any:
+  """`config` itself when `data.padding_free` is off, else a copy whose
+  `data.document_width` is measured on `datasets` (when 0) or checked against them.
+
+  Raises ValueError when the objective does not train on pairs or a pair is wider than a
+  user-set width.
+  """
+  if not config.data.get("padding_free", False):
+    return config
+  if data_kind != "pairs":
+    raise ValueError(f"data.padding_free applies to objectives on pairs (dpo, simpo, orpo, reward_model); "
+                     f"objective {config.objective!r} trains on {data_kind}.")
+  share = bool(config.data.get("share_prompt", False))
+  widest, where = 1, ""
+  for name, arrays in datasets.items():
+    if arrays is not None and len(arrays["chosen_tokens"]):
+      longest = packing.longest_document(arrays, share, name)
+      if longest > widest:
+        widest, where = longest, name
+  config = copy.deepcopy(config)
+  if not config.data.document_width:
+    config.data.document_width = -(-widest // 8) * 8
+  elif widest > config.data.document_width:
+    raise ValueError(f"data.padding_free: the {where} data has a {'packed pair' if share else 'sequence'} of "
+                     f"{widest} tokens, wider than data.document_width = {config.data.document_width}; "
+                     "raise it or set it to 0 (measured on the data).")
+  return config
+
+
+def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: int,
+               microbatches: int = 1) -> dict[str, np.ndarray]:
+  """The host batch with its pairs packed (`data.packing.pack_pairs`, the keys of
+  `packed_keys`) in place of the [B, T] pair arrays; per-pair columns stay as they are.
+
+  Each microbatch m (pairs m, m + microbatches, ..., as `step.split_microbatches` takes
+  them) is packed into `data_parallel` rows, row r holding the pairs of data shard r,
+  and its rows become rows r * microbatches + m, so that splitting the packed arrays the
+  same way gives every microbatch and every shard its own pairs. All microbatches share
+  the longest row length and target count.
+  """
+  share = bool(config.data.get("share_prompt", False))
+  width = int(config.data.document_width) or None
+  packs = [packing.pack_pairs({k: np.asarray(batch[k])[m::microbatches] for k in packing.PAIR_SEQUENCE_KEYS},
+                              rows=data_parallel, share_prompt=share, width=width)
+           for m in range(microbatches)]
+  out = {k: v for k, v in batch.items() if k not in packing.PAIR_SEQUENCE_KEYS}
+  for key in packs[0]:
+    size = max(p[key].shape[1] for p in packs)
+    fill = -1 if key in ("target_owners", "packed_document_slots") else 0
+    padded = [np.pad(p[key], [(0, 0), (0, size - p[key].shape[1])] + [(0, 0)] * (p[key].ndim - 2),
+                     constant_values=fill) for p in packs]
+    # [microbatches, rows, ...] -> rows r * microbatches + m
+    out[key] = np.stack(padded, axis=1).reshape(-1, *padded[0].shape[1:])
+  return out
+
+
+def packed_keys(config: Any) -> tuple[str, ...]:
+  """The arrays `pack_batch` adds under `config`."""
+  return packing.PACKED_KEYS + (("packed_segments",) if config.data.get("share_prompt", False) else ())
