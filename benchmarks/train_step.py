@@ -665,12 +665,13 @@ def main(argv: list[str] | None = None) -> None:
 
   timed = args.rounds * args.steps
   print(f"\nmedian of {timed} timed steps ({args.rounds} rounds x {args.steps}, after {2 + args.warmup} untimed)")
-  print(f"{'':28s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'pairs/s':>10s}{'GFLOP/s':>10s}{'MFU':>8s}")
+  name_width = max(28, *(len(r.name) + 2 for r in runners))
+  print(f"{'':{name_width}s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'pairs/s':>10s}{'GFLOP/s':>10s}{'MFU':>8s}")
   medians = {}
   for runner in runners:
     median = statistics.median(runner.times)
     medians[runner.name] = median
-    print(f"{runner.name:28s}{median:10.3f}{min(runner.times):9.3f}{max(runner.times):9.3f}"
+    print(f"{runner.name:{name_width}s}{median:10.3f}{min(runner.times):9.3f}{max(runner.times):9.3f}"
           f"{args.batch_pairs / median:10.2f}{runner.flops / median / 1e9:10.1f}"
           f"{100 * runner.flops / median / peak:7.1f}%")
   jax_median = medians[runners[0].name]

@@ -20,6 +20,12 @@ once and logits are computed only at completion positions; the log-probs are the
 (`rlhf_jax/train/shared_prompt.py`). On HH-RLHF pairs the step is then 1.7x PyTorch's
 two-row step, 2.1x with the cached reference (docs/benchmarks.md). Also for SimPO and ORPO.
 
+Padding-free batches: `--config.data.padding_free=true` lays the pairs of a batch end to
+end, one row per data-parallel shard, without padding (`rlhf_jax/data/packing.py`):
+attention runs per sequence, logits only at completion tokens, the log-probs are the
+same. With `data.share_prompt=true` as well each pair is one [prompt | chosen | rejected]
+document. Row lengths are rounded up to a few sizes per octave; each size compiles once.
+
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """
 

@@ -18,7 +18,9 @@ A real run on HH-RLHF (tokenizer trained into the workdir when none is given):
 
 `--config.data.share_prompt=true` packs each pair as one row [prompt | chosen | rejected]
 and reads both rewards from it: the prompt goes through the model once, the rewards are
-the same (`rlhf_jax/train/shared_prompt.py`).
+the same (`rlhf_jax/train/shared_prompt.py`). `--config.data.padding_free=true` lays the
+pairs of a batch end to end without padding (`rlhf_jax/data/packing.py`), alone or with
+prompt sharing; the rewards are the same.
 
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """

@@ -94,7 +94,7 @@ class RewardModel(nn.Module):
     if isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1:
       raise ValueError(f"RewardModel.num_heads must be a positive int, got {self.num_heads!r}.")
     tokens, attention_mask = check_inputs(tokens, attention_mask, self.config, "RewardModel",
-                                          check_length=positions is None)
+                                          check_length=positions is None and document_slots is None)
     # Read at one slot per row (the last real token) or at the given slots; either way
     # the backbone's last block runs its queries and feed-forward only there.
     slots = last_token_index(attention_mask)[:, None] if reward_slots is None else reward_slots

@@ -146,7 +146,8 @@ class Transformer(nn.Module):
       document_slots: optional int [B, D, W]: the row holds D documents end to end (a
         padding-free row), the j-th token of document d at slot document_slots[b, d, j]
         (-1 past its end; W >= the longest document). A token attends only within its
-        document, computed per document (`layers.document_attention`); full forward only.
+        document, computed per document (`layers.document_attention`), and its default
+        position is j; full forward only.
       positions: optional int [B, T] rotary positions (default: the number of real
         tokens before each token); they must stay below `max_len`, while the row itself
         may then be longer (a packed row of several continuations).
@@ -159,8 +160,9 @@ class Transformer(nn.Module):
       decode: read and extend the KV cache (collection "cache", made by `init_cache`).
     """
     cfg = self.config
+    # Packed rows may be longer than max_len: their positions (per document) stay below it.
     tokens, attention_mask = check_inputs(tokens, attention_mask, cfg, "Transformer",
-                                          check_length=positions is None)
+                                          check_length=positions is None and document_slots is None)
     check_mesh("Transformer")
     for name, value in (("segment_ids", segment_ids), ("positions", positions)):
       if value is not None and jnp.shape(value) != tokens.shape:
@@ -174,6 +176,10 @@ class Transformer(nn.Module):
                                        or jnp.shape(document_slots)[0] != tokens.shape[0]):
       raise ValueError(f"Transformer: `document_slots` must be an int array [batch={tokens.shape[0]}, "
                        f"documents, width], got shape {jnp.shape(document_slots)}.")
+    if document_slots is not None and positions is None and jnp.shape(document_slots)[2] > cfg.max_len:
+      raise ValueError(f"Transformer: documents of {jnp.shape(document_slots)[2]} slots "
+                       f"(`document_slots` width) would take positions past the model's max_len "
+                       f"{cfg.max_len}; pass `positions`.")
     if logit_slots is not None and (jnp.ndim(logit_slots) != 2
                                     or jnp.shape(logit_slots)[0] != tokens.shape[0]):
       raise ValueError(
@@ -189,15 +195,18 @@ class Transformer(nn.Module):
       offset = num_tokens.value
       if initialized:
         num_tokens.value = offset + jnp.sum(attention_mask, axis=1, dtype=jnp.int32)
-    if positions is None:
-      positions = token_positions(attention_mask, offset)
-    positions = jnp.asarray(positions, jnp.int32)
-    if segment_ids is not None:
-      segment_ids = jnp.asarray(segment_ids, jnp.int32)
     documents = None
     if document_slots is not None:  # (slots of each document, place of each slot): once for all blocks
       document_slots = jnp.asarray(document_slots, jnp.int32)
       documents = (document_slots, document_places(document_slots, tokens.shape[1]))
+    if positions is None:
+      # Default: the index of each token in its document (place d * W + j -> j), or the
+      # number of real tokens before it in its row.
+      positions = (documents[1] % document_slots.shape[2] if documents is not None
+                   else token_positions(attention_mask, offset))
+    positions = jnp.asarray(positions, jnp.int32)
+    if segment_ids is not None:
+      segment_ids = jnp.asarray(segment_ids, jnp.int32)
 
     embed = nn.Embed(
         cfg.vocab_size,
