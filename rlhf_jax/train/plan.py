@@ -233,4 +233,7 @@ def format_plan(result: Plan, config: Any | None = None) -> str:
     lines.append(f"                   (XLA's raw count {result.xla_flops:.4g} holds the scanned layer body "
                  f"once; corrected with 1- and 2-layer compiles to {result.layers} layers)")
   lines.append(f"compiled in {result.compile_seconds:.1f} s (CPU compiler: temporaries on GPU/TPU differ)")
+  if config is not None and config.data.get("padding_free", False):
+    lines.append("data.padding_free: planned with the padded two-row layout; padding-free rows hold "
+                 "the real tokens only (plus at most 1/16 rounding), so they need less")
   return "\n".join(lines)
