@@ -154,10 +154,15 @@ class _Reference:
   def host(self, split: str, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return self.tables[split].lookup(batch) if self.mode == "cached" else dict(batch)
 
-  def device(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  def device(self, batch: dict[str, jax.Array], microbatches: int = 1) -> dict[str, jax.Array]:
+    """`batch` plus its reference log-probs; `microbatches`: how a padding-free batch was
+    packed (`padding_free.pack_batch`)."""
     if self.mode == "on_the_fly":
       batch = dict(batch)
-      batch.update(self.parts.reference_on_the_fly(self.ref_params, batch))
+      logps = self.parts.reference_on_the_fly(self.ref_params, batch)
+      if "packed_tokens" in batch and microbatches > 1:
+        logps = {k: padding_free.batch_order(v, batch, microbatches) for k, v in logps.items()}
+      batch.update(logps)
     return batch
 
 
@@ -307,7 +312,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
           host_batch = reference.host("train", host_batch)
         batch = _device_batch(host_batch, train_layout, mesh, config, int(config.train.microbatches))
         if reference is not None:
-          batch = reference.device(batch)
+          batch = reference.device(batch, int(config.train.microbatches))
         state, metrics = parts.train_step(state, batch, key)
         step += 1
         window_steps += 1

@@ -23,7 +23,7 @@ from rlhf_jax import losses
 from rlhf_jax.data import packing
 from rlhf_jax.train import networks
 
-__all__ = ["pack_batch", "packed_keys", "packed_pair_logps", "packed_pair_rewards", "resolve"]
+__all__ = ["batch_order", "pack_batch", "packed_keys", "packed_pair_logps", "packed_pair_rewards", "resolve"]
 
 
 def _pairs_per_row(batch: Mapping[str, jax.Array]) -> int:
@@ -102,7 +102,9 @@ def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: i
   them) is packed into `data_parallel` rows, row r holding the pairs of data shard r,
   and its rows become rows r * microbatches + m, so that splitting the packed arrays the
   same way gives every microbatch and every shard its own pairs. All microbatches share
-  the longest row length and target count.
+  the longest row length and target count. A function of the whole packed batch (the
+  on-the-fly reference) returns its per-pair outputs row by row: `batch_order` restores
+  the batch's order.
   """
   share = bool(config.data.get("share_prompt", False))
   width = int(config.data.document_width) or None
@@ -118,6 +120,14 @@ def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: i
     # [microbatches, rows, ...] -> rows r * microbatches + m
     out[key] = np.stack(padded, axis=1).reshape(-1, *padded[0].shape[1:])
   return out
+
+
+def batch_order(per_pair: jax.Array, batch: Mapping[str, jax.Array], microbatches: int) -> jax.Array:
+  """Per-pair outputs [B] of a whole batch packed with `microbatches` (rows r * m + k,
+  so the outputs come row by row) put back in the batch's own order."""
+  rows, pairs = batch["reward_slots"].shape[0] // microbatches, _pairs_per_row(batch)
+  # Output (r * microbatches + k) * P + i is batch pair (r * P + i) * microbatches + k.
+  return per_pair.reshape(rows, microbatches, pairs).transpose(0, 2, 1).reshape(-1)
 
 
 def packed_keys(config: Any) -> tuple[str, ...]:

@@ -161,13 +161,17 @@ def test_pack_batch_gives_each_microbatch_and_shard_its_own_pairs():
       np.testing.assert_array_equal(got[:, :value.shape[1]], value, err_msg=key)
 
 
-@pytest.mark.parametrize("objective,metrics", [
-    ("dpo", ("train/loss", "eval/loss", "eval/margin", "eval/accuracy")),
-    ("reward_model", ("train/loss", "eval/loss", "eval/accuracy", "eval/ece")),
+@pytest.mark.parametrize("objective,reference,metrics", [
+    ("dpo", "cached", ("train/loss", "eval/loss", "eval/margin", "eval/accuracy")),
+    ("dpo", "on_the_fly", ("train/loss", "eval/loss", "eval/margin")),
+    ("reward_model", "cached", ("train/loss", "eval/loss", "eval/accuracy", "eval/ece")),
 ])
-def test_trainer_padding_free_matches_the_two_row_run(tmp_path, objective, metrics):
+def test_trainer_padding_free_matches_the_two_row_run(tmp_path, objective, reference, metrics):
+  # Two microbatches: each is packed on its own (pack_batch) and split back by the step.
   settings = dict(train__steps=6, train__log_every=3, optim__warmup_steps=0, eval__every=0,
                   checkpoint__every=0, data__toy__num_train=64, data__toy__num_eval=16, train__microbatches=2)
+  if objective == "dpo":
+    settings["reference__mode"] = reference
   plain = loop.train(tiny_config(objective, **settings), tmp_path / "plain")
   unpadded = loop.train(tiny_config(objective, data__padding_free=True, data__share_prompt=objective == "dpo",
                                     **settings), tmp_path / "unpadded")
