@@ -50,12 +50,13 @@ def _free_port() -> int:
     return sock.getsockname()[1]
 
 
-def _launch(workdir: Path, processes: int) -> list[subprocess.Popen]:
-  """Starts `processes` train.py processes with 4 / `processes` CPU devices each."""
+def _launch(workdir: Path, processes: int, extra: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+  """Starts `processes` train.py processes with 4 / `processes` CPU devices each
+  (`extra`: more config flags)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS" and not k.startswith("JAX_")}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(4 // processes),
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  command = [sys.executable, str(REPO / "scripts" / "train.py"), *CONFIG_ARGS, f"--workdir={workdir}"]
+  command = [sys.executable, str(REPO / "scripts" / "train.py"), *CONFIG_ARGS, *extra, f"--workdir={workdir}"]
   if processes > 1:
     address = f"127.0.0.1:{_free_port()}"
     commands = [command + [f"--coordinator_address={address}", f"--num_processes={processes}",
@@ -90,9 +91,9 @@ def _logs(workdir: Path) -> str:
                    for p in sorted(workdir.parent.glob(f"{workdir.name}.process*.log")))
 
 
-def _run(workdir: Path, processes: int) -> None:
+def _run(workdir: Path, processes: int, extra: tuple[str, ...] = ()) -> None:
   """Runs train.py to completion (all processes must exit 0 within the timeout)."""
-  launched = _launch(workdir, processes)
+  launched = _launch(workdir, processes, extra)
   deadline = time.time() + RUN_TIMEOUT
   try:
     for process in launched:
@@ -189,3 +190,20 @@ def test_sigkill_then_resume_is_bitwise_equal(runs, processes):
   assert f"resumed from {workdir / 'checkpoints'} step {saved}" in log, log
   expected = runs["one"] if processes == 1 else runs["two"]
   _assert_bitwise_equal(_final_state(workdir), expected)
+
+
+def test_padding_free_two_processes_equal_one_process_and_the_two_row_run(runs):
+  # Every process packs the same global batch; the on-the-fly reference of a batch packed
+  # in two microbatches is put back in batch order (padding_free.batch_order).
+  extra = ("--config.data.padding_free=true", "--config.data.share_prompt=true",
+           "--config.reference.mode=on_the_fly", "--config.train.microbatches=2")
+  root = runs["root"]
+  _run(root / "padding_free_1", 1, extra)
+  _run(root / "padding_free_2", 2, extra)
+  one, two = _final_state(root / "padding_free_1"), _final_state(root / "padding_free_2")
+  for name in one:
+    np.testing.assert_allclose(two[name], one[name], rtol=1e-6, atol=1e-7, err_msg=name)
+  # Same log-probs as the padded two-row run, up to float rounding: the same training.
+  for name in one:
+    if name.startswith("['params']"):
+      np.testing.assert_allclose(one[name], runs["one"][name], rtol=1e-3, atol=1e-5, err_msg=name)
