@@ -577,8 +577,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.padding_free:
     # One row per batch (one data-parallel shard); documents are as wide as the longest of
     # the benchmark's batches, as the trainer measures it on its data sets.
-    width = max(packing.longest_document(b, args.share_prompt) for b in batches_np)
-    width = -(-width // 8) * 8
+    width = packing.document_width({f"batch {i}": b for i, b in enumerate(batches_np)}, args.share_prompt)
     packed_np = [packing.pack_pairs(b, rows=1, share_prompt=args.share_prompt, width=width)
                  for b in batches_np]
     batches = [jax.device_put(b) for b in packed_np]
@@ -598,7 +597,8 @@ def main(argv: list[str] | None = None) -> None:
   jax_side = build_jax(args, config, [{**b, **zeros} for b in batches] if jax_cached else batches,
                        jax_cached, layout, args.padding_free)
   if jax_cached:
-    batches = cached_reference_logps(args, config, jax.device_put(jax_side.init_params), batches, layout, args.padding_free)
+    batches = cached_reference_logps(args, config, jax.device_put(jax_side.init_params), batches, layout,
+                                     args.padding_free)
   total_params = sum(np.size(x) for x in jax.tree.leaves(jax_side.init_params))
   tokens = 2 * args.batch_pairs * args.seq_len
   real = sum(int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()) for b in batches_np)

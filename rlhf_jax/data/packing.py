@@ -41,7 +41,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["PACKED_KEYS", "PAIR_SEQUENCE_KEYS", "bucket_size", "longest_document", "pack_pairs", "pair_extents", "row_name"]
+__all__ = ["PACKED_KEYS", "PAIR_SEQUENCE_KEYS", "bucket_size", "document_width", "longest_document",
+           "pack_pairs", "pair_extents", "row_name"]
 
 # The [B, T] arrays of right-padded pairs that packing replaces.
 PAIR_SEQUENCE_KEYS = tuple(f"{part}_{name}" for part in ("chosen", "rejected")
@@ -112,6 +113,15 @@ def longest_document(arrays: Mapping[str, np.ndarray], share_prompt: bool, name:
     return int(np.max(prompt + chosen + rejected, initial=1))
   return int(max(np.max(np.sum(np.asarray(arrays[f"{part}_attention_mask"], bool), axis=1), initial=1)
                  for part in ("chosen", "rejected")))
+
+
+def document_width(datasets: Mapping[str, Mapping[str, np.ndarray] | None], share_prompt: bool,
+                   multiple: int = 8) -> int:
+  """The least width, a multiple of `multiple`, that holds every document `pack_pairs`
+  makes of the pairs of `datasets` ({name: pair arrays}, e.g. training and evaluation)."""
+  longest = max((longest_document(arrays, share_prompt, name) for name, arrays in datasets.items()
+                 if arrays is not None and len(arrays["chosen_tokens"])), default=1)
+  return -(-longest // multiple) * multiple
 
 
 def _documents(batch: Mapping[str, np.ndarray], share_prompt: bool) -> list[list[dict[str, np.ndarray]]]:

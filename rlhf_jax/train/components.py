@@ -23,9 +23,9 @@ import optax
 from jax.sharding import Mesh
 
 from rlhf_jax import models
+from rlhf_jax.data import packing
 from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
-from rlhf_jax.data import packing
 from rlhf_jax.train import optim
 from rlhf_jax.train import padding_free
 from rlhf_jax.train import reference as reference_lib

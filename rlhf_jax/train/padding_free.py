@@ -77,19 +77,14 @@ def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None]
     raise ValueError(f"data.padding_free applies to objectives on pairs (dpo, simpo, orpo, reward_model); "
                      f"objective {config.objective!r} trains on {data_kind}.")
   share = bool(config.data.get("share_prompt", False))
-  widest, where = 1, ""
-  for name, arrays in datasets.items():
-    if arrays is not None and len(arrays["chosen_tokens"]):
-      longest = packing.longest_document(arrays, share, name)
-      if longest > widest:
-        widest, where = longest, name
+  needed = packing.document_width(datasets, share)
   config = copy.deepcopy(config)
   if not config.data.document_width:
-    config.data.document_width = -(-widest // 8) * 8
-  elif widest > config.data.document_width:
-    raise ValueError(f"data.padding_free: the {where} data has a {'packed pair' if share else 'sequence'} of "
-                     f"{widest} tokens, wider than data.document_width = {config.data.document_width}; "
-                     "raise it or set it to 0 (measured on the data).")
+    config.data.document_width = needed
+  elif needed > config.data.document_width:
+    raise ValueError(f"data.padding_free: the data has {'packed pairs' if share else 'sequences'} that need "
+                     f"data.document_width >= {needed}, got {config.data.document_width}; raise it or set it "
+                     "to 0 (measured on the data).")
   return config
 
 

@@ -56,6 +56,13 @@ def test_pack_pairs_names_what_does_not_fit():
   batch = _pairs([([1, 5], [7, 2], [9, 8, 2])], width=6)
   with pytest.raises(ValueError, match="a document of 7 tokens is longer than the document width 6"):
     packing.pack_pairs(batch, rows=1, share_prompt=True, width=6)
+  # Documents [1 5 7 2] and [1 5 9 8 2], or one [1 5 7 2 9 8 2] with a shared prompt.
+  assert packing.document_width({"train": batch, "eval": None}, False, multiple=1) == 5
+  assert packing.document_width({"train": batch}, True, multiple=1) == 7
+  assert packing.document_width({"train": batch}, True) == 8
+  config = tiny_config("dpo", data__padding_free=True, data__share_prompt=True, data__document_width=4)
+  with pytest.raises(ValueError, match=r"packed pairs that need data.document_width >= 8, got 4"):
+    padding_free.resolve(config, {"train": batch}, data_kind="pairs")
   with pytest.raises(ValueError, match="3 pairs do not split into 2 rows"):
     packing.pack_pairs(_pairs([([1], [2], [2])] * 3, width=4), rows=2, share_prompt=False)
 
