@@ -141,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--padding_free", action="store_true",
                       help="JAX lays the pairs of a batch end to end in one row, without padding "
                            "(`rlhf_jax.data.packing`; with --share_prompt the prompt once per pair)")
+  parser.add_argument("--buckets_per_octave", type=int, default=packing.BUCKETS_PER_OCTAVE,
+                      help="with --padding_free: row lengths and target counts per octave "
+                           "(the trainer's data.buckets_per_octave)")
   parser.add_argument("--beta", type=float, default=0.1, help="DPO inverse temperature")
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--weight_decay", type=float, default=0.01)
@@ -578,12 +581,15 @@ def main(argv: list[str] | None = None) -> None:
     # One row per batch (one data-parallel shard); documents are as wide as the longest of
     # the benchmark's batches, as the trainer measures it on its data sets.
     width = packing.document_width({f"batch {i}": b for i, b in enumerate(batches_np)}, args.share_prompt)
-    packed_np = [packing.pack_pairs(b, rows=1, share_prompt=args.share_prompt, width=width)
-                 for b in batches_np]
+    packed_np = [packing.pack_pairs(b, rows=1, share_prompt=args.share_prompt, width=width,
+                                    per_octave=args.buckets_per_octave) for b in batches_np]
+    if args.objective == "reward_model":  # as in the trainer: rewards need no completion tokens
+      packed_np = [{k: v for k, v in b.items() if k not in packing.TARGET_KEYS} for b in packed_np]
     batches = [jax.device_put(b) for b in packed_np]
     lengths = sorted({b["packed_tokens"].shape[1] for b in packed_np})
-    targets = sorted({b["target_tokens"].shape[1] for b in packed_np})
-    print(f"padding-free: one row of {'/'.join(map(str, lengths))} slots per batch (two rows: "
+    targets = sorted({b["target_tokens"].shape[1] for b in packed_np if "target_tokens" in b})
+    print(f"padding-free ({args.buckets_per_octave} sizes per octave): one row of "
+          f"{'/'.join(map(str, lengths))} slots per batch (two rows: "
           f"{2 * args.batch_pairs} x {args.seq_len} = {2 * args.batch_pairs * args.seq_len})"
           + (f", logits at {'/'.join(map(str, targets))} targets" if args.objective == "dpo" else "")
           + f"; attention per document, {width} slots wide{'; prompt once per pair' if args.share_prompt else ''}")

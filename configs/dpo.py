@@ -24,7 +24,9 @@ Padding-free batches: `--config.data.padding_free=true` lays the pairs of a batc
 end, one row per data-parallel shard, without padding (`rlhf_jax/data/packing.py`):
 attention runs per sequence, logits only at completion tokens, the log-probs are the
 same. With `data.share_prompt=true` as well each pair is one [prompt | chosen | rejected]
-document. Row lengths are rounded up to a few sizes per octave; each size compiles once.
+document. Row lengths and completion-token counts are rounded up to one of
+`data.buckets_per_octave` sizes per octave (8: about 4% padding); the step compiles once
+per size met, and the log names each new one.
 
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """

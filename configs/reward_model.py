@@ -20,7 +20,8 @@ A real run on HH-RLHF (tokenizer trained into the workdir when none is given):
 and reads both rewards from it: the prompt goes through the model once, the rewards are
 the same (`rlhf_jax/train/shared_prompt.py`). `--config.data.padding_free=true` lays the
 pairs of a batch end to end without padding (`rlhf_jax/data/packing.py`), alone or with
-prompt sharing; the rewards are the same.
+prompt sharing; the rewards are the same. The step compiles once per row length met,
+rounded up to one of `data.buckets_per_octave` sizes per octave.
 
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """

@@ -152,7 +152,7 @@ def device_batch_layout(config: Any, info: DataInfo, *, packed: bool | None = No
     packed = bool(config.data.get("padding_free", False)) and info.kind == "pairs"
   if packed:
     keys = {k: v for k, v in keys.items() if k not in packing.PAIR_SEQUENCE_KEYS}
-    keys.update({k: (None, None) for k in padding_free.packed_keys(config)})
+    keys.update({k: (None, None) for k in padding_free.packed_keys(config, targets=objective.model != "reward")})
   return keys
 
 

@@ -27,6 +27,8 @@ from typing import Any, Mapping
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from rlhf_jax.data import packing
+
 __all__ = ["OBJECTIVES", "PRESETS", "base_config", "parse_arg", "to_dict"]
 
 OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
@@ -211,6 +213,10 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   # sequence (per pair with share_prompt), logits only where a completion token is
   # predicted. Same log-probs and rewards; one compiled step per row-length bucket.
   config.data.padding_free = False
+  # Padding-free rows: row lengths and completion-token counts are rounded up to one of
+  # this many sizes per octave (a power of two): at most 1/k padding, and the step
+  # compiles once per size met. 8: about 4% padding; 16 halves it for twice the shapes.
+  config.data.buckets_per_octave = packing.BUCKETS_PER_OCTAVE
   # Slots per document (the longest sequence, or packed pair with share_prompt); 0
   # measures the training and evaluation data (rounded up to a multiple of 8).
   config.data.document_width = 0

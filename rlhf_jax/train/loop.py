@@ -166,6 +166,21 @@ class _Reference:
     return batch
 
 
+def _note_packed_shape(batch: Mapping[str, jax.Array], seen: set[tuple[int, ...]],
+                       results: dict[str, Any]) -> None:
+  """Logs each new shape of padding-free training batches (the step compiles once per
+  shape) and counts them in `results`."""
+  slots = batch["packed_tokens"].shape
+  targets = batch["target_tokens"].shape[1] if "target_tokens" in batch else None
+  shape = (*slots, -1 if targets is None else targets)
+  if shape not in seen:
+    seen.add(shape)
+    _log.info("padding-free batch shape %d: %d row%s of %d slots%s (the step compiles for each new shape; "
+              "data.buckets_per_octave sets how many there are)", len(seen), slots[0],
+              "" if slots[0] == 1 else "s", slots[1], "" if targets is None else f", {targets} completion tokens")
+    results["train/padding_free_shapes"] = len(seen)
+
+
 def _device_keys(layout: Mapping[str, Any], reference: _Reference | None) -> dict[str, Any]:
   """The batch arrays sent to the devices (reference columns come from the host only
   in cached mode)."""
@@ -297,6 +312,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
     _log.info("step %d eval: %s", at_step, _format(metrics, tuple(metrics)))
 
   first_step = last_saved = step
+  packed_shapes: set[tuple[int, ...]] = set()
 
   def save() -> None:
     nonlocal last_saved
@@ -311,6 +327,8 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
         if reference is not None:
           host_batch = reference.host("train", host_batch)
         batch = _device_batch(host_batch, train_layout, mesh, config, int(config.train.microbatches))
+        if "packed_tokens" in batch:
+          _note_packed_shape(batch, packed_shapes, results)
         if reference is not None:
           batch = reference.device(batch, int(config.train.microbatches))
         state, metrics = parts.train_step(state, batch, key)

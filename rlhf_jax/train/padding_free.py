@@ -76,6 +76,9 @@ def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None]
   if data_kind != "pairs":
     raise ValueError(f"data.padding_free applies to objectives on pairs (dpo, simpo, orpo, reward_model); "
                      f"objective {config.objective!r} trains on {data_kind}.")
+  per_octave = config.data.get("buckets_per_octave", packing.BUCKETS_PER_OCTAVE)
+  if not isinstance(per_octave, int) or per_octave < 1 or per_octave & (per_octave - 1):
+    raise ValueError(f"data.buckets_per_octave must be a power of two (1, 2, 4, 8, 16, ...), got {per_octave!r}.")
   share = bool(config.data.get("share_prompt", False))
   needed = packing.document_width(datasets, share)
   config = copy.deepcopy(config)
@@ -103,8 +106,9 @@ def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: i
   """
   share = bool(config.data.get("share_prompt", False))
   width = int(config.data.document_width) or None
+  per_octave = int(config.data.get("buckets_per_octave", packing.BUCKETS_PER_OCTAVE))
   packs = [packing.pack_pairs({k: np.asarray(batch[k])[m::microbatches] for k in packing.PAIR_SEQUENCE_KEYS},
-                              rows=data_parallel, share_prompt=share, width=width)
+                              rows=data_parallel, share_prompt=share, width=width, per_octave=per_octave)
            for m in range(microbatches)]
   out = {k: v for k, v in batch.items() if k not in packing.PAIR_SEQUENCE_KEYS}
   for key in packs[0]:
@@ -125,6 +129,9 @@ def batch_order(per_pair: jax.Array, batch: Mapping[str, jax.Array], microbatche
   return per_pair.reshape(rows, microbatches, pairs).transpose(0, 2, 1).reshape(-1)
 
 
-def packed_keys(config: Any) -> tuple[str, ...]:
-  """The arrays `pack_batch` adds under `config`."""
-  return packing.PACKED_KEYS + (("packed_segments",) if config.data.get("share_prompt", False) else ())
+def packed_keys(config: Any, *, targets: bool = True) -> tuple[str, ...]:
+  """The arrays of `pack_batch` under `config` that go to the devices; without
+  `targets` (a reward model) not the completion tokens, so that the step's shapes
+  change with the row length only."""
+  keys = packing.PACKED_KEYS if targets else tuple(k for k in packing.PACKED_KEYS if k not in packing.TARGET_KEYS)
+  return keys + (("packed_segments",) if config.data.get("share_prompt", False) else ())

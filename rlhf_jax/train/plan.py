@@ -235,5 +235,6 @@ def format_plan(result: Plan, config: Any | None = None) -> str:
   lines.append(f"compiled in {result.compile_seconds:.1f} s (CPU compiler: temporaries on GPU/TPU differ)")
   if config is not None and config.data.get("padding_free", False):
     lines.append("data.padding_free: planned with the padded two-row layout; padding-free rows hold "
-                 "the real tokens only (plus at most 1/16 rounding), so they need less")
+                 f"the real tokens only (plus at most 1/{config.data.get('buckets_per_octave', 8)} "
+                 "rounding), so they need less")
   return "\n".join(lines)

@@ -183,10 +183,26 @@ def test_padding_free_benchmark_agrees_with_torch(capsys):
                    "--batch_pairs=4", "--padding_free", "--share_prompt", "--cached_reference", "--rounds=1",
                    "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64"])
   out = capsys.readouterr().out
-  assert "padding-free: one row of" in out
+  assert "padding-free (8 sizes per octave): one row of" in out
   checks = re.findall(r"check vs torch .*", out)
   assert len(checks) == 4  # steps 1 and 2, against torch with and without the reference forward
   for line in checks:
     loss_diff = float(re.search(r"loss jax \S+ torch \S+ \|diff\| (\S+);", line).group(1))
     logp_diff = float(re.search(r"log-probs max \|diff\| (\S+) ", line).group(1))
     assert loss_diff < 1e-4 and logp_diff < 1e-3, line
+
+
+def test_padding_free_reward_model_benchmark_agrees_with_torch(capsys):
+  pytest.importorskip("torch", reason="the PyTorch side needs torch (the bench extra)")
+  # The reward model's packed batches carry no completion tokens (as in the trainer).
+  train_step.main(["--objective=reward_model", "--d_model=32", "--n_layers=2", "--n_heads=2", "--vocab=50",
+                   "--seq_len=32", "--batch_pairs=4", "--padding_free", "--buckets_per_octave=2", "--rounds=1",
+                   "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64"])
+  out = capsys.readouterr().out
+  assert "padding-free (2 sizes per octave): one row of" in out and "targets" not in out.split("padding-free")[1]
+  checks = re.findall(r"check vs torch: .*", out)
+  assert len(checks) == 2  # steps 1 and 2
+  for line in checks:
+    loss_diff = float(re.search(r"loss jax \S+ torch \S+ \|diff\| (\S+);", line).group(1))
+    reward_diff = float(re.search(r"rewards max \|diff\| (\S+) ", line).group(1))
+    assert loss_diff < 1e-5 and reward_diff < 1e-4, line

@@ -11,18 +11,53 @@ import pytest
 from rlhf_jax import models
 from rlhf_jax.data import packing
 from rlhf_jax.models import layers
-from rlhf_jax.train import loop, networks, objectives, padding_free, step
+from rlhf_jax.train import components, inputs as inputs_lib, loop, networks, objectives, padding_free, step
 
 from test_shared_prompt import _pairs, _random_pairs
 from train_testlib import numpy_sequence_logps, tiny_config
 
 
-def test_bucket_sizes_waste_at_most_one_sixteenth():
-  assert [packing.bucket_size(n) for n in (1, 17, 31, 33, 100, 2100, 4096, 4097)] == [
-      16, 17, 31, 34, 100, 2176, 4096, 4352]
-  sizes = np.array([packing.bucket_size(n) for n in range(16, 5000)])
-  assert np.all(sizes >= np.arange(16, 5000)) and np.all(sizes <= np.arange(16, 5000) * 17 / 16)
-  assert len(set(sizes[sizes >= 1024])) < 40  # few shapes: few compilations
+@pytest.mark.parametrize("per_octave,expected", [
+    # Hand-counted: 2100 needs 9 x 256 with 8 per octave (2304), 17 x 128 with 16 (2176).
+    (16, [16, 17, 31, 34, 100, 2176, 4096, 4352]),
+    (8, [16, 18, 32, 36, 104, 2304, 4096, 4608]),
+    (1, [16, 32, 32, 64, 128, 4096, 4096, 8192]),
+])
+def test_bucket_sizes_waste_at_most_one_part_in_per_octave(per_octave, expected):
+  assert [packing.bucket_size(n, per_octave) for n in (1, 17, 31, 33, 100, 2100, 4096, 4097)] == expected
+  n = np.arange(16, 5000)
+  sizes = np.array([packing.bucket_size(int(k), per_octave) for k in n])
+  assert np.all(sizes >= n) and np.all(sizes < n * (per_octave + 1) / per_octave)
+  # Sizes per octave: [1024, 2048) holds exactly per_octave of them.
+  assert len(set(sizes[(sizes >= 1024) & (sizes < 2048)])) == per_octave
+
+
+def test_bucket_grid_is_a_power_of_two():
+  with pytest.raises(ValueError, match="per_octave must be a power of two, got 6"):
+    packing.bucket_size(100, 6)
+  config = tiny_config("dpo", data__padding_free=True, data__buckets_per_octave=6)
+  with pytest.raises(ValueError, match=r"data.buckets_per_octave must be a power of two .* got 6"):
+    padding_free.resolve(config, {"train": _pairs([([1], [2], [2])], width=4)}, data_kind="pairs")
+
+
+def test_pack_batch_rounds_to_the_configured_grid():
+  batch = _random_pairs(np.random.default_rng(5), 8, 10, 30)
+  real = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+  targets = int(batch["chosen_loss_mask"].sum() + batch["rejected_loss_mask"].sum())
+  for per_octave in (1, 2, 16):
+    config = tiny_config("dpo", data__padding_free=True, data__buckets_per_octave=per_octave)
+    packed = padding_free.pack_batch(batch, config, data_parallel=1)
+    assert packed["packed_tokens"].shape == (1, packing.bucket_size(real, per_octave))
+    assert packed["target_tokens"].shape == (1, packing.bucket_size(targets, per_octave))
+
+
+def test_reward_model_batches_carry_no_completion_tokens():
+  # The reward model reads rewards only: its step's shapes follow the row length alone.
+  info = inputs_lib.DataInfo(kind="pairs", vocab_size=32, pad_id=0, max_length=16)
+  for objective, has_targets in (("reward_model", False), ("dpo", True), ("simpo", True), ("orpo", True)):
+    layout = components.device_batch_layout(tiny_config(objective, data__padding_free=True), info)
+    assert "packed_tokens" in layout and "chosen_tokens" not in layout
+    assert all((k in layout) == has_targets for k in packing.TARGET_KEYS), objective
 
 
 def test_pack_pairs_matches_a_hand_written_layout():
@@ -191,6 +226,8 @@ def test_trainer_padding_free_matches_the_two_row_run(tmp_path, objective, refer
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   resolved = json.loads((tmp_path / "unpadded" / "config.json").read_text())["data"]
   assert resolved["padding_free"] and resolved["document_width"] > 0 and resolved["document_width"] % 8 == 0
+  # Batch shapes met (each compiles the step): at least one, at most one per step.
+  assert 1 <= unpadded["train/padding_free_shapes"] <= 6 and "train/padding_free_shapes" not in plain
 
 
 def test_padding_free_is_refused_for_objectives_without_pairs(tmp_path):
