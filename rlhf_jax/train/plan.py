@@ -42,6 +42,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from rlhf_jax.data import packing
 from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
@@ -235,6 +236,7 @@ def format_plan(result: Plan, config: Any | None = None) -> str:
   lines.append(f"compiled in {result.compile_seconds:.1f} s (CPU compiler: temporaries on GPU/TPU differ)")
   if config is not None and config.data.get("padding_free", False):
     lines.append("data.padding_free: planned with the padded two-row layout; padding-free rows hold "
-                 f"the real tokens only (plus at most 1/{config.data.get('buckets_per_octave', 8)} "
+                 "the real tokens only (plus at most "
+                 f"1/{config.data.get('buckets_per_octave', packing.BUCKETS_PER_OCTAVE)} "
                  "rounding), so they need less")
   return "\n".join(lines)

@@ -12,6 +12,8 @@ import pytest
 
 from rlhf_jax.train import plan as plan_lib
 
+from train_testlib import tiny_config
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -113,3 +115,13 @@ def test_plan_script_rejects_a_bad_mesh():
                            "--mesh=fsdp=2,pipeline=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "pipeline=2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_padding_free_plans_say_they_are_an_upper_bound():
+  plan = plan_lib.Plan(mesh={"data": 1}, devices=1, parameter_count=1, parameter_bytes=4, optimizer_bytes=8,
+                       batch_bytes=4, argument_bytes=16, output_bytes=16, alias_bytes=12, temp_bytes=0,
+                       flops=1.0, xla_flops=1.0, tokens_per_step=1, layers=1, scan_layers=False,
+                       compile_seconds=0.0)
+  assert "padding-free" not in plan_lib.format_plan(plan, tiny_config("dpo"))
+  text = plan_lib.format_plan(plan, tiny_config("dpo", data__padding_free=True, data__buckets_per_octave=4))
+  assert "planned with the padded two-row layout" in text and "plus at most 1/4 rounding" in text
