@@ -26,7 +26,9 @@ attention runs per sequence, logits only at completion tokens, the log-probs are
 same. With `data.share_prompt=true` as well each pair is one [prompt | chosen | rejected]
 document. Row lengths and completion-token counts are rounded up to one of
 `data.buckets_per_octave` sizes per octave (8: about 4% padding); the step compiles once
-per size met, and the log names each new one.
+per size met, and the log names each new one. To keep compiled steps across runs and
+resumes, set JAX's own disk cache before launching, in a directory only you can write
+(its entries are executable code): `export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`.
 
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """
