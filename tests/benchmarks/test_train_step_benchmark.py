@@ -177,32 +177,35 @@ def test_padding_free_model_flops_hand_count():
   assert train_step.model_flops(config, args, reference_forward=True, packed=[packed]) == 4 * per_row
 
 
-def test_padding_free_benchmark_agrees_with_torch(capsys):
+_SMALL_RUN = ["--d_model=32", "--n_layers=2", "--n_heads=2", "--vocab=50", "--seq_len=32", "--batch_pairs=4",
+              "--rounds=1", "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64"]
+
+
+def _torch_checks(capsys, flags: list[str], output: str) -> tuple[str, list[tuple[float, float]]]:
+  """Runs the benchmark small with `flags`; its output and the (loss, `output`) |diff|
+  of every "check vs torch" line."""
   pytest.importorskip("torch", reason="the PyTorch side needs torch (the bench extra)")
-  train_step.main(["--d_model=32", "--n_layers=2", "--n_heads=2", "--vocab=50", "--seq_len=32",
-                   "--batch_pairs=4", "--padding_free", "--share_prompt", "--cached_reference", "--rounds=1",
-                   "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64"])
+  train_step.main(_SMALL_RUN + flags)
   out = capsys.readouterr().out
+  diffs = [(float(re.search(r"loss jax \S+ torch \S+ \|diff\| (\S+);", line).group(1)),
+            float(re.search(output + r" max \|diff\| (\S+) ", line).group(1)))
+           for line in re.findall(r"check vs torch.*", out)]
+  return out, diffs
+
+
+def test_padding_free_benchmark_agrees_with_torch(capsys):
+  out, diffs = _torch_checks(capsys, ["--padding_free", "--share_prompt", "--cached_reference"], "log-probs")
   assert "padding-free (8 sizes per octave): one row of" in out
-  checks = re.findall(r"check vs torch .*", out)
-  assert len(checks) == 4  # steps 1 and 2, against torch with and without the reference forward
-  for line in checks:
-    loss_diff = float(re.search(r"loss jax \S+ torch \S+ \|diff\| (\S+);", line).group(1))
-    logp_diff = float(re.search(r"log-probs max \|diff\| (\S+) ", line).group(1))
-    assert loss_diff < 1e-4 and logp_diff < 1e-3, line
+  assert len(diffs) == 4  # steps 1 and 2, against torch with and without the reference forward
+  for loss_diff, logp_diff in diffs:
+    assert loss_diff < 1e-4 and logp_diff < 1e-3, (loss_diff, logp_diff)
 
 
 def test_padding_free_reward_model_benchmark_agrees_with_torch(capsys):
-  pytest.importorskip("torch", reason="the PyTorch side needs torch (the bench extra)")
   # The reward model's packed batches carry no completion tokens (as in the trainer).
-  train_step.main(["--objective=reward_model", "--d_model=32", "--n_layers=2", "--n_heads=2", "--vocab=50",
-                   "--seq_len=32", "--batch_pairs=4", "--padding_free", "--buckets_per_octave=2", "--rounds=1",
-                   "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64"])
-  out = capsys.readouterr().out
+  out, diffs = _torch_checks(capsys, ["--objective=reward_model", "--padding_free", "--buckets_per_octave=2"],
+                             "rewards")
   assert "padding-free (2 sizes per octave): one row of" in out and "targets" not in out.split("padding-free")[1]
-  checks = re.findall(r"check vs torch: .*", out)
-  assert len(checks) == 2  # steps 1 and 2
-  for line in checks:
-    loss_diff = float(re.search(r"loss jax \S+ torch \S+ \|diff\| (\S+);", line).group(1))
-    reward_diff = float(re.search(r"rewards max \|diff\| (\S+) ", line).group(1))
-    assert loss_diff < 1e-5 and reward_diff < 1e-4, line
+  assert len(diffs) == 2  # steps 1 and 2
+  for loss_diff, reward_diff in diffs:
+    assert loss_diff < 1e-5 and reward_diff < 1e-4, (loss_diff, reward_diff)
