@@ -42,7 +42,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = ["BUCKETS_PER_OCTAVE", "PACKED_KEYS", "PAIR_SEQUENCE_KEYS", "TARGET_KEYS", "bucket_size",
-           "document_width", "longest_document", "pack_pairs", "pair_extents", "row_name"]
+           "document_width", "is_power_of_two", "pack_pairs", "pair_extents", "row_name", "widest_document"]
 
 # The [B, T] arrays of right-padded pairs that packing replaces.
 PAIR_SEQUENCE_KEYS = tuple(f"{part}_{name}" for part in ("chosen", "rejected")
@@ -56,11 +56,16 @@ TARGET_KEYS = ("target_tokens", "target_slots", "target_owners")
 BUCKETS_PER_OCTAVE = 8
 
 
+def is_power_of_two(n: object) -> bool:
+  """Whether `n` is an int 1, 2, 4, 8, ... (the grids `bucket_size` accepts)."""
+  return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and not n & (n - 1)
+
+
 def bucket_size(n: int, per_octave: int = BUCKETS_PER_OCTAVE, minimum: int = 16) -> int:
   """The smallest size >= n of the form m * 2^k with per_octave <= m < 2 per_octave
   (at most 1/per_octave padding), and at least `minimum`. E.g. 2100 -> 2176 (17 x 128)
   with 16 per octave, 2304 (9 x 256) with 8. `per_octave` must be a power of two."""
-  if per_octave < 1 or per_octave & (per_octave - 1):
+  if not is_power_of_two(per_octave):
     raise ValueError(f"bucket_size: per_octave must be a power of two, got {per_octave}.")
   n = max(int(n), int(minimum), 1)
   step = 1 << max(n.bit_length() - 1 - (per_octave.bit_length() - 1), 0)
@@ -114,22 +119,36 @@ def pair_extents(arrays: Mapping[str, np.ndarray], name: str = "data") -> tuple[
   return prompt, chosen, rejected
 
 
-def longest_document(arrays: Mapping[str, np.ndarray], share_prompt: bool, name: str = "data") -> int:
-  """The longest document `pack_pairs` makes of these pairs (the least `width`)."""
+def _document_lengths(arrays: Mapping[str, np.ndarray], share_prompt: bool, name: str) -> np.ndarray:
+  """Per pair [B], its longest document as `pack_pairs` makes it."""
   if share_prompt:
     prompt, chosen, rejected = pair_extents(arrays, name)
-    return int(np.max(prompt + chosen + rejected, initial=1))
-  return int(max(np.max(np.sum(np.asarray(arrays[f"{part}_attention_mask"], bool), axis=1), initial=1)
-                 for part in ("chosen", "rejected")))
+    return prompt + chosen + rejected
+  return np.maximum(*(np.sum(np.asarray(arrays[f"{part}_attention_mask"], bool), axis=1)
+                      for part in ("chosen", "rejected")))
+
+
+def widest_document(datasets: Mapping[str, Mapping[str, np.ndarray] | None],
+                    share_prompt: bool) -> tuple[int, str]:
+  """The longest document `pack_pairs` makes of the pairs of `datasets` ({name: pair
+  arrays}, e.g. training and evaluation) and where it is ("train row 17 (example_index
+  40)"); (1, "") without pairs."""
+  widest, where = 1, ""
+  for name, arrays in datasets.items():
+    if arrays is None or not len(arrays["chosen_tokens"]):
+      continue
+    lengths = _document_lengths(arrays, share_prompt, name)
+    row = int(np.argmax(lengths))
+    if lengths[row] > widest:
+      widest, where = int(lengths[row]), f"{name} {row_name(arrays, row)}"
+  return widest, where
 
 
 def document_width(datasets: Mapping[str, Mapping[str, np.ndarray] | None], share_prompt: bool,
                    multiple: int = 8) -> int:
   """The least width, a multiple of `multiple`, that holds every document `pack_pairs`
-  makes of the pairs of `datasets` ({name: pair arrays}, e.g. training and evaluation)."""
-  longest = max((longest_document(arrays, share_prompt, name) for name, arrays in datasets.items()
-                 if arrays is not None and len(arrays["chosen_tokens"])), default=1)
-  return -(-longest // multiple) * multiple
+  makes of the pairs of `datasets` (see `widest_document`)."""
+  return -(-widest_document(datasets, share_prompt)[0] // multiple) * multiple
 
 
 def _documents(batch: Mapping[str, np.ndarray], share_prompt: bool) -> list[list[dict[str, np.ndarray]]]:
@@ -175,7 +194,7 @@ def pack_pairs(batch: Mapping[str, np.ndarray], *, rows: int, share_prompt: bool
   with `per_octave` sizes per octave: fewer sizes mean fewer compiled steps and more
   padding.
   `width` (W of `packed_document_slots`) should be fixed for a run, e.g. the
-  `longest_document` of the data sets, so that it adds no shapes; by default it is this
+  `document_width` of the data sets, so that it adds no shapes; by default it is this
   batch's longest document rounded up to a multiple of 8. Raises ValueError when a
   document is longer than `width`, and with `share_prompt` (from `pair_extents`) for
   pairs that do not share their prompt.
@@ -185,12 +204,15 @@ def pack_pairs(batch: Mapping[str, np.ndarray], *, rows: int, share_prompt: bool
     raise ValueError(f"pack_pairs: {num_pairs} pairs do not split into {rows} rows.")
   per_row = num_pairs // rows
   pairs = _documents(batch, share_prompt)
-  longest = max(len(d["tokens"]) for documents in pairs for d in documents)
+  pair_lengths = [max(len(d["tokens"]) for d in documents) for documents in pairs]
+  widest = int(np.argmax(pair_lengths))
+  longest = pair_lengths[widest]
   if width is None:
     width = -(-longest // 8) * 8
   if longest > width:
     raise ValueError(f"pack_pairs: a document of {longest} tokens is longer than the document width "
-                     f"{width}; the width must cover the longest pair of the data.")
+                     f"{width} (batch {row_name(batch, widest)}); the width must cover the longest pair "
+                     "of the data (`document_width`).")
 
   row_docs = [[d for documents in pairs[r * per_row:(r + 1) * per_row] for d in documents] for r in range(rows)]
   length = bucket_size(max(sum(len(d["tokens"]) for d in docs) for docs in row_docs), per_octave)

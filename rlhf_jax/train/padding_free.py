@@ -77,7 +77,7 @@ def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None]
     raise ValueError(f"data.padding_free applies to objectives on pairs (dpo, simpo, orpo, reward_model); "
                      f"objective {config.objective!r} trains on {data_kind}.")
   per_octave = config.data.get("buckets_per_octave", packing.BUCKETS_PER_OCTAVE)
-  if not isinstance(per_octave, int) or per_octave < 1 or per_octave & (per_octave - 1):
+  if not packing.is_power_of_two(per_octave):
     raise ValueError(f"data.buckets_per_octave must be a power of two (1, 2, 4, 8, 16, ...), got {per_octave!r}.")
   share = bool(config.data.get("share_prompt", False))
   needed = packing.document_width(datasets, share)
@@ -85,9 +85,10 @@ def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None]
   if not config.data.document_width:
     config.data.document_width = needed
   elif needed > config.data.document_width:
+    longest, where = packing.widest_document(datasets, share)
     raise ValueError(f"data.padding_free: the data has {'packed pairs' if share else 'sequences'} that need "
-                     f"data.document_width >= {needed}, got {config.data.document_width}; raise it or set it "
-                     "to 0 (measured on the data).")
+                     f"data.document_width >= {needed}, got {config.data.document_width} (the longest, "
+                     f"{longest} tokens, is {where}); raise it or set it to 0 (measured on the data).")
   return config
 
 

@@ -98,6 +98,13 @@ def test_pack_pairs_names_what_does_not_fit():
   config = tiny_config("dpo", data__padding_free=True, data__share_prompt=True, data__document_width=4)
   with pytest.raises(ValueError, match=r"packed pairs that need data.document_width >= 8, got 4"):
     padding_free.resolve(config, {"train": batch}, data_kind="pairs")
+  # The error names where the longest document is: the second pair of the eval data.
+  narrow, wide = _pairs([([1], [2], [2])], width=4), _pairs([([1], [2], [2]), ([1, 5], [7, 2], [9, 8, 2])], width=6)
+  assert packing.widest_document({"train": narrow, "eval": wide}, True) == (7, "eval row 1")
+  with pytest.raises(ValueError, match=r"the longest, 7 tokens, is eval row 1\)"):
+    padding_free.resolve(config, {"train": narrow, "eval": wide}, data_kind="pairs")
+  with pytest.raises(ValueError, match=r"longer than the document width 6 \(batch row 1\)"):
+    packing.pack_pairs(wide, rows=1, share_prompt=True, width=6)
   with pytest.raises(ValueError, match="3 pairs do not split into 2 rows"):
     packing.pack_pairs(_pairs([([1], [2], [2])] * 3, width=4), rows=2, share_prompt=False)
 
