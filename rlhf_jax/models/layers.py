@@ -139,7 +139,8 @@ def visible_keys(causal: jax.Array, key_valid: jax.Array,
 
 
 def document_attention(query: jax.Array, key: jax.Array, value: jax.Array, document_slots: jax.Array,
-                       slot_places: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+                       slot_places: jax.Array, segment_ids: jax.Array | None = None,
+                       key_mask: jax.Array | None = None) -> jax.Array:
   """Causal attention within each document of padding-free rows.
 
   A row of T slots holds D documents (sequences, or pairs under prompt sharing) end to
@@ -150,7 +151,9 @@ def document_attention(query: jax.Array, key: jax.Array, value: jax.Array, docum
   attended causally there (`causal_attention`, with the segment rule of `visible_keys`
   when `segment_ids` [B, T] are given) and gathered back to their slots: the scores cost
   D x W^2 per row instead of T^2, what the documents cost one by one, while the matmuls
-  around attention run on the T slots without padding.
+  around attention run on the T slots without padding. `key_mask` bool [B, T] (the
+  model's attention mask) hides the slots where it is false from every query, inside
+  documents too, as in the other attention paths.
 
   query [B, T, H, Dh], key and value [B, T, K, Dh]; returns [B, T, H, Dh].
   """
@@ -158,6 +161,8 @@ def document_attention(query: jax.Array, key: jax.Array, value: jax.Array, docum
   places = jnp.clip(document_slots, 0).reshape(batch, documents * width)
   to_documents = lambda x: gather_slots(x, places).reshape(batch * documents, width, *x.shape[2:])
   real = (document_slots >= 0).reshape(batch * documents, 1, width)
+  if key_mask is not None:
+    real = real & to_documents(key_mask).reshape(batch * documents, 1, width)
   causal = jnp.tril(jnp.ones((width, width), jnp.bool_))[None]
   segments = None if segment_ids is None else to_documents(segment_ids)
   mask = visible_keys(causal, real, None if segments is None else segments[:, :, None],
@@ -344,7 +349,7 @@ class Attention(nn.Module):
         key_slots = jnp.arange(key.shape[1])
 
     if documents is not None and query_slots is None:
-      attended = document_attention(query, key, value, *documents, segment_ids)
+      attended = document_attention(query, key, value, *documents, segment_ids, key_mask)
       out = project(attended, out_kernel, contract=2)
       return _constrain(out, ("batch", "length", "embed"))
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_jax.models.config import TransformerConfig
 from rlhf_jax.models.layers import Block, RMSNorm, document_places, gather_slots, project
@@ -151,11 +152,11 @@ class Transformer(nn.Module):
       positions: optional int [B, T] rotary positions (default: the number of real
         tokens before each token); they must stay below `max_len`, while the row itself
         may then be longer (a packed row of several continuations).
-      logit_slots: optional int [B, N] in [0, T): compute the output (logits or hidden
-        states) only at these slots, giving [B, N, V] (or [B, N, D]); the output
-        projection then costs N instead of T positions, and so do the queries,
-        attention output and feed-forward layer of the last block (unscanned layers,
-        full forward).
+      logit_slots: optional int [B, N] in [0, T) (checked when the values are known,
+        not when traced): compute the output (logits or hidden states) only at these
+        slots, giving [B, N, V] (or [B, N, D]); the output projection then costs N
+        instead of T positions, and so do the queries, attention output and
+        feed-forward layer of the last block (unscanned layers, full forward).
       return_hidden: skip the output projection and return the hidden states.
       decode: read and extend the KV cache (collection "cache", made by `init_cache`).
     """
@@ -185,6 +186,16 @@ class Transformer(nn.Module):
       raise ValueError(
           f"Transformer: `logit_slots` must be an int array [batch={tokens.shape[0]}, N], "
           f"got shape {jnp.shape(logit_slots)}.")
+    if (logit_slots is not None and not isinstance(logit_slots, jax.core.Tracer)
+        and getattr(logit_slots, "is_fully_addressable", True)):
+      # Out-of-range slots would be clamped by the gathers, reading another slot without
+      # a word; traced values (inside jit) cannot be checked here.
+      outside = np.flatnonzero((np.asarray(logit_slots) < 0) | (np.asarray(logit_slots) >= tokens.shape[1]))
+      if outside.size:
+        row, column = np.unravel_index(outside[0], np.shape(logit_slots))
+        raise ValueError(
+            f"Transformer: `logit_slots` must lie in [0, {tokens.shape[1]}) (the row length); "
+            f"{outside.size} do not, the first at [{row}, {column}]: {int(np.asarray(logit_slots)[row, column])}.")
 
     offset = 0
     if decode:

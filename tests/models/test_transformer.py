@@ -273,6 +273,17 @@ def test_logit_slots_equal_the_full_forward_at_those_slots(tiny, variant):
     assert float(jnp.abs(last["attention"][name]).max()) > 0
 
 
+def test_logit_slots_out_of_range_are_refused(tiny):
+  # The gathers would clamp them (reading another slot); known values are checked.
+  model = models.Transformer(TINY)
+  for bad in (TOKENS.shape[1], -1):
+    slots = SLOTS.copy()
+    slots[1, 2] = bad
+    message = rf"`logit_slots` must lie in \[0, {TOKENS.shape[1]}\).*1 do not, the first at \[1, 2\]: {bad}\."
+    with pytest.raises(ValueError, match=message):
+      model.apply({"params": tiny[1]}, TOKENS, MASK, logit_slots=slots)
+
+
 def test_input_checks_name_the_problem(tiny):
   model, params, _ = tiny
   with pytest.raises(ValueError, match="`tokens` must be an integer"):

@@ -140,15 +140,40 @@ def test_document_attention_matches_numpy():
     q = rng.normal(size=(1, length, 4, 8))
     k, v = rng.normal(size=(2, 1, length, 2, 8))
 
-    def allowed(b, t, s):
-      same = document[s] == document[t] and document[t] >= 0
-      return s <= t and same and (segments[s] in (0, segments[t]))
+    # A key mask false at a few slots inside documents (the second token of each).
+    key_mask = document >= 0
+    key_mask[slots[0, :, 1]] = False
+    for masked in (False, True):
+      def allowed(b, t, s):
+        same = document[s] == document[t] and document[t] >= 0
+        return s <= t and same and (segments[s] in (0, segments[t])) and (key_mask[s] or not masked)
 
-    out = layers.document_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(slots),
-                                    jnp.asarray(places), jnp.asarray(segments)[None] if share else None)
-    real = document >= 0
-    np.testing.assert_allclose(np.asarray(out)[0, real], _numpy_attention(q, k, v, allowed)[0, real],
-                               rtol=1e-4, atol=1e-5)
+      out = layers.document_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(slots),
+                                      jnp.asarray(places), jnp.asarray(segments)[None] if share else None,
+                                      jnp.asarray(key_mask)[None] if masked else None)
+      real = document >= 0
+      np.testing.assert_allclose(np.asarray(out)[0, real], _numpy_attention(q, k, v, allowed)[0, real],
+                                 rtol=1e-4, atol=1e-5)
+
+
+def test_attention_mask_inside_documents_hides_keys_in_every_block():
+  # A masked slot inside a document is hidden from the other queries by the per-document
+  # blocks as by the pruned last block (which reads a mask over the whole row): both
+  # paths give the same outputs, and they differ from the unmasked row.
+  batch = _random_pairs(np.random.default_rng(6), 3, 10, 30)
+  packed = packing.pack_pairs(batch, rows=1, share_prompt=False)
+  model = models.Transformer(models.get_preset("tiny", vocab_size=30, max_len=16))
+  params = model.init(jax.random.key(0), jnp.asarray(batch["chosen_tokens"]))["params"]
+  slots = packed["packed_document_slots"]
+  mask = packed["packed_attention_mask"].copy()
+  mask[0, slots[0, :, 2]] = False
+  ends = (slots[0] >= 0).sum(-1) - 1
+  last = slots[0, np.arange(slots.shape[1]), ends][None]  # the last token of every document
+  forward = lambda m, **kw: model.apply({"params": params}, packed["packed_tokens"], m, document_slots=slots,
+                                        positions=packed["packed_positions"], **kw)
+  full = np.asarray(forward(mask))[0, last[0]]
+  np.testing.assert_allclose(np.asarray(forward(mask, logit_slots=last))[0], full, rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(full - np.asarray(forward(packed["packed_attention_mask"]))[0, last[0]])) > 1e-3
 
 
 @pytest.mark.parametrize("share_prompt", [False, True])
