@@ -44,7 +44,7 @@ second-step losses (after one AdamW update) are apart.
 
 Reported per implementation: median step time over `--rounds` x `--steps` timed steps
 (implementations interleaved round by round, so that a change in machine load hits all
-of them), pairs per second, achieved GFLOP/s and model FLOP utilisation (MFU): analytic
+of them; the speed-ups are also printed round by round, to show their spread), pairs per second, achieved GFLOP/s and model FLOP utilisation (MFU): analytic
 model FLOPs per step over the median step time, divided by a peak measured in the same
 run: the faster of a large jitted float32 matmul and `torch.mm` of the same size. Model FLOPs (Kaplan et al. 2020; PaLM, Chowdhery et al.
 2022, appendix B): a forward costs `2 N + 4 L T D` per token (N = matmul parameters
@@ -529,6 +529,14 @@ def torch_runner(name: str, side: TorchSide, flops: float) -> Runner:
   return Runner(name, run, flops)
 
 
+def round_ratios(jax_times: list[float], other_times: list[float], steps: int) -> list[float]:
+  """Speed-up round by round: the other side's median step time over JAX's, per round of
+  `steps` timed steps each (the rounds interleave the sides, so each ratio is taken
+  under one load). Their spread shows how far the overall median ratio can be trusted."""
+  cut = lambda times: [times[i:i + steps] for i in range(0, len(times), steps)]
+  return [statistics.median(o) / statistics.median(j) for j, o in zip(cut(jax_times), cut(other_times))]
+
+
 def check_agreement(reference: dict, other: dict, label: str, aux_name: str) -> str:
   loss_diff = abs(reference["loss"] - other["loss"])
   aux_diff = float(np.max(np.abs(reference["aux"] - other["aux"])))
@@ -686,7 +694,8 @@ def main(argv: list[str] | None = None) -> None:
     target = ""
     if runner.name.startswith("torch (ref forward)") or runner.name == "torch":
       target = f" (target {'2' if jax_cached else '1.5'}x: {'met' if speedup >= (2 if jax_cached else 1.5) else 'MISSED'})"
-    print(f"speed-up {runners[0].name} over {runner.name}: {speedup:.2f}x{target}")
+    rounds = " ".join(f"{r:.2f}x" for r in round_ratios(runners[0].times, runner.times, args.steps))
+    print(f"speed-up {runners[0].name} over {runner.name}: {speedup:.2f}x{target}; per round: {rounds}")
 
 
 if __name__ == "__main__":

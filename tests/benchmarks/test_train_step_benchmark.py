@@ -209,3 +209,10 @@ def test_padding_free_reward_model_benchmark_agrees_with_torch(capsys):
   assert len(diffs) == 2  # steps 1 and 2
   for loss_diff, reward_diff in diffs:
     assert loss_diff < 1e-5 and reward_diff < 1e-4, (loss_diff, reward_diff)
+
+
+def test_round_ratios_are_medians_per_round():
+  # Two rounds of three steps: round medians 1.0 / 2.0 (jax) and 1.5 / 3.2 (other).
+  jax_times = [1.0, 0.9, 1.2, 2.0, 2.5, 1.0]
+  other = [1.5, 9.0, 1.4, 3.2, 3.0, 3.3]
+  np.testing.assert_allclose(train_step.round_ratios(jax_times, other, 3), [1.5 / 1.0, 3.2 / 2.0])
