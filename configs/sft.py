@@ -13,6 +13,12 @@ A real run (prompt/completion, text or chat-message JSONL):
   python scripts/train.py --config=configs/sft.py:preset=125m --workdir=runs/sft \
     --config.data.train=sft.jsonl --config.data.eval=sft_eval.jsonl
 
+Padding-free batches: `--config.data.padding_free=true` lays the sequences of a batch end
+to end, one row per data-parallel shard (`rlhf_jax/data/packing.py`): the padding is not
+computed, attention runs per sequence and logits only at completion tokens, with the
+same losses as the padded rows. The step compiles once per row length met
+(`data.buckets_per_octave`).
+
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """
 

@@ -33,6 +33,10 @@ Keys of the packed batch (NumPy):
   target_tokens, target_slots, target_owners (-1 on padding) int32 [R, M];
   reward_slots int32 [R, 2P]: the last slot of the chosen (2i) and rejected (2i + 1)
   completion of local pair i, where a reward model reads its rewards.
+
+`pack_sequences` does the same for sequences (SFT data): one document per sequence,
+targets owned by the sequence's place i in its row, and `sequence_ends` int32 [R, P]
+(the last slot of each sequence) in place of `reward_slots`.
 """
 
 from __future__ import annotations
@@ -41,14 +45,19 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["BUCKETS_PER_OCTAVE", "PACKED_KEYS", "PAIR_SEQUENCE_KEYS", "TARGET_KEYS", "bucket_size",
-           "document_width", "is_power_of_two", "pack_pairs", "pair_extents", "row_name", "widest_document"]
+__all__ = ["BUCKETS_PER_OCTAVE", "PACKED_KEYS", "PACKED_SEQUENCE_KEYS", "PAIR_SEQUENCE_KEYS", "SEQUENCE_KEYS",
+           "TARGET_KEYS", "bucket_size", "document_width", "is_power_of_two", "pack_pairs", "pack_sequences",
+           "pair_extents", "row_name", "widest_document"]
 
 # The [B, T] arrays of right-padded pairs that packing replaces.
 PAIR_SEQUENCE_KEYS = tuple(f"{part}_{name}" for part in ("chosen", "rejected")
                            for name in ("tokens", "attention_mask", "loss_mask"))
 PACKED_KEYS = ("packed_tokens", "packed_positions", "packed_attention_mask", "packed_document_slots",
                "target_tokens", "target_slots", "target_owners", "reward_slots")
+# The [B, T] arrays of right-padded sequences (SFT) that `pack_sequences` replaces, and
+# the keys it writes (those of pairs, with the sequences' last slots for read-outs).
+SEQUENCE_KEYS = ("tokens", "attention_mask", "loss_mask")
+PACKED_SEQUENCE_KEYS = tuple(k for k in PACKED_KEYS if k != "reward_slots") + ("sequence_ends",)
 # The [R, M] keys of the completion tokens (log-probs); a reward model reads none of them.
 TARGET_KEYS = ("target_tokens", "target_slots", "target_owners")
 # Sizes per octave of the row lengths and target counts: at most 1/8 padding (about 4%
@@ -120,7 +129,10 @@ def pair_extents(arrays: Mapping[str, np.ndarray], name: str = "data") -> tuple[
 
 
 def _document_lengths(arrays: Mapping[str, np.ndarray], share_prompt: bool, name: str) -> np.ndarray:
-  """Per pair [B], its longest document as `pack_pairs` makes it."""
+  """Per example [B], its longest document as `pack_pairs` (or `pack_sequences`, for
+  arrays of sequences) makes it."""
+  if "tokens" in arrays:
+    return np.sum(np.asarray(arrays["attention_mask"], bool), axis=1)
   if share_prompt:
     prompt, chosen, rejected = pair_extents(arrays, name)
     return prompt + chosen + rejected
@@ -131,11 +143,11 @@ def _document_lengths(arrays: Mapping[str, np.ndarray], share_prompt: bool, name
 def widest_document(datasets: Mapping[str, Mapping[str, np.ndarray] | None],
                     share_prompt: bool) -> tuple[int, str]:
   """The longest document `pack_pairs` makes of the pairs of `datasets` ({name: pair
-  arrays}, e.g. training and evaluation) and where it is ("train row 17 (example_index
-  40)"); (1, "") without pairs."""
+  arrays}, e.g. training and evaluation), or `pack_sequences` of their sequences, and
+  where it is ("train row 17 (example_index 40)"); (1, "") without examples."""
   widest, where = 1, ""
   for name, arrays in datasets.items():
-    if arrays is None or not len(arrays["chosen_tokens"]):
+    if arrays is None or not len(arrays["tokens" if "tokens" in arrays else "chosen_tokens"]):
       continue
     lengths = _document_lengths(arrays, share_prompt, name)
     row = int(np.argmax(lengths))
@@ -147,13 +159,29 @@ def widest_document(datasets: Mapping[str, Mapping[str, np.ndarray] | None],
 def document_width(datasets: Mapping[str, Mapping[str, np.ndarray] | None], share_prompt: bool,
                    multiple: int = 8) -> int:
   """The least width, a multiple of `multiple`, that holds every document `pack_pairs`
-  makes of the pairs of `datasets` (see `widest_document`)."""
+  (or `pack_sequences`) makes of `datasets` (see `widest_document`)."""
   return -(-widest_document(datasets, share_prompt)[0] // multiple) * multiple
 
 
+def _sequence_document(tokens: np.ndarray, attention_mask: np.ndarray, loss_mask: np.ndarray,
+                       output: int) -> dict[str, np.ndarray]:
+  """One right-padded sequence as a document: its real tokens, its targets (the loss-mask
+  tokens after the first, each predicted from the slot before it) and its last token as
+  the read-out, all owned by `output`."""
+  real = np.asarray(attention_mask, bool)
+  tokens = np.asarray(tokens)[real]
+  loss = np.asarray(loss_mask, bool)[real]
+  loss[:1] = False  # the first token has no predecessor (the two-row layout skips it too)
+  slots = np.flatnonzero(loss)
+  return dict(tokens=tokens, positions=np.arange(len(tokens)), segments=np.zeros(len(tokens)),
+              sources=slots - 1, targets=tokens[slots], outputs=np.full(len(slots), output),
+              reads=np.array([len(tokens) - 1]), read_outputs=np.array([output]))
+
+
 def _documents(batch: Mapping[str, np.ndarray], share_prompt: bool) -> list[list[dict[str, np.ndarray]]]:
-  """Per pair, its documents: tokens, positions, segments, and the document-relative
-  slots of its targets (predicting slot, token, side) and of its two read-out slots."""
+  """Per pair, its documents: tokens, positions, segments, the document-relative slots
+  of its targets (predicting slot, token, output 0 chosen / 1 rejected) and its
+  read-out slots with the outputs they belong to."""
   if share_prompt:
     prompt, chosen, rejected = pair_extents(batch)
   pairs = []
@@ -168,21 +196,67 @@ def _documents(batch: Mapping[str, np.ndarray], share_prompt: bool) -> list[list
       j = np.arange(c + r)
       sources = np.where(j == c, p - 1, p + j - 1)
       pairs.append([dict(tokens=tokens, positions=positions, segments=segments, sources=sources,
-                         targets=tokens[p:], sides=(j >= c).astype(np.int64),
-                         reads=np.array([p + c - 1, p + c + r - 1]))])
+                         targets=tokens[p:], outputs=(j >= c).astype(np.int64),
+                         reads=np.array([p + c - 1, p + c + r - 1]), read_outputs=np.array([0, 1]))])
       continue
-    documents = []
-    for side, part in enumerate(("chosen", "rejected")):
-      real = np.asarray(batch[f"{part}_attention_mask"][i], bool)
-      tokens = np.asarray(batch[f"{part}_tokens"][i])[real]
-      loss = np.asarray(batch[f"{part}_loss_mask"][i], bool)[real]
-      loss[:1] = False  # the first token has no predecessor (the two-row layout skips it too)
-      slots = np.flatnonzero(loss)
-      documents.append(dict(tokens=tokens, positions=np.arange(len(tokens)), segments=np.zeros(len(tokens)),
-                            sources=slots - 1, targets=tokens[slots], sides=np.full(len(slots), side),
-                            reads=np.array([len(tokens) - 1])))
-    pairs.append(documents)
+    pairs.append([_sequence_document(batch[f"{part}_tokens"][i], batch[f"{part}_attention_mask"][i],
+                                     batch[f"{part}_loss_mask"][i], side)
+                  for side, part in enumerate(("chosen", "rejected"))])
   return pairs
+
+
+def _pack_rows(examples: list[list[dict[str, np.ndarray]]], *, rows: int, width: int | None, per_octave: int,
+               outputs: int, reads_key: str, segments: bool, batch: Mapping[str, np.ndarray],
+               caller: str, noun: str) -> dict[str, np.ndarray]:
+  """Lays the documents of `examples` end to end in `rows` rows (the layout of the module
+  docstring): example e of row r owns outputs [outputs e, outputs (e + 1)), its targets'
+  owners and its read-out slots (`reads_key`, [R, outputs P])."""
+  if rows < 1 or len(examples) % rows:
+    raise ValueError(f"{caller}: {len(examples)} {noun} do not split into {rows} rows.")
+  per_row = len(examples) // rows
+  lengths = [max(len(d["tokens"]) for d in documents) for documents in examples]
+  widest = int(np.argmax(lengths))
+  longest = lengths[widest]
+  if width is None:
+    width = -(-longest // 8) * 8
+  if longest > width:
+    raise ValueError(f"{caller}: a document of {longest} tokens is longer than the document width "
+                     f"{width} (batch {row_name(batch, widest)}); the width must cover the longest "
+                     f"document of the data (`document_width`).")
+  row_examples = [examples[r * per_row:(r + 1) * per_row] for r in range(rows)]
+  row_docs = [[d for documents in row for d in documents] for row in row_examples]
+  length = bucket_size(max(sum(len(d["tokens"]) for d in docs) for docs in row_docs), per_octave)
+  num_targets = bucket_size(max(sum(len(d["targets"]) for d in docs) for docs in row_docs), per_octave)
+  out = {
+      "packed_tokens": np.zeros((rows, length), np.int32),
+      "packed_positions": np.zeros((rows, length), np.int32),
+      "packed_attention_mask": np.zeros((rows, length), bool),
+      "packed_document_slots": np.full((rows, len(row_docs[0]), width), -1, np.int32),
+      "target_tokens": np.zeros((rows, num_targets), np.int32),
+      "target_slots": np.zeros((rows, num_targets), np.int32),
+      "target_owners": np.full((rows, num_targets), -1, np.int32),
+      reads_key: np.zeros((rows, outputs * per_row), np.int32),
+  }
+  if segments:
+    out["packed_segments"] = np.zeros((rows, length), np.int32)
+  for r, row in enumerate(row_examples):
+    slot = target = k = 0
+    for e, documents in enumerate(row):
+      for d in documents:
+        span = slice(slot, slot + len(d["tokens"]))
+        out["packed_tokens"][r, span] = d["tokens"]
+        out["packed_positions"][r, span] = d["positions"]
+        out["packed_document_slots"][r, k, :len(d["tokens"])] = np.arange(span.start, span.stop)
+        out["packed_attention_mask"][r, span] = True
+        if segments:
+          out["packed_segments"][r, span] = d["segments"]
+        n = len(d["targets"])
+        out["target_tokens"][r, target:target + n] = d["targets"]
+        out["target_slots"][r, target:target + n] = slot + d["sources"]
+        out["target_owners"][r, target:target + n] = outputs * e + d["outputs"]
+        out[reads_key][r, outputs * e + d["read_outputs"]] = slot + d["reads"]
+        slot, target, k = slot + len(d["tokens"]), target + n, k + 1
+  return out
 
 
 def pack_pairs(batch: Mapping[str, np.ndarray], *, rows: int, share_prompt: bool,
@@ -199,54 +273,21 @@ def pack_pairs(batch: Mapping[str, np.ndarray], *, rows: int, share_prompt: bool
   document is longer than `width`, and with `share_prompt` (from `pair_extents`) for
   pairs that do not share their prompt.
   """
-  num_pairs = len(batch["chosen_tokens"])
-  if rows < 1 or num_pairs % rows:
-    raise ValueError(f"pack_pairs: {num_pairs} pairs do not split into {rows} rows.")
-  per_row = num_pairs // rows
-  pairs = _documents(batch, share_prompt)
-  pair_lengths = [max(len(d["tokens"]) for d in documents) for documents in pairs]
-  widest = int(np.argmax(pair_lengths))
-  longest = pair_lengths[widest]
-  if width is None:
-    width = -(-longest // 8) * 8
-  if longest > width:
-    raise ValueError(f"pack_pairs: a document of {longest} tokens is longer than the document width "
-                     f"{width} (batch {row_name(batch, widest)}); the width must cover the longest pair "
-                     "of the data (`document_width`).")
+  return _pack_rows(_documents(batch, share_prompt), rows=rows, width=width, per_octave=per_octave,
+                    outputs=2, reads_key="reward_slots", segments=share_prompt, batch=batch,
+                    caller="pack_pairs", noun="pairs")
 
-  row_docs = [[d for documents in pairs[r * per_row:(r + 1) * per_row] for d in documents] for r in range(rows)]
-  length = bucket_size(max(sum(len(d["tokens"]) for d in docs) for docs in row_docs), per_octave)
-  num_targets = bucket_size(max(sum(len(d["targets"]) for d in docs) for docs in row_docs), per_octave)
-  out = {
-      "packed_tokens": np.zeros((rows, length), np.int32),
-      "packed_positions": np.zeros((rows, length), np.int32),
-      "packed_attention_mask": np.zeros((rows, length), bool),
-      "packed_document_slots": np.full((rows, len(row_docs[0]), width), -1, np.int32),
-      "target_tokens": np.zeros((rows, num_targets), np.int32),
-      "target_slots": np.zeros((rows, num_targets), np.int32),
-      "target_owners": np.full((rows, num_targets), -1, np.int32),
-      "reward_slots": np.zeros((rows, 2 * per_row), np.int32),
-  }
-  if share_prompt:
-    out["packed_segments"] = np.zeros((rows, length), np.int32)
-  for r, docs in enumerate(row_docs):
-    slot = target = 0
-    for k, d in enumerate(docs):
-      pair = k if share_prompt else k // 2
-      span = slice(slot, slot + len(d["tokens"]))
-      out["packed_tokens"][r, span] = d["tokens"]
-      out["packed_positions"][r, span] = d["positions"]
-      out["packed_document_slots"][r, k, :len(d["tokens"])] = np.arange(span.start, span.stop)
-      out["packed_attention_mask"][r, span] = True
-      if share_prompt:
-        out["packed_segments"][r, span] = d["segments"]
-      n = len(d["targets"])
-      out["target_tokens"][r, target:target + n] = d["targets"]
-      out["target_slots"][r, target:target + n] = slot + d["sources"]
-      out["target_owners"][r, target:target + n] = 2 * pair + d["sides"]
-      if share_prompt:
-        out["reward_slots"][r, 2 * pair:2 * pair + 2] = slot + d["reads"]
-      else:
-        out["reward_slots"][r, k] = slot + d["reads"][0]
-      slot, target = slot + len(d["tokens"]), target + n
-  return out
+
+def pack_sequences(batch: Mapping[str, np.ndarray], *, rows: int, width: int | None = None,
+                   per_octave: int = BUCKETS_PER_OCTAVE) -> dict[str, np.ndarray]:
+  """Lays the sequences of `batch` (right-padded `SEQUENCE_KEYS` arrays [B, T], e.g. SFT
+  data) end to end in `rows` padding-free rows, one document per sequence: the keys of
+  `pack_pairs` without segments, targets owned by the sequence's place i in its row, and
+  `sequence_ends` [R, P] (the last slot of each sequence) in place of `reward_slots`.
+  Row length, target count and `width` as in `pack_pairs`.
+  """
+  tokens, attention, loss = (np.asarray(batch[k]) for k in SEQUENCE_KEYS)
+  examples = [[_sequence_document(tokens[i], attention[i], loss[i], 0)] for i in range(len(tokens))]
+  return _pack_rows(examples, rows=rows, width=width, per_octave=per_octave, outputs=1,
+                    reads_key="sequence_ends", segments=False, batch=batch, caller="pack_sequences",
+                    noun="sequences")

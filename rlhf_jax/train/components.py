@@ -120,9 +120,9 @@ def device_batch_layout(config: Any, info: DataInfo, *, packed: bool | None = No
   """The arrays a training batch carries to the devices: {name: (per-example shape, dtype)}.
 
   `example_index` stays on the host (it only finds cached reference log-probs). With
-  `data.padding_free` (or `packed=True`) the [B, T] pair arrays are replaced by the
-  padding-free rows of `padding_free.pack_batch`, whose shapes change from batch to
-  batch (given as None here).
+  `data.padding_free` (or `packed=True`) the [B, T] pair (or sequence) arrays are
+  replaced by the padding-free rows of `padding_free.pack_batch`, whose shapes change
+  from batch to batch (given as None here).
   """
   length = info.max_length
   sequence = lambda prefix: {f"{prefix}tokens": ((length,), jnp.int32),
@@ -149,10 +149,13 @@ def device_batch_layout(config: Any, info: DataInfo, *, packed: bool | None = No
     for group in reference_lib.reference_groups(info.kind, tuple(keys)):
       keys[group[3]] = ((), jnp.float32)
   if packed is None:
-    packed = bool(config.data.get("padding_free", False)) and info.kind == "pairs"
+    packed = bool(config.data.get("padding_free", False)) and info.kind in padding_free.PACKED_DATA
   if packed:
-    keys = {k: v for k, v in keys.items() if k not in packing.PAIR_SEQUENCE_KEYS}
-    keys.update({k: (None, None) for k in padding_free.packed_keys(config, targets=objective.model != "reward")})
+    sequences = info.kind == "sequences"
+    replaced = packing.SEQUENCE_KEYS if sequences else packing.PAIR_SEQUENCE_KEYS
+    keys = {k: v for k, v in keys.items() if k not in replaced}
+    keys.update({k: (None, None) for k in padding_free.packed_keys(
+        config, targets=objective.model != "reward", sequences=sequences)})
   return keys
 
 

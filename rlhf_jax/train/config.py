@@ -208,10 +208,11 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   # the training and evaluation data (rounded up to a multiple of 8).
   config.data.shared_length = 0
   config.data.shared_targets = 0
-  # Pairs: lay the pairs of a batch end to end, one row per data-parallel shard, without
-  # padding (`rlhf_jax.data.packing`): the matmuls skip the padding, attention runs per
-  # sequence (per pair with share_prompt), logits only where a completion token is
-  # predicted. Same log-probs and rewards; one compiled step per row-length bucket.
+  # Pairs and SFT sequences: lay the examples of a batch end to end, one row per
+  # data-parallel shard, without padding (`rlhf_jax.data.packing`): the matmuls skip the
+  # padding, attention runs per sequence (per pair with share_prompt), logits only where
+  # a completion token is predicted. Same log-probs, losses and rewards; one compiled
+  # step per row-length bucket.
   config.data.padding_free = False
   # Padding-free rows: row lengths and completion-token counts are rounded up to one of
   # this many sizes per octave (a power of two): at most 1/k padding, and the step

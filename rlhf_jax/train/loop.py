@@ -112,9 +112,9 @@ def _host(tree: Any) -> Any:
 
 def _device_batch(host_batch: Mapping[str, np.ndarray], layout: Mapping[str, Any], mesh,
                   config: Any = None, microbatches: int = 1) -> dict[str, jax.Array]:
-  """The arrays of `layout` placed on the mesh; with `data.padding_free` the pairs are
-  packed first (`padding_free.pack_batch`)."""
-  if config is not None and config.data.get("padding_free", False) and "chosen_tokens" in host_batch:
+  """The arrays of `layout` placed on the mesh; with `data.padding_free` (a layout of
+  packed rows) the pairs or sequences are packed first (`padding_free.pack_batch`)."""
+  if config is not None and "packed_tokens" in layout and "packed_tokens" not in host_batch:
     host_batch = padding_free.pack_batch(host_batch, config, data_parallel=mesh_lib.data_parallel_size(mesh),
                                          microbatches=microbatches)
   missing = [k for k in layout if k not in host_batch]

@@ -205,6 +205,11 @@ def _pair_outputs(per_example, chosen_rewards, rejected_rewards) -> dict[str, ja
 
 
 def _sft_denominator(batch: Batch, config: Any) -> jax.Array:
+  if "packed_tokens" in batch:  # data.padding_free: the sequences of packed rows
+    _check_unweighted(batch)
+    if config.loss.aggregation == "token_mean":
+      return jnp.sum(batch["target_owners"] >= 0).astype(jnp.float32)
+    return jnp.asarray(batch["sequence_ends"].size, jnp.float32)
   weight = jnp.asarray(batch["weight"], jnp.float32) if "weight" in batch else jnp.ones(
       batch["tokens"].shape[0], jnp.float32)
   if config.loss.aggregation == "token_mean":
@@ -213,17 +218,31 @@ def _sft_denominator(batch: Batch, config: Any) -> jax.Array:
   return jnp.sum(weight)
 
 
+def _check_unweighted(batch: Batch) -> None:
+  # Per-sequence weights would have to follow the packed order of the whole batch for
+  # the token-mean denominator; the trainer's sequence batches carry none.
+  if "weight" in batch:
+    raise ValueError("sft: padding-free batches of sequences take no per-sequence `weight`; "
+                     "set data.padding_free=False to weight sequences.")
+
+
 @register("sft", data="sequences", model="policy", denominator=_sft_denominator)
 def sft(params, batch, rng, *, model, config):
   """Supervised fine-tuning: negative log-likelihood of the completion tokens.
 
   `loss.aggregation` "token_mean": sum of token NLLs over the global batch divided by
   its number of completion tokens (every token weighs the same, TRL's SFTTrainer);
-  "sequence_mean": the mean NLL of each sequence, averaged over sequences.
+  "sequence_mean": the mean NLL of each sequence, averaged over sequences. A batch of
+  padding-free rows (`config.data.padding_free`, `data.packing.pack_sequences`) gives
+  the same values from logits at its completion tokens only.
   """
   del rng
   _check_choice(config.loss.aggregation, "loss.aggregation", ("token_mean", "sequence_mean"))
-  logps, lengths = sequence_logps(model, params, batch["tokens"], batch["attention_mask"], batch["loss_mask"])
+  if "packed_tokens" in batch:  # data.padding_free
+    _check_unweighted(batch)
+    logps, lengths = padding_free.packed_sequence_logps(model, params, batch)
+  else:
+    logps, lengths = sequence_logps(model, params, batch["tokens"], batch["attention_mask"], batch["loss_mask"])
   nll = -logps
   mean_nll = nll / jnp.maximum(lengths, 1.0)
   per_example = nll if config.loss.aggregation == "token_mean" else mean_nll

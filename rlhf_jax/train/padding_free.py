@@ -1,4 +1,5 @@
-"""Pair log-probs and rewards from padding-free rows (`rlhf_jax.data.packing`).
+"""Pair log-probs and rewards, and sequence log-probs, from padding-free rows
+(`rlhf_jax.data.packing`).
 
 The batch carries the packed keys of `data.packing.pack_pairs` (rows [R, N], documents
 [R, D, W], targets [R, M], read-out slots [R, 2P]); their shapes change from batch to
@@ -23,11 +24,34 @@ from rlhf_jax import losses
 from rlhf_jax.data import packing
 from rlhf_jax.train import networks
 
-__all__ = ["batch_order", "pack_batch", "packed_keys", "packed_pair_logps", "packed_pair_rewards", "resolve"]
+__all__ = ["PACKED_DATA", "batch_order", "pack_batch", "packed_keys", "packed_pair_logps", "packed_pair_rewards",
+           "packed_sequence_logps", "resolve"]
+
+# The data kinds (`objectives.Objective.data`) that padding-free rows can hold.
+PACKED_DATA = ("pairs", "sequences")
 
 
 def _pairs_per_row(batch: Mapping[str, jax.Array]) -> int:
   return batch["reward_slots"].shape[1] // 2
+
+
+def _examples_per_row(batch: Mapping[str, jax.Array]) -> int:
+  """Pairs (`pack_pairs`) or sequences (`pack_sequences`) per packed row."""
+  return batch["sequence_ends"].shape[1] if "sequence_ends" in batch else _pairs_per_row(batch)
+
+
+def _owner_sums(token_logps: jax.Array, owners: jax.Array, outputs: int) -> tuple[jax.Array, jax.Array]:
+  """Sums and counts [R, outputs] of the target log-probs [R, M] by owner (-1: padding);
+  a one-hot contraction, as the owners are few."""
+  one_hot = (owners[..., None] == jnp.arange(outputs)).astype(jnp.float32)
+  return jnp.einsum("rm,rmo->ro", token_logps, one_hot), jnp.sum(one_hot, axis=1)
+
+
+def _target_logps(model: Any, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+  """Log-probs [R, M] of the target tokens, from logits at the target slots only."""
+  logits = model.apply({"params": params}, batch["packed_tokens"], batch["packed_attention_mask"],
+                       logit_slots=batch["target_slots"], **_model_inputs(batch))
+  return losses.sequence_logprobs(logits, batch["target_tokens"], batch["target_owners"] >= 0)
 
 
 def _model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, Any]:
@@ -38,16 +62,19 @@ def _model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, Any]:
 def packed_pair_logps(model: Any, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   """Summed completion log-probs and lengths of chosen and rejected [B], from logits at
   the target slots only (same outputs as `objectives.pair_logps` on the two-row layout)."""
-  logits = model.apply({"params": params}, batch["packed_tokens"], batch["packed_attention_mask"],
-                       logit_slots=batch["target_slots"], **_model_inputs(batch))
-  owners = batch["target_owners"]
-  token_logps = losses.sequence_logprobs(logits, batch["target_tokens"], owners >= 0)  # [R, M]
-  # [R, M] -> [R, 2P] sums by owner; a one-hot contraction, as the owners are few.
-  one_hot = (owners[..., None] == jnp.arange(2 * _pairs_per_row(batch))).astype(jnp.float32)
-  sums = jnp.einsum("rm,rmo->ro", token_logps, one_hot).reshape(-1, 2)
-  counts = jnp.sum(one_hot, axis=1).reshape(-1, 2)
+  sums, counts = _owner_sums(_target_logps(model, params, batch), batch["target_owners"],
+                             2 * _pairs_per_row(batch))
+  sums, counts = sums.reshape(-1, 2), counts.reshape(-1, 2)
   return {"chosen_logps": sums[:, 0], "rejected_logps": sums[:, 1],
           "chosen_lengths": counts[:, 0], "rejected_lengths": counts[:, 1]}
+
+
+def packed_sequence_logps(model: Any, params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Summed target log-probs and target counts [B] of packed sequences
+  (`data.packing.pack_sequences`; the values of `objectives.sequence_logps` on the
+  right-padded rows), row by row."""
+  sums, counts = _owner_sums(_target_logps(model, params, batch), batch["target_owners"], _examples_per_row(batch))
+  return sums.reshape(-1), counts.reshape(-1)
 
 
 def packed_pair_rewards(model: Any, params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -68,25 +95,26 @@ def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None]
   """`config` itself when `data.padding_free` is off, else a copy whose
   `data.document_width` is measured on `datasets` (when 0) or checked against them.
 
-  Raises ValueError when the objective does not train on pairs or a pair is wider than a
-  user-set width.
+  Raises ValueError when the objective trains on neither pairs nor sequences, or a pair
+  or sequence is wider than a user-set width.
   """
   if not config.data.get("padding_free", False):
     return config
-  if data_kind != "pairs":
-    raise ValueError(f"data.padding_free applies to objectives on pairs (dpo, simpo, orpo, reward_model); "
-                     f"objective {config.objective!r} trains on {data_kind}.")
+  if data_kind not in PACKED_DATA:
+    raise ValueError(f"data.padding_free applies to objectives on pairs (dpo, simpo, orpo, reward_model) or "
+                     f"sequences (sft); objective {config.objective!r} trains on {data_kind}.")
   per_octave = config.data.get("buckets_per_octave", packing.BUCKETS_PER_OCTAVE)
   if not packing.is_power_of_two(per_octave):
     raise ValueError(f"data.buckets_per_octave must be a power of two (1, 2, 4, 8, 16, ...), got {per_octave!r}.")
-  share = bool(config.data.get("share_prompt", False))
+  share = bool(config.data.get("share_prompt", False)) and data_kind == "pairs"
   needed = packing.document_width(datasets, share)
   config = copy.deepcopy(config)
   if not config.data.document_width:
     config.data.document_width = needed
   elif needed > config.data.document_width:
     longest, where = packing.widest_document(datasets, share)
-    raise ValueError(f"data.padding_free: the data has {'packed pairs' if share else 'sequences'} that need "
+    kind = "packed pairs" if share else ("sequences" if data_kind == "pairs" else "examples")
+    raise ValueError(f"data.padding_free: the data has {kind} that need "
                      f"data.document_width >= {needed}, got {config.data.document_width} (the longest, "
                      f"{longest} tokens, is {where}); raise it or set it to 0 (measured on the data).")
   return config
@@ -94,24 +122,31 @@ def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None]
 
 def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: int,
                microbatches: int = 1) -> dict[str, np.ndarray]:
-  """The host batch with its pairs packed (`data.packing.pack_pairs`, the keys of
-  `packed_keys`) in place of the [B, T] pair arrays; per-pair columns stay as they are.
+  """The host batch with its pairs packed (`data.packing.pack_pairs`), or its sequences
+  (`pack_sequences`, a batch of `SEQUENCE_KEYS`), the keys of `packed_keys`, in place of
+  the [B, T] arrays; per-example columns stay as they are.
 
-  Each microbatch m (pairs m, m + microbatches, ..., as `step.split_microbatches` takes
-  them) is packed into `data_parallel` rows, row r holding the pairs of data shard r,
-  and its rows become rows r * microbatches + m, so that splitting the packed arrays the
-  same way gives every microbatch and every shard its own pairs. All microbatches share
-  the longest row length and target count. A function of the whole packed batch (the
-  on-the-fly reference) returns its per-pair outputs row by row: `batch_order` restores
-  the batch's order.
+  Each microbatch m (examples m, m + microbatches, ..., as `step.split_microbatches`
+  takes them) is packed into `data_parallel` rows, row r holding the examples of data
+  shard r, and its rows become rows r * microbatches + m, so that splitting the packed
+  arrays the same way gives every microbatch and every shard its own examples. All
+  microbatches share the longest row length and target count. A function of the whole
+  packed batch (the on-the-fly reference) returns its per-example outputs row by row:
+  `batch_order` restores the batch's order.
   """
-  share = bool(config.data.get("share_prompt", False))
-  width = int(config.data.document_width) or None
+  sequences = "tokens" in batch
+  share = bool(config.data.get("share_prompt", False)) and not sequences
+  replaced = packing.SEQUENCE_KEYS if sequences else packing.PAIR_SEQUENCE_KEYS
+  # Unresolved (0): this batch's widest document, the same for all its microbatches.
+  width = int(config.data.document_width) or packing.document_width({"batch": batch}, share)
   per_octave = int(config.data.get("buckets_per_octave", packing.BUCKETS_PER_OCTAVE))
-  packs = [packing.pack_pairs({k: np.asarray(batch[k])[m::microbatches] for k in packing.PAIR_SEQUENCE_KEYS},
-                              rows=data_parallel, share_prompt=share, width=width, per_octave=per_octave)
-           for m in range(microbatches)]
-  out = {k: v for k, v in batch.items() if k not in packing.PAIR_SEQUENCE_KEYS}
+  if sequences:
+    pack = lambda part: packing.pack_sequences(part, rows=data_parallel, width=width, per_octave=per_octave)
+  else:
+    pack = lambda part: packing.pack_pairs(part, rows=data_parallel, share_prompt=share, width=width,
+                                           per_octave=per_octave)
+  packs = [pack({k: np.asarray(batch[k])[m::microbatches] for k in replaced}) for m in range(microbatches)]
+  out = {k: v for k, v in batch.items() if k not in replaced}
   for key in packs[0]:
     size = max(p[key].shape[1] for p in packs)
     fill = -1 if key in ("target_owners", "packed_document_slots") else 0
@@ -122,17 +157,19 @@ def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: i
   return out
 
 
-def batch_order(per_pair: jax.Array, batch: Mapping[str, jax.Array], microbatches: int) -> jax.Array:
-  """Per-pair outputs [B] of a whole batch packed with `microbatches` (rows r * m + k,
+def batch_order(per_example: jax.Array, batch: Mapping[str, jax.Array], microbatches: int) -> jax.Array:
+  """Per-example outputs [B] of a whole batch packed with `microbatches` (rows r * m + k,
   so the outputs come row by row) put back in the batch's own order."""
-  rows, pairs = batch["reward_slots"].shape[0] // microbatches, _pairs_per_row(batch)
-  # Output (r * microbatches + k) * P + i is batch pair (r * P + i) * microbatches + k.
-  return per_pair.reshape(rows, microbatches, pairs).transpose(0, 2, 1).reshape(-1)
+  rows, per_row = batch["packed_tokens"].shape[0] // microbatches, _examples_per_row(batch)
+  # Output (r * microbatches + k) * P + i is batch example (r * P + i) * microbatches + k.
+  return per_example.reshape(rows, microbatches, per_row).transpose(0, 2, 1).reshape(-1)
 
 
-def packed_keys(config: Any, *, targets: bool = True) -> tuple[str, ...]:
-  """The arrays of `pack_batch` under `config` that go to the devices; without
-  `targets` (a reward model) not the completion tokens, so that the step's shapes
-  change with the row length only."""
+def packed_keys(config: Any, *, targets: bool = True, sequences: bool = False) -> tuple[str, ...]:
+  """The arrays of `pack_batch` under `config` that go to the devices: those of packed
+  pairs, or with `sequences` of packed sequences; without `targets` (a reward model)
+  not the completion tokens, so that the step's shapes change with the row length only."""
+  if sequences:
+    return packing.PACKED_SEQUENCE_KEYS
   keys = packing.PACKED_KEYS if targets else tuple(k for k in packing.PACKED_KEYS if k not in packing.TARGET_KEYS)
   return keys + (("packed_segments",) if config.data.get("share_prompt", False) else ())

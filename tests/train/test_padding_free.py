@@ -239,6 +239,7 @@ def test_pack_batch_gives_each_microbatch_and_shard_its_own_pairs():
     ("dpo", "cached", ("train/loss", "eval/loss", "eval/margin", "eval/accuracy")),
     ("dpo", "on_the_fly", ("train/loss", "eval/loss", "eval/margin")),
     ("reward_model", "cached", ("train/loss", "eval/loss", "eval/accuracy", "eval/ece")),
+    ("sft", "cached", ("train/loss", "eval/loss", "eval/token_nll")),
 ])
 def test_trainer_padding_free_matches_the_two_row_run(tmp_path, objective, reference, metrics):
   # Two microbatches: each is packed on its own (pack_batch) and split back by the step.
@@ -262,9 +263,81 @@ def test_trainer_padding_free_matches_the_two_row_run(tmp_path, objective, refer
   assert 1 <= unpadded["train/padding_free_shapes"] <= 6 and "train/padding_free_shapes" not in plain
 
 
-def test_padding_free_is_refused_for_objectives_without_pairs(tmp_path):
-  with pytest.raises(ValueError, match="data.padding_free applies to objectives on pairs"):
-    loop.train(tiny_config("sft", data__padding_free=True, train__steps=1), tmp_path)
+def test_padding_free_is_refused_for_objectives_without_pairs_or_sequences(tmp_path):
+  with pytest.raises(ValueError, match=r"data.padding_free applies to objectives on pairs .* or sequences "
+                                       r"\(sft\); objective 'kto' trains on unpaired"):
+    loop.train(tiny_config("kto", data__padding_free=True, train__steps=1), tmp_path)
+
+
+def test_pack_sequences_by_hand():
+  # Two sequences [bos a b c] (loss on b, c) and [bos d e] (loss on d, e), one row.
+  batch = {"tokens": np.array([[1, 5, 6, 7, 0], [1, 8, 9, 0, 0]], np.int32),
+           "attention_mask": np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], bool),
+           "loss_mask": np.array([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], bool)}
+  packed = packing.pack_sequences(batch, rows=1, width=8)
+  assert set(packed) == set(packing.PACKED_SEQUENCE_KEYS)
+  np.testing.assert_array_equal(packed["packed_tokens"][0, :7], [1, 5, 6, 7, 1, 8, 9])
+  np.testing.assert_array_equal(packed["packed_positions"][0, :7], [0, 1, 2, 3, 0, 1, 2])
+  assert packed["packed_tokens"].shape == (1, 16) and packed["packed_attention_mask"][0].sum() == 7
+  np.testing.assert_array_equal(packed["packed_document_slots"][0, :, :4], [[0, 1, 2, 3], [4, 5, 6, -1]])
+  # Targets b, c (predicted from slots 1, 2) of sequence 0 and d, e (slots 4, 5) of sequence 1.
+  np.testing.assert_array_equal(packed["target_tokens"][0, :4], [6, 7, 8, 9])
+  np.testing.assert_array_equal(packed["target_slots"][0, :4], [1, 2, 4, 5])
+  np.testing.assert_array_equal(packed["target_owners"][0], [0, 0, 1, 1] + [-1] * 12)
+  np.testing.assert_array_equal(packed["sequence_ends"], [[3, 6]])
+  assert packing.widest_document({"train": batch}, False) == (4, "train row 0")
+  with pytest.raises(ValueError, match="3 sequences do not split into 2 rows"):
+    packing.pack_sequences({k: np.concatenate([v, v[:1]]) for k, v in batch.items()}, rows=2)
+
+
+def test_packed_sequence_log_probs_and_gradients_equal_the_padded_rows():
+  vocab, width = 40, 14
+  pairs = _random_pairs(np.random.default_rng(7), 6, width, vocab)
+  batch = {k: pairs[f"chosen_{k}"] for k in packing.SEQUENCE_KEYS}
+  model = models.Transformer(models.get_preset("tiny", vocab_size=vocab, n_kv_heads=2, max_len=2 * width))
+  params = model.init(jax.random.key(0), jnp.asarray(batch["tokens"]))["params"]
+  packed = {k: jnp.asarray(v) for k, v in packing.pack_sequences(batch, rows=2).items()}
+  logits = model.apply({"params": params}, batch["tokens"], batch["attention_mask"])
+  expected = numpy_sequence_logps(logits, batch["tokens"], batch["loss_mask"])
+  logps, lengths = jax.jit(lambda p, b: padding_free.packed_sequence_logps(model, p, b))(params, packed)
+  np.testing.assert_allclose(logps, expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(lengths, batch["loss_mask"][:, 1:].sum(-1))
+
+  def loss(p, packed_rows):
+    if packed_rows:
+      value, _ = padding_free.packed_sequence_logps(model, p, packed)
+    else:
+      value, _ = objectives.sequence_logps(model, p, batch["tokens"], batch["attention_mask"], batch["loss_mask"])
+    return jnp.sum(value * jnp.arange(1.0, 7.0))  # a distinct weight per sequence: order matters
+
+  grads, packed_grads = (jax.grad(loss)(params, flag) for flag in (False, True))
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(packed_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pack_batch_of_sequences_gives_each_microbatch_and_shard_its_own_sequences():
+  pairs = _random_pairs(np.random.default_rng(8), 8, 10, 30)
+  batch = {k: pairs[f"chosen_{k}"] for k in packing.SEQUENCE_KEYS}
+  batch["example_index"] = np.arange(8)
+  config = tiny_config("sft", data__padding_free=True)
+  packed = padding_free.pack_batch(batch, config, data_parallel=2, microbatches=2)
+  assert "tokens" not in packed and packed["packed_tokens"].shape[0] == 4
+  micro = step.split_microbatches(packed, 2)
+  for m in range(2):
+    alone = packing.pack_sequences({k: v[m::2] for k, v in batch.items() if k in packing.SEQUENCE_KEYS}, rows=2,
+                                   width=packed["packed_document_slots"].shape[2])
+    np.testing.assert_array_equal(micro["example_index"][m], batch["example_index"][m::2])
+    for key, value in alone.items():
+      np.testing.assert_array_equal(np.asarray(micro[key][m])[:, :value.shape[1]], value, err_msg=key)
+  # Per-sequence outputs of the whole packed batch come row by row; batch_order undoes it.
+  # Found by content: the batch index of each packed document, row by row.
+  found = []
+  for row, documents in zip(packed["packed_tokens"], packed["packed_document_slots"]):
+    for slots in documents:
+      tokens = row[slots[slots >= 0]]
+      found += [i for i in range(8) if np.array_equal(batch["tokens"][i][batch["attention_mask"][i]], tokens)]
+  assert sorted(found) == list(range(8))
+  np.testing.assert_array_equal(padding_free.batch_order(jnp.asarray(found), packed, 2), np.arange(8))
 
 
 def test_default_positions_count_from_each_document_start():
