@@ -2,8 +2,9 @@
 (`rlhf_jax.data.packing`).
 
 The batch carries the packed keys of `data.packing.pack_pairs` (rows [R, N], documents
-[R, D, W], targets [R, M], read-out slots [R, 2P]); their shapes change from batch to
-batch within a few buckets, so `jax.jit` compiles one step per bucket. Per-pair outputs
+[R, D, W], targets [R, M], read-out slots [R, 2P]), or of `pack_sequences` (read-out
+slots `sequence_ends` [R, P]); their shapes change from batch to batch within a few
+buckets, so `jax.jit` compiles one step per bucket. Per-pair (per-sequence) outputs
 come back in batch order, [B] = [R * P], as from the two-row layout.
 
 Host side (`config.data.padding_free`): `resolve` measures the document width on the
@@ -113,8 +114,7 @@ def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None]
     config.data.document_width = needed
   elif needed > config.data.document_width:
     longest, where = packing.widest_document(datasets, share)
-    kind = "packed pairs" if share else ("sequences" if data_kind == "pairs" else "examples")
-    raise ValueError(f"data.padding_free: the data has {kind} that need "
+    raise ValueError(f"data.padding_free: the data has {'packed pairs' if share else 'sequences'} that need "
                      f"data.document_width >= {needed}, got {config.data.document_width} (the longest, "
                      f"{longest} tokens, is {where}); raise it or set it to 0 (measured on the data).")
   return config

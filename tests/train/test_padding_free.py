@@ -286,6 +286,12 @@ def test_pack_sequences_by_hand():
   np.testing.assert_array_equal(packed["target_owners"][0], [0, 0, 1, 1] + [-1] * 12)
   np.testing.assert_array_equal(packed["sequence_ends"], [[3, 6]])
   assert packing.widest_document({"train": batch}, False) == (4, "train row 0")
+  config = tiny_config("sft", data__padding_free=True, data__document_width=2)
+  with pytest.raises(ValueError, match=r"sequences that need data.document_width >= 8, got 2 \(the longest, 4 "
+                                       r"tokens, is train row 0\)"):
+    padding_free.resolve(config, {"train": batch, "eval": None}, data_kind="sequences")
+  config.data.document_width = 0
+  assert padding_free.resolve(config, {"train": batch, "eval": None}, data_kind="sequences").data.document_width == 8
   with pytest.raises(ValueError, match="3 sequences do not split into 2 rows"):
     packing.pack_sequences({k: np.concatenate([v, v[:1]]) for k, v in batch.items()}, rows=2)
 
