@@ -14,9 +14,11 @@ one padding-free reward-model step of the issue's benchmark (a row of 2560 slots
     gradient `g W^T` and weight gradient `x^T g`, in the forms of `layers.project`'s
     hand-written gradient (JAX) and of `torch.matmul` (PyTorch);
   * the SwiGLU feed-forward layer, forward and backward (`layers.FeedForward` and
-    `torch_reference.FeedForward` with the same weights); beside it, the sum of its
-    nine matmuls timed alone, so that the rest (activation, products and their
-    gradients) shows;
+    `torch_reference.FeedForward` with the same weights); the same layer in JAX as
+    separately jitted pieces; and the sum of the times of its nine matmul forms timed
+    alone, so that the rest (activation, products and their gradients, and what the
+    matmuls lose inside the layer) shows. PyTorch's layer computes the gate and up
+    projections as one matmul of twice the width; its sum is of the same nine forms;
   * causal attention over the documents, forward and backward: `layers.causal_attention`
     against `torch.nn.functional.scaled_dot_product_attention(is_causal=True)`, and
     JAX's `layers.document_attention` on the packed row (its gathers included), which
@@ -24,7 +26,8 @@ one padding-free reward-model step of the issue's benchmark (a row of 2560 slots
 
 Each piece is run on the same float32 inputs on both sides; the script prints the
 median time over `--repeats` calls (after two warm-up calls), PyTorch over JAX, and how
-far the two results are apart (largest difference over the largest value).
+far the two results are apart (largest difference over the largest value). GFLOP/s
+count every attention score, including the masked ones that both sides partly skip.
 `--jax_dots` chooses XLA:CPU's matmul kernels as in `train_step.py`.
 """
 
@@ -149,6 +152,37 @@ def feed_forward_piece(args: argparse.Namespace, rng: np.random.Generator) -> di
           "inputs": (params, x), "jax": jax_fn, "torch_factory": torch_fn, "flops": flops, "readout": readout}
 
 
+def split_feed_forward_piece(layer: dict[str, Any]) -> dict[str, Any]:
+  """The SwiGLU layer of `layer` (same weights, input and loss) computed as separately
+  jitted pieces: each of its nine matmuls, the activation and its gradient on its own.
+  Its time against the whole layer's shows whether XLA's fusion choices, or the
+  matmuls themselves, cost the layer's extra time."""
+  matmul, matmul_t, t_matmul = _dot_general((1, 0)), _dot_general((1, 1)), _dot_general((0, 0))
+  activation = jax.jit(lambda a, b: jax.nn.silu(a) * b)
+
+  @jax.jit
+  def activation_grad(dh, a, b):
+    s = jax.nn.sigmoid(a)
+    return dh * b * (s * (1 + a * (1 - s))), dh * a * s
+
+  total = jax.jit(lambda y, r: jnp.sum(y * r))
+  add = jax.jit(jnp.add)
+
+  def jax_fn(p, x, r):
+    a, b = matmul(x, p["gate"]), matmul(x, p["up"])
+    h = activation(a, b)
+    value = total(matmul(h, p["down"]), r)
+    dh, down = matmul_t(r, p["down"]), t_matmul(h, r)
+    da, db = activation_grad(dh, a, b)
+    dx = add(matmul_t(da, p["gate"]), matmul_t(db, p["up"]))
+    return value, dx, t_matmul(x, da), t_matmul(x, db), down
+
+  params, x = layer["inputs"]
+  return {"name": "  same, each matmul and the activation jitted on its own",
+          "inputs": (params, x[0], layer["readout"][0]), "jax": jax_fn, "torch_factory": None,
+          "flops": layer["flops"], "readout": layer["readout"]}
+
+
 def attention_pieces(args: argparse.Namespace, rng: np.random.Generator) -> list[dict[str, Any]]:
   """Causal attention over `documents` full documents of `width` slots, forward and
   backward (loss sum(out * r)): as a batch of documents, and as one packed row."""
@@ -196,7 +230,8 @@ def pieces(args: argparse.Namespace) -> list[dict[str, Any]]:
   rng = np.random.default_rng(args.seed)
   return (matmul_pieces(args.tokens, args.d_model, args.d_ff, rng, "up")
           + matmul_pieces(args.tokens, args.d_ff, args.d_model, rng, "down")
-          + [feed_forward_piece(args, rng)] + attention_pieces(args, rng))
+          + [layer := feed_forward_piece(args, rng), split_feed_forward_piece(layer)]
+          + attention_pieces(args, rng))
 
 
 def run_jax(piece: dict[str, Any]) -> tuple[np.ndarray, ...]:
@@ -261,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     matmuls = sum(times[next(n for n in times if n.startswith(f"{part} {kind}"))] * count
                   for kind, (up, down) in counts.items() for part, count in (("up", up), ("down", down)))
     layer = times[next(n for n in times if n.startswith("SwiGLU"))]
-    print(f"{side}: SwiGLU layer {layer:.2f} ms = its nine matmuls timed alone {matmuls:.2f} ms "
+    print(f"{side}: SwiGLU layer {layer:.2f} ms = its nine matmul forms timed alone {matmuls:.2f} ms "
           f"+ the rest {layer - matmuls:.2f} ms")
 
 

@@ -190,12 +190,13 @@ class Transformer(nn.Module):
         and getattr(logit_slots, "is_fully_addressable", True)):
       # Out-of-range slots would be clamped by the gathers, reading another slot without
       # a word; traced values (inside jit) cannot be checked here.
-      outside = np.flatnonzero((np.asarray(logit_slots) < 0) | (np.asarray(logit_slots) >= tokens.shape[1]))
+      values = np.asarray(logit_slots)
+      outside = np.flatnonzero((values < 0) | (values >= tokens.shape[1]))
       if outside.size:
-        row, column = np.unravel_index(outside[0], np.shape(logit_slots))
+        row, column = np.unravel_index(outside[0], values.shape)
         raise ValueError(
             f"Transformer: `logit_slots` must lie in [0, {tokens.shape[1]}) (the row length); "
-            f"{outside.size} do not, the first at [{row}, {column}]: {int(np.asarray(logit_slots)[row, column])}.")
+            f"{outside.size} do not, the first at [{row}, {column}]: {int(values[row, column])}.")
 
     offset = 0
     if decode:

@@ -50,7 +50,7 @@ def _numpy_attention_loss(q, k, v, readout):
 
 def test_every_piece_matches_numpy(pieces):
   names = [p["name"] for p in pieces]
-  assert len(names) == 9 and len(set(names)) == 9
+  assert len(names) == 10 and len(set(names)) == 10
   for piece in pieces[:6]:
     first, second = (np.asarray(x, np.float64) for x in piece["inputs"])
     if "forward" in piece["name"]:
@@ -62,11 +62,16 @@ def test_every_piece_matches_numpy(pieces):
     np.testing.assert_allclose(kernels.run_jax(piece)[0], expected, rtol=1e-4, atol=1e-4)
     assert piece["flops"] == 2 * expected.size * (first.shape[1] if "forward" in piece["name"] or
                                                   "input grad" in piece["name"] else first.shape[0])
-  swiglu = pieces[6]
-  got = kernels.run_jax(swiglu)
-  for value, expected in zip(got, _numpy_swiglu(*swiglu["inputs"], swiglu["readout"])):
+  swiglu, split = pieces[6], pieces[7]
+  expected_swiglu = _numpy_swiglu(*swiglu["inputs"], swiglu["readout"])
+  for value, expected in zip(kernels.run_jax(swiglu), expected_swiglu):
     np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
-  batched, packed = pieces[7], pieces[8]
+  # The layer as separately jitted pieces: the same loss and gradients ([n, d] input).
+  got = kernels.run_jax(split)
+  assert len(got) == 5 and got[1].shape == expected_swiglu[1].shape[1:]
+  for value, expected in zip(got, (expected_swiglu[0], expected_swiglu[1][0], *expected_swiglu[2:])):
+    np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
+  batched, packed = pieces[8], pieces[9]
   values = kernels.run_jax(batched)
   np.testing.assert_allclose(values[0], _numpy_attention_loss(*batched["inputs"], batched["readout"]), rtol=1e-4)
   # The packed row (a second algorithm: gathers into documents) gives the same loss and gradients.
@@ -85,13 +90,13 @@ def test_torch_pieces_agree_with_jax(pieces):
     out = runner()
     assert kernels.relative_difference(kernels.run_jax(piece), out if isinstance(out, tuple) else (out,)) < 1e-4
     compared += 1
-  assert compared == 8  # all but the packed row
+  assert compared == 8  # all but the split layer and the packed row
 
 
 def test_main_prints_every_piece_and_the_feed_forward_split(capsys):
   kernels.main(ARGS + ["--no_torch"])
   out = capsys.readouterr().out
   assert "torch: not used" in out and "SwiGLU forward+backward [48,16]->24" in out
-  assert "jax: SwiGLU layer" in out and "its nine matmuls timed alone" in out
+  assert "jax: SwiGLU layer" in out and "its nine matmul forms timed alone" in out
   with pytest.raises(SystemExit):
     kernels.parse_args(["--d_model=10", "--n_heads=4"])
