@@ -28,7 +28,8 @@ Each piece is run on the same float32 inputs on both sides; the script prints th
 median time over `--repeats` calls (after two warm-up calls), PyTorch over JAX, and how
 far the two results are apart (largest difference over the largest value). GFLOP/s
 count every attention score, including the masked ones that both sides partly skip.
-`--jax_dots` chooses XLA:CPU's matmul kernels as in `train_step.py`.
+`--jax_dots` chooses XLA:CPU's matmul kernels and `--keep_freed_memory` the malloc
+settings, as in `train_step.py`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ sys.path.insert(0, _HERE)
 
 from rlhf_jax import models  # noqa: E402
 from rlhf_jax.models import layers  # noqa: E402
-from train_step import DOT_FLAGS  # noqa: E402
+from train_step import add_process_flags, configure_process  # noqa: E402
 
 try:  # optional, as in train_step.py
   import torch  # noqa: E402
@@ -73,8 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--documents", type=int, default=8, help="documents attended one by one")
   parser.add_argument("--width", type=int, default=392, help="slots per document")
   parser.add_argument("--repeats", type=int, default=20)
-  parser.add_argument("--jax_dots", choices=sorted(DOT_FLAGS), default="eigen")
-  parser.add_argument("--torch_threads", type=int, default=2)
+  add_process_flags(parser)
   parser.add_argument("--no_torch", action="store_true", help="JAX column only")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
@@ -257,18 +257,15 @@ def relative_difference(first: tuple[Any, ...], second: tuple[Any, ...]) -> floa
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
-  flags = os.environ.get("XLA_FLAGS", "")
-  if DOT_FLAGS[args.jax_dots] and "ynn_fusion_type" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {DOT_FLAGS[args.jax_dots]}".strip()
+  memory = configure_process(args)
   use_torch = torch is not None and not args.no_torch
-  if use_torch:
-    torch.set_num_threads(args.torch_threads)
   print(f"kernel benchmark: tokens={args.tokens} d_model={args.d_model} d_ff={args.d_ff} n_heads={args.n_heads} "
         f"documents={args.documents} width={args.width} (float32), median of {args.repeats}")
   print(f"jax {jax.__version__} (backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); "
         + (f"torch {torch.__version__} ({torch.get_num_threads()} threads)" if use_torch
            else f"torch: not used ({'--no_torch' if torch is not None else TORCH_ERROR})"))
+  print(f"host memory, both sides (one process): {memory}")
   header = f"{'piece':64s}{'jax ms':>9s}{'GFLOP/s':>9s}{'torch ms':>10s}{'GFLOP/s':>9s}{'torch/jax':>10s}{'apart':>9s}"
   print(header)
   jax_ms: dict[str, float] = {}

@@ -65,6 +65,11 @@ last block computes queries, attention output and feed-forward only there. JAX's
 GFLOP/s and MFU therefore count work it did not do: they compare throughput at equal
 model FLOPs. XLA's own count of the compiled step is printed beside.
 
+`--keep_freed_memory` (default; `--no-keep_freed_memory` turns it off) sets glibc's malloc
+to keep freed memory for reuse (`rlhf_jax.host_memory`, what `scripts/train.py` does), so
+that XLA:CPU's step does not page-fault its temporary buffers in anew on every call. It
+applies to the whole process, so to both sides; the header says what was set.
+
 `--jax_dots=eigen` (default) sets `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
 -individual_dot` before the first JAX computation, so that XLA:CPU runs the matmuls with
 its Eigen kernels instead of YNNPACK (both float32, default precision); `--jax_dots=ynnpack`
@@ -93,6 +98,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
 from rlhf_jax import data as data_lib  # noqa: E402
+from rlhf_jax import host_memory  # noqa: E402
 from rlhf_jax import losses, models  # noqa: E402
 from rlhf_jax.data import packing  # noqa: E402
 from rlhf_jax.train import objectives, padding_free, shared_prompt  # noqa: E402
@@ -115,6 +121,30 @@ DOT_FLAGS = {"eigen": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot", 
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def add_process_flags(parser: argparse.ArgumentParser) -> None:
+  """Flags of the process both sides run in (shared with benchmarks/kernels.py)."""
+  parser.add_argument("--jax_dots", choices=tuple(DOT_FLAGS), default="eigen",
+                      help="XLA:CPU matmul kernels: Eigen, or YNNPACK (the XLA default)")
+  parser.add_argument("--keep_freed_memory", action=argparse.BooleanOptionalAction, default=True,
+                      help="glibc malloc keeps freed memory for reuse (rlhf_jax.host_memory, as "
+                           "scripts/train.py does); it applies to both sides")
+  parser.add_argument("--torch_threads", type=int, default=2)
+
+
+def configure_process(args: argparse.Namespace) -> str:
+  """Applies `add_process_flags` before the first JAX computation; returns what
+  `host_memory` did. XLA_FLAGS is read when the CPU client is created, so setting it
+  here still applies; a kernel choice the caller already made in XLA_FLAGS wins."""
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if DOT_FLAGS[args.jax_dots] and "ynn_fusion_type" not in xla_flags:
+    os.environ["XLA_FLAGS"] = f"{xla_flags} {DOT_FLAGS[args.jax_dots]}".strip()
+  # Before torch or XLA start their threads: a thread keeps the malloc arena it began with.
+  memory = host_memory.keep_freed_memory() if args.keep_freed_memory else host_memory.status()
+  if torch is not None:
+    torch.set_num_threads(args.torch_threads)
+  return memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,9 +181,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=4, help="timed steps per implementation per round")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   parser.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
-  parser.add_argument("--jax_dots", choices=tuple(DOT_FLAGS), default="eigen",
-                      help="XLA:CPU matmul kernels: Eigen, or YNNPACK (the XLA default)")
-  parser.add_argument("--torch_threads", type=int, default=2)
+  add_process_flags(parser)
   parser.add_argument("--torch_optimizer", choices=("foreach", "fused", "for-loop"), default="fused",
                       help="implementation of torch.optim.AdamW")
   parser.add_argument("--torch_padding_mask", action="store_true",
@@ -547,15 +575,9 @@ def check_agreement(reference: dict, other: dict, label: str, aux_name: str) -> 
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
-  # Read when the CPU client is created (the first JAX computation), so setting it here
-  # still applies; a choice the caller already made in XLA_FLAGS wins.
-  xla_flags = os.environ.get("XLA_FLAGS", "")
-  if DOT_FLAGS[args.jax_dots] and "ynn_fusion_type" not in xla_flags:
-    os.environ["XLA_FLAGS"] = f"{xla_flags} {DOT_FLAGS[args.jax_dots]}".strip()
+  memory = configure_process(args)
   config = model_config(args)
   use_torch = torch is not None and not args.no_torch
-  if use_torch:
-    torch.set_num_threads(args.torch_threads)
 
   print(f"train step benchmark: objective={args.objective}"
         f"{' (cached reference log-probs)' if args.cached_reference else ''}; "
@@ -567,6 +589,7 @@ def main(argv: list[str] | None = None) -> None:
                 if use_torch else "torch: not used")
   print(f"jax {jax.__version__} (backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); {torch_text}")
+  print(f"host memory, both sides (one process): {memory}")
   if torch is None:
     print(f"PyTorch columns skipped: torch is not installed ({TORCH_ERROR}); "
           "install the CPU build with `.venv/bin/pip install torch==2.13.0`.")

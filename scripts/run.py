@@ -11,18 +11,22 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlhf_jax import cli, demo, pipeline
+from rlhf_jax import cli, demo, host_memory, pipeline
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline.py"
 config_flags.DEFINE_config_file("config", None, f"Pipeline config file (default {DEFAULT_CONFIG}).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "runs/pipeline", "Directory for every stage's outputs.")
 flags.DEFINE_bool("demo_losses", False, "Only evaluate every objective on a small batch.")
+flags.DEFINE_bool("keep_freed_memory", True,
+                  "Let glibc malloc keep freed memory for the next step (rlhf_jax.host_memory).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  if FLAGS.keep_freed_memory:  # before XLA starts its threads
+    host_memory.keep_freed_memory()
   if FLAGS.demo_losses:
     demo.main()
     return

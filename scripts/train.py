@@ -25,7 +25,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlhf_jax import cli
+from rlhf_jax import cli, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/dpo.py:preset=tiny.", lock_config=True)
@@ -37,6 +37,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 _STOP_AT_STEP = flags.DEFINE_integer(
     "stop_at_step", None, "Stop (with a checkpoint) at this step, as a preemption would.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a user error.")
+_KEEP_FREED_MEMORY = flags.DEFINE_bool(
+    "keep_freed_memory", True,
+    "Let glibc malloc keep freed memory for the next step instead of returning it to the "
+    "kernel (rlhf_jax.host_memory): XLA:CPU steps then stop page-faulting their buffers.")
 
 # Cluster environments that `jax.distributed.initialize()` detects by itself.
 _CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
@@ -73,6 +77,8 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   py_logging.getLogger("rlhf_jax").setLevel(py_logging.INFO)
+  if _KEEP_FREED_MEMORY.value:  # before any thread of XLA or jax.distributed allocates
+    logging.info("host memory: %s", host_memory.keep_freed_memory())
   _initialize_distributed()
 
   from rlhf_jax import data, train  # pylint: disable=g-import-not-at-top

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import data as data_lib
+from rlhf_jax import host_memory
 from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import checkpoint as checkpoint_lib
 from rlhf_jax.train import evaluate as evaluate_lib
@@ -257,7 +258,8 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   parts = _cached_build(config, mesh, datasets.info)
   layout = components_lib.device_batch_layout(config, datasets.info)
   rundir.write_config(workdir, config)
-  rundir.write_run_info(workdir, mesh=dict(mesh.shape), data_info=vars(datasets.info), **datasets.provenance)
+  rundir.write_run_info(workdir, mesh=dict(mesh.shape), data_info=vars(datasets.info),
+                        host_memory=host_memory.status(), **datasets.provenance)
 
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   checkpointer = checkpoint_lib.Checkpointer(

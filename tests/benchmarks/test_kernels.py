@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 import kernels  # noqa: E402
+from rlhf_jax import host_memory  # noqa: E402
 
 ARGS = ["--tokens=48", "--d_model=16", "--d_ff=24", "--n_heads=2", "--documents=3", "--width=8", "--repeats=1"]
 
@@ -94,8 +95,9 @@ def test_torch_pieces_agree_with_jax(pieces):
 
 
 def test_main_prints_every_piece_and_the_feed_forward_split(capsys):
-  kernels.main(ARGS + ["--no_torch"])
+  kernels.main(ARGS + ["--no_torch", "--no-keep_freed_memory"])  # pytest's malloc left alone
   out = capsys.readouterr().out
+  assert f"host memory, both sides (one process): {host_memory.status()}" in out
   assert "torch: not used" in out and "SwiGLU forward+backward [48,16]->24" in out
   assert "jax: SwiGLU layer" in out and "its nine matmul forms timed alone" in out
   with pytest.raises(SystemExit):

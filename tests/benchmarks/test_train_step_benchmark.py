@@ -178,7 +178,9 @@ def test_padding_free_model_flops_hand_count():
 
 
 _SMALL_RUN = ["--d_model=32", "--n_layers=2", "--n_heads=2", "--vocab=50", "--seq_len=32", "--batch_pairs=4",
-              "--rounds=1", "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64"]
+              "--rounds=1", "--steps=1", "--warmup=0", "--batches=2", "--peak_size=64",
+              # malloc settings are process-wide: leave pytest's alone (tests/test_host_memory.py)
+              "--no-keep_freed_memory"]
 
 
 def _torch_checks(capsys, flags: list[str], output: str) -> tuple[str, list[tuple[float, float]]]:

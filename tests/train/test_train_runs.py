@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import data
+from rlhf_jax import data, host_memory
 from rlhf_jax.train import checkpoint, inputs, loop, networks
 from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
 
@@ -61,6 +61,7 @@ def test_dpo_drives_implicit_reward_accuracy_to_one(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["objective"] == "dpo"
   run = json.loads((tmp_path / "run.json").read_text())
   assert set(run["git"]) == {"commit", "dirty"} and "train" in run["arrays_sha256"]
+  assert run["host_memory"] == host_memory.status()  # what this process's malloc was set to
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records if r["split"] == "train"] == [20, 40, 60]
   assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
@@ -184,6 +185,10 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr
   done = json.loads(resumed.stdout.strip().splitlines()[-1])
   assert done["step"] == final["step"] + 2 and not done["preempted"]
+  # scripts/train.py keeps freed memory by default (rlhf_jax.host_memory) and says so.
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run["host_memory"].startswith("freed memory kept (glibc mallopt M_ARENA_MAX=1")
+  assert run["resumed"][0]["host_memory"] == run["host_memory"]
   steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
   assert steps == list(range(1, final["step"] + 3))  # no step lost or repeated
 
