@@ -44,7 +44,8 @@ second-step losses (after one AdamW update) are apart.
 
 Reported per implementation: median step time over `--rounds` x `--steps` timed steps
 (implementations interleaved round by round, so that a change in machine load hits all
-of them; the speed-ups are also printed round by round, to show their spread), pairs per second, achieved GFLOP/s and model FLOP utilisation (MFU): analytic
+of them; the speed-ups are also printed round by round, to show their spread), the median
+minor page faults per step (memory the kernel had to map in), pairs per second, achieved GFLOP/s and model FLOP utilisation (MFU): analytic
 model FLOPs per step over the median step time, divided by a peak measured in the same
 run: the faster of a large jitted float32 matmul and `torch.mm` of the same size. Model FLOPs (Kaplan et al. 2020; PaLM, Chowdhery et al.
 2022, appendix B): a forward costs `2 N + 4 L T D` per token (N = matmul parameters
@@ -81,6 +82,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import statistics
 import sys
 import time
@@ -537,6 +539,7 @@ class Runner:
   run: Callable[[int], dict[str, float | np.ndarray]]
   flops: float
   times: list[float] = dataclasses.field(default_factory=list)
+  faults: list[int] = dataclasses.field(default_factory=list)  # minor page faults per timed step
 
 
 def jax_runner(name: str, side: JaxSide, batches: list[dict[str, jax.Array]], flops: float) -> Runner:
@@ -555,6 +558,12 @@ def torch_runner(name: str, side: TorchSide, flops: float) -> Runner:
     return {"loss": float(outputs["loss"]), "aux": aux.numpy()}
 
   return Runner(name, run, flops)
+
+
+def _minor_faults() -> int:
+  """Minor page faults of this process so far (the sides run one at a time, so the
+  difference around a step is that step's)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def round_ratios(jax_times: list[float], other_times: list[float], steps: int) -> list[float]:
@@ -695,22 +704,24 @@ def main(argv: list[str] | None = None) -> None:
   for _ in range(args.rounds):
     for runner in runners:
       for i in range(args.steps):
-        start = time.perf_counter()
+        faults, start = _minor_faults(), time.perf_counter()
         runner.run(step_index + i)
         runner.times.append(time.perf_counter() - start)
+        runner.faults.append(_minor_faults() - faults)
     step_index += args.steps
 
   timed = args.rounds * args.steps
   print(f"\nmedian of {timed} timed steps ({args.rounds} rounds x {args.steps}, after {2 + args.warmup} untimed)")
   name_width = max(28, *(len(r.name) + 2 for r in runners))
-  print(f"{'':{name_width}s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'pairs/s':>10s}{'GFLOP/s':>10s}{'MFU':>8s}")
+  print(f"{'':{name_width}s}{'median s':>10s}{'min s':>9s}{'max s':>9s}{'pairs/s':>10s}{'GFLOP/s':>10s}{'MFU':>8s}"
+        f"{'faults/step':>13s}")
   medians = {}
   for runner in runners:
     median = statistics.median(runner.times)
     medians[runner.name] = median
     print(f"{runner.name:{name_width}s}{median:10.3f}{min(runner.times):9.3f}{max(runner.times):9.3f}"
           f"{args.batch_pairs / median:10.2f}{runner.flops / median / 1e9:10.1f}"
-          f"{100 * runner.flops / median / peak:7.1f}%")
+          f"{100 * runner.flops / median / peak:7.1f}%{statistics.median(runner.faults):13.0f}")
   jax_median = medians[runners[0].name]
   for runner in runners[1:]:
     speedup = medians[runner.name] / jax_median

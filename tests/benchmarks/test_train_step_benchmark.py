@@ -218,3 +218,23 @@ def test_round_ratios_are_medians_per_round():
   jax_times = [1.0, 0.9, 1.2, 2.0, 2.5, 1.0]
   other = [1.5, 9.0, 1.4, 3.2, 3.0, 3.3]
   np.testing.assert_allclose(train_step.round_ratios(jax_times, other, 3), [1.5 / 1.0, 3.2 / 2.0])
+
+
+def test_table_rows_follow_from_the_step_times(capsys):
+  """Without torch: the JAX row's pairs/s recomputed from its median, its MFU from its
+  GFLOP/s and the peak, and a whole number of page faults per step."""
+  train_step.main(_SMALL_RUN + ["--no_torch"])
+  out = capsys.readouterr().out
+  assert "host memory, both sides (one process): " in out and "faults/step" in out
+  lines = out.splitlines()
+  row = lines[next(i for i, line in enumerate(lines) if "faults/step" in line) + 1]
+  assert row.startswith("jax (ref forward)")
+  median, _, _, pairs_per_second, gflops, mfu, faults = row[len("jax (ref forward)"):].split()
+  median, pairs_per_second, gflops = float(median), float(pairs_per_second), float(gflops)
+  batch_pairs = int(next(f for f in _SMALL_RUN if f.startswith("--batch_pairs")).split("=")[1])
+  # The median is printed to 0.5 ms, the rates to their last digit: bounds, not equalities.
+  slowest, fastest = median + 5e-4, median - 5e-4
+  assert batch_pairs / slowest - 0.005 <= pairs_per_second <= batch_pairs / fastest + 0.005
+  peak = float(re.search(r"MFU denominator ([\d.]+) GFLOP/s", out).group(1))
+  assert 100 * (gflops - 0.05) / peak - 0.05 <= float(mfu.rstrip("%")) <= 100 * (gflops + 0.05) / peak + 0.05
+  assert faults.isdigit()
