@@ -730,6 +730,9 @@ def main(argv: list[str] | None = None) -> None:
       target = f" (target {'2' if jax_cached else '1.5'}x: {'met' if speedup >= (2 if jax_cached else 1.5) else 'MISSED'})"
     rounds = " ".join(f"{r:.2f}x" for r in round_ratios(runners[0].times, runner.times, args.steps))
     print(f"speed-up {runners[0].name} over {runner.name}: {speedup:.2f}x{target}; per round: {rounds}")
+  # ru_maxrss is in KiB on Linux, in bytes on macOS.
+  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+  print(f"peak resident memory of the process (both sides, compilation included): {peak_rss:.0f} MiB")
 
 
 if __name__ == "__main__":

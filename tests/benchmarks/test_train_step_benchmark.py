@@ -238,3 +238,8 @@ def test_table_rows_follow_from_the_step_times(capsys):
   peak = float(re.search(r"MFU denominator ([\d.]+) GFLOP/s", out).group(1))
   assert 100 * (gflops - 0.05) / peak - 0.05 <= float(mfu.rstrip("%")) <= 100 * (gflops + 0.05) / peak + 0.05
   assert faults.isdigit()
+  # At least the model's parameters and Adam moments (float32) were resident.
+  peak = float(re.search(r"peak resident memory of the process \(both sides, compilation included\): (\d+) MiB",
+                         out).group(1))
+  parameters = float(re.search(r"parameters: ([\d.]+)M", out).group(1)) * 1e6
+  assert peak >= 3 * 4 * parameters / 2**20
