@@ -22,7 +22,7 @@ whole process:
 The price is resident memory: it does not shrink after a peak, and the arena grows until
 it holds a few of a step's temporaries side by side (XLA may free one call's buffers
 after the next call has allocated its own, and small blocks split the holes). In the
-reward-model benchmark the process peaks at 2.8-2.9 GiB instead of 2.2 GiB. A training
+reward-model benchmark the process peaks at 2.8 GiB instead of 2.1 GiB. A training
 process, whose steps all need the same buffers, trades that for the time.
 
 It must run before the XLA backend starts its threads (before the first JAX
