@@ -360,6 +360,10 @@ def test_default_positions_count_from_each_document_start():
   places = np.asarray(layers.document_places(slots, real.shape[1]))
   np.testing.assert_array_equal((places % slots.shape[2])[real], packed["packed_positions"][real])
   # RoPE only sees position differences, so the logits agree with any per-document offset
-  # too; this checks that the default path runs and matches the explicit one.
-  np.testing.assert_allclose(np.asarray(forward())[real],
-                             np.asarray(forward(positions=packed["packed_positions"]))[real], rtol=1e-5, atol=1e-5)
+  # too; this checks that the default path matches the explicit one...
+  default = np.asarray(forward())[real]
+  np.testing.assert_allclose(default, np.asarray(forward(positions=packed["packed_positions"]))[real],
+                             rtol=1e-5, atol=1e-5)
+  # ... and that the comparison has power: positions whose differences are wrong (twice
+  # the packer's) change the logits.
+  assert not np.allclose(default, np.asarray(forward(positions=2 * packed["packed_positions"]))[real], atol=1e-3)
