@@ -45,10 +45,11 @@ second-step losses (after one AdamW update) are apart.
 Reported per implementation: median step time over `--rounds` x `--steps` timed steps
 (implementations interleaved round by round, so that a change in machine load hits all
 of them; the speed-ups are also printed round by round, to show their spread), the median
-minor page faults per step (memory the kernel had to map in), pairs per second, achieved GFLOP/s and model FLOP utilisation (MFU): analytic
-model FLOPs per step over the median step time, divided by a peak measured in the same
-run: the faster of a large jitted float32 matmul and `torch.mm` of the same size. Model FLOPs (Kaplan et al. 2020; PaLM, Chowdhery et al.
-2022, appendix B): a forward costs `2 N + 4 L T D` per token (N = matmul parameters
+minor page faults per step (memory the kernel had to map in), pairs per second, achieved
+GFLOP/s and model FLOP utilisation (MFU): analytic model FLOPs per step over the median
+step time, divided by a peak measured in the same run: the faster of a large jitted
+float32 matmul and `torch.mm` of the same size. Model FLOPs (Kaplan et al. 2020; PaLM,
+Chowdhery et al. 2022, appendix B): a forward costs `2 N + 4 L T D` per token (N = matmul parameters
 including the output layer, not the embedding lookup; `4 L T D` for the attention
 scores and weighted values over all T keys of the padded length), a training step three
 forwards, the DPO reference one more; every position of the padded [2B, T] batch counts.
@@ -132,7 +133,14 @@ def add_process_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--keep_freed_memory", action=argparse.BooleanOptionalAction, default=True,
                       help="glibc malloc keeps freed memory for reuse (rlhf_jax.host_memory, as "
                            "scripts/train.py does); it applies to both sides")
-  parser.add_argument("--torch_threads", type=int, default=2)
+  parser.add_argument("--torch_threads", type=_at_least_one, default=2)
+
+
+def _at_least_one(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
 
 
 def configure_process(args: argparse.Namespace) -> str:
@@ -195,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args.n_kv_heads = args.n_kv_heads or args.n_heads
   args.d_ff = args.d_ff or 4 * args.d_model
   for name in ("d_model", "n_layers", "n_heads", "vocab", "seq_len", "batch_pairs", "rounds",
-               "steps", "batches", "torch_threads", "peak_size"):
+               "steps", "batches", "peak_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
   if args.warmup < 0:

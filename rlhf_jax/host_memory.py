@@ -93,9 +93,11 @@ def keep_freed_memory() -> str:
     return _status
   failed = [name for name, parameter, value in _SETTINGS if not mallopt(parameter, value)]
   applied = ", ".join(f"{name}={value}" for name, _, value in _SETTINGS if name not in failed)
-  _status = f"freed memory kept (glibc mallopt {applied})"
-  if failed:
-    _status += f"; mallopt refused {', '.join(failed)}"
+  if failed:  # all three are needed (module docstring): say so rather than "kept"
+    _status = (f"freed memory not kept: glibc mallopt refused {', '.join(failed)} "
+               f"(applied: {applied or 'none'})")
+  else:
+    _status = f"freed memory kept (glibc mallopt {applied})"
   return _status
 
 

@@ -100,11 +100,11 @@ def test_status_names_the_settings(monkeypatch):
   # subprocess tests above check their effect.
   monkeypatch.setattr(host_memory, "_status", host_memory.status())  # restored afterwards
   monkeypatch.setattr(host_memory, "accelerator_plugins", lambda: [])
-  calls = []
+  calls, refused = [], {host_memory.M_MMAP_MAX}
 
   def mallopt(parameter, value):  # glibc returns 1 on success
     calls.append((parameter, value))
-    return int(parameter != host_memory.M_MMAP_MAX)
+    return int(parameter not in refused)
 
   class FakeLibc:
     def __init__(self):
@@ -113,12 +113,13 @@ def test_status_names_the_settings(monkeypatch):
   monkeypatch.setattr(host_memory.ctypes, "CDLL", lambda name: FakeLibc())
   message = host_memory.keep_freed_memory()
   assert calls == [(-8, 1), (-4, 0), (-1, 2**31 - 1)]
-  assert message == ("freed memory kept (glibc mallopt M_ARENA_MAX=1, M_TRIM_THRESHOLD=2147483647); "
-                     "mallopt refused M_MMAP_MAX")
+  assert message == ("freed memory not kept: glibc mallopt refused M_MMAP_MAX "
+                     "(applied: M_ARENA_MAX=1, M_TRIM_THRESHOLD=2147483647)")
   assert host_memory.status() == message
   monkeypatch.setattr(host_memory, "accelerator_plugins", lambda: ["cuda"])
   monkeypatch.setenv("JAX_PLATFORMS", "")
   calls.clear()
+  refused.clear()
   assert host_memory.keep_freed_memory().startswith("malloc defaults (accelerator plugins cuda installed")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the user asked for the CPU
   assert host_memory.keep_freed_memory().startswith("freed memory kept") and len(calls) == 3

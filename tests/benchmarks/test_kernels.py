@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 import kernels  # noqa: E402
+import train_step  # noqa: E402
 from rlhf_jax import host_memory  # noqa: E402
 
 ARGS = ["--tokens=48", "--d_model=16", "--d_ff=24", "--n_heads=2", "--documents=3", "--width=8", "--repeats=1"]
@@ -102,3 +103,11 @@ def test_main_prints_every_piece_and_the_feed_forward_split(capsys):
   assert "jax: SwiGLU layer" in out and "its nine matmul forms timed alone" in out
   with pytest.raises(SystemExit):
     kernels.parse_args(["--d_model=10", "--n_heads=4"])
+
+
+@pytest.mark.parametrize("script", [kernels, train_step])
+def test_torch_threads_below_one_is_a_usage_error(script, capsys):
+  # Both scripts take the process flags from train_step.add_process_flags.
+  with pytest.raises(SystemExit):
+    script.parse_args(["--torch_threads=0"])
+  assert "argument --torch_threads: must be at least 1, got 0" in capsys.readouterr().err
