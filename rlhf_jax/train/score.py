@@ -427,7 +427,8 @@ def score_file(
   Args:
     scorer: from `load_reward_model`.
     input_path: a local JSON Lines, Parquet or CSV file (`rlhf_jax.data.sources`).
-    output_path: the scores, one JSON object per scored record, in file order:
+    output_path: the scores, one JSON object per scored record, in file order (an older
+      file there is removed first):
       {"line": n (or "row" for Parquet/CSV), "id", "score"} for completions,
       {"line", "id", "chosen_score", "rejected_score", "margin", "target_prob",
       "is_tie", "correct"} for pairs ("correct" null for ties); with K > 1 outputs also
@@ -445,8 +446,8 @@ def score_file(
     mean score, and for pairs accuracy, ece, decided pairs, ties and mean margin.
 
   Raises:
-    DataError: the file is unreadable or holds no usable record (naming file, line,
-      field and reason).
+    DataError: the file is unreadable or holds no usable record, or no record survives
+      truncation (naming file, line, field and reason).
     ScoreError: bad arguments (unknown kind or format, output = input).
   """
   if kind not in KINDS:
@@ -459,8 +460,9 @@ def score_file(
   if len({input_path.absolute(), output_path.absolute(), rejects_path.absolute()}) < 3:
     raise ScoreError(f"input {input_path}, output {output_path} and rejects {rejects_path} must be three "
                      "different files.")
-  if rejects_path.exists():
-    rejects_path.unlink()  # a rejects file of an earlier scoring would read as this one's
+  for path in (output_path, rejects_path):
+    if path.exists():
+      path.unlink()  # files of an earlier scoring would read as this one's if this one fails
   chosen: dict[str, str] = {}
   accepted, report = sources_lib.load_records(
       input_path, None, format_name=format, detect=_detector(kind, format, os.fspath(input_path), chosen),
@@ -496,6 +498,11 @@ def score_file(
                                                            np.mean(scores.rejected, -1)])))}
   else:
     completions = scorer.score([e.prompt for e in examples], [e.completion for e in examples])
+    if len(completions.rejected) == len(examples):
+      raise data_lib.DataError(
+          f"{input_path}: no completion of the {len(examples)} usable records survives truncation "
+          f"(max_length {scorer.max_length}, max_prompt_length {scorer.max_prompt_length}); e.g. "
+          f"{rows[0].location} {rows[0].number}: {completions.rejected[0]}.")
     # The record field that holds the completion, per SFT format.
     field = {"text": "text", "prompt_completion": "completion", "messages": "messages"}[report.format]
     unscored = {i: (field, reason) for i, reason in completions.rejected.items()}

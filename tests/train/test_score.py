@@ -205,6 +205,11 @@ def test_bad_rows_go_to_the_rejects_file(run, scorer, tmp_path):
   # The library call names the completion it cannot score.
   with pytest.raises(score.ScoreError, match="completion 0: .*empty after truncation"):
     full([long_prompt], [" ugh"])
+  # Nothing scorable: a clear error, and no scores of the earlier call left to read.
+  only_long = _write(tmp_path / "long.jsonl", [rows[4]])
+  with pytest.raises(data.DataError, match=f"{only_long}: no completion .* survives truncation .*line 1"):
+    score.score_file(full, only_long, tmp_path / "scores.jsonl", rejects_path=tmp_path / "rejects.jsonl")
+  assert not (tmp_path / "scores.jsonl").exists() and not (tmp_path / "rejects.jsonl").exists()
 
 
 def test_run_directories_that_cannot_score_are_clear_errors(run, tmp_path):
