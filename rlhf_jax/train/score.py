@@ -124,7 +124,9 @@ def _run_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> data_lib
   recorded = None
   if run_path.is_file():
     run = _read_json(run_path)
-    recorded = ((run.get("data") or {}).get("tokenizer") or {}).get("fingerprint")
+    data = run.get("data") if isinstance(run, dict) else None
+    tokenizer_record = data.get("tokenizer") if isinstance(data, dict) else None
+    recorded = tokenizer_record.get("fingerprint") if isinstance(tokenizer_record, dict) else None
   if recorded is not None and recorded != tokenizer.fingerprint:
     raise ScoreError(f"{path}: this tokenizer (sha256 {tokenizer.fingerprint[:12]}...) is not the one the run "
                      f"trained with (run.json records {recorded[:12]}...); the model would see other token ids.")
