@@ -6,10 +6,10 @@ Launch (the duck data set of ../shared/data/crowd, 4,212 answers, 108 items, 39 
     --config.input=../shared/data/crowd/duck/answers.csv --config.format=crowd_csv \
     --config.method=dawid_skene --config.output_dir=/tmp/duck
 
-Expected: 4212 read, 4212 accepted, 0 rejected; 108 items, 39 annotators; Fleiss' kappa
-0.125; accuracy 0.8981 against the truth.csv found next to answers.csv (crowd-kit's
-DawidSkene: 0.889); about 10 s on 2 CPU cores, most of it JAX compilation. It writes /tmp/duck/{labels.csv, annotators.csv,
-rejects.jsonl, report.md, summary.json} and the PNG plots that report.md shows.
+It writes /tmp/duck/{labels.csv, annotators.csv, rejects.jsonl, report.md, summary.json}
+and the PNG plots that report.md shows, with the accuracy against the truth.csv found
+next to answers.csv. Its result (counts, agreement, accuracy, time) is recorded in
+docs/benchmarks.md ("Demo runs: the configs and make run"); every method's accuracy on the three crowd data sets in docs/feedback.md.
 
 Pairwise preference records (JSONL/CSV/Parquet, schema in rlhf_jax/feedback/records.py):
 

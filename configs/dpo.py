@@ -4,9 +4,8 @@ Launch (tiny CPU demo on the synthetic separable toy set, no file, no download):
 
   python scripts/train.py --config=configs/dpo.py:preset=tiny --workdir=/tmp/dpo_tiny
 
-Expected: eval implicit-reward accuracy 1.00 with mean reward margin 4.4 after 200
-steps, in about 25 s on 2 CPU cores (measured: 23 s wall, 22 s CPU). Any variant:
-`--config=configs/dpo.py:preset=tiny,variant=ipo`.
+Its result (eval implicit-reward accuracy, margin, time) is recorded in
+docs/benchmarks.md ("Demo runs: the configs and make run"). Any variant: `--config=configs/dpo.py:preset=tiny,variant=ipo`.
 
 A real run (HH-RLHF jsonl, tokenizer trained into the workdir when none is given):
 
@@ -17,8 +16,8 @@ A real run (HH-RLHF jsonl, tokenizer trained into the workdir when none is given
 Prompt-prefix sharing: `--config.data.share_prompt=true` packs each pair as one row
 [prompt | chosen | rejected], so the prompt goes through the policy (and the reference)
 once and logits are computed only at completion positions; the log-probs are the same
-(`rlhf_jax/train/shared_prompt.py`). On HH-RLHF pairs the step is then 1.7x PyTorch's
-two-row step, 2.1x with the cached reference (docs/benchmarks.md). Also for SimPO and ORPO.
+(`rlhf_jax/train/shared_prompt.py`); its speed against PyTorch is in docs/benchmarks.md
+("Train step against PyTorch"). Also for SimPO and ORPO.
 
 Padding-free batches: `--config.data.padding_free=true` lays the pairs of a batch end to
 end, one row per data-parallel shard, without padding (`rlhf_jax/data/packing.py`):

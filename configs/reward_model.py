@@ -5,8 +5,8 @@ Launch (tiny CPU demo: the planted rule "chosen completions hold GOOD, rejected 
 
   python scripts/train.py --config=configs/reward_model.py:preset=tiny --workdir=/tmp/rm_tiny
 
-Expected: eval pairwise accuracy 1.00, calibration error (ECE, 10 bins) 0.00, mean
-reward margin 10.8 after 200 steps, in about 20 s on 2 CPU cores. Other likelihoods:
+Its result (eval pairwise accuracy, calibration error, margin, time) is recorded in
+docs/benchmarks.md ("Demo runs: the configs and make run"). Other likelihoods:
 `--config=configs/reward_model.py:preset=tiny,loss=bradley_terry_soft` (confidence-weighted
 training on `target_prob`), `loss=bradley_terry_ties`, `loss=crowd_bt` (annotator
 reliabilities learned jointly, or `--config.loss.reliabilities=reliab.json`).
@@ -22,6 +22,10 @@ the same (`rlhf_jax/train/shared_prompt.py`). `--config.data.padding_free=true` 
 pairs of a batch end to end without padding (`rlhf_jax/data/packing.py`), alone or with
 prompt sharing; the rewards are the same. The step compiles once per row length met,
 rounded up to one of `data.buckets_per_octave` sizes per octave.
+
+Scoring with the trained model (a run on a data file, which has a tokenizer):
+
+  python scripts/score.py --workdir=runs/rm --input=test.jsonl.gz --output=scores.jsonl
 
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """

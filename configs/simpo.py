@@ -4,8 +4,8 @@ Launch (tiny CPU demo on the separable toy pairs):
 
   python scripts/train.py --config=configs/simpo.py:preset=tiny --workdir=/tmp/simpo_tiny
 
-Expected: eval reward accuracy 1.00 with mean margin 10.4 (beta 2) after 200 steps, in
-about 16 s on 2 CPU cores.
+Its result (eval reward accuracy, mean margin, time) is recorded in
+docs/benchmarks.md ("Demo runs: the configs and make run").
 
 A real run:
 

@@ -5,9 +5,9 @@ hundreds of MB for a train step) and frees them at the end. With glibc's default
 settings that memory goes back to the kernel each time: allocations above the mmap
 threshold (at most 32 MiB) are `mmap`ed and `munmap`ed, and the per-thread arenas that
 XLA's worker threads use shrink their heaps after a free. The next call then touches
-fresh pages, one minor page fault (a 4 KiB page zeroed by the kernel) at a time. For the
-reward-model step of `benchmarks/train_step.py` that was over 100,000 faults per step,
-about a sixth of its time (see docs/benchmarks.md, "Host memory").
+fresh pages, one minor page fault (a 4 KiB page zeroed by the kernel) at a time; the
+faults per step and the time they cost in `benchmarks/train_step.py` are in
+docs/benchmarks.md ("Train step against PyTorch").
 
 `keep_freed_memory` changes three `mallopt` settings (glibc, `man 3 mallopt`) for the
 whole process:
@@ -21,9 +21,9 @@ whole process:
 
 The price is resident memory: it does not shrink after a peak, and the arena grows until
 it holds a few of a step's temporaries side by side (XLA may free one call's buffers
-after the next call has allocated its own, and small blocks split the holes). In the
-reward-model benchmark the process peaks at 2.8 GiB instead of 2.1 GiB. A training
-process, whose steps all need the same buffers, trades that for the time.
+after the next call has allocated its own, and small blocks split the holes); the peak
+measured in the reward-model benchmark is in docs/benchmarks.md. A training process,
+whose steps all need the same buffers, trades that for the time.
 
 It must run before the XLA backend starts its threads (before the first JAX
 computation): a thread that has allocated already keeps its arena, and there blocks

@@ -1,7 +1,8 @@
 """Padding-free rows: the pairs of a batch laid end to end, without padding between them.
 
-Right-padded pairs [B, T] are about 30% padding on typical data, and a two-row (or
-one-row-per-pair) step runs every matmul over it. `pack_pairs` lays the real tokens of
+Right-padded pairs [B, T] hold much padding (the share in the benchmark's data sets is
+in docs/benchmarks.md), and a two-row (or one-row-per-pair) step runs every matmul over
+it. `pack_pairs` lays the real tokens of
 the batch's pairs end to end in `rows` rows, each padded only at its end, to a length
 rounded up to a few sizes per octave (`bucket_size`) so that a jitted step meets a small
 number of shapes. Row r holds the consecutive pairs [r P, (r + 1) P), P = B / rows: with

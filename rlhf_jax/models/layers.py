@@ -69,8 +69,8 @@ def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
 
   The value of `jnp.tensordot(x, kernel, contract)`, as one [N, I] x [I, O] matmul whose
   gradient is written out (`jax.custom_vjp`): dx = g W^T, dW = x^T g. XLA:CPU compiles
-  this backward without the strided transposed copies it made of autodiff's, which made
-  the benchmarked train steps 1.2-1.4x faster against PyTorch there.
+  this backward without the strided transposed copies it made of autodiff's (what that
+  gained in the benchmarked train steps: docs/benchmarks.md, appendix A.1).
   Being a custom VJP, it supports reverse-mode differentiation (`grad`, `vjp`) and not
   forward mode (`jvp`).
   """

@@ -9,10 +9,11 @@ Modules: `config` (the config builder), `mesh` (device mesh and shardings), `opt
 `objectives` (registry of loss functions), `step` (jitted train/eval steps),
 `reference` (cached reference log-probs), `checkpoint` (orbax, SIGTERM), `rundir`
 (config/run info/metrics/TensorBoard), `evaluate` (accuracy, ECE, margins), `inputs`
-(config -> tokenized data), `components` (everything compiled for a mesh), `loop` (`train`).
+(config -> tokenized data), `components` (everything compiled for a mesh), `loop` (`train`),
+`score` (a trained reward model scoring texts: `load_reward_model(workdir)(prompts, completions)`).
 """
 
-from rlhf_jax.train import objectives
+from rlhf_jax.train import objectives, score
 from rlhf_jax.train.components import Components, MeshFunction, abstract_batch, build, device_batch_layout
 from rlhf_jax.train.checkpoint import Checkpointer, StopRequest, load_params
 from rlhf_jax.train.config import OBJECTIVES, PRESETS, base_config, parse_arg
@@ -21,6 +22,7 @@ from rlhf_jax.train.inputs import DataInfo, Datasets, load_datasets, mismatched_
 from rlhf_jax.train.loop import TrainingError, evaluate_dataset, train
 from rlhf_jax.train.mesh import batch_sharding, make_mesh, param_shardings, shard_batch
 from rlhf_jax.train.optim import learning_rate_schedule, make_optimizer, skipped_updates
+from rlhf_jax.train.score import RewardScorer, load_reward_model
 from rlhf_jax.train.state import TrainState
 from rlhf_jax.train.step import make_eval_step, make_train_step, train_step_fn
 
@@ -32,6 +34,7 @@ __all__ = [
     "MeshFunction",
     "OBJECTIVES",
     "PRESETS",
+    "RewardScorer",
     "StopRequest",
     "TrainState",
     "TrainingError",
@@ -45,6 +48,7 @@ __all__ = [
     "learning_rate_schedule",
     "load_datasets",
     "load_params",
+    "load_reward_model",
     "make_eval_step",
     "make_mesh",
     "make_optimizer",
@@ -54,6 +58,7 @@ __all__ = [
     "pairwise_accuracy",
     "param_shardings",
     "parse_arg",
+    "score",
     "shard_batch",
     "skipped_updates",
     "summarize",

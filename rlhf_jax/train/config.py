@@ -131,8 +131,16 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   config.data = ml_collections.ConfigDict()
   # Training file (JSON Lines / Parquet / CSV, local); "" uses synthetic toy data.
   config.data.train = ""
-  # Evaluation file; "" uses toy data when `train` is empty, else no evaluation.
+  # Evaluation file; "" uses toy data when `train` is empty, else no evaluation (or
+  # the share of `train` that `eval_fraction` holds out).
   config.data.eval = ""
+  # With `train` and no `eval`: hold out this share of the training file's examples for
+  # evaluation, in (0, 1); 0 is off. The split is seeded and deterministic, and the pairs
+  # of one prompt stay on one side (`rlhf_jax.train.inputs.split_by_prompt`); run.json
+  # records it under data.split.
+  config.data.eval_fraction = 0.0
+  # Seed of that split; separate from `seed`, so runs over several seeds share one split.
+  config.data.eval_split_seed = 0
   # Record format: "auto" or a format of `rlhf_jax.data` (e.g. "hh_rlhf", "explicit").
   config.data.format = "auto"
   # sentencepiece model file; "" trains one on the training file into the workdir.

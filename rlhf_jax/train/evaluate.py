@@ -21,6 +21,7 @@ __all__ = [
     "expected_calibration_error",
     "implicit_reward_metrics",
     "pairwise_accuracy",
+    "preference_metrics",
     "reward_model_metrics",
     "sft_metrics",
     "kto_metrics",
@@ -84,27 +85,48 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
   return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
 
 
-def reward_model_metrics(outputs: Mapping[str, np.ndarray], *, num_bins: int = 10) -> dict[str, float]:
-  """Accuracy, ECE and margins of a reward model on pairs.
+def preference_metrics(margin: np.ndarray, target_prob: np.ndarray | None = None,
+                       is_tie: np.ndarray | None = None, *, num_bins: int = 10) -> dict[str, float]:
+  """Pairwise accuracy and ECE of reward margins r_c - r_r against the pairs' labels.
 
-  Each pair's label comes from its `target_prob`: chosen preferred when > 0.5, rejected
-  when < 0.5; ties (`is_tie`, or target 0.5) are left out of accuracy and ECE.
+  Each pair's label comes from its `target_prob` (default 1): chosen preferred when
+  > 0.5, rejected when < 0.5; ties (`is_tie`, or target 0.5) are left out of accuracy
+  and ECE. A margin of exactly 0 ranks neither response first and counts as wrong.
+  P(chosen preferred) for the ECE is sigmoid(margin), the Bradley-Terry probability.
+
+  Returns:
+    {"accuracy", "ece" (nan when no pair is decided), "pairs", "ties"}.
   """
-  margin = np.asarray(outputs["margin"], np.float64)
-  target = np.asarray(outputs.get("label_target_prob", np.ones_like(margin)), np.float64)
-  tie = np.asarray(outputs.get("label_is_tie", np.zeros_like(margin)), bool) | (target == 0.5)
+  margin = np.asarray(margin, np.float64).reshape(-1)
+  target = np.ones_like(margin) if target_prob is None else np.asarray(target_prob, np.float64).reshape(-1)
+  tie = np.zeros(margin.shape, bool) if is_tie is None else np.asarray(is_tie).reshape(-1).astype(bool)
+  tie = tie | (target == 0.5)
   decided = ~tie
   label = target[decided] > 0.5
   d = margin[decided]
-  metrics = {
+  return {
       "accuracy": float(np.mean((d > 0) == label)) if d.size else float("nan"),
       "ece": expected_calibration_error(_sigmoid(d), label, num_bins) if d.size else float("nan"),
+      "pairs": float(margin.size),
+      "ties": float(np.sum(tie)),
+  }
+
+
+def reward_model_metrics(outputs: Mapping[str, np.ndarray], *, num_bins: int = 10) -> dict[str, float]:
+  """Accuracy, ECE and margins of a reward model on pairs (labels and ties as in
+  `preference_metrics`)."""
+  margin = np.asarray(outputs["margin"], np.float64)
+  labelled = preference_metrics(margin, outputs.get("label_target_prob"), outputs.get("label_is_tie"),
+                                num_bins=num_bins)
+  metrics = {
+      "accuracy": labelled["accuracy"],
+      "ece": labelled["ece"],
       "margin": float(np.mean(margin)),
       "chosen_reward": float(np.mean(outputs["chosen_reward"])),
       "rejected_reward": float(np.mean(outputs["rejected_reward"])),
       "loss": float(np.mean(outputs["loss"])),
-      "pairs": float(margin.size),
-      "ties": float(np.sum(tie)),
+      "pairs": labelled["pairs"],
+      "ties": labelled["ties"],
   }
   if "margin_std" in outputs:
     metrics["margin_std"] = float(np.mean(outputs["margin_std"]))

@@ -6,6 +6,10 @@
   `<workdir>/rejects/*.jsonl`, counts in `run.json`), tokenized with `data.tokenizer`
   or with a sentencepiece model trained on the training texts into
   `<workdir>/tokenizer/`, and cached under `<workdir>/cache/`.
+- `data.eval_fraction` (with `data.train` and no `data.eval`) holds out a share of the
+  training file for evaluation (`split_by_prompt`: seeded, whole prompts on one side),
+  before the tokenizer is trained, so no evaluation text shapes it; `run.json` records
+  the split under `data.split`.
 
 KTO data also gets mismatched pairs (`kl_*` arrays: the prompt of example i with the
 completion of example i + 1) for its reference point; Crowd-BT with a reliability file
@@ -15,10 +19,12 @@ gets a per-pair `reliability` column.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -27,7 +33,7 @@ from rlhf_jax import data as data_lib
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import reference as reference_lib
 
-__all__ = ["DataInfo", "Datasets", "load_datasets", "mismatched_pairs"]
+__all__ = ["DataInfo", "Datasets", "load_datasets", "mismatched_pairs", "split_by_prompt"]
 
 _log = logging.getLogger(__name__)
 
@@ -94,6 +100,95 @@ def mismatched_pairs(arrays: Mapping[str, np.ndarray], pad_id: int) -> dict[str,
     kl_attention[i, :len(sequence)] = True
     kl_loss[i, len(prompt):len(sequence)] = True
   return {"kl_tokens": kl_tokens, "kl_attention_mask": kl_attention, "kl_loss_mask": kl_loss}
+
+
+def split_by_prompt(prompts: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """A seeded train/eval split of examples that keeps every prompt on one side.
+
+  Pairs (or completions) that share a prompt go to the same side, so that evaluation
+  never scores a prompt the model was trained on (with HH-RLHF-style data several pairs
+  often continue one dialogue). Each distinct prompt gets the rank sha256(seed, prompt)
+  (an example with an empty prompt is a group of its own, ranked by its position), and
+  whole prompt groups are taken in rank order into the evaluation side until it holds at
+  least floor(fraction * N + 1/2) examples (the target, N times the fraction rounded half
+  up). The split therefore depends only on the texts and the seed (not on the order of
+  the rows), and has exactly the target when no prompt repeats; a group that crosses the
+  target is taken whole.
+
+  Args:
+    prompts: the N examples' prompts.
+    fraction: share of the examples to hold out, in (0, 1).
+    seed: seeds the ranks; another seed gives another split.
+
+  Returns:
+    (train indices, eval indices): sorted int64 arrays, disjoint, together 0..N-1.
+
+  Raises:
+    ValueError: `fraction` outside (0, 1), or a split with an empty side (too few
+      examples or prompts for this fraction).
+  """
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+    raise ValueError(f"data.eval_fraction must lie in (0, 1) (0 turns the split off), got {fraction!r}.")
+  size = len(prompts)
+  target = int(math.floor(fraction * size + 0.5))
+  if target < 1:
+    raise ValueError(f"data.eval_fraction {fraction} of {size} examples holds out none; use a larger fraction "
+                     "or an evaluation file (data.eval).")
+  groups: dict[str, list[int]] = {}
+  for index, prompt in enumerate(prompts):
+    groups.setdefault(prompt if prompt else f"\0example {index}", []).append(index)
+  def rank(key: str) -> bytes:
+    return hashlib.sha256(f"{int(seed)}\0{key}".encode("utf-8")).digest()
+  held_out: list[int] = []
+  for key in sorted(groups, key=rank):
+    if len(held_out) >= target:
+      break
+    held_out.extend(groups[key])
+  if len(held_out) == size:
+    raise ValueError(f"data.eval_fraction {fraction}: the {size} examples share {len(groups)} prompt(s), and "
+                     "holding out whole prompts leaves no training example; use a smaller fraction or an "
+                     "evaluation file (data.eval).")
+  eval_indices = np.sort(np.asarray(held_out, np.int64))
+  train_indices = np.setdiff1d(np.arange(size, dtype=np.int64), eval_indices)
+  return train_indices, eval_indices
+
+
+def _prompt_groups(prompts: Sequence[str]) -> int:
+  """Groups of `split_by_prompt`: distinct prompts, each empty prompt on its own."""
+  return len({p for p in prompts if p}) + sum(1 for p in prompts if not p)
+
+
+def _subset(records: Any, indices: np.ndarray) -> Any:
+  """The examples `indices` of a loaded data set (`rlhf_jax.data` records), as the same
+  type; annotator names and the file's read report are kept whole."""
+  values = {}
+  for field in dataclasses.fields(records):
+    value = getattr(records, field.name)
+    if field.name in ("annotator_names", "report"):
+      values[field.name] = value
+    elif isinstance(value, np.ndarray):
+      values[field.name] = value[indices]
+    else:
+      values[field.name] = tuple(value[i] for i in indices)
+  return type(records)(**values)
+
+
+def _check_split(config: Any) -> float:
+  """`data.eval_fraction` as a float (0: no split), refused where it cannot apply."""
+  fraction = config.data.get("eval_fraction", 0.0)
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+    raise ValueError(f"data.eval_fraction must be a number in (0, 1) or 0 (off), got {fraction!r}.")
+  if fraction == 0:
+    return 0.0
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"data.eval_fraction must lie in (0, 1) (0 turns the split off), got {fraction!r}.")
+  if config.data.eval:
+    raise ValueError(f"data.eval ({config.data.eval}) and data.eval_fraction ({fraction}) are both set; give "
+                     "an evaluation file or a share of data.train to hold out, not both.")
+  if not config.data.train:
+    raise ValueError("data.eval_fraction holds out a share of data.train, which is empty (the synthetic toy "
+                     "data sets its evaluation size with data.toy.num_eval).")
+  return float(fraction)
 
 
 def _toy(kind: str, config: Any, *, num: int, seed: int):
@@ -167,6 +262,7 @@ def load_datasets(config: Any, workdir: str | os.PathLike[str]) -> Datasets:
   workdir = Path(workdir)
   provenance: dict[str, Any] = {}
   annotator_names: tuple[str, ...] = ()
+  eval_fraction = _check_split(config)
   if not config.data.train:
     if config.data.eval:
       raise ValueError("data.eval is set but data.train is empty; give both files (or neither "
@@ -185,6 +281,22 @@ def load_datasets(config: Any, workdir: str | os.PathLike[str]) -> Datasets:
     train_records = _load_records(kind, config.data.train, config, rejects / "train.jsonl")
     eval_records = (_load_records(kind, config.data.eval, config, rejects / "eval.jsonl")
                     if config.data.eval else None)
+    split = None
+    if eval_fraction:
+      seed = int(config.data.get("eval_split_seed", 0))
+      train_index, eval_index = split_by_prompt(train_records.prompts, eval_fraction, seed)
+      whole = train_records
+      train_records, eval_records = _subset(whole, train_index), _subset(whole, eval_index)
+      split = {
+          "eval_fraction": eval_fraction, "seed": seed, "grouped_by": "prompt",
+          "file": config.data.train, "file_fingerprint": whole.report.fingerprint,
+          "examples": {"train": len(train_index), "eval": len(eval_index)},
+          "prompts": {"train": _prompt_groups(train_records.prompts), "eval": _prompt_groups(eval_records.prompts)},
+          # Content fingerprints of the two sides (as the tokenization cache keys them).
+          "fingerprints": {"train": train_records.fingerprint, "eval": eval_records.fingerprint},
+      }
+      _log.info("held out %d of %d examples of %s for evaluation (data.eval_fraction %g, seed %d, whole "
+                "prompts)", len(eval_index), len(whole), config.data.train, eval_fraction, seed)
     tokenizer = _tokenizer(config, workdir, train_records)
     train = _tokenize(kind, train_records, tokenizer, config, cache_dir, rejects / "train_tokenize.jsonl")
     evaluation = (_tokenize(kind, eval_records, tokenizer, config, cache_dir, rejects / "eval_tokenize.jsonl")
@@ -199,6 +311,10 @@ def load_datasets(config: Any, workdir: str | os.PathLike[str]) -> Datasets:
         "tokenized": {"train": train.report.summary(),
                       "eval": evaluation.report.summary() if evaluation is not None else None},
     }
+    if split is not None:
+      # The evaluation side is part of the training file: its read report is the file's.
+      provenance["data"]["eval"] = {"split_of": config.data.train, "examples": split["examples"]["eval"]}
+      provenance["data"]["split"] = split
     for name, report in (("train", train.report), ("eval", evaluation.report if evaluation else None)):
       if report is not None:
         _log.info("%s: %s", name, report.summary())

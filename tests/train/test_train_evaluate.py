@@ -74,3 +74,17 @@ def test_sft_metrics_are_token_weighted():
   metrics = evaluate.sft_metrics(outputs)
   assert metrics["token_nll"] == pytest.approx(7.0 / 4.0)
   assert metrics["perplexity"] == pytest.approx(np.exp(7.0 / 4.0))
+
+
+def test_preference_metrics_hand_example():
+  # Hard labels by default: margins 1, 0 (no preference: wrong), -2 -> accuracy 1/3.
+  metrics = evaluate.preference_metrics(np.array([1.0, 0.0, -2.0]), num_bins=1)
+  assert metrics["accuracy"] == pytest.approx(1 / 3) and metrics["ties"] == 0 and metrics["pairs"] == 3
+  sigmoid = lambda x: 1 / (1 + np.exp(-x))
+  # One bin: |accuracy - mean confidence|; predictions 1, 0 (p = .5 is not > .5), 0.
+  confidence = np.array([sigmoid(1.0), 0.5, 1 - sigmoid(-2.0)])
+  assert metrics["ece"] == pytest.approx(abs(1 / 3 - confidence.mean()))
+  # A flagged tie and a 0.5 target are both left out.
+  metrics = evaluate.preference_metrics(np.array([1.0, -1.0, 3.0]), np.array([0.0, 0.5, 1.0]),
+                                        np.array([False, False, True]))
+  assert metrics["accuracy"] == 0.0 and metrics["ties"] == 2
