@@ -93,6 +93,9 @@ class Components:
   config: Any
   info: DataInfo
   objective: objectives_lib.Objective
+  # The objective's hyper-parameters (`config.loss` read once) and the batch layout.
+  settings: Any
+  layout: objectives_lib.Layout
   model: nn.Module
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -135,7 +138,7 @@ def device_batch_layout(config: Any, info: DataInfo, *, packed: bool | None = No
     keys.update(target_prob=((), jnp.float32), weight=((), jnp.float32), is_tie=((), jnp.bool_),
                 annotator=((), jnp.int32))
     if config.objective == "reward_model" and config.loss.get("name") == "crowd_bt" and \
-        config.loss.reliabilities != "learn":
+        config.loss.get("reliabilities") != "learn":
       keys["reliability"] = ((), jnp.float32)
   elif info.kind == "sequences":
     keys.update(sequence(""))
@@ -175,6 +178,9 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
   functions for `config` on `mesh` (see the module docstring). `preset_overrides` change
   fields of the model preset (`TransformerConfig`), e.g. `n_layers` when planning."""
   objective = objectives_lib.get(config.objective)
+  settings = objectives_lib.settings_from(objective, config.loss)
+  layout = objectives_lib.Layout(
+      shared_prompt=shared_prompt.from_config(config) if info.kind == "pairs" else None)
   model = networks.build_model(config, info.vocab_size, objective.model, **preset_overrides)
   if info.max_length > model.config.max_len:
     raise ValueError(
@@ -187,7 +193,7 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
 
   extra = None
   if objective.extra_params is not None:
-    extra = lambda key: objective.extra_params(key, config, info)
+    extra = lambda key: objective.extra_params(key, settings, info)
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   init_params = state_lib.init_params_fn(model, batch_size=dp, length=min(8, model.config.max_len),
                                          extra_params=extra)
@@ -199,24 +205,25 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
   init_state = MeshFunction(
       state_lib.make_init_state(init_params, tx, shardings, compiler_options=options), mesh, rules)
   train_step = MeshFunction(step_lib.make_train_step(
-      objective, model, tx, config, mesh, shardings, schedule=schedule, compiler_options=options),
+      objective, model, tx, mesh, shardings, settings=settings, layout=layout,
+      microbatches=int(config.train.microbatches), schedule=schedule, compiler_options=options),
       mesh, rules)
   eval_step = MeshFunction(step_lib.make_eval_step(
-      objective, model, config, mesh, shardings.params, compiler_options=options), mesh, rules)
+      objective, model, mesh, shardings.params, settings=settings, layout=layout,
+      compiler_options=options), mesh, rules)
 
   groups: tuple = ()
   reference_cached = reference_on_the_fly = None
   if objective.reference:
     groups = reference_lib.reference_groups(info.kind, tuple(device_batch_layout(config, info, packed=False)))
-    shared_layout = shared_prompt.from_config(config) if info.kind == "pairs" else None
     reference_cached = MeshFunction(reference_lib.make_reference_fn(
         model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options,
-        shared_layout=shared_layout), mesh, rules)
+        shared_layout=layout.shared_prompt), mesh, rules)
     reference_on_the_fly = MeshFunction(reference_lib.make_reference_fn(
         model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options,
-        shared_layout=shared_layout), mesh, rules)
+        shared_layout=layout.shared_prompt), mesh, rules)
   return Components(
-      config=config, info=info, objective=objective, model=model, tx=tx, schedule=schedule, mesh=mesh,
+      config=config, info=info, objective=objective, settings=settings, layout=layout, model=model, tx=tx, schedule=schedule, mesh=mesh,
       rules=rules, init_params=init_params, shardings=shardings, abstract_state=abstract,
       init_state=init_state, train_step=train_step, eval_step=eval_step,
       reference_cached=reference_cached, reference_on_the_fly=reference_on_the_fly,

@@ -81,68 +81,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
-def _loss_config(objective: str, preset: str) -> ml_collections.ConfigDict:
-  """The `loss` section: hyper-parameters of `objective` only (a typo elsewhere fails)."""
-  loss = ml_collections.ConfigDict()
-  if objective == "sft":
-    # How token losses are averaged: "token_mean" (every completion token of the batch
-    # weighs the same, as TRL's SFTTrainer) or "sequence_mean" (mean per sequence first).
-    loss.aggregation = "token_mean"
-  elif objective == "reward_model":
-    # "bradley_terry" | "bradley_terry_soft" (targets = batch target_prob) |
-    # "bradley_terry_ties" (Davidson; batch is_tie) | "crowd_bt" (annotator reliabilities).
-    loss.name = "bradley_terry"
-    # bradley_terry: required reward gap (Llama 2 margin); a scalar here.
-    loss.margin = 0.0
-    # bradley_terry: probability that a label is flipped, in [0, 0.5).
-    loss.label_smoothing = 0.0
-    # bradley_terry_ties: Davidson tie parameter nu > 0.
-    loss.tie_param = 1.0
-    # Coefficient of the reward-centering penalty mean((r_c + r_r)^2) (Eisenstein et
-    # al. 2023 use 0.01); 0 disables it.
-    loss.centering = 0.0
-    # crowd_bt: "learn" learns one reliability per annotator jointly with the reward
-    # (Chen et al. 2013), or a JSON file {"annotator id": reliability}.
-    loss.reliabilities = "learn"
-    # crowd_bt: initial (when learned) reliability of every annotator, in (0.5, 1).
-    loss.initial_reliability = 0.8
-    # crowd_bt: reliability used for labels with no single known annotator (-1).
-    loss.unknown_reliability = 1.0
-  elif objective == "dpo":
-    # One of `rlhf_jax.losses.DPO_VARIANTS` ("sigmoid", "ipo", "hinge", "robust", ...).
-    loss.variant = "sigmoid"
-    # Inverse temperature of the implicit reward beta * log(pi / pi_ref).
-    loss.beta = 0.1
-    # Assumed label-flip rate (cDPO, robust, EXO, AOT), in [0, 0.5).
-    loss.label_smoothing = 0.0
-    # DiscoPOP modulation temperature, in (0, 1].
-    loss.discopop_tau = 0.05
-    # EXO target smoothing; 0 means "use label_smoothing, else 1e-3" (as TRL).
-    loss.exo_epsilon = 0.0
-    # BCO reward shift delta (TRL keeps a running mean; here a constant).
-    loss.bco_delta = 0.0
-  elif objective == "simpo":
-    # Reward scale on average log-probs; the paper uses 2.0 to 10.0.
-    loss.beta = 2.0
-    # Target reward margin; the paper uses 0.3 to 1.6.
-    loss.gamma = 0.5
-    # Label-flip probability, in [0, 0.5).
-    loss.label_smoothing = 0.0
-  elif objective == "orpo":
-    # Weight lambda of the odds-ratio term (TRL's ORPO beta).
-    loss.lam = 0.1
-  elif objective == "kto":
-    # Reward scale of the KTO value function.
-    loss.beta = 0.1
-    # lambda_D and lambda_U of the paper (balance them when classes are imbalanced).
-    loss.desirable_weight = 1.0
-    loss.undesirable_weight = 1.0
-    # Reference point z0: "mismatched" (KL estimate on (prompt_i, completion_{i+1})
-    # pairs, as the paper and TRL) or "zero" (z0 = 0, no extra forward passes).
-    loss.reference_point = "mismatched"
-  else:
-    raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
-  return loss
+def _loss_config(objective: str) -> ml_collections.ConfigDict:
+  """The `loss` section: the fields of the objective's settings dataclass with their
+  defaults (`objectives.config_defaults`; the fields are documented there), so a typo
+  in any other field fails."""
+  from rlhf_jax.train import objectives  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(objectives.config_defaults(objectives.get(objective)))
 
 
 def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -307,7 +251,7 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   config.reference.batch_size = 32 if tiny else 64
 
   # The objective's own hyper-parameters.
-  config.loss = _loss_config(objective, preset)
+  config.loss = _loss_config(objective)
   return config
 
 

@@ -171,22 +171,10 @@ def kto_metrics(outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
           "examples": float(reward.size)}
 
 
-_SUMMARIES: dict[str, Callable[..., dict[str, float]]] = {
-    "sft": lambda outputs, config: sft_metrics(outputs),
-    "reward_model": lambda outputs, config: reward_model_metrics(outputs, num_bins=int(config.eval.ece_bins)),
-    "dpo": lambda outputs, config: implicit_reward_metrics(outputs),
-    "simpo": lambda outputs, config: implicit_reward_metrics(outputs),
-    "orpo": lambda outputs, config: implicit_reward_metrics(outputs),
-    "kto": lambda outputs, config: kto_metrics(outputs),
-}
-
-
-def summarize(objective: str, outputs: Mapping[str, np.ndarray], config: Any) -> dict[str, float]:
-  """Data-set metrics of `objective` from its per-example outputs; objectives without a
-  dedicated summary get the mean of every output."""
-  if objective in _SUMMARIES:
-    return _SUMMARIES[objective](outputs, config)
-  return {name: float(np.mean(value)) for name, value in outputs.items()}
+def summarize(objective: Any, outputs: Mapping[str, np.ndarray], num_bins: int = 10) -> dict[str, float]:
+  """Data-set metrics from the per-example outputs of `objective` (a registered
+  `objectives.Objective`: its `summary`); `num_bins`: the ECE bins (`eval.ece_bins`)."""
+  return objective.summary(outputs, int(num_bins))
 
 
 def concatenate(parts: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -51,7 +51,8 @@ class TrainingError(RuntimeError):
 
 
 def _check_config(config: Any) -> None:
-  objectives_lib.get(config.objective)  # unknown names list the valid ones
+  # An unknown objective lists the valid ones; a bad loss setting fails before any work.
+  objectives_lib.settings_from(objectives_lib.get(config.objective), config.loss)
   for section, name in (("train", "steps"), ("train", "batch_size"), ("train", "log_every"),
                         ("eval", "batch_size"), ("reference", "batch_size")):
     value = config[section][name]
@@ -208,7 +209,7 @@ def evaluate_dataset(
       device = reference.device(device)
     result = _host(parts.eval_step(params, device))
     outputs.append({k: v[:valid] for k, v in result.items()})
-  return evaluate_lib.summarize(config.objective, evaluate_lib.concatenate(outputs), config)
+  return evaluate_lib.summarize(parts.objective, evaluate_lib.concatenate(outputs), int(config.eval.ece_bins))
 
 
 def _initial_params(parts: components_lib.Components, config: Any, init_key, train_key) -> Any:

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import optim
-from rlhf_jax.train.objectives import Objective
+from rlhf_jax.train.objectives import Layout, Objective
 from rlhf_jax.train.state import TrainState
 
 __all__ = ["make_eval_step", "make_train_step", "split_microbatches", "train_step_fn"]
@@ -65,25 +65,28 @@ def train_step_fn(
     objective: Objective,
     model: Any,
     tx: optax.GradientTransformation,
-    config: Any,
     *,
+    settings: Any,
+    layout: Layout = Layout(),
+    microbatches: int = 1,
     schedule: optax.Schedule | None = None,
     microbatch_sharding: NamedSharding | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-  """The pure (not yet jitted) train step of `objective`; see the module docstring."""
-  microbatches = int(config.train.microbatches)
+  """The pure (not yet jitted) train step of `objective` with its `settings` (an
+  instance of `objective.settings`); see the module docstring."""
+  microbatches = int(microbatches)
   if microbatches < 1:
     raise ValueError(f"train.microbatches must be >= 1, got {microbatches}.")
 
   def loss_fn(params, batch, rng, denominator):
     batch = dict(batch, loss_denominator=denominator)
-    return objective.fn(params, batch, rng, model=model, config=config)
+    return objective.fn(params, batch, rng, model=model, settings=settings, layout=layout)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step(state: TrainState, batch: Batch, key: jax.Array):
     rng = jax.random.fold_in(_as_key(key), state.step)
-    denominator = objective.denominator(batch, config)
+    denominator = objective.denominator(batch, settings)
     if microbatches == 1:
       (loss, outputs), grads = grad_fn(state.params, batch, rng, denominator)
     else:
@@ -127,18 +130,20 @@ def make_train_step(
     objective: Objective,
     model: Any,
     tx: optax.GradientTransformation,
-    config: Any,
     mesh: Mesh,
     shardings: TrainState,
     *,
+    settings: Any,
+    layout: Layout = Layout(),
+    microbatches: int = 1,
     schedule: optax.Schedule | None = None,
     compiler_options: Mapping[str, Any] | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
   """`jax.jit` of the train step: state in/out with `shardings` (donated), the batch split
   over ("data", "fsdp"), the key and the metrics replicated."""
   step = train_step_fn(
-      objective, model, tx, config, schedule=schedule,
-      microbatch_sharding=NamedSharding(mesh, PartitionSpec(None, mesh_lib.BATCH_AXES)))
+      objective, model, tx, settings=settings, layout=layout, microbatches=microbatches,
+      schedule=schedule, microbatch_sharding=NamedSharding(mesh, PartitionSpec(None, mesh_lib.BATCH_AXES)))
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(
       step,
@@ -152,10 +157,11 @@ def make_train_step(
 def make_eval_step(
     objective: Objective,
     model: Any,
-    config: Any,
     mesh: Mesh,
     param_shardings: Any,
     *,
+    settings: Any,
+    layout: Layout = Layout(),
     compiler_options: Mapping[str, Any] | None = None,
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
   """`eval_step(params, batch) -> per-example outputs` (replicated, so every process can
@@ -163,7 +169,7 @@ def make_eval_step(
 
   def eval_step(params, batch):
     batch = dict(batch, loss_denominator=jnp.ones((), jnp.float32))
-    _, outputs = objective.fn(params, batch, jax.random.key(0), model=model, config=config)
+    _, outputs = objective.fn(params, batch, jax.random.key(0), model=model, settings=settings, layout=layout)
     return outputs
 
   return jax.jit(

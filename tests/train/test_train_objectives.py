@@ -47,8 +47,10 @@ def reward_model():
 
 
 def _objective(name, model, config, params, batch):
-  fn = objectives.get(name).fn
-  return _jit(lambda p, b: fn(p, b, jax.random.key(0), model=model, config=config))(params, batch)
+  objective = objectives.get(name)
+  settings = objectives.settings_from(objective, config.loss)
+  return _jit(lambda p, b: objective.fn(p, b, jax.random.key(0), model=model, settings=settings,
+                                        layout=objectives.Layout()))(params, batch)
 
 
 def test_dpo_objective_matches_numpy_with_weights(policy):
@@ -135,9 +137,42 @@ def test_mismatched_pairs_hand_example():
 
 def test_registry_names_and_errors():
   assert set(objectives.names()) >= {"sft", "reward_model", "dpo", "simpo", "orpo", "kto"}
-  with pytest.raises(ValueError, match="unknown objective 'dpoo'; valid objectives: .*dpo"):
+  with pytest.raises(ValueError, match="unknown objective 'dpoo'; did you mean 'dpo'.*Valid objective names: .*dpo"):
     objectives.get("dpoo")
+  settings = objectives.DPOSettings
   with pytest.raises(ValueError, match="already registered"):
-    objectives.register("dpo", data="pairs", model="policy")(lambda *a, **k: None)
+    objectives.register("dpo", settings=settings, data="pairs", model="policy")(lambda *a, **k: None)
   with pytest.raises(ValueError, match="data must be one of"):
-    objectives.register("x", data="triples", model="policy")
+    objectives.register("x", settings=settings, data="triples", model="policy")
+  with pytest.raises(ValueError, match="settings must be a dataclass type"):
+    objectives.register("x", settings=dict, data="pairs", model="policy")
+  with pytest.raises(ValueError, match="online objective needs `prepare`"):
+    objectives.register("x", settings=settings, data="rollouts", model="policy")
+
+
+@pytest.mark.parametrize("name", ["sft", "reward_model", "dpo", "simpo", "orpo", "kto"])
+def test_loss_section_is_the_settings_dataclass(name):
+  """The config's `loss` section has exactly the settings' fields and defaults, and the
+  defaults a loss function of `rlhf_jax.losses` has come from its signature."""
+  import dataclasses
+  import inspect
+  from rlhf_jax import losses
+  objective = objectives.get(name)
+  config = tiny_config(name)
+  assert config.loss.to_dict() == dataclasses.asdict(objective.settings())
+  assert objectives.settings_from(objective, config.loss) == objective.settings()
+  sources = {"dpo": losses.dpo, "simpo": losses.simpo, "orpo": losses.orpo, "kto": losses.kto}
+  if name in sources:
+    parameters = inspect.signature(sources[name]).parameters
+    for field, value in dataclasses.asdict(objective.settings()).items():
+      if field in parameters and field != "exo_epsilon":
+        assert value == parameters[field].default, field
+
+
+def test_bad_settings_fail_with_the_field():
+  with pytest.raises(ValueError, match="config loss.variant must be one of .*'ipo'.*got 'ipoo'"):
+    objectives.DPOSettings(variant="ipoo")
+  with pytest.raises(ValueError, match="unknown loss field.*gama.*valid fields: beta, gamma"):
+    objectives.settings_from(objectives.get("simpo"), {"gama": 1.0})
+  with pytest.raises(ValueError, match="loss.initial_reliability must lie in"):
+    objectives.RewardModelSettings(name="crowd_bt", initial_reliability=1.5)
