@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Mapping
 
 import jax
@@ -54,13 +55,13 @@ class DPOSettings:
 def dpo(params, batch, rng, *, model, settings: DPOSettings, layout):
   """DPO and its variants (`losses.dpo`, `settings.variant`), on summed completion log-probs.
 
-  Lengths (for "ipo" and "sigmoid_norm") are the completion token counts of the loss
-  masks. Reference log-probs come from the batch (`ref_chosen_logps`,
+  Lengths (for the variants whose loss function takes them: "ipo", "sigmoid_norm") are
+  the completion token counts of the loss masks. Reference log-probs come from the batch (`ref_chosen_logps`,
   `ref_rejected_logps`), cached or computed on the fly by the trainer.
   """
   del rng
   policy = pair_logps(model, params, batch, layout.shared_prompt)
-  use_lengths = settings.variant in ("ipo", "sigmoid_norm")
+  use_lengths = "chosen_lengths" in inspect.signature(losses.DPO_VARIANT_LOSSES.get(settings.variant)).parameters
   per_example, chosen_rewards, rejected_rewards = losses.dpo(
       policy["chosen_logps"], policy["rejected_logps"],
       batch["ref_chosen_logps"], batch["ref_rejected_logps"],
