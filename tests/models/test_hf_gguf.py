@@ -7,6 +7,7 @@ test_hf_smollm2.py."""
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -24,6 +25,11 @@ def llama_cpp_permute(weight, heads):
   pairs to interleaved (2i, 2i + 1) ones."""
   return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
           .swapaxes(1, 2).reshape(weight.shape))
+
+
+def apply(model, params, data, **options):
+  forward = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m, **options))
+  return np.asarray(forward(params, data["tokens"], data["attention_mask"]))
 
 
 def fixture_tensors(name):
@@ -108,7 +114,7 @@ def test_f32_gguf_loads_to_the_transformers_logits(tmp_path):
   model, params = hf.load(path)
   assert (model.config.n_kv_heads, model.config.rope_theta, model.config.param_dtype) == (2, 1e6, "float32")
   data = dict(np.load(FIXTURES / "mistral" / "expected.npz"))
-  logits = np.asarray(model.apply({"params": params}, data["tokens"], data["attention_mask"]))
+  logits = np.asarray(apply(model, params, data))
   mask = data["attention_mask"]
   np.testing.assert_allclose(logits[mask], data["logits"][mask], atol=1e-4, rtol=0)
 
@@ -143,8 +149,8 @@ def test_gguf_without_output_layer_is_tied(tmp_path):
   model, params = hf.load(write_gguf(tmp_path / "tied.gguf", drop=("lm_head.weight",)))
   assert model.config.tie_embeddings and "lm_head" not in params
   data = dict(np.load(FIXTURES / "mistral" / "expected.npz"))
-  hidden = np.asarray(model.apply({"params": params}, data["tokens"], data["attention_mask"], return_hidden=True))
-  logits = np.asarray(model.apply({"params": params}, data["tokens"], data["attention_mask"]))
+  hidden = np.asarray(apply(model, params, data, return_hidden=True))
+  logits = np.asarray(apply(model, params, data))
   np.testing.assert_allclose(logits, hidden @ fixture_tensors("mistral")["model.embed_tokens.weight"].T,
                              atol=1e-5)
 

@@ -16,6 +16,7 @@ holds one parameter at a time besides what the devices hold.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 from pathlib import Path
@@ -130,7 +131,7 @@ def mesh_shardings(model: nn.Module, mesh: Mesh, rules: Sequence[tuple[str, Any]
   (default rules: `models.logical_axis_rules(mesh.axis_names)`); a dimension its mesh
   axes do not divide is replicated."""
   rules = logical_axis_rules(mesh.axis_names) if rules is None else rules
-  boxed = abstract_params(model)
+  boxed = _abstract_params(model)
   specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   shapes = nn.unbox(boxed)
   return jax.tree.map(lambda s, leaf: NamedSharding(mesh, _check_dimension(s.spec, leaf.shape, mesh)),
@@ -146,6 +147,24 @@ def place(host_value: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: A
     raise AssertionError(f"place: made shape {value.shape}, expected {shape}")
   value = value.astype(dtype, copy=False)
   return jax.make_array_from_callback(tuple(shape), sharding, lambda index: value[index])
+
+
+def _abstract_params(model: nn.Module) -> Any:
+  """`models.abstract_params(model)`, traced with one block and the blocks' entry copied
+  n_layers times (the blocks are identical): tracing a deep model's init costs seconds."""
+  config = model.config
+  if config.scan_layers or config.n_layers == 1:
+    return abstract_params(model)
+
+  def expand(tree):
+    out = {}
+    for key, value in tree.items():
+      if key == "layer_0":
+        out.update({f"layer_{i}": value for i in range(config.n_layers)})
+      else:
+        out[key] = expand(value) if isinstance(value, Mapping) else value
+    return out
+  return expand(abstract_params(model.clone(config=config.replace(n_layers=1))))
 
 
 def _flatten(tree: Mapping[str, Any], prefix: ParamPath = ()) -> dict[ParamPath, Any]:
@@ -187,7 +206,7 @@ def _resolve_names(checkpoint: Checkpoint, family: Family, sources: Mapping[Para
 def load(path: str | os.PathLike[str], kind: str = "policy", *, dtype: str | None = None,
          param_dtype: str | None = None, num_heads: int | None = None, key: jax.Array | None = None,
          shardings: Any = None, mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] | None = None,
-         **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+         threads: int = 2, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
   """Loads a checkpoint directory or `.gguf` file: `(model, params)`.
 
   `model.apply({"params": params}, tokens, attention_mask)` gives logits [B, T, V]
@@ -211,6 +230,7 @@ def load(path: str | os.PathLike[str], kind: str = "policy", *, dtype: str | Non
       (`models.abstract_params(model)`) returning one (e.g. the trainer's rules).
     mesh, rules: instead of `shardings`, shard by the models' logical axis names on
       `mesh` (`mesh_shardings`). With neither, everything goes to the default device.
+    threads: tensors read and placed at once (each holds one host copy meanwhile).
     overrides: other `TransformerConfig` fields (`max_len`, `remat`, `scan_layers`).
 
   Raises:
@@ -255,7 +275,7 @@ def load(path: str | os.PathLike[str], kind: str = "policy", *, dtype: str | Non
       raise CheckpointError(f"{checkpoint.where(name)}: tensor {name!r} has shape "
                             f"{list(checkpoint.shape(name))}, expected {list(source.shape)} from config.json.")
 
-  boxed = abstract_params(model)
+  boxed = _abstract_params(model)
   abstract = nn.unbox(boxed)
   flat_abstract = _flatten(abstract)
   if callable(shardings):
@@ -292,19 +312,25 @@ def load(path: str | os.PathLike[str], kind: str = "policy", *, dtype: str | Non
     source = sources[path]
     return source.to_ours(checkpoint.read(full(source), source.columns))
 
-  head_keys = iter(jax.random.split(key, 1)) if key is not None else None
   flat_params = {}
+  tensors = []
   for path, leaf in flat_abstract.items():
     sharding = flat_shardings[path]
     if new_head and is_head(path):
-      if head_keys is None:
+      if key is None:
         raise ValueError(f"hf.load: {checkpoint.location} has no score head; a new {kind} head is "
                          "initialised, so pass key=jax.random.key(...).")
-      value = (jax.random.normal(next(head_keys), leaf.shape, jnp.float32) * config.d_model**-0.5
+      value = (jax.random.normal(key, leaf.shape, jnp.float32) * config.d_model**-0.5
                if path[-1] == "kernel" else jnp.zeros(leaf.shape, jnp.float32))
       flat_params[path] = jax.device_put(value.astype(leaf.dtype), sharding)
     elif is_head(path) and path[-1] == "bias":
       flat_params[path] = jax.device_put(jnp.zeros(leaf.shape, leaf.dtype), sharding)
     else:
-      flat_params[path] = place(host_value(path, leaf), leaf.shape, leaf.dtype, sharding)
+      tensors.append((path, leaf, sharding))
+  # A few tensors in flight at once: reading one overlaps with changing another's layout
+  # (the transposing copies are most of the time), at the cost of as many host copies.
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+    placed = pool.map(lambda t: place(host_value(t[0], t[1]), t[1].shape, t[1].dtype, t[2]), tensors)
+    for (path, _, _), value in zip(tensors, placed):
+      flat_params[path] = value
   return model, _unflatten(flat_params)
