@@ -346,3 +346,23 @@ def test_load_onto_a_mesh_places_each_shard():
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "mesh ok" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["gpt2", "qwen2", "llama_linear_bias"])
+def test_cached_decoding_of_the_variants_equals_the_full_forward(name):
+  """Learned positions, LayerNorm, attention and MLP biases (the output bias too) and
+  scaled RoPE on the KV-cache path: a prefill and then one token at a time give the
+  full forward's logits (transformers' logits, by the tests above)."""
+  model, params = hf.load(FIXTURES / name)
+  data = expected(name)
+  tokens, mask = data["tokens"], data["attention_mask"]
+  step = jax.jit(lambda p, c, t, m: model.apply({"params": p, "cache": c}, t, m, decode=True,
+                                                mutable=["cache"]))
+  cache = models.init_cache(model, batch_size=2, max_length=10)
+  pieces = []
+  for start, stop in [(0, 4)] + [(t, t + 1) for t in range(4, 10)]:
+    logits, updates = step(params, cache, tokens[:, start:stop], mask[:, start:stop])
+    cache = updates["cache"]
+    pieces.append(np.asarray(logits))
+  decoded = np.concatenate(pieces, axis=1)
+  np.testing.assert_allclose(decoded[mask], data["logits"][mask], atol=1e-4, rtol=0)
