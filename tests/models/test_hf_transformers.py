@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import hf, models
+from rlhf_jax import hf
 
 pytestmark = pytest.mark.slow
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:

@@ -105,6 +105,10 @@ class Family:
     """The config.json fields of the architecture (no architectures, dtype, token ids)."""
     raise NotImplementedError
 
+  def check_writable(self, config: TransformerConfig) -> str | None:
+    """Why `config` cannot be written as this family (None when it can)."""
+    raise NotImplementedError
+
   def backbone_sources(self, config: TransformerConfig) -> dict[Path, Source]:
     raise NotImplementedError
 
@@ -234,8 +238,7 @@ class LlamaFamily(Family):
                 attention_out_bias=bool(hf.get(self.out_bias_key) or False),
                 mlp_bias=bool(hf.get(self.mlp_bias_key) or False))
 
-  def check_writable(self, config: TransformerConfig) -> str | None:
-    """Why `config` cannot be written as this family (None when it can)."""
+  def check_writable(self, config):
     if (config.norm, config.gated_mlp, config.position_embedding) != ("rms", True, "rope"):
       return "needs RMSNorm, a gated MLP and rotary positions"
     if config.attention_qkv_bias != config.attention_out_bias:

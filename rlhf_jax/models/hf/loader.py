@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 from rlhf_jax.models.config import DTYPES, TransformerConfig
 from rlhf_jax.models.heads import RewardModel, ValueModel
 from rlhf_jax.models.hf.checkpoint import SafetensorsCheckpoint
-from rlhf_jax.models.hf.families import (KINDS, CheckpointError, Family, Source, family_of_model_type,
+from rlhf_jax.models.hf.families import (KINDS, CheckpointError, Family, family_of_model_type,
                                          head_name)
 from rlhf_jax.models.hf.gguf_file import GGUFCheckpoint
 from rlhf_jax.models.sharding import abstract_params, logical_axis_rules
@@ -60,7 +60,7 @@ def _dtype_name(config: dict[str, Any]) -> str | None:
   return config.get("dtype") or config.get("torch_dtype")
 
 
-def _checkpoint_kind(checkpoint: Checkpoint, family: Family) -> tuple[str, int]:
+def _checkpoint_kind(checkpoint: Checkpoint) -> tuple[str, int]:
   """("causal_lm" or "classifier", number of labels) from the tensors present."""
   if "score.weight" in checkpoint.names():
     return "classifier", checkpoint.shape("score.weight")[0]
@@ -101,7 +101,7 @@ def model_for(path: str | os.PathLike[str] | Checkpoint, kind: str = "policy", *
     raise CheckpointError(f"{where}: {e}") from e
   if kind == "policy":
     return Transformer(config)
-  stored_kind, labels = _checkpoint_kind(checkpoint, family)
+  stored_kind, labels = _checkpoint_kind(checkpoint)
   if kind == "value":
     if stored_kind == "classifier" and labels != 1:
       raise CheckpointError(f"{checkpoint.location}: a value model needs a one-label score head; "
@@ -195,7 +195,7 @@ def _scanned(path: ParamPath, n_layers: int) -> list[ParamPath] | None:
   return [path[:position] + (f"layer_{i}",) + path[position + 1:] for i in range(n_layers)]
 
 
-def _resolve_names(checkpoint: Checkpoint, family: Family, sources: Mapping[ParamPath, Source]):
+def _resolve_names(checkpoint: Checkpoint, family: Family):
   """Full tensor names (with or without the base prefix, as the checkpoint spells them)."""
   names = set(checkpoint.names())
   prefixed = any(name.startswith(family.base_prefix) for name in names)
@@ -244,13 +244,13 @@ def load(path: str | os.PathLike[str], kind: str = "policy", *, dtype: str | Non
   config = model.config
   family = family_of_model_type(checkpoint.config.get("model_type"), checkpoint.location)
   labels = getattr(model, "num_heads", 1)
-  stored_kind, _ = _checkpoint_kind(checkpoint, family)
+  stored_kind, _ = _checkpoint_kind(checkpoint)
   sources = family.sources(config.replace(scan_layers=False), kind, labels)
   new_head = kind != "policy" and stored_kind != "classifier"
   if new_head:
     del sources[(head_name(kind), "kernel")]
 
-  names, prefixed, full = _resolve_names(checkpoint, family, sources)
+  names, prefixed, full = _resolve_names(checkpoint, family)
   wanted = {full(source) for source in sources.values()}
   # Tensors a checkpoint may hold that this model deliberately leaves out: the output
   # layer of a tied model (transformers ties it too) or of a causal LM loaded as a

@@ -40,13 +40,16 @@ def _kind(model: nn.Module) -> str:
   raise TypeError(f"hf.save: expected a Transformer, RewardModel or ValueModel, got {type(model).__name__}.")
 
 
-def _host(params: Any, path: tuple[str, ...]) -> np.ndarray:
+def _host(params: Any, path: tuple[str, ...], layer: int | None = None) -> np.ndarray:
+  """One parameter on the host (of a stacked one, only `layer`, sliced on its devices)."""
   node = params
   for key in path:
     node = node[key]
   if isinstance(node, jax.Array) and not node.is_fully_addressable:
     raise ValueError(f"hf.save: parameter {'/'.join(path)} is not fully addressable from this process "
                      "(multi-host sharding); gather it first.")
+  if layer is not None:
+    node = node[layer]
   return np.asarray(jax.device_get(node))
 
 
@@ -116,7 +119,7 @@ def save(directory: str | os.PathLike[str], model: nn.Module, params: Any, *, to
       position = next(i for i, p in enumerate(path) if p.startswith("layer_"))
       index = int(path[position][len("layer_"):])
       stacked_path = path[:position] + ("layers",) + path[position + 1:]
-      return _host(params, stacked_path)[index]
+      return _host(params, stacked_path, index)
     return _host(params, path)
 
   # Group our parameters by checkpoint tensor (GPT-2's c_attn holds three).
