@@ -256,6 +256,18 @@ def test_known_buffers_are_skipped(tmp_path):
   assert_logits_match(model, params, expected("llama"))
 
 
+def test_gpt2_checkpoint_without_prefix_and_with_mask_buffers(tmp_path):
+  """The original GPT-2 files name tensors without "transformer." and hold causal-mask
+  buffers (h.N.attn.bias, h.N.attn.masked_bias), which are skipped by name."""
+  directory = copy_fixture("gpt2", tmp_path)
+  tensors = {name[len("transformer."):]: value for name, value in load_file(directory / "model.safetensors").items()}
+  tensors["h.0.attn.bias"] = np.tril(np.ones((64, 64), np.float32))[None, None]
+  tensors["h.1.attn.masked_bias"] = np.array(-1e4, np.float32)
+  save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+  model, params = hf.load(directory)
+  assert_logits_match(model, params, expected("gpt2"))
+
+
 def test_missing_tensor_is_named(tmp_path):
   directory = copy_fixture("gpt2", tmp_path)
   tensors = load_file(directory / "model.safetensors")
