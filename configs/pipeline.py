@@ -51,6 +51,7 @@ def get_config(arg=None):
 
   # Aggregation (fields of configs/aggregate.py; input/format/output_dir are set by the job).
   config.aggregate = load_config_file(Path(__file__).with_name("aggregate.py"))
+  config.aggregate.classes = "a,b"  # No ties (annotators.num_classes = 2; 3 needs "a,b,tie").
   config.aggregate.routing.confidence_threshold = 0.7  # Below: expert review, not training.
 
   # Reward model on the aggregated labels: confidence-weighted (soft) Bradley-Terry.
