@@ -185,3 +185,18 @@ def test_rerun_with_another_reward_model_never_reports_the_old_one(tmp_path):
   (superseded,) = (tmp_path / "superseded").iterdir()
   assert json.loads((superseded / "reward_model" / "config.json").read_text())["loss"]["name"] == \
       "bradley_terry_soft"
+
+
+def test_summary_json_holds_no_bare_nan(tmp_path, monkeypatch):
+  def finished_train(config, workdir, **kwargs):
+    return {"step": 4, "preempted": False, "eval/accuracy": 0.75, "eval/ece": float("nan")}
+
+  monkeypatch.setattr(pipeline.train_lib, "train", finished_train)
+  summary = pipeline.run(_config(), tmp_path)
+  assert summary["reward_model_eval_accuracy"] == 0.75
+
+  def refuse(token):
+    raise ValueError(f"bare {token} in summary.json")
+  stored = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+  assert stored["reward_model_eval_ece"] == "nan" and stored["reward_model_eval_accuracy"] == 0.75
+  assert "ECE nan" in pipeline.format_summary(summary)
