@@ -15,8 +15,8 @@ from rlhf_jax import cli, pipeline
 from rlhf_jax.train import rundir
 
 REPO = Path(__file__).resolve().parents[2]
-# A small job: 60 comparisons, 16 held-out pairs, 4 reward-model steps, no DPO.
-SMALL = {"task.num_pairs": 60, "task.num_eval": 16, "reward_model.train.steps": 4,
+# A small job: 60 comparisons, 16 held-out pairs, no plots, 4 reward-model steps, no DPO.
+SMALL = {"task.num_pairs": 60, "task.num_eval": 16, "aggregate.report.plots": False, "reward_model.train.steps": 4,
          "reward_model.train.log_every": 2, "reward_model.eval.every": 0, "reward_model.optim.warmup_steps": 1,
          "reward_model.train.progress_bar": False, "dpo.train.steps": 0}
 
