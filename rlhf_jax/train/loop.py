@@ -370,7 +370,10 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   parts = _cached_build(config, mesh, datasets.info)
   layout = components_lib.device_batch_layout(config, datasets.info)
   rundir.write_config(workdir, config)
-  changed = {"changed": {k: list(v) for k, v in resume.changed.items()}} if resume.changed else {}
+  changed = {}
+  if resume.changed:
+    _log.info("resuming %s with changed %s", workdir, rundir.describe(resume.changed))
+    changed = {"changed": {k: list(v) for k, v in resume.changed.items()}}
   rundir.write_run_info(workdir, mesh=dict(mesh.shape), data_info=vars(datasets.info),
                         host_memory=host_memory.status(), inputs=inputs, **changed, **datasets.provenance)
 

@@ -52,6 +52,7 @@ __all__ = [
     "RunDirError",
     "check_resume",
     "config_differences",
+    "describe",
     "dumps",
     "finite",
     "git_revision",
@@ -225,7 +226,8 @@ def _show(value: Any, limit: int = 40) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _describe(differences: Mapping[str, tuple[Any, Any]]) -> str:
+def describe(differences: Mapping[str, tuple[Any, Any]]) -> str:
+  """`field old -> new, ...` of `config_differences`' output, for one-line messages."""
   return ", ".join(f"{name} {_show(old)} -> {_show(new)}" for name, (old, new) in differences.items())
 
 
@@ -285,11 +287,12 @@ def check_resume(
 ) -> Resume:
   """Decides whether a start in `workdir` with `config` is new, a resume, or refused.
 
-  Call it before any work. A directory without `config.json` and without any of
-  `entries` is new. One with `config.json` is a resume when `config` equals it up to
-  the fields of `may_change` (and those of `ignore`, which are not compared: values a
-  later stage fills in) and, for each name of `inputs` (file fingerprints), the value
-  in `run.json`'s "inputs" (when it has them) is the same.
+  Call it before any work. A directory without `config.json` is new (refused when it
+  holds committed checkpoints: what they were trained with is unknown). One with
+  `config.json` is a resume when `config` equals it up to the fields of `may_change`
+  (and those of `ignore`, which are not compared: values a later stage fills in) and,
+  for each name of `inputs` (file fingerprints), the value in `run.json`'s "inputs"
+  (when it has them) is the same.
 
   Args:
     workdir: the run directory (`prepare` it first).
@@ -322,18 +325,17 @@ def check_resume(
   refused, allowed = config_differences(stored, config, may_change=may_change, ignore=ignore)
   if inputs:
     run_path = workdir / "run.json"
-    recorded = _read_json(run_path).get("inputs") if run_path.is_file() else None
+    run_info = _read_json(run_path) if run_path.is_file() else None
+    recorded = run_info.get("inputs") if isinstance(run_info, dict) else None
     if isinstance(recorded, dict):
       for name in sorted(inputs):
         if recorded.get(name, _ABSENT) != inputs[name]:
           refused[f"{name} (input)"] = (recorded.get(name, _ABSENT), inputs[name])
   if refused:
     raise RunDirError(
-        f"workdir {workdir} holds a run with other settings: {_describe(refused)}. Rerun with its "
+        f"workdir {workdir} holds a run with other settings: {describe(refused)}. Rerun with its "
         "settings to resume, pass --force_new to start afresh (the earlier run is moved to "
         f"{workdir / SUPERSEDED}/), or choose another --workdir.")
-  if allowed:
-    _log.info("resuming %s with changed %s", workdir, _describe(allowed))
   return Resume(workdir=workdir, stored=stored, changed=allowed)
 
 
