@@ -10,8 +10,11 @@ against the truth, above majority vote; the confidence-weighted reward model and
 policy rank held-out pairs with accuracy 1.00. Numbers are in `runs/pipeline/summary.json`,
 the aggregation report in `runs/pipeline/feedback/report.md`.
 
-Overrides: `--config.aggregate.method=mace`, `--config.annotators.spammer_share=0.3`,
+Overrides: `--config.aggregate.method=mace`, `--config.annotators.spammer_share=0.3
+--config.annotators.good_share=0.35` (the shares must sum to 1),
 `--config.reward_model.loss.name=bradley_terry`, `--config.dpo.train.steps=0` (skip DPO).
+Into a workdir that holds a run with another config, add `--force_new` (or choose
+another `--workdir`): a rerun never mixes settings.
 """
 
 from pathlib import Path
