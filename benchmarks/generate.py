@@ -15,10 +15,11 @@ random tokens, from the same model and with the same sampling settings (`--tempe
     over the prefix rounded up to a multiple of `--recompute_bucket` slots, jitted as one
     `lax.fori_loop` per prefix bucket, sampling with the same code as rlhf_jax
     (`generate.choose_tokens`).
-  * hf_generate: `transformers.LlamaForCausalLM(...).generate(do_sample=True, ...)` on
-    PyTorch (CPU, `--torch_threads` threads, its default dynamic KV cache), with the same
-    architecture (RoPE half-split, RMSNorm, SwiGLU, grouped-query heads, untied output
-    layer, rope theta, norm epsilon) and the JAX model's random weights copied in. The
+  * hf_generate: `transformers` `LlamaForCausalLM.generate(do_sample=True, ...)` on
+    PyTorch (CPU, `--torch_threads` threads, its default dynamic KV cache): the JAX model
+    and its random weights written as a Hugging Face checkpoint by `rlhf_jax.hf.save`
+    and read by `from_pretrained`, so the architecture is the same (RoPE, RMSNorm,
+    SwiGLU, grouped-query heads, untied output layer, rope theta, norm epsilon). The
     script prints how far the two models' logits are apart on the prompts and whether
     their greedy completions agree. Skipped with a note when `transformers` or `torch`
     is not installed (`pip install torch==2.13.0 transformers`, the `bench` extra).
@@ -39,6 +40,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -52,7 +54,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
-from rlhf_jax import models  # noqa: E402
+from rlhf_jax import hf, models  # noqa: E402
 from rlhf_jax.models.generate import choose_tokens  # noqa: E402
 import train_step  # noqa: E402  (process flags shared by the benchmarks)
 
@@ -77,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--n_kv_heads", type=int, default=0, help="0: same as --n_heads (no GQA)")
   parser.add_argument("--d_ff", type=int, default=0, help="SwiGLU width; 0: 4 * d_model")
   parser.add_argument("--vocab", type=int, default=8000)
+  parser.add_argument("--rope_theta", type=float, default=10000.0)
+  parser.add_argument("--norm_eps", type=float, default=1e-6)
   parser.add_argument("--prompt_len", type=int, default=64)
   parser.add_argument("--new_tokens", type=int, default=128)
   parser.add_argument("--batch", type=int, default=16, help="prompts (rows) per call")
@@ -105,7 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         pad_id=PAD, cache_segments=args.cache_segments)
     args.config = models.TransformerConfig(
         vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-        n_kv_heads=args.n_kv_heads, d_ff=args.d_ff, max_len=args.prompt_len + args.new_tokens)
+        n_kv_heads=args.n_kv_heads, d_ff=args.d_ff, max_len=args.prompt_len + args.new_tokens,
+        rope_theta=args.rope_theta, norm_eps=args.norm_eps)
   except ValueError as error:
     parser.error(str(error))
   return args
@@ -151,47 +156,25 @@ def recompute_sampler(model: models.Transformer, config: models.SamplingConfig, 
   return run
 
 
-def hf_model(config: models.TransformerConfig, params: Any) -> Any:
-  """`transformers.LlamaForCausalLM` of the same shapes with the JAX parameters copied in."""
-  hf_config = transformers.LlamaConfig(
-      vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
-      num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
-      num_key_value_heads=config.n_kv_heads, head_dim=config.head_dim, hidden_act="silu",
-      max_position_embeddings=config.max_len, rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta,
-      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, pad_token_id=PAD,
-      bos_token_id=None, eos_token_id=None)
-  model = transformers.LlamaForCausalLM(hf_config).eval()
-  d = config.d_model
-  # JAX kernels are [in, out] (x @ W); torch Linear weights are [out, in].
-  matrix = lambda x: torch.from_numpy(np.array(x, np.float32).reshape(d, -1).T.copy())
-  state = {"model.embed_tokens.weight": torch.from_numpy(np.array(params["embed"]["embedding"], np.float32)),
-           "model.norm.weight": torch.from_numpy(np.array(params["final_norm"]["scale"], np.float32)),
-           "lm_head.weight": matrix(params["lm_head"])}
-  for i in range(config.n_layers):
-    layer, prefix = params[f"layer_{i}"], f"model.layers.{i}."
-    attention, mlp = layer["attention"], layer["mlp"]
-    state[prefix + "self_attn.q_proj.weight"] = matrix(attention["query"])
-    state[prefix + "self_attn.k_proj.weight"] = matrix(attention["key"])
-    state[prefix + "self_attn.v_proj.weight"] = matrix(attention["value"])
-    state[prefix + "self_attn.o_proj.weight"] = torch.from_numpy(
-        np.array(attention["out"], np.float32).reshape(-1, d).T.copy())
-    state[prefix + "mlp.gate_proj.weight"] = matrix(mlp["gate"])
-    state[prefix + "mlp.up_proj.weight"] = matrix(mlp["up"])
-    state[prefix + "mlp.down_proj.weight"] = torch.from_numpy(np.array(mlp["down"], np.float32).T.copy())
-    state[prefix + "input_layernorm.weight"] = torch.from_numpy(np.array(layer["attention_norm"]["scale"]))
-    state[prefix + "post_attention_layernorm.weight"] = torch.from_numpy(np.array(layer["mlp_norm"]["scale"]))
-  missing, unexpected = model.load_state_dict(state, strict=False)
-  missing = [name for name in missing if "rotary" not in name]
-  if missing or unexpected:
-    raise RuntimeError(f"hf_model: parameters not copied: missing {missing}, unexpected {unexpected}.")
-  return model
+def hf_model(model: models.Transformer, params: Any) -> Any:
+  """The `transformers` model of our model and parameters: written as a Hugging Face
+  checkpoint by `rlhf_jax.hf.save` (a Llama for this architecture) into a temporary
+  folder and read back with `AutoModelForCausalLM.from_pretrained` (local files only)."""
+  with tempfile.TemporaryDirectory() as folder:
+    hf.save(folder, model, params, pad_token_id=PAD)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+  if type(loaded).__name__ != "LlamaForCausalLM":
+    raise RuntimeError(f"hf_model: expected a LlamaForCausalLM, transformers built {type(loaded).__name__}.")
+  loaded.generation_config.eos_token_id = None  # every row draws all its tokens, as on the JAX side
+  return loaded.eval()
 
 
 def hf_generate(model: Any, prompts: np.ndarray, config: models.SamplingConfig, seed: int) -> np.ndarray:
   """`generate` with the same settings: sampling (or greedy), no end-of-sequence id."""
   torch.manual_seed(seed)
   sampling = dict(do_sample=False) if config.greedy else dict(
-      do_sample=True, temperature=config.temperature, top_k=config.top_k or None, top_p=config.top_p)
+      # top_k 0 and top_p 1 switch those warpers off, as in SamplingConfig.
+      do_sample=True, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
   with torch.inference_mode():
     out = model.generate(torch.from_numpy(prompts.astype(np.int64)),
                          attention_mask=torch.ones(prompts.shape, dtype=torch.long),
@@ -213,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   config, sampling = args.config, args.sampling
   use_hf = transformers is not None and not args.no_hf
   print(f"generate benchmark: d_model={config.d_model} n_layers={config.n_layers} n_heads={config.n_heads} "
-        f"n_kv_heads={config.n_kv_heads} d_ff={config.d_ff} vocab={config.vocab_size} (float32); "
+        f"n_kv_heads={config.n_kv_heads} d_ff={config.d_ff} vocab={config.vocab_size} rope_theta={config.rope_theta} "
+        f"norm_eps={config.norm_eps} (float32); "
         f"batch={args.batch} prompt_len={args.prompt_len} new_tokens={args.new_tokens}; "
         f"temperature={sampling.temperature} top_k={sampling.top_k} top_p={sampling.top_p}")
   hf_text = (f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
@@ -245,8 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     compile_seconds["recompute"] = time.perf_counter() - start
     runners["recompute"] = lambda r: recompiled(params, prompts, round_keys[r])
   if use_hf:
-    hf = hf_model(config, params)
-    runners["hf_generate"] = lambda r: hf_generate(hf, prompts_np, sampling, args.seed + r)
+    hf_policy = hf_model(model, params)
+    runners["hf_generate"] = lambda r: hf_generate(hf_policy, prompts_np, sampling, args.seed + r)
   else:
     reason = "--no_hf" if args.no_hf else f"transformers is not installed ({HF_ERROR})"
     print(f"hf_generate skipped: {reason}; install with `pip install torch==2.13.0 transformers` "
@@ -260,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"{name}: {extra}first call {first:.3f} s (not timed)")
 
   if use_hf:
-    check_agreement(model, params, hf, prompts_np, config)
+    check_agreement(model, params, hf_policy, prompts_np)
 
   times: dict[str, list[float]] = {name: [] for name in runners}
   for r in range(args.rounds):
@@ -286,17 +270,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   return rates
 
 
-def check_agreement(model: models.Transformer, params: Any, hf: Any, prompts: np.ndarray,
-                    config: models.TransformerConfig) -> None:
+def check_agreement(model: models.Transformer, params: Any, hf_policy: Any, prompts: np.ndarray) -> None:
   """Same weights, same function: the logits on the prompts and a few greedy tokens."""
   ours = np.asarray(model.apply({"params": params}, prompts))
   with torch.inference_mode():
-    theirs = hf(torch.from_numpy(prompts.astype(np.int64))).logits.numpy()
+    theirs = hf_policy(torch.from_numpy(prompts.astype(np.int64))).logits.numpy()
   greedy = models.SamplingConfig(max_new_tokens=8, temperature=0.0, pad_id=PAD)
   rows = prompts[:4]
   our_tokens = np.asarray(models.generate(model, params, rows, np.ones(rows.shape, bool), jax.random.key(0),
                                           greedy).completion_tokens)
-  their_tokens = hf_generate(hf, rows, greedy, 0)[:, rows.shape[1]:]
+  their_tokens = hf_generate(hf_policy, rows, greedy, 0)[:, rows.shape[1]:]
   print(f"check vs hf: logits on the prompts max |diff| {np.max(np.abs(ours - theirs)):.2e} "
         f"(scale {np.max(np.abs(ours)):.1f}); greedy completions of {len(rows)} rows x 8 tokens "
         f"{'identical' if np.array_equal(our_tokens, their_tokens) else 'DIFFER'}")
