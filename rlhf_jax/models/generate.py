@@ -27,19 +27,23 @@ Rows. With `num_samples` = n the output has B n rows, prompt-major:
 [p0 s0, p0 s1, ..., p0 s(n-1), p1 s0, ...] (`prompt_index` = row // n, `sample_index`
 = row % n), the grouping GRPO and RLOO baselines expect (`losses.grpo_advantages`).
 
-Randomness. The token that sample s of prompt i draws at step t uses one uniform from
-`fold_in(fold_in(fold_in(key, prompt_ids[i]), s), t)` (inverse-CDF sampling), so a row's
-completion depends on its own prompt, its ids and the key, not on the other rows: a
-prompt sampled alone (with its `prompt_ids` entry) gives the same completions as in a
-batch, up to float rounding of the padded computation.
+Randomness. The token that sample s of prompt i draws at step t uses one uniform u from
+`fold_in(fold_in(fold_in(key, prompt_ids[i]), s), t)`: the first token whose cumulative
+probability exceeds u (inverse-CDF sampling; tokens in vocabulary order, or from the
+most probable down with top-k / top-p). So a row's completion depends on its own
+prompt, its ids and the key, not on the other rows: a prompt sampled alone (with its
+`prompt_ids` entry) gives the same completions as in a batch, up to float rounding of
+the padded computation. The uniforms are drawn before decoding starts.
 
 Log-probs. `logprobs` are under the distribution the token was drawn from: the softmax
 of `logits / temperature` restricted to the top-k / top-p set and renormalised (zero
 for greedy decoding, a point mass); the behaviour policy of PPO-style importance
 ratios. `policy_logprobs` are `log softmax(logits)` at the token, the raw policy at
 temperature 1, which equal `losses.sequence_logprobs` of a teacher-forced forward pass
-on `Samples.tokens`. With temperature 1 and no top-k / top-p the two coincide. Both are
-zero after a row's end.
+on `Samples.tokens`. With temperature 1 and no top-k / top-p the two coincide; with
+top-k and top-p off, `logprobs` is `log softmax(logits / temperature)`, what a trainer
+that scores its forward pass at the sampling temperature (TRL's convention) computes.
+Both are zero after a row's end.
 
 Sharding. Under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)` (see
 `rlhf_jax.train.sampling.make_sampler`) every [rows, ...] array and the cache are split
@@ -57,9 +61,8 @@ no [rows, vocab] random tensor; top-k and top-p sort (`lax.top_k`) only when ask
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -134,6 +134,22 @@ def test_logprobs_equal_the_teacher_forced_pass_and_numpy(tiny, forward, config)
       np.testing.assert_allclose(samples.logprobs[row, step], np.log(target[token]), atol=1e-5)
   if config.temperature == 1.0 and config.top_k == 0 and config.top_p == 1.0:
     np.testing.assert_allclose(samples.logprobs, samples.policy_logprobs, atol=1e-6)
+  # Each draw is the documented one: the uniform of fold_in(fold_in(fold_in(key, prompt
+  # id), sample), step) inverted through the NumPy target's CDF, over the tokens in
+  # vocabulary order, or from the most probable down with top-k / top-p.
+  key = jax.random.key(1)
+  for row in range(completion.shape[0]):
+    prompt_id, sample_id = int(samples.prompt_index[row]), int(samples.sample_index[row])
+    row_key = jax.random.fold_in(jax.random.fold_in(key, prompt_id), sample_id)
+    for step in range(completion.shape[1]):
+      uniform = float(jax.random.uniform(jax.random.fold_in(row_key, step)))
+      step_logits = logits[row, prompt - 1 + step]
+      target = numpy_distribution(step_logits, config.temperature, config.top_k, config.top_p)
+      order = np.arange(len(target))
+      if config.top_k or config.top_p < 1:
+        order = np.argsort(-step_logits, kind="stable")
+      drawn = order[np.searchsorted(np.cumsum(target[order]), uniform, side="right")]
+      assert completion[row, step] == drawn, (row, step)
   # The library's distribution function agrees with NumPy too.
   some = logits[:, prompt - 1]
   expected = np.stack([numpy_distribution(row, config.temperature, config.top_k, config.top_p) for row in some])
