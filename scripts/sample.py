@@ -21,7 +21,6 @@ sampling itself is `rlhf_jax.models.generate` (rlhf_jax/train/sampling.py).
 
 from __future__ import annotations
 
-import json
 import logging as py_logging
 import os
 import sys
@@ -46,6 +45,8 @@ _STOP_IDS = flags.DEFINE_list("stop_ids", [], "Token ids that end a completion b
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed; a prompt's completions depend on it and its line number.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Prompts per sampler call; 0 uses the run's eval.batch_size.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a user error.")
+# Exit code of a user mistake (one line on stderr), as scripts/train.py and score.py.
+USER_ERROR = 1
 
 
 def _default_rejects(output: str) -> str:
@@ -56,23 +57,23 @@ def _default_rejects(output: str) -> str:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail("sample.py", f"unexpected arguments: {argv[1:]}", USER_ERROR)
   if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
-    raise app.UsageError("--workdir, --input and --output are required.")
+    cli.fail("sample.py", "--workdir, --input and --output are required.", USER_ERROR)
   for flag in (_BATCH_SIZE, _MAX_NEW_TOKENS):
     if flag.value < 0:
-      raise app.UsageError(f"--{flag.name} must be >= 0, got {flag.value}.")
+      cli.fail("sample.py", f"--{flag.name} must be >= 0, got {flag.value}.", USER_ERROR)
   try:
     stop_ids = [int(value) for value in _STOP_IDS.value]
   except ValueError:
-    raise app.UsageError(f"--stop_ids must be token ids (ints), got {','.join(_STOP_IDS.value)}.") from None
+    cli.fail("sample.py", f"--stop_ids must be token ids (ints), got {','.join(_STOP_IDS.value)}.", USER_ERROR)
   sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   py_logging.getLogger("rlhf_jax").setLevel(py_logging.WARNING)
 
   from rlhf_jax import data  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train import sampling  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import rundir, sampling  # pylint: disable=g-import-not-at-top
 
   rejects = _REJECTS.value or _default_rejects(_OUTPUT.value)
   try:
@@ -85,8 +86,7 @@ def main(argv: list[str]) -> None:
   except (data.DataError, FileNotFoundError, ValueError) as error:
     if _TRACEBACK.value:
       raise
-    print(f"sample.py: error: {error}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail("sample.py", error, USER_ERROR)
   line = (f"sampled {summary['completions']} completions of {summary['sampled']} of {summary['read']} prompts of "
           f"{summary['input']} with {summary['workdir']} at step {summary['checkpoint_step']} into "
           f"{summary['output']}; {100 * summary['finished_fraction']:.0f}% finished, "
@@ -94,8 +94,8 @@ def main(argv: list[str]) -> None:
   if summary["rejected"]:
     line += f"; {summary['rejected']} rejected, reasons in {summary['rejects']} (first: {summary['first_reject']})"
   print(line + ".")
-  print(json.dumps(summary, sort_keys=True))
+  print(rundir.dumps(summary, sort_keys=True))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser("sample.py", 1))
+  app.run(main, flags_parser=cli.flags_parser("sample.py", USER_ERROR))

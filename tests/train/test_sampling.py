@@ -179,10 +179,12 @@ def test_script_samples_a_file_and_reports_errors_in_one_line(run, tmp_path):
     ends_with_eos = record["num_tokens"] == len(words) + 1
     assert record["finished"] == (ends_with_stop or ends_with_eos), record
   assert any(r["finished"] for r in records)
-  result = _script(f"--workdir={tmp_path / 'nowhere'}", f"--input={prompts}", f"--output={output}")
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1].startswith("sample.py: error: ") and "no such run directory" in \
-      result.stderr and "Traceback" not in result.stderr
+  for flags, message in [([f"--workdir={tmp_path / 'nowhere'}"], "no such run directory"),
+                         ([f"--workdir={root / 'sft'}", "--stop_ids=3,x"], "--stop_ids must be token ids")]:
+    result = _script(*flags, f"--input={prompts}", f"--output={output}")
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sample.py: error: ") and message in last and "Traceback" not in result.stderr
 
 
 def test_sharded_sampler_equals_one_device(tmp_path):
