@@ -160,6 +160,7 @@ def hf_model(model: models.Transformer, params: Any) -> Any:
   """The `transformers` model of our model and parameters: written as a Hugging Face
   checkpoint by `rlhf_jax.hf.save` (a Llama for this architecture) into a temporary
   folder and read back with `AutoModelForCausalLM.from_pretrained` (local files only)."""
+  transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the report
   with tempfile.TemporaryDirectory() as folder:
     hf.save(folder, model, params, pad_token_id=PAD)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
