@@ -187,6 +187,15 @@ def hf_generate(model: Any, prompts: np.ndarray, config: models.SamplingConfig, 
 # ----------------------------------------------------------------------------- main
 
 
+def hf_skip_note(args: argparse.Namespace) -> str | None:
+  """The line printed instead of hf_generate's when that side does not run, else None."""
+  if transformers is not None and not args.no_hf:
+    return None
+  reason = "--no_hf" if args.no_hf else f"transformers is not installed ({HF_ERROR})"
+  return (f"hf_generate skipped: {reason}; install with `pip install torch==2.13.0 transformers` "
+          "(the bench extra).")
+
+
 def tokens_per_second(batch: int, new_tokens: int, seconds: float) -> float:
   return batch * new_tokens / seconds
 
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   args = parse_args(argv)
   memory = train_step.configure_process(args)
   config, sampling = args.config, args.sampling
-  use_hf = transformers is not None and not args.no_hf
+  skip_note = hf_skip_note(args)
+  use_hf = skip_note is None
   print(f"generate benchmark: d_model={config.d_model} n_layers={config.n_layers} n_heads={config.n_heads} "
         f"n_kv_heads={config.n_kv_heads} d_ff={config.d_ff} vocab={config.vocab_size} rope_theta={config.rope_theta} "
         f"norm_eps={config.norm_eps} (float32); "
@@ -233,9 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     hf_policy = hf_model(model, params)
     runners["hf_generate"] = lambda r: hf_generate(hf_policy, prompts_np, sampling, args.seed + r)
   else:
-    reason = "--no_hf" if args.no_hf else f"transformers is not installed ({HF_ERROR})"
-    print(f"hf_generate skipped: {reason}; install with `pip install torch==2.13.0 transformers` "
-          "(the bench extra).")
+    print(skip_note)
 
   for name, run in runners.items():  # warm-up (and the JAX compilations above)
     start = time.perf_counter()

@@ -48,26 +48,31 @@ def _check_numbers(out: str, names: tuple[str, ...]) -> dict[str, float]:
   return rates
 
 
-def test_lines_follow_from_the_round_times_without_hf(capsys):
-  benchmark.main(SMALL + ["--no_hf"])
+def test_lines_follow_from_the_round_times(capsys):
+  # Non-default rope theta and norm epsilon: the checkpoint written for transformers must
+  # carry them. One torch thread: pytest may share the CPUs with other processes.
+  benchmark.main(SMALL + ["--temperature=0.8", "--top_k=20", "--torch_threads=1", "--rope_theta=500",
+                          "--norm_eps=1e-5"])
   out = capsys.readouterr().out
-  assert "hf_generate skipped: --no_hf" in out
   assert re.search(r"^rlhf_jax: compilation [\d.]+ s, first call [\d.]+ s \(not timed\)$", out, re.M)
   assert re.search(r"^recompute: compilation [\d.]+ s, first call [\d.]+ s \(not timed\)$", out, re.M)
-  _check_numbers(out, ("rlhf_jax", "recompute"))
-
-
-def test_hf_generate_is_the_same_model(capsys):
-  pytest.importorskip("transformers", reason="the Hugging Face side needs transformers (the bench extra)")
-  # One torch thread: pytest may share the CPUs with other processes (OpenMP spins).
-  # Non-default rope theta and norm epsilon: the checkpoint written for transformers carries them.
-  benchmark.main(SMALL + ["--no_recompute", "--temperature=0.8", "--top_k=20", "--torch_threads=1",
-                          "--rope_theta=500", "--norm_eps=1e-5"])
-  out = capsys.readouterr().out
-  _check_numbers(out, ("rlhf_jax", "hf_generate"))
+  if benchmark.transformers is None:
+    assert "hf_generate skipped: transformers is not installed" in out
+    _check_numbers(out, ("rlhf_jax", "recompute"))
+    return
+  _check_numbers(out, ("rlhf_jax", "recompute", "hf_generate"))
   check = re.search(r"check vs hf: logits on the prompts max \|diff\| (\S+) \(scale (\S+)\); greedy completions of "
                     r"3 rows x 8 tokens (\S+)", out)
   assert float(check.group(1)) < 1e-4 * max(1.0, float(check.group(2))) and check.group(3) == "identical", out
+
+
+def test_hf_side_is_skipped_with_a_note(monkeypatch):
+  args = benchmark.parse_args(SMALL + ["--no_hf"])
+  assert benchmark.hf_skip_note(args).startswith("hf_generate skipped: --no_hf; install with")
+  monkeypatch.setattr(benchmark, "transformers", None)
+  monkeypatch.setattr(benchmark, "HF_ERROR", ImportError("No module named 'transformers'"))
+  note = benchmark.hf_skip_note(benchmark.parse_args(SMALL))
+  assert note.startswith("hf_generate skipped: transformers is not installed (No module named 'transformers')")
 
 
 def test_recompute_decoder_draws_what_generate_draws():
