@@ -11,10 +11,12 @@ Modules: `config` (the config builder), `mesh` (device mesh and shardings), `opt
 (config/run info/metrics/TensorBoard; `check_resume`: what a run directory is),
 `evaluate` (accuracy, ECE, margins), `inputs` (config -> tokenized data), `components`
 (everything compiled for a mesh), `loop` (`train`, `MAY_CHANGE_ON_RESUME`), `score` (a
-trained reward model scoring texts: `load_reward_model(workdir)(prompts, completions)`).
+trained reward model scoring texts: `load_reward_model(workdir)(prompts, completions)`),
+`sampling` (a trained policy's completions, `load_policy(workdir).sample(prompts, ...)`,
+and `make_sampler`: `models.generate` jitted over the train step's mesh).
 """
 
-from rlhf_jax.train import objectives, score
+from rlhf_jax.train import objectives, sampling, score
 from rlhf_jax.train.components import Components, MeshFunction, abstract_batch, build, device_batch_layout
 from rlhf_jax.train.checkpoint import Checkpointer, StopRequest, load_params
 from rlhf_jax.train.config import OBJECTIVES, PRESETS, base_config, parse_arg
@@ -61,6 +63,7 @@ __all__ = [
     "pairwise_accuracy",
     "param_shardings",
     "parse_arg",
+    "sampling",
     "score",
     "shard_batch",
     "skipped_updates",
