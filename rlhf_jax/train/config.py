@@ -354,9 +354,10 @@ def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) 
   # case) or "mean_minus_std" (mean - std_coef * std; Coste et al. 2023).
   config.reward.combine = "mean"
   config.reward.std_coef = 1.0
-  # Or a Python function "module:function" of (prompts, completions) -> floats. The
-  # tiny preset's toy task: the count of the toy data's GOOD marker in the completion.
-  config.reward.function = "rlhf_jax.rl.toy:good_marker_count" if tiny else ""
+  # Or a Python function "module:function" of (prompts, completions) -> floats. With
+  # neither and toy prompts (no data.train), the toy task's reward
+  # `rlhf_jax.rl.toy:good_marker_count` (the count of the toy GOOD marker).
+  config.reward.function = ""
   # Rows per reward-model forward pass; 0 uses each run's eval.batch_size.
   config.reward.batch_size = 0
 
