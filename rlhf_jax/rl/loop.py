@@ -293,7 +293,7 @@ def load_policy(path: str | os.PathLike[str], policy_params: Any, field: str) ->
 
 
 def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
-                   reward_settings: rewards_lib.RewardSettings) -> state_lib.TrainState:
+                   reward_settings: rewards_lib.RewardSettings, reward_heads: int = 1) -> state_lib.TrainState:
   """The run's starting TrainState: initialised, the policy from `model.init_from`, the
   critic from the policy or the reward model (`model.value_init`)."""
   state = parts.init_state(init_key, train_key)
@@ -309,9 +309,14 @@ def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
     # The critic's backbone is the policy without its output layer (same shapes).
     value = dict(value, backbone=_copy({k: v for k, v in policy.items() if k != "lm_head"}))
   elif value_init == "reward_model":
+    # The reward head has K columns (heads); the critic's one column starts from the first.
+    head = value["value_head"]
+    wide = {name: jax.device_put(np.zeros(x.shape[:-1] + (reward_heads,), x.dtype), x.sharding)
+            for name, x in head.items()}
     loaded = checkpoint_lib.load_params(reward_settings.checkpoints[0],
-                                        {"backbone": value["backbone"], "reward_head": value["value_head"]})
-    value = {"backbone": loaded["backbone"], "value_head": loaded["reward_head"]}
+                                        {"backbone": value["backbone"], "reward_head": wide})
+    value = {"backbone": loaded["backbone"],
+             "value_head": _copy({name: x[..., :1] for name, x in loaded["reward_head"].items()})}
   return state.replace(params={"policy": policy, "value": value})
 
 
@@ -334,14 +339,15 @@ def _run_tokenizer(run_dir: str) -> str | None:
   return os.fspath(trained) if trained.is_file() else None
 
 
-def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib.RewardSettings):
-  """The critic's shape: the policy's (None), or the reward model's for value_init
-  "reward_model", after checking that it can start from that model."""
+def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib.RewardSettings
+                  ) -> tuple[models.TransformerConfig | None, int]:
+  """The critic's shape (None: the policy's) and the reward heads it starts from: the
+  reward model's shape for value_init "reward_model", after checking that it can."""
   value_init = config.model.value_init
   if value_init not in VALUE_INITS:
     raise ValueError(f"model.value_init must be one of {', '.join(map(repr, VALUE_INITS))}; got {value_init!r}.")
   if value_init != "reward_model":
-    return None
+    return None, 1
   if not reward.checkpoints:
     raise ValueError("model.value_init='reward_model' needs a reward model (reward.checkpoints); with "
                      "reward.function use value_init='policy'.")
@@ -349,16 +355,17 @@ def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib
   rm_config = ml_collections.ConfigDict(_read_json(rm_dir / "config.json"))
   if rm_config.get("objective") != "reward_model":
     raise ValueError(f"reward.checkpoints: {rm_dir} trained {rm_config.get('objective')!r}, not a reward model.")
-  if int(rm_config.model.reward_heads) != 1 or int(rm_config.model.ensemble_models) != 1:
-    raise ValueError(f"model.value_init='reward_model': {rm_dir} has {rm_config.model.reward_heads} heads x "
-                     f"{rm_config.model.ensemble_models} models; the critic starts from a one-head reward model.")
+  if int(rm_config.model.ensemble_models) != 1:
+    raise ValueError(f"model.value_init='reward_model': {rm_dir} is an ensemble of {rm_config.model.ensemble_models} "
+                     "models (model.ensemble_models); the critic starts from one model (a run with several "
+                     "reward_heads is fine: the first head is taken).")
   rm_tokenizer = _run_tokenizer(os.fspath(rm_dir))
   if prompts.tokenizer is None or rm_tokenizer is None or \
       data_lib.Tokenizer.load(rm_tokenizer).fingerprint != prompts.tokenizer.fingerprint:
     raise ValueError(f"model.value_init='reward_model': the critic reads the policy's tokens, so the policy must "
                      f"use the tokenizer of {rm_dir} ({rm_tokenizer}); set data.tokenizer to it (or leave it empty "
                      "to take it), or use value_init='policy'.")
-  return networks.model_config(rm_config, prompts.vocab_size)
+  return networks.model_config(rm_config, prompts.vocab_size), int(rm_config.model.reward_heads)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -481,7 +488,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
     _log.warning("toy prompts (data.train is empty) go to the reward models as numbers; give data.train to train "
                  "against a text reward model.")
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-  value_config = _value_config(config, prompts, reward_settings) if objective.value_model else None
+  value_config, reward_heads = _value_config(config, prompts, reward_settings) if objective.value_model else (None, 1)
   info = PromptInfo(vocab_size=prompts.vocab_size, prompt_length=prompts.prompt_length, pad_id=prompts.pad_id,
                     eos_id=prompts.eos_id)
   parts = _cached_build(config, mesh, info, value_config)
@@ -493,6 +500,9 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
+  if rollout_settings.prompts > len(prompts):
+    raise ValueError(f"rollout.prompts {rollout_settings.prompts} exceeds the {len(prompts)} distinct prompts of "
+                     f"{config.data.train or 'the toy prompts (data.toy.num_prompts)'}.")
   iterator = data_lib.BatchIterator(
       {"prompt_tokens": prompts.tokens, "prompt_mask": prompts.mask,
        "prompt_index": np.arange(len(prompts), dtype=np.int32)},
@@ -500,7 +510,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   latest = checkpointer.latest_step()
   initial = None
   if latest is None or not config.reference.checkpoint:
-    initial = _initial_state(parts, config, init_key, train_key, reward_settings)
+    initial = _initial_state(parts, config, init_key, train_key, reward_settings, reward_heads)
   if latest is None:
     kl_coef = jax.device_put(np.float32(getattr(parts.settings, "kl_coef", 0.0)), mesh_lib.replicated(mesh))
     state = OnlineState(train=initial, kl_coef=kl_coef)

@@ -1,23 +1,17 @@
 """Reward sources: ensemble combinations against NumPy, Python functions, and reward-model
 checkpoints against a forward pass of the trained parameters on hand-made token rows."""
 
-import json
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
 
 from rlhf_jax import data
 from rlhf_jax.rl import rewards
-from rlhf_jax.train import loop, networks
+from rlhf_jax.train import networks
 from rlhf_jax.train import config as config_lib
 from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
 
-MAX_LENGTH, MAX_PROMPT_LENGTH = 32, 16
-POLITE = ("please", "gladly", "certainly", "thanks")
-RUDE = ("whatever", "ugh", "annoying", "stop")
-FILLER = ("the", "river", "stone", "garden", "blue", "quiet")
+from rl_testlib import MAX_LENGTH, MAX_PROMPT_LENGTH
 
 
 def test_combine_against_numpy():
@@ -63,37 +57,6 @@ def test_function_source_and_its_errors():
     rewards.FunctionReward("rl_testlib:nan_for_the_second")(["a"] * 3, ["b", "c", "d"])
 
 
-def _pairs(count, seed):
-  rng = np.random.default_rng(seed)
-
-  def answer(marks):
-    words = list(rng.choice(FILLER, size=int(rng.integers(2, 5))))
-    words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(marks)))
-    return " " + " ".join(words)
-
-  return [{"prompt": f"\n\nHuman: tell me about {rng.choice(FILLER)}.\n\nAssistant:", "chosen": answer(POLITE),
-           "rejected": answer(RUDE)} for _ in range(count)]
-
-
-@pytest.fixture(scope="module")
-def reward_run(tmp_path_factory):
-  """A tiny two-head reward model trained on a text file: (workdir, final params)."""
-  root = tmp_path_factory.mktemp("rm")
-  path = root / "pairs.jsonl"
-  path.write_text("".join(json.dumps(r) + "\n" for r in _pairs(64, seed=1)))
-  config = config_lib.base_config("reward_model", "tiny")
-  config.train.progress_bar = False
-  config.data.train = str(path)
-  config.data.tokenizer_vocab_size = 320
-  config.data.max_length, config.data.max_prompt_length = MAX_LENGTH, MAX_PROMPT_LENGTH
-  config.model.reward_heads = 2
-  config.train.steps, config.train.batch_size, config.train.log_every = 6, 8, 6
-  config.optim.warmup_steps = 1
-  config.checkpoint.every = 0
-  results = loop.train(config, root / "rm")
-  return root / "rm", jax.device_get(results["state"].params), config
-
-
 def _direct_rewards(workdir, params, config, prompts, completions):
   """[N, 2] rewards from the run's final parameters on rows laid out by hand:
   [bos] prompt (its last tokens) completion [eos], read at the last real token."""
@@ -113,7 +76,7 @@ def _direct_rewards(workdir, params, config, prompts, completions):
 
 
 def test_reward_model_source_equals_the_checkpoint_evaluated_directly(reward_run):
-  workdir, params, config = reward_run
+  workdir, params, config, _ = reward_run
   prompts = ["\n\nHuman: tell me about stone.\n\nAssistant:"] * 3 + ["\n\nHuman: hi\n\nAssistant:"]
   # The third completion is empty (the policy ended at once): scored as [bos] prompt [eos].
   completions = [" please the river", " ugh blue", "", " certainly quiet garden stone"]
