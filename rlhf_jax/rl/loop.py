@@ -18,10 +18,13 @@
                every `checkpoint.every`; SIGTERM saves and stops at the next iteration
   7. end       a final checkpoint; returns the final metrics
 
-`train.steps` counts iterations. A checkpoint holds the policy, critic, optimizer,
-optimizer-step count, the run's base key (so every later sampling key), the KL
-coefficient and the prompt iterator's position: rerunning the same command on the same
-workdir resumes exactly where the run stopped and gives the uninterrupted run's numbers.
+`train.steps` counts iterations. A checkpoint (`train.checkpoint`, at iteration i) holds
+the TrainState (policy and critic parameters, optimizer, optimizer-step count, the run's
+base key, so every later sampling key) as its "state" item, like an offline run's (so
+`model.init_from`, `reference.checkpoint` and `load_params` read it), and the prompt
+iterator's position with the KL coefficient as its "data" item: rerunning the same
+command on the same workdir resumes exactly where the run stopped and gives the
+uninterrupted run's numbers.
 
 The reference of the KL is the starting policy (a copy of the initial parameters, made
 again on resume), or `reference.checkpoint`. The loop reads its config here and hands
@@ -179,8 +182,9 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
   length = info.prompt_length + rollout.max_new_tokens
   for name, cfg in (("policy", model.config), ("critic", value_config)):
     if cfg is not None and length > cfg.max_len:
-      raise ValueError(f"data.max_prompt_length {info.prompt_length} + rollout.max_new_tokens "
-                       f"{rollout.max_new_tokens} = {length} exceeds the {name}'s max_len {cfg.max_len}.")
+      raise ValueError(f"prompts of {info.prompt_length} tokens (data.max_prompt_length at most) + "
+                       f"rollout.max_new_tokens {rollout.max_new_tokens} = {length} exceed the {name}'s max_len "
+                       f"{cfg.max_len}.")
   dp = mesh_lib.data_parallel_size(mesh)
   microbatches = int(config.train.microbatches)
   update_rows = _check_shapes(objective, settings, layout.rollout, rollout, dp, microbatches)
@@ -248,6 +252,8 @@ def _cached_build(config: Any, mesh: Mesh, info: PromptInfo, value_config) -> On
   compiled = {k: v for k, v in config.to_dict().items() if k not in _NOT_COMPILED}
   for name in ("log_every", "progress_bar", "samples_every", "samples_per_write"):
     compiled["train"].pop(name, None)
+  for name in ("init_from", "value_init"):  # the critic's shape is `value_config`
+    compiled["model"].pop(name, None)
   key = json.dumps({"config": compiled, "mesh": {"shape": dict(mesh.shape), "devices": [d.id for d in mesh.devices.flat]},
                     "info": dataclasses.asdict(info), "value": repr(value_config)}, sort_keys=True, default=str)
   if key in _BUILD_CACHE:
@@ -269,27 +275,41 @@ def _copy(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.copy(), tree)
 
 
-def _stored_params(workdir: str | os.PathLike[str]) -> set[str]:
-  """Top-level parameter names of a run's newest checkpoint."""
+def _stored_params(workdir: str | os.PathLike[str]) -> tuple[Any, Path]:
+  """(parameter metadata tree, step folder) of a run's newest checkpoint."""
   from rlhf_jax.train import score  # pylint: disable=g-import-not-at-top
   try:
     _, step_dir = score.latest_checkpoint(Path(workdir))
   except score.ScoreError as error:
     raise FileNotFoundError(str(error)) from None
-  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata["params"]
-  return set(metadata)
+  return ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata["params"], step_dir
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def load_policy(path: str | os.PathLike[str], policy_params: Any, field: str) -> Any:
-  """A policy's parameters from a run's newest checkpoint: a language-model run (SFT,
-  DPO, ...) or an online run (whose policy sits under "policy" next to a critic)."""
-  stored = _stored_params(path)
-  if "policy" in stored and "value" in stored:
-    return checkpoint_lib.load_params(path, {"policy": policy_params})["policy"]
-  if "lm_head" not in stored and "embed" not in stored:
-    raise ValueError(f"{field}: {path} does not hold a policy (its parameters are {sorted(stored)[:6]}); give the "
-                     "workdir of a language-model run (sft, dpo, ...) or of an online run.")
-  return checkpoint_lib.load_params(path, policy_params)
+  """A policy's parameters from a run's newest checkpoint, laid out like `policy_params`:
+  a language-model run (SFT, DPO, ...; `checkpoint.load_params`) or an online run with
+  a critic, whose policy is read alone (orbax partial restore) from under "policy"."""
+  stored, step_dir = _stored_params(path)
+  if "policy" not in stored:
+    if "lm_head" not in stored and "embed" not in stored:
+      raise ValueError(f"{field}: {path} does not hold a policy (its parameters are {sorted(stored)[:6]}); give "
+                       "the workdir of a language-model run (sft, dpo, ...) or of an online run.")
+    return checkpoint_lib.load_params(path, policy_params)
+  abstract = {"policy": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                     policy_params)}
+  if _shapes({"policy": stored["policy"]}) != _shapes(abstract):
+    differ = sorted(set(_shapes({"policy": stored["policy"]}).items()) ^ set(_shapes(abstract).items()))[:6]
+    raise ValueError(f"{field}: the policy in {step_dir} does not fit this model (first differences, name and "
+                     f"shape: {differ}).")
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
+  restored = ocp.PyTreeCheckpointer().restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+      item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True))
+  _log.info("%s: loaded the policy of %s", field, step_dir)
+  return restored["params"]["policy"]
 
 
 def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
@@ -439,6 +459,8 @@ def _check_config(config: Any) -> objectives_lib.Objective:
 
 
 TOY_REWARD = "rlhf_jax.rl.toy:good_marker_count"
+# Key of the KL coefficient in a checkpoint's "data" item.
+_KL_COEF = "kl_coef"
 
 
 def _resolve(config: Any) -> Any:
@@ -512,12 +534,14 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   if latest is None or not config.reference.checkpoint:
     initial = _initial_state(parts, config, init_key, train_key, reward_settings, reward_heads)
   if latest is None:
-    kl_coef = jax.device_put(np.float32(getattr(parts.settings, "kl_coef", 0.0)), mesh_lib.replicated(mesh))
-    state = OnlineState(train=initial, kl_coef=kl_coef)
+    train_state, kl_coef = initial, np.float32(getattr(parts.settings, "kl_coef", 0.0))
   else:
-    state, data_state = checkpointer.restore(latest, parts.abstract_state)
+    train_state, data_state = checkpointer.restore(latest, parts.abstract_state.train)
+    # The KL coefficient rides with the data position: a float32 is exact as a JSON number.
+    kl_coef = np.float32(data_state.pop(_KL_COEF))
     iterator.restore(data_state)
     _log.info("resumed from %s iteration %d", checkpointer.directory, latest)
+  state = OnlineState(train=train_state, kl_coef=jax.device_put(kl_coef, mesh_lib.replicated(mesh)))
   value_model = parts.objective.value_model
   if config.reference.checkpoint:
     template = state.train.params["policy"] if value_model else state.train.params
@@ -550,7 +574,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   def save() -> None:
     nonlocal last_saved
     if last_saved != step:
-      checkpointer.save(step, state, iterator.state())
+      checkpointer.save(step, state.train, {**iterator.state(), _KL_COEF: float(jax.device_get(state.kl_coef))})
       last_saved = step
 
   try:

@@ -16,8 +16,9 @@ accepted + rejected); a prompt that appears several times (HH-RLHF holds several
 per dialogue) is kept once.
 
 Tokens: [bos] + the prompt's tokens, cut from the left to `max_prompt_length` (the bos
-stays, the oldest tokens go: the data layer's truncation policy), left-padded to
-`max_prompt_length` slots so that every row's completion starts at the same slot.
+stays, the oldest tokens go: the data layer's truncation policy), left-padded to the
+longest of them (at most `max_prompt_length` slots) so that every row's completion
+starts at the same slot.
 
 Toy prompts (no file): `toy_prompts` draws prompts of filler words of the toy data
 (`rlhf_jax.data.toy`); their texts, and the texts of completions, are the token ids
@@ -71,7 +72,7 @@ class Prompts:
   """Tokenized prompts and what is needed to turn completions back into text.
 
   Attributes:
-    tokens: int32 [M, P] left-padded prompts ([bos] first).
+    tokens: int32 [M, P] left-padded prompts ([bos] first), P the longest prompt.
     mask: bool [M, P], true on real tokens.
     texts: the M prompt texts.
     tokenizer: the sentencepiece tokenizer, or None for toy prompts (ids as text).
@@ -136,7 +137,8 @@ def toy_prompts(num_prompts: int, *, seed: int, vocab_size: int, max_words: int,
   rng = np.random.default_rng(seed)
   words = [rng.integers(data_lib.toy.TOY_FIRST_WORD, vocab_size, size=int(rng.integers(2, max_words + 1))).tolist()
            for _ in range(num_prompts)]
-  tokens, mask = _left_pad([[data_lib.TOY_BOS] + w for w in words], max_prompt_length, data_lib.TOY_PAD)
+  width = 1 + max(len(w) for w in words)
+  tokens, mask = _left_pad([[data_lib.TOY_BOS] + w for w in words], width, data_lib.TOY_PAD)
   return Prompts(tokens=tokens, mask=mask, texts=[" ".join(map(str, w)) for w in words], tokenizer=None,
                  vocab_size=vocab_size, pad_id=data_lib.TOY_PAD, bos_id=data_lib.TOY_BOS,
                  eos_id=data_lib.TOY_EOS,
@@ -272,14 +274,15 @@ def load_prompts(settings: PromptSettings, workdir: str | os.PathLike[str], *,
   rows = [_prompt_ids(ids, tokenizer.bos_id, settings.max_prompt_length)
           for ids in tokenizer.encode_batch(distinct)]
   cut = sum(1 + len(ids) > settings.max_prompt_length for ids in tokenizer.encode_batch(distinct))
-  tokens, mask = _left_pad(rows, settings.max_prompt_length, tokenizer.pad_id)
+  tokens, mask = _left_pad(rows, max(len(row) for row in rows), tokenizer.pad_id)
   provenance = {
       "train": {"path": settings.train, "format": report.format, "fingerprint": report.fingerprint,
                 "read": report.read, "accepted": report.accepted - len(empty),
                 "rejected": report.rejected + len(empty),
                 "rejects_path": os.fspath(rejects_path) if report.rejected or empty else None},
       "prompts": {"distinct": len(distinct), "duplicates_dropped": len(texts) - len(distinct),
-                  "truncated": cut, "max_prompt_length": settings.max_prompt_length},
+                  "truncated": cut, "max_prompt_length": settings.max_prompt_length,
+                  "prompt_slots": int(tokens.shape[1])},
       "tokenizer": {"path": tokenizer.name, "vocab_size": tokenizer.vocab_size,
                     "fingerprint": tokenizer.fingerprint},
   }

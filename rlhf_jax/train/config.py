@@ -303,16 +303,14 @@ def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) 
   # data.format: "auto", a preference or SFT format, "unpaired" or "prompts".
   # data.tokenizer: "" takes `model.init_from`'s tokenizer, else the first reward
   # model's, else trains one on the prompts into the workdir.
-  # data.max_prompt_length: prompt slots (bos included); longer prompts lose their
-  # oldest tokens.
+  # data.max_prompt_length: longest prompt (bos included); longer prompts lose their
+  # oldest tokens. The rollout rows have as many prompt slots as the longest prompt.
   config.data.toy = ml_collections.ConfigDict()
   # Toy prompts (used when `data.train` is empty): how many, the vocabulary of the toy
   # data (`rlhf_jax.data.toy`), the longest prompt in words.
   config.data.toy.num_prompts = 1024
   config.data.toy.vocab_size = 32
   config.data.toy.max_prompt_words = 6
-  if tiny:
-    config.data.max_prompt_length = 8
 
   # Iterations (one rollout, scoring and update each); the learning-rate schedule runs
   # over iterations x rollout.epochs x rollout.minibatches optimizer steps.

@@ -99,6 +99,16 @@ def test_a_stopped_run_resumes_bit_for_bit(tmp_path):
   assert [timing(r) for r in _records(tmp_path / "straight")] == [timing(r) for r in _records(tmp_path / "resumed")]
   assert _samples(tmp_path / "straight") == _samples(tmp_path / "resumed")
 
+  # The run's policy as the reference (reference.checkpoint), and also as the start
+  # (model.init_from): the first rollout's KL is 0 only when the two agree.
+  kl = {}
+  for name, init_from in (("reference", ""), ("both", "straight")):
+    config.model.init_from = str(tmp_path / init_from) if init_from else ""
+    config.reference.checkpoint = str(tmp_path / "straight")
+    rl.train(config, tmp_path / name, stop_at_step=1)
+    kl[name] = _records(tmp_path / name)[0]["kl"]
+  assert abs(kl["both"]) < 1e-3 and kl["reference"] > 0.1, kl
+
 
 def test_ppo_against_a_reward_model_scores_what_the_checkpoint_scores(reward_run, tmp_path):
   """Prompts from the reward model's own pairs file, the policy on its tokenizer, the

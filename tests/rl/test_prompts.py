@@ -19,15 +19,16 @@ HH_RLHF = next((p / "shared" / "data" / "hh-rlhf" / "harmless-base-test-head1500
 
 
 def test_toy_prompts_are_left_padded_filler_words():
-  prompts = prompts_lib.toy_prompts(50, seed=3, vocab_size=20, max_words=5, max_prompt_length=7)
-  assert prompts.tokens.shape == (50, 7) and len(prompts) == 50 and prompts.tokenizer is None
+  prompts = prompts_lib.toy_prompts(50, seed=3, vocab_size=20, max_words=5, max_prompt_length=9)
+  # As many slots as the longest prompt (bos + 5 words), not max_prompt_length.
+  assert prompts.tokens.shape == (50, 6) and len(prompts) == 50 and prompts.tokenizer is None
   for row, mask, text in zip(prompts.tokens, prompts.mask, prompts.texts):
     words = [int(w) for w in text.split()]
     assert 2 <= len(words) <= 5 and all(data.toy.TOY_FIRST_WORD <= w < 20 for w in words)
     # [pad ...] [bos] words: the real tokens end the row.
     np.testing.assert_array_equal(row[mask], [data.TOY_BOS] + words)
     assert mask[-len(words) - 1:].all() and not mask[:-len(words) - 1].any()
-  again = prompts_lib.toy_prompts(50, seed=3, vocab_size=20, max_words=5, max_prompt_length=7)
+  again = prompts_lib.toy_prompts(50, seed=3, vocab_size=20, max_words=5, max_prompt_length=9)
   np.testing.assert_array_equal(again.tokens, prompts.tokens)
   # Completion text: ids as numbers, the end token left out (a pad inside stays).
   assert prompts.completion_text([7, 0, 9, data.TOY_EOS]) == "7 0 9"
@@ -76,7 +77,7 @@ def test_preference_file_gives_its_distinct_prompts_and_rejects_bad_rows(tmp_pat
   # Cut from the left to 12 tokens, the bos first (the data layer's policy), left-padded.
   encoded = [tokenizer.encode(text) for text in prompts.texts]
   assert len(encoded[0]) > 11  # the long prompt is cut
-  assert record["prompts"] == {"distinct": 2, "duplicates_dropped": 1, "max_prompt_length": 12,
+  assert record["prompts"] == {"distinct": 2, "duplicates_dropped": 1, "max_prompt_length": 12, "prompt_slots": 12,
                                "truncated": sum(len(ids) > 11 for ids in encoded)}
   for row, mask, ids in zip(prompts.tokens, prompts.mask, encoded):
     kept = [tokenizer.bos_id] + ids[-11:]

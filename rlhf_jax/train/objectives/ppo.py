@@ -15,10 +15,24 @@ which is `losses.aggregate` of the whole batch (tested against it).
 
 PPO for RLHF follows Ziegler et al. 2019 (arXiv 1909.08593), Ouyang et al. 2022 (arXiv
 2203.02155) and the implementation details collected by Huang et al. 2024, "The N+
-Implementation Details of RLHF with PPO" (arXiv 2403.17031). Each detail implemented
-here is a field of `PPOSettings` (the config's `loss` section) with its default;
-the sampling and value-model details are fields of `config.rollout` and `config.model`
-(see `rlhf_jax/train/config.py`).
+Implementation Details of RLHF with PPO" (arXiv 2403.17031). Those implemented, with
+the config field that switches each and its default:
+
+  detail                                         field (default)
+  per-token KL penalty in the reward             loss.kl_coef (0.05), loss.kl_estimator ("k1"; "k3")
+  adaptive KL coefficient (Ziegler et al.)       loss.adaptive_kl_target (0: fixed), loss.adaptive_kl_horizon
+  score on the last (EOS) token only             always (the reward model reads the last token)
+  "EOS trick": penalise missing EOS              loss.missing_eos_penalty (0: off)
+  reward whitening                               loss.whiten_rewards (off)
+  advantage whitening                            loss.whiten_advantages (on)
+  GAE, gamma 1 and lambda 0.95                   loss.gamma (1.0), loss.lam (0.95)
+  clipped value loss                             loss.value_clip_eps (0.2), loss.value_coef (0.1)
+  separate critic, initialised from the RM       model.value_init ("policy"; "reward_model", "scratch")
+  temperature in the training forward pass       always (logits / rollout.temperature)
+  several epochs of shuffled minibatches         rollout.epochs (4), rollout.minibatches (4)
+  token-mean loss over the minibatch             loss.aggregation ("token_mean")
+  dropout off                                    always (the models have no dropout)
+  left-padded prompts, cut from the left         always (`rlhf_jax.rl.prompts`)
 """
 
 from __future__ import annotations
