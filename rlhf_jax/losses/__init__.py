@@ -1,10 +1,30 @@
 """Functional RLHF objectives: pure, jit-able, per-example, documented.
 
 Import them directly (`from rlhf_jax import losses; losses.dpo(...)`) or by name through
-the registry (`losses.get("dpo")`, `losses.names()`) so that configs compose objectives.
+the registry (`losses.get("dpo")`, `losses.get("ipo")`, `losses.names()`) so that configs
+compose objectives.
 """
 
-from rlhf_jax.losses.dpo_family import DPO_VARIANTS, dpo
+from rlhf_jax.losses.dpo_family import (
+    DPO_VARIANT_LOSSES,
+    DPO_VARIANTS,
+    aot_loss,
+    aot_unpaired_loss,
+    apo_down_loss,
+    apo_zero_loss,
+    bco_pair_loss,
+    cdpo_loss,
+    discopop_loss,
+    dpo,
+    dpo_robust_loss,
+    dpo_sigmoid_loss,
+    dpo_sigmoid_norm_loss,
+    exo_pair_loss,
+    hinge_loss,
+    ipo_loss,
+    nca_pair_loss,
+    sppo_hard_loss,
+)
 from rlhf_jax.losses.policy import (
     AGGREGATIONS,
     GRPO_SCALES,
@@ -39,25 +59,40 @@ __all__ = [
     "AGGREGATIONS",
     "AdaptiveKLState",
     "DPO_VARIANTS",
+    "DPO_VARIANT_LOSSES",
     "GRPO_SCALES",
     "KL_KINDS",
     "adaptive_kl_init",
     "adaptive_kl_update",
     "aggregate",
+    "aot_loss",
+    "aot_unpaired_loss",
+    "apo_down_loss",
+    "apo_zero_loss",
+    "bco_pair_loss",
     "bradley_terry",
     "bradley_terry_soft",
     "bradley_terry_ties",
+    "cdpo_loss",
     "crowd_bt",
+    "discopop_loss",
     "dpo",
+    "dpo_robust_loss",
+    "dpo_sigmoid_loss",
+    "dpo_sigmoid_norm_loss",
+    "exo_pair_loss",
     "gae",
     "get",
     "grpo_advantages",
+    "hinge_loss",
+    "ipo_loss",
     "kl_penalty",
     "kto",
     "kto_reference_kl",
     "masked_mean",
     "masked_sum",
     "names",
+    "nca_pair_loss",
     "orpo",
     "plackett_luce",
     "ppo_policy_loss",
@@ -67,5 +102,6 @@ __all__ = [
     "rloo_advantages",
     "sequence_logprobs",
     "simpo",
+    "sppo_hard_loss",
     "whiten",
 ]

@@ -12,9 +12,15 @@ from typing import Any
 
 import jax.numpy as jnp
 
-__all__ = ["DTYPES", "PRESETS", "TransformerConfig", "get_preset"]
+__all__ = ["ACTIVATIONS", "DTYPES", "NORMS", "POSITION_EMBEDDINGS", "PRESETS", "ROPE_SCALINGS",
+           "TransformerConfig", "get_preset"]
 
 DTYPES = ("float32", "bfloat16")
+# Architecture variants beyond the Llama default, for pretrained checkpoints (`models.hf`).
+NORMS = ("rms", "layer")
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
+POSITION_EMBEDDINGS = ("rope", "learned")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +34,11 @@ class TransformerConfig:
     n_heads: number of query heads; `d_model` must be divisible by it.
     n_kv_heads: number of key/value heads; grouped-query attention (Ainslie et al.
       2023, arXiv 2305.13245) when smaller than `n_heads`, which it must divide.
-    d_ff: hidden width of the SwiGLU feed-forward layer.
+    d_ff: hidden width of the feed-forward layer.
     max_len: longest sequence the model accepts (a trace-time check, and the default
       KV-cache length).
     rope_theta: base of the rotary position frequencies (Su et al. 2021).
-    norm_eps: epsilon inside the RMSNorm square root.
+    norm_eps: epsilon inside the normalisation's square root.
     dtype: compute dtype, "float32" or "bfloat16". Logits and head outputs are always
       float32; normalisation and softmax run in float32 whatever this is.
     param_dtype: storage dtype of the parameters ("float32" keeps master weights exact
@@ -42,6 +48,26 @@ class TransformerConfig:
     tie_embeddings: share the input embedding with the output projection.
     scan_layers: run the blocks with `nn.scan` over stacked parameters (leading
       "layers" axis): compile time independent of depth, which matters for 7B plans.
+
+  Architecture variants (the defaults are the Llama architecture above; the others let
+  pretrained GPT-2 and Qwen2 checkpoints load, see `rlhf_jax.models.hf`):
+    norm: "rms" (RMSNorm, a `scale`) or "layer" (LayerNorm, Ba et al. 2016, a `scale`
+      and a `bias`), with epsilon `norm_eps` in both.
+    activation: nonlinearity of the feed-forward layer: "silu", "gelu_tanh" (the tanh
+      approximation of GELU, GPT-2's "gelu_new"), "gelu" (exact, erf) or "relu".
+    gated_mlp: `act(x W_gate) * (x W_up)` then `W_down` (GLU family, SwiGLU with
+      "silu"; Shazeer 2020) when true, else `act(x W_up) W_down` (GPT-2).
+    position_embedding: "rope" (rotary, in every attention layer) or "learned" (a
+      [max_len, D] table added to the token embeddings, GPT-2; no rotation).
+    attention_qkv_bias: biases on the query, key and value projections (Qwen2, GPT-2).
+    attention_out_bias: a bias on the attention output projection (GPT-2).
+    mlp_bias: biases on the feed-forward projections (GPT-2).
+    rope_scaling: how the rotary frequencies are stretched for long contexts: "none",
+      "linear" (every frequency divided by `rope_scaling_factor`, i.e. positions
+      interpolated; Chen et al. 2023, arXiv 2306.15595) or "llama3" (low frequencies
+      divided by the factor, high ones kept, a smooth ramp between, as in Llama 3.1;
+      Grattafiori et al. 2024, arXiv 2407.21783), with `rope_low_freq_factor`,
+      `rope_high_freq_factor` and `rope_original_max_len` (the pretraining context).
   """
 
   vocab_size: int
@@ -58,6 +84,18 @@ class TransformerConfig:
   remat: bool = False
   tie_embeddings: bool = False
   scan_layers: bool = False
+  norm: str = "rms"
+  activation: str = "silu"
+  gated_mlp: bool = True
+  position_embedding: str = "rope"
+  attention_qkv_bias: bool = False
+  attention_out_bias: bool = False
+  mlp_bias: bool = False
+  rope_scaling: str = "none"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
@@ -74,7 +112,7 @@ class TransformerConfig:
           f"TransformerConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
           f"({self.n_kv_heads}) for grouped-query attention."
       )
-    if self.head_dim % 2:
+    if self.head_dim % 2 and self.position_embedding == "rope":
       raise ValueError(
           f"rotary embeddings need an even head dimension; d_model / n_heads = {self.head_dim}."
       )
@@ -88,9 +126,26 @@ class TransformerConfig:
         raise ValueError(
             f"TransformerConfig.{name} must be one of {', '.join(map(repr, DTYPES))}; got {value!r}."
         )
-    for name in ("remat", "tie_embeddings", "scan_layers"):
+    for name in ("remat", "tie_embeddings", "scan_layers", "gated_mlp", "attention_qkv_bias",
+                 "attention_out_bias", "mlp_bias"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"TransformerConfig.{name} must be a bool, got {getattr(self, name)!r}.")
+    for name, valid in (("norm", NORMS), ("activation", ACTIVATIONS),
+                        ("position_embedding", POSITION_EMBEDDINGS), ("rope_scaling", ROPE_SCALINGS)):
+      if getattr(self, name) not in valid:
+        raise ValueError(f"TransformerConfig.{name} must be one of {', '.join(map(repr, valid))}; "
+                         f"got {getattr(self, name)!r}.")
+    for name in ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"TransformerConfig.{name} must be a positive number, got {value!r}.")
+    if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+      raise ValueError(
+          f"TransformerConfig.rope_high_freq_factor ({self.rope_high_freq_factor}) must exceed "
+          f"rope_low_freq_factor ({self.rope_low_freq_factor}) for llama3 rope scaling.")
+    value = self.rope_original_max_len
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"TransformerConfig.rope_original_max_len must be a positive int, got {value!r}.")
 
   @property
   def head_dim(self) -> int:

@@ -1,5 +1,9 @@
 """Building blocks of the decoder: RMSNorm, rotary embeddings, attention, SwiGLU, block.
 
+The Llama architecture is the default; config fields switch in the variants that
+pretrained checkpoints need (LayerNorm, learned positions, biases, GELU, a plain MLP,
+scaled RoPE frequencies; see `TransformerConfig`).
+
 Every parameter is created through `nn.with_logical_partitioning` with logical axis
 names from `AXIS_NAMES`, so that `logical_axis_rules` (in `sharding.py`) maps it to mesh
 axes. Activations carry `nn.with_logical_constraint` hints that are no-ops unless the
@@ -16,11 +20,13 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_jax.models.config import TransformerConfig
 
-__all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "RMSNorm", "apply_rope", "causal_attention",
-           "document_attention", "document_places", "gather_slots", "project", "visible_keys"]
+__all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "LayerNorm", "RMSNorm", "apply_rope",
+           "causal_attention", "document_attention", "document_places", "gather_slots", "norm", "project",
+           "rope_frequencies", "visible_keys"]
 
 # Logical names used by parameters. "layers" appears only with `scan_layers=True`;
 # None marks a dimension too small to shard (the outputs of a reward or value head).
@@ -212,7 +218,67 @@ class RMSNorm(nn.Module):
     return (x32 * inv_rms * scale.astype(jnp.float32)).astype(cfg.compute_dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+class LayerNorm(nn.Module):
+  """Layer normalisation (Ba et al. 2016, arXiv 1607.06450), as in GPT-2.
+
+    y = (x - mean(x)) / sqrt(var(x) + eps) * scale + bias
+
+  computed in float32 and returned in the compute dtype. `scale` starts at one, `bias`
+  at zero.
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+                       (cfg.d_model,), cfg.params_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                      (cfg.d_model,), cfg.params_dtype)
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + cfg.norm_eps)
+    out = centred * inv_std * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return out.astype(cfg.compute_dtype)
+
+
+def norm(config: TransformerConfig, name: str) -> nn.Module:
+  """The normalisation layer `config.norm` names ("rms" or "layer")."""
+  return (LayerNorm if config.norm == "layer" else RMSNorm)(config, name=name)
+
+
+def rope_frequencies(config: TransformerConfig) -> np.ndarray | None:
+  """Rotary frequencies [Dh / 2] (float32) with `config.rope_scaling` applied, or None for
+  unscaled RoPE (`apply_rope` then computes `theta ** (-2 i / Dh)` itself).
+
+  "linear": every frequency divided by the factor (positions interpolated by it; Chen
+  et al. 2023, arXiv 2306.15595). "llama3" (Llama 3.1; Grattafiori et al. 2024, arXiv
+  2407.21783): with wavelength `l = 2 pi / w` and pretraining context `C`, frequencies
+  whose wavelength exceeds `C / low_freq_factor` are divided by the factor, those
+  shorter than `C / high_freq_factor` are kept, and in between
+  `w' = (1 - s) w / factor + s w` with `s = (C / l - low) / (high - low)`.
+  """
+  if config.rope_scaling == "none":
+    return None
+  head_dim = config.head_dim
+  base = np.float32(config.rope_theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
+  frequencies = (1.0 / base).astype(np.float64)
+  factor = config.rope_scaling_factor
+  if config.rope_scaling == "linear":
+    return (frequencies / factor).astype(np.float32)
+  low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+  context = config.rope_original_max_len
+  wavelength = 2 * np.pi / frequencies
+  smooth = (context / wavelength - low) / (high - low)
+  scaled = np.where(wavelength > context / low, frequencies / factor, frequencies)
+  medium = (wavelength <= context / low) & (wavelength >= context / high)
+  scaled = np.where(medium, (1 - smooth) * frequencies / factor + smooth * frequencies, scaled)
+  return scaled.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float,
+               frequencies: np.ndarray | None = None) -> jax.Array:
   """Rotary position embedding (Su et al. 2021, "RoFormer", arXiv 2104.09864).
 
   Half-split convention (GPT-NeoX, Hugging Face Llama): with `x = [x1, x2]` split along
@@ -224,12 +290,17 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     x: [B, T, N, Dh] queries or keys.
     positions: int [B, T] position of every token.
     theta: frequency base.
+    frequencies: optional [Dh / 2] frequencies replacing `theta ** (-2 i / Dh)` (scaled
+      RoPE, see `rope_frequencies`).
 
   Returns:
     [B, T, N, Dh] in the dtype of `x`; the rotation is computed in float32.
   """
   half = x.shape[-1] // 2
-  frequencies = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+  if frequencies is None:
+    frequencies = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+  else:
+    frequencies = jnp.asarray(frequencies, jnp.float32)
   angles = positions.astype(jnp.float32)[:, :, None, None] * frequencies  # [B, T, 1, Dh/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x32 = x.astype(jnp.float32)
@@ -318,11 +389,15 @@ class Attention(nn.Module):
     query = project(query_input, query_kernel)  # [B, T or N, H, Dh]
     key = project(x, key_kernel)  # [B, T, K, Dh]
     value = project(x, value_kernel)
+    if cfg.attention_qkv_bias:
+      query, key, value = self._add_biases(query, key, value)
     query = _constrain(query, ("batch", "length", "heads", "head_dim"))
     key = _constrain(key, ("batch", "length", "kv_heads", "head_dim"))
     value = _constrain(value, ("batch", "length", "kv_heads", "head_dim"))
-    query = apply_rope(query, query_positions, cfg.rope_theta)
-    key = apply_rope(key, positions, cfg.rope_theta)
+    if cfg.position_embedding == "rope":
+      frequencies = rope_frequencies(cfg)
+      query = apply_rope(query, query_positions, cfg.rope_theta, frequencies)
+      key = apply_rope(key, positions, cfg.rope_theta, frequencies)
 
     key_mask = attention_mask
     if self.decode:
@@ -369,11 +444,25 @@ class Attention(nn.Module):
     out = project(attended, out_kernel, contract=2)
     return _constrain(out, ("batch", "length", "embed"))
 
+  def _add_biases(self, query: jax.Array, key: jax.Array, value: jax.Array):
+    """query + b_q [H, Dh], key + b_k [K, Dh], value + b_v [K, Dh] (`attention_qkv_bias`)."""
+    cfg = self.config
+    h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    bias = lambda name, shape, axes: self.param(
+        name, nn.with_logical_partitioning(nn.initializers.zeros_init(), axes), shape,
+        cfg.params_dtype).astype(cfg.compute_dtype)
+    return (query + bias("query_bias", (h, dh), ("heads", "head_dim")),
+            key + bias("key_bias", (k, dh), ("kv_heads", "head_dim")),
+            value + bias("value_bias", (k, dh), ("kv_heads", "head_dim")))
+
 
 class FeedForward(nn.Module):
   """SwiGLU feed-forward layer (Shazeer 2020, arXiv 2002.05202).
 
     y = (silu(x W_gate) * (x W_up)) W_down
+
+  or, with `gated_mlp=False`, `act(x W_up) W_down` (GPT-2), with the activation
+  `config.activation` and, with `mlp_bias`, a bias after each projection.
   """
 
   config: TransformerConfig
@@ -389,13 +478,33 @@ class FeedForward(nn.Module):
       )
       return value.astype(dtype)
 
-    gate = kernel("gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    up = kernel("up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    down = kernel("down", (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
+    def linear(name, inputs, shape, axes):
+      out = project(inputs, kernel(name, shape, axes))
+      if cfg.mlp_bias:
+        out = out + self.param(
+            f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+            shape[1:], cfg.params_dtype).astype(dtype)
+      return out
+
+    activation = _ACTIVATIONS[cfg.activation]
     x = x.astype(dtype)
-    hidden = nn.silu(project(x, gate)) * project(x, up)
+    if cfg.gated_mlp:
+      hidden = (activation(linear("gate", x, (cfg.d_model, cfg.d_ff), ("embed", "mlp")))
+                * linear("up", x, (cfg.d_model, cfg.d_ff), ("embed", "mlp")))
+    else:
+      hidden = activation(linear("up", x, (cfg.d_model, cfg.d_ff), ("embed", "mlp")))
     hidden = _constrain(hidden, ("batch", "length", "mlp"))
-    return _constrain(project(hidden, down), ("batch", "length", "embed"))
+    return _constrain(linear("down", hidden, (cfg.d_ff, cfg.d_model), ("mlp", "embed")),
+                      ("batch", "length", "embed"))
+
+
+_ACTIVATIONS = {
+    "silu": nn.silu,
+    # GPT-2's "gelu_new": 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+}
 
 
 class Block(nn.Module):
@@ -422,10 +531,16 @@ class Block(nn.Module):
   ) -> tuple[jax.Array, None]:
     cfg = self.config
     attended = Attention(cfg, decode=self.decode, name="attention")(
-        RMSNorm(cfg, name="attention_norm")(x), positions, attention_mask, segment_ids, documents,
+        norm(cfg, "attention_norm")(x), positions, attention_mask, segment_ids, documents,
         query_slots)
+    if cfg.attention_out_bias:
+      # The output projection's bias, added here so that every attention path (full,
+      # per document, cached decoding) has it.
+      attended = attended + self.param(
+          "attention_out_bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+          (cfg.d_model,), cfg.params_dtype).astype(attended.dtype)
     if query_slots is not None:
       x = gather_slots(x, jnp.asarray(query_slots, jnp.int32))
     x = x + attended
-    x = x + FeedForward(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
+    x = x + FeedForward(cfg, name="mlp")(norm(cfg, "mlp_norm")(x))
     return _constrain(x, ("batch", "length", "embed")), None

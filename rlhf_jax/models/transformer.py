@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.models.config import TransformerConfig
-from rlhf_jax.models.layers import Block, RMSNorm, document_places, gather_slots, project
+from rlhf_jax.models.layers import Block, document_places, gather_slots, norm, project
 
 __all__ = ["Transformer", "check_inputs", "check_mesh", "init_cache", "token_positions"]
 
@@ -118,6 +118,10 @@ class Transformer(nn.Module):
   out [H, Dh, D]}`; `layer_{i}/mlp/{gate [D, F], up [D, F], down [F, D]}`;
   `final_norm/scale` [D]; `lm_head` [D, V] unless `tie_embeddings`. With `scan_layers`
   the blocks are one `layers` subtree whose leaves have a leading [n_layers] axis.
+  Variants add: `position_embed/embedding` [max_len, D] (learned positions); a `bias`
+  [D] next to every norm `scale` (LayerNorm); `attention/{query_bias [H, Dh],
+  key_bias [K, Dh], value_bias [K, Dh]}` and `layer_{i}/attention_out_bias` [D];
+  `mlp/{gate_bias, up_bias [F], down_bias [D]}`; no `mlp/gate` without `gated_mlp`.
   """
 
   config: TransformerConfig
@@ -233,7 +237,15 @@ class Transformer(nn.Module):
         ),
         name="embed",
     )
-    x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+    x = embed(tokens)
+    if cfg.position_embedding == "learned":
+      # GPT-2: a learned [max_len, D] table, read at the same positions RoPE would use.
+      x = x + nn.Embed(
+          cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+          embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02),
+                                                      (None, "embed")),
+          name="position_embed")(positions)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     block = Block
     if cfg.remat:
@@ -267,7 +279,7 @@ class Transformer(nn.Module):
     if slots is not None and not prune_last:
       # Gather before the final norm (per position) and the [D, V] projection.
       x = gather_slots(x, slots)
-    hidden = RMSNorm(cfg, name="final_norm")(x)
+    hidden = norm(cfg, "final_norm")(x)
     if return_hidden:
       return hidden
     if cfg.tie_embeddings:

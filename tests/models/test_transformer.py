@@ -266,7 +266,11 @@ def test_logit_slots_equal_the_full_forward_at_those_slots(tiny, variant):
   full = lambda p: jnp.sum(weights * jnp.take_along_axis(
       model.apply({"params": p}, TOKENS, MASK), SLOTS[:, :, None], axis=1))
   grads, grads_full = jax.jit(jax.grad(pruned))(params), jax.jit(jax.grad(full))(params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads_full)
+  # float32 sums over the sequence: the rounding of an entry scales with the leaf's
+  # largest entries, not with the entry itself (a small entry of a large leaf differs
+  # by ~1e-5 between the two paths).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, np.abs(b).max())),
+               grads, grads_full)
   # Every layer's weights get a gradient, the last block's keys and values included.
   last = grads["layers"] if variant == "scan" else grads[f"layer_{TINY.n_layers - 1}"]
   for name in ("query", "key", "value", "out"):

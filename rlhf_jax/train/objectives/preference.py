@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Mapping
 
 import jax
@@ -54,8 +55,8 @@ class DPOSettings:
 def dpo(params, batch, rng, *, model, settings: DPOSettings, layout):
   """DPO and its variants (`losses.dpo`, `settings.variant`), on summed completion log-probs.
 
-  Lengths (for "ipo" and "sigmoid_norm") are the completion token counts of the loss
-  masks. Reference log-probs come from the batch (`ref_chosen_logps`,
+  Lengths (for the variants whose loss function takes them: "ipo", "sigmoid_norm") are
+  the completion token counts of the loss masks. Reference log-probs come from the batch (`ref_chosen_logps`,
   `ref_rejected_logps`), cached or computed on the fly by the trainer.
   """
   del rng
@@ -67,7 +68,7 @@ def dpo_loss(policy: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], se
   """The loss and outputs of `dpo` from the policy's pair log-probs and lengths
   (`pair_logps`) and the batch's reference log-probs and weights (shared with
   `online_dpo`)."""
-  use_lengths = settings.variant in ("ipo", "sigmoid_norm")
+  use_lengths = "chosen_lengths" in inspect.signature(losses.DPO_VARIANT_LOSSES.get(settings.variant)).parameters
   per_example, chosen_rewards, rejected_rewards = losses.dpo(
       policy["chosen_logps"], policy["rejected_logps"],
       batch["ref_chosen_logps"], batch["ref_rejected_logps"],

@@ -1,8 +1,10 @@
-"""Tests for the DPO family, checked against float64 NumPy formulas written here."""
+"""Tests for the DPO family (`rlhf_jax/losses/dpo_family.py`): every variant function and
+`dpo(variant=...)`, checked against float64 NumPy formulas written here."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import hypothesis
 from hypothesis import strategies as st
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 from scipy import special
 
-from rlhf_jax.losses.dpo_family import DPO_VARIANTS, dpo
+from rlhf_jax.losses import dpo_family
+from rlhf_jax.losses.dpo_family import DPO_VARIANT_LOSSES, DPO_VARIANTS, dpo
 
 ALL_VARIANTS = (
     "sigmoid", "cdpo", "robust", "ipo", "hinge", "exo_pair", "nca_pair", "bco_pair",
@@ -563,3 +566,240 @@ def test_sigmoid_loss_decreases_in_logratio_difference(ds, beta):
   z = beta * d.astype(np.float64)
   live = (np.diff(z) > 1e-3) & (z[1:] < 15.0)
   assert np.all(np.diff(losses)[live] < 0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# The variant functions by themselves, and `dpo` as their dispatcher.
+
+# The function of each variant, spelt out here so that a renamed or re-wired function
+# fails this test rather than following the registry along.
+VARIANT_FUNCTIONS = {
+    "sigmoid": dpo_family.dpo_sigmoid_loss,
+    "cdpo": dpo_family.cdpo_loss,
+    "robust": dpo_family.dpo_robust_loss,
+    "ipo": dpo_family.ipo_loss,
+    "hinge": dpo_family.hinge_loss,
+    "exo_pair": dpo_family.exo_pair_loss,
+    "nca_pair": dpo_family.nca_pair_loss,
+    "bco_pair": dpo_family.bco_pair_loss,
+    "sppo_hard": dpo_family.sppo_hard_loss,
+    "aot": dpo_family.aot_loss,
+    "aot_unpaired": dpo_family.aot_unpaired_loss,
+    "apo_zero": dpo_family.apo_zero_loss,
+    "apo_down": dpo_family.apo_down_loss,
+    "discopop": dpo_family.discopop_loss,
+    "sigmoid_norm": dpo_family.dpo_sigmoid_norm_loss,
+}
+
+# Non-default hyper-parameters for each variant function, and the same for the NumPy
+# reference. Only what a function's signature names is passed to it.
+DIRECT_KWARGS = {
+    "sigmoid": ({"beta": 0.3, "label_smoothing": 0.1}, {"beta": 0.3, "eps": 0.1}),
+    "cdpo": ({"beta": 0.3, "label_smoothing": 0.2}, {"beta": 0.3, "eps": 0.2}),
+    "robust": ({"beta": 0.3, "label_smoothing": 0.2}, {"beta": 0.3, "eps": 0.2}),
+    "ipo": ({"beta": 0.3}, {"beta": 0.3}),
+    "hinge": ({"beta": 0.3}, {"beta": 0.3}),
+    "exo_pair": ({"beta": 0.3, "epsilon": 0.05}, {"beta": 0.3, "exo_eps": 0.05}),
+    "nca_pair": ({"beta": 0.3}, {"beta": 0.3}),
+    "bco_pair": ({"beta": 0.3, "delta": 0.4}, {"beta": 0.3, "delta": 0.4}),
+    "sppo_hard": ({"beta": 0.3}, {"beta": 0.3}),
+    "aot": ({"beta": 0.3, "label_smoothing": 0.1}, {"beta": 0.3, "eps": 0.1}),
+    "aot_unpaired": ({"beta": 0.3, "label_smoothing": 0.1}, {"beta": 0.3, "eps": 0.1}),
+    "apo_zero": ({"beta": 0.3}, {"beta": 0.3}),
+    "apo_down": ({"beta": 0.3}, {"beta": 0.3}),
+    "discopop": ({"beta": 0.3, "tau": 0.3}, {"beta": 0.3, "tau": 0.3}),
+    "sigmoid_norm": ({"beta": 0.3}, {"beta": 0.3}),
+}
+
+# What the NumPy reference assumes when a function is called with no keyword at all.
+REFERENCE_DEFAULTS = {"beta": 0.1, "eps": 0.0, "tau": 0.05, "exo_eps": 1e-3, "delta": 0.0}
+
+
+def _logratios(fixture):
+  """The fixture's log-ratios in float32 (as `dpo` forms them) and its lengths."""
+  pc, pr, rc, rr, lc, lr, _ = fixture
+  return pc - rc, pr - rr, lc, lr
+
+
+def _call_direct(variant, fixture, kwargs):
+  fn = VARIANT_FUNCTIONS[variant]
+  pc, pr, rc, rr, lc, lr, _ = fixture
+  c, r, _, _ = _logratios(fixture)
+  if variant == "aot":
+    return fn(pc, pr, rc, rr, **kwargs)
+  if variant == "sigmoid_norm":
+    return fn(c, r, lc, lr, **kwargs)
+  return fn(c, r, **kwargs)
+
+
+def test_variant_registry_holds_the_variant_functions_in_order():
+  assert set(DPO_VARIANT_LOSSES.names()) == set(ALL_VARIANTS)
+  assert DPO_VARIANTS == ALL_VARIANTS  # the README's order, not the registry's sorted one
+  for variant, fn in VARIANT_FUNCTIONS.items():
+    assert DPO_VARIANT_LOSSES.get(variant) is fn
+
+
+def test_misspelt_variant_in_variant_registry_gives_close_matches():
+  with pytest.raises(ValueError, match=r"unknown DPO variant 'ipoo'; did you mean 'ipo'\?"):
+    DPO_VARIANT_LOSSES.get("ipoo")
+
+
+@pytest.mark.parametrize("fixture_name", ["random", "extreme"])
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_variant_function_matches_numpy_formula(variant, fixture_name):
+  fixture = FIXTURES[fixture_name]()
+  kwargs, ref_kwargs = DIRECT_KWARGS[variant]
+  losses = _call_direct(variant, fixture, kwargs)
+  assert losses.shape == (len(fixture[0]),) and losses.dtype == jnp.float32
+  pc, pr, rc, rr, lc, lr, _ = fixture
+  # IPO normalises by length only when given lengths; here it is called without.
+  lengths = {"lc": lc, "lr": lr} if variant == "sigmoid_norm" else {}
+  expected = reference_losses(variant, pc, pr, rc, rr, **ref_kwargs, **lengths)
+  np.testing.assert_allclose(np.asarray(losses), expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_variant_function_defaults_match_numpy_formula(variant):
+  # Called with no keyword: beta 0.1, no smoothing, tau 0.05, EXO epsilon 1e-3, delta 0.
+  fixture = _random_fixture()
+  losses = _call_direct(variant, fixture, {})
+  pc, pr, rc, rr, lc, lr, _ = fixture
+  lengths = {"lc": lc, "lr": lr} if variant == "sigmoid_norm" else {}
+  expected = reference_losses(variant, pc, pr, rc, rr, **REFERENCE_DEFAULTS, **lengths)
+  np.testing.assert_allclose(np.asarray(losses), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_ipo_loss_with_lengths_matches_numpy_formula():
+  fixture = _random_fixture()
+  c, r, lc, lr = _logratios(fixture)
+  losses = dpo_family.ipo_loss(c, r, beta=0.3, chosen_lengths=lc, rejected_lengths=lr)
+  d = (c.astype(np.float64) / lc) - (r.astype(np.float64) / lr)
+  np.testing.assert_allclose(losses, (d - 1 / (2 * 0.3)) ** 2, rtol=2e-5)
+
+
+def test_variant_functions_take_log_ratios_not_log_probs():
+  # Shifting policy and reference by the same amount leaves every log-ratio, hence
+  # every loss, unchanged; the direct functions see only the ratios.
+  c = np.array([0.5, -2.0, 3.0], np.float32)
+  r = np.array([-1.0, 0.25, 4.0], np.float32)
+  np.testing.assert_allclose(
+      dpo_family.dpo_sigmoid_loss(c, r, beta=1.0), -np_log_sigmoid(c.astype(np.float64) - r),
+      rtol=1e-6)
+  np.testing.assert_allclose(
+      dpo_family.hinge_loss(c, r, beta=1.0), np.maximum(0.0, 1.0 - (c - r)), rtol=1e-6)
+
+
+_DPO_KWARG_SETS = [
+    {"beta": 0.3, "label_smoothing": 0.1},
+    {"beta": 0.1, "label_smoothing": 0.0},  # EXO falls back to its default epsilon
+    {"beta": 0.5, "label_smoothing": 0.2, "discopop_tau": 0.4, "exo_epsilon": 0.3,
+     "bco_delta": -0.7},
+]
+
+
+def _direct_kwargs_for(variant, dpo_kwargs):
+  """The variant function's keywords for a `dpo` call, by hand (as the docstring says)."""
+  fn = VARIANT_FUNCTIONS[variant]
+  names = inspect.signature(fn).parameters
+  epsilon = dpo_kwargs.get("exo_epsilon") or dpo_kwargs["label_smoothing"] or 1e-3
+  candidates = {
+      "beta": dpo_kwargs["beta"],
+      "label_smoothing": dpo_kwargs["label_smoothing"],
+      "tau": dpo_kwargs.get("discopop_tau", 0.05),
+      "epsilon": epsilon,
+      "delta": dpo_kwargs.get("bco_delta", 0.0),
+  }
+  return {name: value for name, value in candidates.items() if name in names}
+
+
+@pytest.mark.parametrize("kwarg_set", range(len(_DPO_KWARG_SETS)))
+@pytest.mark.parametrize("fixture_name", sorted(FIXTURES))
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_dpo_equals_its_variant_function(variant, fixture_name, kwarg_set):
+  fixture = FIXTURES[fixture_name]()
+  pc, pr, rc, rr, lc, lr, _ = fixture
+  dpo_kwargs = _DPO_KWARG_SETS[kwarg_set]
+  # IPO with lengths and without: both go through `ipo_loss`.
+  with_lengths = variant != "ipo" or kwarg_set != 1
+  lengths = {"chosen_lengths": lc, "rejected_lengths": lr} if with_lengths else {}
+  losses, chosen_rewards, rejected_rewards = dpo(
+      pc, pr, rc, rr, variant=variant, **dpo_kwargs, **lengths)
+  kwargs = _direct_kwargs_for(variant, dpo_kwargs)
+  if variant == "ipo":
+    kwargs.update(lengths)
+  expected = _call_direct(variant, fixture, kwargs)
+  np.testing.assert_array_equal(np.asarray(losses), np.asarray(expected))
+  c, r, _, _ = _logratios(fixture)
+  np.testing.assert_array_equal(chosen_rewards, np.float32(dpo_kwargs["beta"]) * c)
+  np.testing.assert_array_equal(rejected_rewards, np.float32(dpo_kwargs["beta"]) * r)
+
+
+def test_dpo_defaults_are_the_variant_functions_defaults():
+  dpo_defaults = {
+      name: p.default for name, p in inspect.signature(dpo).parameters.items()
+      if p.default is not inspect.Parameter.empty}
+  shared = ("beta", "label_smoothing")
+  seen = {name: 0 for name in shared}
+  for variant, fn in VARIANT_FUNCTIONS.items():
+    for name, p in inspect.signature(fn).parameters.items():
+      if name in shared:
+        assert p.default == dpo_defaults[name], (variant, name, p.default, dpo_defaults[name])
+        seen[name] += 1
+  assert seen == {"beta": 15, "label_smoothing": 5}
+  params = lambda fn: inspect.signature(fn).parameters  # noqa: E731
+  assert dpo_defaults["discopop_tau"] == params(dpo_family.discopop_loss)["tau"].default
+  assert dpo_defaults["bco_delta"] == params(dpo_family.bco_pair_loss)["delta"].default
+  # The EXO epsilon defaults to "label smoothing, else exo_pair_loss's own default".
+  assert dpo_defaults["exo_epsilon"] is None
+  assert dpo_defaults["variant"] == "sigmoid"
+  # And the values themselves, so that a changed default is a visible decision.
+  assert (dpo_defaults["beta"], dpo_defaults["label_smoothing"], dpo_defaults["discopop_tau"],
+          dpo_defaults["bco_delta"]) == (0.1, 0.0, 0.05, 0.0)
+  assert params(dpo_family.exo_pair_loss)["epsilon"].default == 1e-3
+
+
+def test_dpo_exo_fallback_is_exo_pair_loss_default():
+  fixture = _random_fixture()
+  pc, pr, rc, rr, *_ = fixture
+  c, r, _, _ = _logratios(fixture)
+  via_dpo, _, _ = dpo(pc, pr, rc, rr, variant="exo_pair")
+  np.testing.assert_array_equal(via_dpo, dpo_family.exo_pair_loss(c, r))
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_variant_function_jit_equals_eager(variant):
+  fixture = _random_fixture()
+  kwargs, _ = DIRECT_KWARGS[variant]
+  eager = _call_direct(variant, fixture, kwargs)
+  jitted = jax.jit(lambda f: _call_direct(variant, f, kwargs))(fixture)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_variant_function_bad_inputs_raise():
+  c = jnp.array([0.5, -1.0, 2.0])
+  r = jnp.array([0.1, 0.2, 0.3])
+  lengths = jnp.array([3, 4, 5])
+  with pytest.raises(ValueError, match="`chosen_logratios` must have a floating dtype"):
+    dpo_family.ipo_loss(jnp.array([1, 2, 3]), r)
+  with pytest.raises(ValueError, match=r"`rejected_logratios` \(2,\)"):
+    dpo_family.hinge_loss(c, r[:2])
+  with pytest.raises(ValueError, match="`rejected_logratios` must have rank 1"):
+    dpo_family.nca_pair_loss(c, r[None])
+  with pytest.raises(ValueError, match=r"`beta` must lie in \(0"):
+    dpo_family.sppo_hard_loss(c, r, beta=0.0)
+  with pytest.raises(ValueError, match=r"`label_smoothing` must lie in \[0.0, 0.5\)"):
+    dpo_family.dpo_robust_loss(c, r, label_smoothing=0.5)
+  with pytest.raises(ValueError, match="`tau` must lie in"):
+    dpo_family.discopop_loss(c, r, tau=1.5)
+  with pytest.raises(ValueError, match="`epsilon` must lie in"):
+    dpo_family.exo_pair_loss(c, r, epsilon=0.0)
+  with pytest.raises(ValueError, match="`delta` must be a real number"):
+    dpo_family.bco_pair_loss(c, r, delta="big")
+  with pytest.raises(ValueError, match="missing `rejected_lengths`"):
+    dpo_family.ipo_loss(c, r, chosen_lengths=lengths)
+  with pytest.raises(ValueError, match="requires `chosen_lengths` and `rejected_lengths`; missing `chosen_lengths`"):
+    dpo_family.dpo_sigmoid_norm_loss(c, r, None, lengths)
+  with pytest.raises(ValueError, match=r"`rejected_lengths` \(2,\)"):
+    dpo_family.dpo_sigmoid_norm_loss(c, r, lengths, lengths[:2])
+  with pytest.raises(ValueError, match="`ref_rejected_logps` must have rank 1"):
+    dpo_family.aot_loss(c, r, c, jnp.ones((3, 1)))
