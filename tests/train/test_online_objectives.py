@@ -7,6 +7,7 @@ logits), group baselines by their definitions.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,8 @@ from rlhf_jax.train.state import TrainState
 from train_testlib import log_sigmoid
 
 VOCAB, P, N = 24, 4, 5
+# Compiling dominates these small programs: no backend optimisation.
+_jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE_OPTIONS)
 CONFIG = models.get_preset("tiny", vocab_size=VOCAB, max_len=16)
 
 
@@ -87,7 +90,7 @@ def test_prepare_ppo_is_kl_rewards_then_gae(estimator, whiten_rewards, whiten_ad
   settings = objectives.PPOSettings(kl_estimator=estimator, whiten_rewards=whiten_rewards,
                                     whiten_advantages=whiten_advantages, missing_eos_penalty=eos_penalty,
                                     gamma=0.97, lam=0.9)
-  batch = jax.jit(lambda r: objectives.get("ppo").prepare(r, settings))(rollout)
+  batch = _jit(lambda r: objectives.get("ppo").prepare(r, settings))(rollout)
   r = _np(rollout)
   mask = r["completion_mask"]
   log_ratio = r["logprobs"] - r["ref_logprobs"]
@@ -111,18 +114,18 @@ def test_prepare_grpo_and_rloo_group_baselines():
   rollout, _ = _rollout(rows=8, group_size=4)
   r = _np(rollout)
   mask = r["completion_mask"]
-  grpo = jax.jit(lambda x: objectives.get("grpo").prepare(x, objectives.GRPOSettings(missing_eos_penalty=1.0)))(rollout)
+  grpo = _jit(lambda x: objectives.get("grpo").prepare(x, objectives.GRPOSettings(missing_eos_penalty=1.0)))(rollout)
   scores = (r["scores"] - 1.0 * (~r["stopped"])).reshape(2, 4)
   expected = (scores - scores.mean(1, keepdims=True)) / (scores.std(1, ddof=1, keepdims=True) + 1e-4)
   np.testing.assert_allclose(grpo["advantages"], np.where(mask, expected.reshape(-1)[:, None], 0), rtol=1e-5,
                              atol=1e-6)
   np.testing.assert_allclose(grpo["kl_coef"], np.full(8, 0.3), rtol=1e-6)
-  dr = jax.jit(lambda x: objectives.get("grpo").prepare(x, objectives.GRPOSettings(scale="none")))(rollout)
+  dr = _jit(lambda x: objectives.get("grpo").prepare(x, objectives.GRPOSettings(scale="none")))(rollout)
   plain = r["scores"].reshape(2, 4)
   np.testing.assert_allclose(dr["advantages"][:, 0], (plain - plain.mean(1, keepdims=True)).reshape(-1), rtol=1e-5,
                              atol=1e-6)
 
-  rloo = jax.jit(lambda x: objectives.get("rloo").prepare(x, objectives.RLOOSettings(kl_coef=0.7)))(rollout)
+  rloo = _jit(lambda x: objectives.get("rloo").prepare(x, objectives.RLOOSettings(kl_coef=0.7)))(rollout)
   # kl_coef comes from the rollout (the loop's controller), not from the settings.
   sequence = r["scores"] - 0.3 * np.where(mask, r["logprobs"] - r["ref_logprobs"], 0).sum(1)
   grouped = sequence.reshape(2, 4)
@@ -134,7 +137,7 @@ def test_prepare_grpo_and_rloo_group_baselines():
 def test_prepare_online_dpo_ranks_each_pair():
   rollout, _ = _rollout(rows=8, group_size=2)
   r = _np(rollout)
-  batch = jax.jit(lambda x: objectives.get("online_dpo").prepare(x, objectives.OnlineDPOSettings()))(rollout)
+  batch = _jit(lambda x: objectives.get("online_dpo").prepare(x, objectives.OnlineDPOSettings()))(rollout)
   ref_sums = np.where(r["completion_mask"], r["ref_logprobs"], 0).sum(1)
   for pair in range(4):
     a, b = 2 * pair, 2 * pair + 1
@@ -168,14 +171,14 @@ def _with_denominator(objective, batch, settings):
 def test_ppo_loss_matches_numpy(aggregation, temperature):
   model = networks.PolicyWithValue(CONFIG, CONFIG)
   rollout, layout = _rollout(temperature=temperature)
-  params = jax.jit(model.init)(jax.random.key(1), rollout.tokens, rollout.attention_mask)["params"]
+  params = _jit(model.init)(jax.random.key(1), rollout.tokens, rollout.attention_mask)["params"]
   settings = objectives.PPOSettings(aggregation=aggregation, value_clip_eps=0.1, value_coef=0.3, clip_eps=0.1,
                                     entropy_coef=0.01)
   objective = objectives.get("ppo")
-  batch = jax.jit(lambda x: objective.prepare(x, settings))(rollout)
-  loss, outputs = jax.jit(lambda p, b: objective.fn(p, _with_denominator(objective, b, settings), None,
+  batch = _jit(lambda x: objective.prepare(x, settings))(rollout)
+  loss, outputs = _jit(lambda p, b: objective.fn(p, _with_denominator(objective, b, settings), None,
                                                     model=model, settings=settings, layout=layout))(params, batch)
-  logits, values = jax.jit(model.apply)({"params": params}, rollout.tokens, rollout.attention_mask)
+  logits, values = _jit(model.apply)({"params": params}, rollout.tokens, rollout.attention_mask)
   logps, log_softmax = _numpy_completion_logps(logits, rollout.tokens, 1 / temperature)
   b = {k: np.asarray(v, np.float64) for k, v in batch.items()}
   mask = b["completion_mask"].astype(bool)
@@ -203,14 +206,14 @@ def test_ppo_loss_matches_numpy(aggregation, temperature):
 def test_grpo_loss_with_kl_term_matches_numpy():
   model = models.Transformer(CONFIG)
   rollout, layout = _rollout(rows=8, group_size=4)
-  params = jax.jit(model.init)(jax.random.key(2), rollout.tokens, rollout.attention_mask)["params"]
+  params = _jit(model.init)(jax.random.key(2), rollout.tokens, rollout.attention_mask)["params"]
   for aggregation in ("sequence_mean", "constant_normalizer"):
     settings = objectives.GRPOSettings(aggregation=aggregation, clip_eps=0.2)
     objective = objectives.get("grpo")
-    batch = jax.jit(lambda x: objective.prepare(x, settings))(rollout)
-    loss, _ = jax.jit(lambda p, b: objective.fn(p, _with_denominator(objective, b, settings), None, model=model,
+    batch = _jit(lambda x: objective.prepare(x, settings))(rollout)
+    loss, _ = _jit(lambda p, b: objective.fn(p, _with_denominator(objective, b, settings), None, model=model,
                                                 settings=settings, layout=layout))(params, batch)
-    logits = jax.jit(model.apply)({"params": params}, rollout.tokens, rollout.attention_mask)
+    logits = _jit(model.apply)({"params": params}, rollout.tokens, rollout.attention_mask)
     logps, _ = _numpy_completion_logps(logits, rollout.tokens, 1.0)
     b = {k: np.asarray(v, np.float64) for k, v in batch.items()}
     mask = b["completion_mask"].astype(bool)
@@ -227,13 +230,13 @@ def test_grpo_loss_with_kl_term_matches_numpy():
 def test_online_dpo_loss_is_dpo_on_the_ranked_pairs():
   model = models.Transformer(CONFIG)
   rollout, layout = _rollout(rows=8, group_size=2)
-  params = jax.jit(model.init)(jax.random.key(3), rollout.tokens, rollout.attention_mask)["params"]
+  params = _jit(model.init)(jax.random.key(3), rollout.tokens, rollout.attention_mask)["params"]
   settings = objectives.OnlineDPOSettings(beta=0.5)
   objective = objectives.get("online_dpo")
-  batch = jax.jit(lambda x: objective.prepare(x, settings))(rollout)
-  loss, outputs = jax.jit(lambda p, b: objective.fn(p, _with_denominator(objective, b, settings), None, model=model,
+  batch = _jit(lambda x: objective.prepare(x, settings))(rollout)
+  loss, outputs = _jit(lambda p, b: objective.fn(p, _with_denominator(objective, b, settings), None, model=model,
                                                     settings=settings, layout=layout))(params, batch)
-  logits = np.asarray(jax.jit(model.apply)({"params": params}, rollout.tokens, rollout.attention_mask))
+  logits = np.asarray(_jit(model.apply)({"params": params}, rollout.tokens, rollout.attention_mask))
   logps, _ = _numpy_completion_logps(logits, rollout.tokens, 1.0)
   sums = np.where(np.asarray(rollout.completion_mask), logps, 0).sum(1)
   r = _np(rollout)
@@ -255,15 +258,14 @@ def test_microbatches_give_the_minibatch_gradient():
   step with 2 microbatches equals one step on the whole minibatch."""
   model = networks.PolicyWithValue(CONFIG, CONFIG)
   rollout, layout = _rollout(rows=8)
-  params = jax.jit(model.init)(jax.random.key(4), rollout.tokens, rollout.attention_mask)["params"]
+  params = _jit(model.init)(jax.random.key(4), rollout.tokens, rollout.attention_mask)["params"]
   tx = optax.apply_if_finite(optax.sgd(0.1), max_consecutive_errors=10)
   objective = objectives.get("ppo")
   settings = objectives.PPOSettings()
-  batch = jax.jit(lambda x: objective.prepare(x, settings))(rollout)
+  batch = _jit(lambda x: objective.prepare(x, settings))(rollout)
   results = []
   for micro in (1, 2):
-    step = jax.jit(step_lib.train_step_fn(objective, model, tx, settings=settings, layout=layout, microbatches=micro),
-                   compiler_options=FAST_COMPILE_OPTIONS)
+    step = _jit(step_lib.train_step_fn(objective, model, tx, settings=settings, layout=layout, microbatches=micro))
     state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(jax.random.key(0)))
     new_state, metrics = step(state, batch, jax.random.key(0))
