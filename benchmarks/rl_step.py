@@ -2,7 +2,7 @@
 GRPO configs, the share of each phase, and the same GRPO iteration with TRL's `GRPOTrainer`.
 
     .venv/bin/python benchmarks/rl_step.py
-    .venv/bin/python benchmarks/rl_step.py --iterations=10 --warmup=2 --objectives=ppo,grpo --notrl
+    .venv/bin/python benchmarks/rl_step.py --iterations=10 --warmup=2 --objectives=ppo,grpo --no-trl
 
 rlhf_jax side: `rlhf_jax.rl.train` on `configs/{ppo,grpo}.py:preset=tiny` (the toy task:
 toy prompts, the reward counts the toy GOOD marker in the completion, `rlhf_jax.rl.toy`),
@@ -39,6 +39,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -109,7 +111,10 @@ def run_trl_grpo(config, args: argparse.Namespace) -> float:
       num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads,
       max_position_embeddings=shape.max_len, rms_norm_eps=shape.norm_eps, rope_theta=shape.rope_theta,
       tie_word_embeddings=False, pad_token_id=data.TOY_PAD, bos_token_id=data.TOY_BOS, eos_token_id=data.TOY_EOS)
-  model = transformers.LlamaForCausalLM(llama)
+  model_dir = tempfile.mkdtemp(prefix="rl_step_llama_")
+  # TRL builds its reference model from the policy's path: a local folder, nothing downloaded.
+  transformers.LlamaForCausalLM(llama).save_pretrained(model_dir)
+  tokenizer.save_pretrained(model_dir)
   prompts = prompts_lib.toy_prompts(
       int(config.data.toy.num_prompts), seed=0, vocab_size=vocab_size,
       max_words=int(config.data.toy.max_prompt_words), max_prompt_length=int(config.data.max_prompt_length))
@@ -141,9 +146,10 @@ def run_trl_grpo(config, args: argparse.Namespace) -> float:
       def on_step_end(self, *unused, **kwargs):
         times.append(time.perf_counter() - Timer.start)
 
-    trainer = trl.GRPOTrainer(model=model, reward_funcs=reward, args=settings, train_dataset=dataset,
+    trainer = trl.GRPOTrainer(model=model_dir, reward_funcs=reward, args=settings, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
+  shutil.rmtree(model_dir, ignore_errors=True)
   if len(times) <= args.warmup:
     raise RuntimeError(f"GRPOTrainer ran {len(times)} steps, expected {steps}.")
   return statistics.median(times[args.warmup:])
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     _print_rlhf_jax(f"rlhf_jax_{objective}", results[objective])
   if not args.trl:
     return
+  # Nothing may be downloaded: the model and tokenizer are built here.
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
   missing = [name for name in ("torch", "transformers", "trl") if importlib.util.find_spec(name) is None]
   if missing:
     print(f"trl_grpo skipped: {', '.join(missing)} not installed (pip install torch==2.13.0 trl)", flush=True)
