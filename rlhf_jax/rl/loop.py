@@ -94,6 +94,9 @@ class RolloutSettings:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"rollout.{name} must be a positive int, got {value!r}.")
+    if not self.temperature > 0:
+      # A greedy sample has no distribution it was drawn from: no old log-probs, no KL.
+      raise ValueError(f"rollout.temperature must be > 0 for online training, got {self.temperature!r}.")
 
   @classmethod
   def from_config(cls, section: Any) -> "RolloutSettings":
@@ -506,6 +509,9 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
     if fallback is not None:
       break
   prompts = prompts_lib.load_prompts(prompt_settings, workdir, tokenizer_fallback=fallback)
+  if rollout_settings.prompts > len(prompts):
+    raise ValueError(f"rollout.prompts {rollout_settings.prompts} exceeds the {len(prompts)} distinct prompts of "
+                     f"{config.data.train or 'the toy prompts (data.toy.num_prompts)'}.")
   if prompts.tokenizer is None and reward_settings.checkpoints:
     _log.warning("toy prompts (data.train is empty) go to the reward models as numbers; give data.train to train "
                  "against a text reward model.")
@@ -522,9 +528,6 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
-  if rollout_settings.prompts > len(prompts):
-    raise ValueError(f"rollout.prompts {rollout_settings.prompts} exceeds the {len(prompts)} distinct prompts of "
-                     f"{config.data.train or 'the toy prompts (data.toy.num_prompts)'}.")
   iterator = data_lib.BatchIterator(
       {"prompt_tokens": prompts.tokens, "prompt_mask": prompts.mask,
        "prompt_index": np.arange(len(prompts), dtype=np.int32)},

@@ -332,7 +332,7 @@ def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) 
   config.rollout.num_samples = _NUM_SAMPLES[objective]
   # Completion length N (tokens drawn per row, the end token included).
   config.rollout.max_new_tokens = 16 if tiny else 128
-  # Sampling: temperature (0: greedy), top-k (0: off), top-p (1: off). Online
+  # Sampling: temperature (> 0), top-k (0: off), top-p (1: off). Online
   # objectives measure log-probs on logits / temperature (Huang et al. 2024 detail).
   # With top-k / top-p the old log-probs are the truncated sampling distribution's.
   config.rollout.temperature = 1.0

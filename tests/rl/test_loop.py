@@ -187,3 +187,18 @@ def test_two_devices_equal_one_device(tmp_path):
     assert a["reward_mean"] == b["reward_mean"]  # the same completions were sampled
     for name in ("kl", "loss", "value_loss", "grad_norm"):
       np.testing.assert_allclose(b[name], a[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(rollout__num_samples=1), "objective 'rloo' with rollout.num_samples=1: .*group_size"),
+    (dict(rollout__minibatches=3), "must be divisible by rollout.minibatches 3"),
+    (dict(rollout__temperature=0.0), "rollout.temperature must be > 0"),
+    (dict(rollout__prompts=2000), "rollout.prompts 2000 exceeds the 1024 distinct prompts"),
+    (dict(reward__function="rl_testlib:count_token_5", reward__checkpoints="runs/rm"), "exactly one reward source"),
+    (dict(loss__aggregation="mean"), "config loss.aggregation must be one of"),
+])
+def test_bad_online_configs_fail_before_any_work(overrides, message, tmp_path):
+  config = tiny_online_config("rloo", **overrides)
+  with pytest.raises(ValueError, match=message):
+    rl.train(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
