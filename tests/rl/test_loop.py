@@ -167,8 +167,9 @@ def test_command_line_runs_an_online_objective(tmp_path):
 
 
 def test_two_devices_equal_one_device(tmp_path):
-  """PPO sharded over 2 simulated CPU devices (rollouts, critic, minibatches split over
-  "data") equals the one-device run: the sampler draws each row from its own key."""
+  """PPO sharded over 2 simulated CPU devices (FSDP: parameters and optimizer state
+  split, rollouts, critic and minibatches too) equals the one-device run: the sampler
+  draws each row from its own key."""
   outputs = {}
   for devices in (1, 2):
     output = tmp_path / f"run{devices}.npz"
@@ -179,7 +180,10 @@ def test_two_devices_equal_one_device(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     outputs[devices] = (json.loads(result.stdout.strip().splitlines()[-1]), dict(np.load(output)))
   (one_report, one), (two_report, two) = outputs[1], outputs[2]
-  assert one_report["devices"] == 1 and two_report["devices"] == 2 and two_report["mesh"]["data"] == 2
+  assert one_report["devices"] == 1 and two_report["devices"] == 2 and two_report["mesh"]["fsdp"] == 2
+  # The output layer [64, 32] is split over "fsdp" on its first axis.
+  assert two_report["lm_head"]["spec"].startswith("P('fsdp'")
+  assert two_report["lm_head"]["shard"] == [32, 32] and one_report["lm_head"]["shard"] == [64, 32]
   assert sorted(one) == sorted(two) and len(one) > 10
   for name in one:
     np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=2e-5, err_msg=name)
