@@ -16,6 +16,10 @@ Pairwise preference records (JSONL/CSV/Parquet, schema in rlhf_jax/feedback/reco
   python scripts/aggregate.py --config=configs/aggregate.py --config.input=prefs.jsonl \
     --config.format=jsonl --config.method=dawid_skene --config.output_dir=runs/labels
 
+Declare the classes when you know them: `--config.classes=0,1` rejects an answer outside
+them (a typo such as `O` or `yes`) into rejects.jsonl with its line, instead of making it
+a class of its own; for pairwise records `--config.classes=a,b` says the task has no ties.
+
 `--config.method` is one of majority_vote, weighted_vote, dawid_skene (default),
 one_coin_dawid_skene, bayesian_dawid_skene, mace, glad, and crowd_bt (item-level
 Crowd-BT over the responses of arena-style comparisons, which need `response_a_id` /
@@ -43,6 +47,17 @@ def get_config(arg=None):
   # the label of every item they cover (its label_source becomes "expert").
   config.expert_labels = ""
   config.duplicate_policy = "keep_last"  # keep_last | keep_first | keep_all | reject_all.
+  # The classes of the task, comma-separated in class order ("0,1"; pairwise: a subset
+  # of a,b,tie with a and b). An answer outside them is rejected with its line. "" (not
+  # declared): every answer seen is a class (pairwise: a, b, and tie if anyone chose it).
+  config.classes = ""
+  # Without declared classes: a class given by fewer than this share of the answers is
+  # reported first in the report as a probable typo (0 turns the check off).
+  config.rare_class_share = 0.01
+  # Truth about simulated annotators (CSV `annotator,type,change_time`): the report then
+  # states the drift detection rate and delay; "" uses annotator_truth.csv next to the
+  # input when it exists.
+  config.annotator_truth = ""
 
   # ---- Aggregation.
   config.method = "dawid_skene"  # See the module docstring for the names.
@@ -73,7 +88,9 @@ def get_config(arg=None):
 
   # ---- Routing: items below a threshold go to expert review, out of training.
   config.routing = ml_collections.ConfigDict()
-  config.routing.confidence_threshold = 0.7  # Review when the label's posterior is below.
+  # Review when the label's confidence is below: its posterior, or for majority_vote and
+  # weighted_vote the (weighted) share of the item's votes that agree with it.
+  config.routing.confidence_threshold = 0.7
   # Review when the item's pairwise agreement is below (unset: not used; items with a
   # single annotation have no agreement and then go to review).
   config.routing.agreement_threshold = config_dict.placeholder(float)
@@ -95,9 +112,16 @@ def get_config(arg=None):
   # it are listed in the report as under-calibrated.
   config.golden_rate = 0.07
 
-  # ---- Drift (needs timestamps): Bernoulli CUSUM on golden correctness, Page-Hinkley
-  # on agreement with the other annotators of the same item.
+  # ---- Drift (needs timestamps). Verdicts from a change-point test on each annotator's
+  # agreement with the reference answers (golden, else expert, else aggregated label):
+  # drift = a significant drop from at least min_agreement to below it; always bad =
+  # below min_agreement without such a drop. Beside it, level monitors: Bernoulli CUSUM
+  # on golden correctness, Page-Hinkley on agreement with the other annotators.
   config.drift = ml_collections.ConfigDict()
+  config.drift.alpha = 0.05  # Test level: at most this share of unchanged annotators is called drift.
+  config.drift.min_segment = 10  # Fewest annotations on each side of a change point.
+  config.drift.num_permutations = 999  # Permutations of the test's null distribution.
+  config.drift.min_agreement = 0.6  # Agreement an acceptable annotator reaches.
   config.drift.cusum_p0 = 0.9  # In-control golden accuracy.
   config.drift.cusum_p1 = 0.6  # Accuracy to detect.
   config.drift.cusum_threshold = 5.0  # Decision interval (log-likelihood ratio).

@@ -10,8 +10,11 @@ against the truth, above majority vote; the confidence-weighted reward model and
 policy rank held-out pairs with accuracy 1.00. Numbers are in `runs/pipeline/summary.json`,
 the aggregation report in `runs/pipeline/feedback/report.md`.
 
-Overrides: `--config.aggregate.method=mace`, `--config.annotators.spammer_share=0.3`,
+Overrides: `--config.aggregate.method=mace`, `--config.annotators.spammer_share=0.3
+--config.annotators.good_share=0.35` (the shares must sum to 1),
 `--config.reward_model.loss.name=bradley_terry`, `--config.dpo.train.steps=0` (skip DPO).
+Into a workdir that holds a run with another config, add `--force_new` (or choose
+another `--workdir`): a rerun never mixes settings.
 """
 
 from pathlib import Path
@@ -51,6 +54,7 @@ def get_config(arg=None):
 
   # Aggregation (fields of configs/aggregate.py; input/format/output_dir are set by the job).
   config.aggregate = load_config_file(Path(__file__).with_name("aggregate.py"))
+  config.aggregate.classes = "a,b"  # No ties (annotators.num_classes = 2; 3 needs "a,b,tie").
   config.aggregate.routing.confidence_threshold = 0.7  # Below: expert review, not training.
 
   # Reward model on the aggregated labels: confidence-weighted (soft) Bradley-Terry.

@@ -1,8 +1,18 @@
-"""Command-line helpers shared by the scripts: config-override errors a user can act on.
+"""Command-line helpers shared by the scripts: config-override errors a user can act on,
+and the exit codes.
 
 `ml_collections` locked configs reject an unknown `--config.<field>` with a bare
 KeyError/AttributeError traceback; `parse_flags` turns that into one line naming the
 field, the section it was looked up in and that section's valid fields.
+
+Exit codes (a scheduler must tell a finished run from a stopped one):
+
+  0   EXIT_FINISHED  the run finished
+  75  EXIT_STOPPED   stopped early with a checkpoint (SIGTERM, --stop_at_step): rerun the
+                     same command to resume (75 is sysexits.h's EX_TEMPFAIL, "temporary
+                     failure, retry")
+  1   scripts/train.py, 2 scripts/run.py and scripts/aggregate.py: a user mistake,
+      one line on stderr (`--traceback` shows the traceback)
 """
 
 from __future__ import annotations
@@ -13,6 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from absl import flags
+
+EXIT_FINISHED = 0
+EXIT_STOPPED = 75
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> Any:
@@ -75,6 +88,13 @@ def parse_flags(argv: list[str], *, program: str, exit_code: int) -> list[str]:
       message = f"{lines[0]} {lines[-1]}"
     message += " (pass --helpfull to see the flags)"
   print(f"{program}: error: {message}", file=sys.stderr)
+  sys.exit(exit_code)
+
+
+def fail(program: str, message: Any, exit_code: int) -> None:
+  """Prints `program: error: message` (one line) to stderr and exits with `exit_code`."""
+  text = " ".join(str(message).split("\n")).strip()
+  print(f"{program}: error: {text}", file=sys.stderr)
   sys.exit(exit_code)
 
 

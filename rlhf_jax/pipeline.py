@@ -21,6 +21,19 @@ the way a researcher would on real data, and reports how much of the truth survi
    tiny DPO policy, both evaluated on held-out pairs labelled by the truth.
 
 Every stage writes into `workdir`; `summary.json` holds the numbers printed at the end.
+
+Rerunning: the workdir knows what it is. `config.json` holds the config of the run in
+it; a rerun with another config is refused before any work, with one line listing the
+fields that differ (old -> new), except the fields in `MAY_CHANGE_ON_RESUME` (a training
+stage's step count, cadences and layout: `rlhf_jax.train.MAY_CHANGE_ON_RESUME` under
+`reward_model.` and `dpo.`). `force_new=True` (`scripts/run.py --force_new`) moves the
+earlier run's files to `<workdir>/superseded/<time>/` and runs every stage afresh. With
+the same config, simulation and aggregation run again (seconds; deterministic, so the
+training files come out the same) and the training stages resume from their checkpoints,
+a finished one reporting its recorded metrics; each stage also checks its own directory
+(`rlhf_jax.train.train`), so a training file whose contents changed is refused too. No
+stage ever reports a result computed under other settings, and `summary.json` is removed
+at the start and written only when every stage has finished.
 """
 
 from __future__ import annotations
@@ -37,6 +50,29 @@ import numpy as np
 from rlhf_jax import feedback
 from rlhf_jax import train as train_lib
 from rlhf_jax.feedback import pipeline as feedback_pipeline
+from rlhf_jax.train import rundir
+
+__all__ = ["ConfigError", "MAY_CHANGE_ON_RESUME", "STAGES", "USER_ERRORS", "check_config", "format_summary",
+           "labels_to_training_file", "make_task", "run", "simulate_feedback"]
+
+# The training stages, each a `rlhf_jax.train.train` run in `<workdir>/<stage>`.
+STAGES = ("reward_model", "dpo")
+# What the job writes into its workdir (`force_new` moves exactly these aside).
+ENTRIES = ("config.json", "summary.json", "annotations.jsonl", "feedback", "data", *STAGES)
+# Fields that may differ from the stored config.json on a rerun: those of the trainer,
+# in each training stage (the simulation and aggregation have none).
+MAY_CHANGE_ON_RESUME = tuple(f"{stage}.{field}" for stage in STAGES for field in train_lib.MAY_CHANGE_ON_RESUME)
+# The annotator types of `config.annotators`, whose shares must sum to 1.
+SHARES = tuple(f"{name}_share" for name in feedback.ANNOTATOR_TYPES)
+
+
+class ConfigError(ValueError):
+  """A pipeline config value the job cannot use; the message names the field."""
+
+
+# The mistakes a user can make (config, run directory, input files), reported by
+# `scripts/run.py` in one line; all are ValueErrors or missing files.
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, train_lib.TrainingError)
 
 # The planted rule: the preferred response is the polite one.
 POLITE_WORDS = ("please", "gladly", "certainly", "thanks", "welcome", "happy")
@@ -127,10 +163,74 @@ def _train(base: ml_collections.ConfigDict, train_path: Path, eval_path: Path, w
   return train_lib.train(config, workdir)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Runs every stage into `workdir`; returns (and writes to summary.json) the numbers."""
-  workdir = Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
+def _aggregate_config(config: ml_collections.ConfigDict, annotations_path: Path, output_dir: Path
+                      ) -> ml_collections.ConfigDict:
+  aggregate_config = ml_collections.ConfigDict(config.aggregate.to_dict())
+  aggregate_config.input = str(annotations_path)
+  aggregate_config.format = "jsonl"
+  aggregate_config.output_dir = str(output_dir)
+  return aggregate_config
+
+
+def _integer(config: ml_collections.ConfigDict, field: str, low: int, meaning: str = "") -> None:
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  if isinstance(node, bool) or not isinstance(node, int) or node < low:
+    raise ConfigError(f"config.{field} must be an integer >= {low}{meaning}, got {node!r}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole job's config before any work; raises `ConfigError` (or the
+  trainer's ValueError) naming the first field it cannot use.
+
+  The annotator shares must sum to 1: a share given alone is not scaled, the message
+  names every share and their sum, so that the population is the one asked for.
+  """
+  _integer(config, "seed", 0)
+  _integer(config, "task.num_pairs", 1)
+  _integer(config, "task.num_eval", 1)
+  shares = {name: config.annotators[name] for name in SHARES}
+  for name, value in shares.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+      raise ConfigError(f"config.annotators.{name} must be a share in [0, 1], got {value!r}.")
+  total = sum(shares.values())
+  if abs(total - 1.0) > 1e-6:
+    terms = " + ".join(f"{name} {value:g}" for name, value in shares.items())
+    raise ConfigError(f"config.annotators.*_share must sum to 1, got {total:g} ({terms}); change one by "
+                      f"{1 - total:+g}, e.g. --config.annotators.good_share={shares['good_share'] + 1 - total:g}.")
+  try:
+    feedback.SimulationConfig(num_items=int(config.task.num_pairs), **config.annotators.to_dict())
+  except (TypeError, ValueError) as error:
+    raise ConfigError(str(error).replace("SimulationConfig.", "config.annotators.")) from None
+  try:
+    feedback_pipeline.validate_config(_aggregate_config(config, Path("annotations.jsonl"), Path("feedback")))
+  except feedback_pipeline.ConfigError as error:
+    raise ConfigError(str(error).replace("config.", "config.aggregate.", 1)) from None
+  for stage in STAGES:
+    _integer(config, f"{stage}.train.steps", 0, " (0 skips the stage)")
+    if config[stage].train.steps > 0:
+      train_lib.check_config(config[stage], where=f"config.{stage}.")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force_new: bool = False) -> dict[str, Any]:
+  """Runs every stage into `workdir`; returns (and writes to summary.json) the numbers.
+
+  A training stage stopped early (SIGTERM) ends the job: the summary then holds
+  "stopped": {"stage", "step"} and summary.json is not written; rerun to resume.
+
+  Raises:
+    ConfigError, ValueError: a config field the job cannot use (named), before any work.
+    rundir.RunDirError: `workdir` is a file, or holds a run with other settings (the
+      fields that differ are listed); `force_new` starts afresh.
+  """
+  check_config(config)
+  workdir = rundir.prepare(workdir)
+  rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME, force_new=force_new, entries=ENTRIES)
+  # A summary describes a finished run: the one of an earlier start goes now, and the
+  # new one is written once every stage has finished.
+  (workdir / "summary.json").unlink(missing_ok=True)
+  rundir.write_config(workdir, config)
   start = time.time()
   task = make_task(config.task.num_pairs + config.task.num_eval, config.seed)
   train_task, eval_task = task[: config.task.num_pairs], task[config.task.num_pairs:]
@@ -138,10 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   annotations_path = workdir / "annotations.jsonl"
   simulation, a_is_good = simulate_feedback(config, train_task, annotations_path)
 
-  aggregate_config = ml_collections.ConfigDict(config.aggregate.to_dict())
-  aggregate_config.input = str(annotations_path)
-  aggregate_config.format = "jsonl"
-  aggregate_config.output_dir = str(workdir / "feedback")
+  aggregate_config = _aggregate_config(config, annotations_path, workdir / "feedback")
   outputs = feedback_pipeline.run(aggregate_config, progress=False)
   print(outputs.summary_text())
 
@@ -162,9 +259,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   _eval_file(eval_task, eval_path)
 
   results = {}
-  for name in ("reward_model", "dpo"):
+  for name in STAGES:
     if config[name].train.steps > 0:
       results[name] = _train(config[name], train_path, eval_path, workdir / name)
+      if results[name]["preempted"]:
+        # Its evaluations so far are of an unfinished model: nothing is reported.
+        return {"stopped": {"stage": name, "step": int(results[name]["step"])},
+                "seconds": round(time.time() - start, 1)}
 
   summary = {
       "annotations": int(outputs.read_report.num_read),
@@ -173,27 +274,35 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
       "label_accuracy": label_accuracy,
       "expert_review_items": counts["expert_review"],
       "training_pairs": counts["rows"] - counts["expert_review"],
+      # The objectives the numbers below belong to, as configured for this run.
+      "reward_model_loss": config.reward_model.loss.name,
+      "dpo_variant": config.dpo.loss.variant,
       "reward_model_eval_accuracy": results.get("reward_model", {}).get("eval/accuracy"),
       "reward_model_eval_ece": results.get("reward_model", {}).get("eval/ece"),
       "dpo_eval_implicit_reward_accuracy": results.get("dpo", {}).get("eval/accuracy"),
       "seconds": round(time.time() - start, 1),
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  (workdir / "summary.json").write_text(rundir.dumps(summary, indent=2) + "\n")
   return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+  if summary.get("stopped"):
+    stopped = summary["stopped"]
+    return (f"Stopped in stage {stopped['stage']} at step {stopped['step']} with a checkpoint; rerun the same "
+            "command to resume (no results are reported for an unfinished run).")
   accuracy = ", ".join(f"{k} {v:.3f}" for k, v in summary["label_accuracy"].items())
   def fmt(value):
-    return "-" if value is None else f"{value:.3f}"
+    return "-" if value is None or isinstance(value, str) else f"{value:.3f}"
   return "\n".join([
       f"{summary['annotations']} simulated annotations of {summary['items']} comparisons by "
       f"{summary['annotators']} annotators.",
       f"Label accuracy against the truth: {accuracy}.",
       f"{summary['expert_review_items']} items routed to expert review (kept out of training); "
       f"{summary['training_pairs']} training pairs.",
-      f"Reward model (confidence-weighted Bradley-Terry): held-out accuracy "
+      f"Reward model (loss {summary['reward_model_loss']}): held-out accuracy "
       f"{fmt(summary['reward_model_eval_accuracy'])}, ECE {fmt(summary['reward_model_eval_ece'])}.",
-      f"DPO: held-out implicit-reward accuracy {fmt(summary['dpo_eval_implicit_reward_accuracy'])}.",
+      f"DPO (variant {summary['dpo_variant']}): held-out implicit-reward accuracy "
+      f"{fmt(summary['dpo_eval_implicit_reward_accuracy'])}.",
       f"Total {summary['seconds']} s.",
   ])

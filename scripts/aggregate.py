@@ -7,6 +7,8 @@ r"""Aggregates a file of human annotations into labels with a confidence, and re
 Writes DIR/labels.csv, DIR/annotators.csv, DIR/rejects.jsonl, DIR/report.md (with PNG
 plots) and DIR/summary.json, and prints a summary. Every field of configs/aggregate.py
 can be overridden with `--config.<field>=<value>`; an unknown field is an error.
+`--config.classes=0,1` declares the classes: an answer outside them (a typo such as `O`
+or `yes`) goes to rejects.jsonl with its line instead of becoming a class.
 
 Exit codes: 0 done; 2 a user mistake (unknown or invalid config field, missing or
 unusable input), printed as one message without a traceback (`--traceback` shows it).

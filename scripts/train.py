@@ -8,9 +8,20 @@ r"""Trains an RLHF objective from a config file: one command from data to checkp
 
 Offline objectives (sft, reward_model, the DPO family, kto) train with
 `rlhf_jax.train.train`, online ones (ppo, grpo, rloo, online_dpo) with `rlhf_jax.rl.train`
-(the objective's `online` flag decides). `--config.<field>=<value>` overrides any field;
-an unknown field is an error (the config is locked). Rerunning with the same workdir resumes from its newest checkpoint; SIGTERM
-saves a checkpoint at the next step and exits cleanly.
+(the objective's `online` flag decides); both keep the run directory the same way.
+
+`--config.<field>=<value>` overrides any field; an unknown field is an error (the config
+is locked). Rerunning with the same workdir resumes from its newest checkpoint, when the
+workdir's config.json holds the same config: a different one is refused with the fields
+that differ (old -> new), except the fields that may change on resume
+(`rlhf_jax.train.MAY_CHANGE_ON_RESUME`: train.steps, logging, evaluation and checkpoint
+cadence, the mesh and other layouts). `--force_new` starts afresh, moving the earlier
+run's files to <workdir>/superseded/<time>/. SIGTERM saves a checkpoint at the next
+step and stops; after a kill, metrics.jsonl keeps each step once.
+
+Exit codes: 0 finished; 75 stopped with a checkpoint (SIGTERM or --stop_at_step), rerun
+the same command to resume; 1 a user mistake (config, workdir, data), printed as one
+line without a traceback (`--traceback` shows it).
 
 Multi-process (one process per host): pass `--coordinator_address=host:port
 --num_processes=N --process_id=i`, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
@@ -19,7 +30,6 @@ JAX_PROCESS_ID, or run under a cluster JAX detects itself (SLURM, Open MPI, TPU 
 
 from __future__ import annotations
 
-import json
 import logging as py_logging
 import os
 import sys
@@ -39,11 +49,16 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 _STOP_AT_STEP = flags.DEFINE_integer(
     "stop_at_step", None, "Stop (with a checkpoint) at this step, as a preemption would.")
+_FORCE_NEW = flags.DEFINE_bool(
+    "force_new", False, "Start afresh in a workdir holding a run: its files are moved to "
+    "<workdir>/superseded/<time>/ (instead of resuming, or refusing another config).")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a user error.")
 _KEEP_FREED_MEMORY = flags.DEFINE_bool(
     "keep_freed_memory", True,
     "Let glibc malloc keep freed memory for the next step instead of returning it to the "
     "kernel (rlhf_jax.host_memory): XLA:CPU steps then stop page-faulting their buffers.")
+
+USER_ERROR = 1
 
 # Cluster environments that `jax.distributed.initialize()` detects by itself.
 _CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
@@ -89,22 +104,24 @@ def main(argv: list[str]) -> None:
   user_errors = (data.DataError, train.TrainingError, FileNotFoundError, ValueError, KeyError)
   try:
     run = rl.train if train.objectives.get(_CONFIG.value.objective).online else train.train
-    results = run(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT_STEP.value)
+    results = run(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT_STEP.value, force_new=_FORCE_NEW.value)
   except user_errors as error:
     if _TRACEBACK.value:
       raise
-    print(f"train.py: error: {error}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail("train.py", error, USER_ERROR)
   results.pop("state", None)
   import jax  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import rundir  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    print(json.dumps({k: v for k, v in results.items() if isinstance(v, (int, float, bool, str))},
-                     sort_keys=True))
+    print(rundir.dumps({k: v for k, v in results.items() if v is None or isinstance(v, (int, float, bool, str))},
+                       sort_keys=True))
     if results.get("preempted"):
       print(f"stopped at step {results['step']} with a checkpoint in {_WORKDIR.value}; rerun the "
-            "same command to resume.", file=sys.stderr)
+            f"same command to resume (exit code {cli.EXIT_STOPPED}).", file=sys.stderr)
+  if results.get("preempted"):
+    sys.exit(cli.EXIT_STOPPED)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main, flags_parser=cli.flags_parser("train.py", 1))
+  app.run(main, flags_parser=cli.flags_parser("train.py", USER_ERROR))

@@ -36,3 +36,15 @@ def test_run_script_rejects_typo_with_exit_code_2():
   assert completed.returncode == 2
   assert "unknown config field 'task.num_pair'" in completed.stderr
   assert "Traceback" not in completed.stderr
+
+
+def test_fail_prints_one_line_and_exits_with_the_code(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.fail("prog.py", ValueError("first line\nsecond line"), 2)
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == "prog.py: error: first line second line\n"
+
+
+def test_stopped_exit_code_differs_from_finished_and_user_errors():
+  # A scheduler tells a resumable stop from a finished run (0) and from user errors (1, 2).
+  assert cli.EXIT_FINISHED == 0 and cli.EXIT_STOPPED == 75

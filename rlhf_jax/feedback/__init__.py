@@ -2,7 +2,8 @@
 
 Records (`read_annotations`) -> agreement (`fleiss_kappa`, `krippendorff_alpha`, ...) ->
 annotator calibration and drift (`annotator_metrics`, `annotator_weights`,
-`bernoulli_cusum`, `page_hinkley`) -> aggregation (`majority_vote`, `dawid_skene`, ...,
+`change_point_test` and `classify_drift` for drift against always-bad annotators,
+`bernoulli_cusum`, `page_hinkley` as level monitors) -> aggregation (`majority_vote`, `dawid_skene`, ...,
 each returning an `AggregationResult`) -> routing (`route_items`) and lineage
 (`item_lineage`). `simulate_annotations` makes annotator populations with known truth.
 Every algorithm takes flat integer arrays `items, annotators, labels` (see `types`).
@@ -39,10 +40,17 @@ from rlhf_jax.feedback.annotators import (
 )
 from rlhf_jax.feedback.drift import (
     DETECTORS,
+    DRIFT_STATUSES,
+    ChangePointEvaluation,
+    ChangePointResult,
     DetectorEvaluation,
     DriftResult,
     bernoulli_cusum,
+    change_point_test,
+    classify_drift,
     detect_annotator_drift,
+    detect_change_points,
+    evaluate_change_point_test,
     evaluate_detector,
     page_hinkley,
 )
@@ -59,8 +67,10 @@ from rlhf_jax.feedback.records import (
     FORMATS,
     FeedbackInputError,
     ReadReport,
+    declared_classes,
     item_lineage,
     read_annotations,
+    read_annotator_truth,
     read_truth,
 )
 from rlhf_jax.feedback.routing import (
@@ -78,6 +88,7 @@ from rlhf_jax.feedback.simulate import (
     simulate_annotations,
     to_encoded,
     to_records,
+    write_annotator_truth,
     write_jsonl,
 )
 from rlhf_jax.feedback.spammer_models import (

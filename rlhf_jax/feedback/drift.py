@@ -11,6 +11,22 @@
   seconds.
 * `evaluate_detector`: median detection delay, detection rate and false alarms per
   1,000 annotations on simulated streams with a known change point.
+* `change_point_test`: a retrospective test of "this annotator was good and became
+  worse" against "this annotator's rate never changed" (a generalized likelihood ratio
+  for one drop in a Bernoulli rate, with a permutation p-value), and the first point in
+  the stream at which the evidence crossed the test's critical value (the alarm, for
+  detection delays). `detect_change_points` runs it on every annotator's stream,
+  `classify_drift` separates annotators who drifted from annotators who were always
+  bad, and `evaluate_change_point_test` measures detection rate, delay and false alarms
+  on simulated streams with a known change point.
+
+Why both kinds. The CUSUM and Page-Hinkley are sequential monitors: the CUSUM asks
+"is the accuracy now at the out-of-control level p1 rather than p0?", so an annotator
+who was at p1 (or worse) from the first answer alarms as soon as there is evidence,
+although nothing changed. A drifting annotator is one whose own rate dropped: the
+change-point test compares each annotator with itself (the null hypothesis is a
+constant rate, whatever its level), so an annotator who was always bad is not drift;
+`classify_drift` reports it as "always_bad" from its level instead.
 
 Both detectors are one `lax.scan` over a 1-D stream with a validity mask (padding is
 skipped: it changes no state and raises no alarm), so `jax.vmap` runs them over padded
@@ -28,18 +44,26 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import xlogy
 
 from rlhf_jax._checks import check_choice, check_scalar_range
 
 __all__ = [
     "DETECTORS",
+    "DRIFT_STATUSES",
     "AnnotatorStreams",
+    "ChangePointEvaluation",
+    "ChangePointResult",
     "DetectorEvaluation",
     "DriftResult",
     "annotator_streams",
-    "change_times",
     "bernoulli_cusum",
+    "change_point_test",
+    "change_times",
+    "classify_drift",
     "detect_annotator_drift",
+    "detect_change_points",
+    "evaluate_change_point_test",
     "evaluate_detector",
     "page_hinkley",
 ]
@@ -513,6 +537,476 @@ def evaluate_detector(
       false_alarms_per_1000=float(np.asarray(null_result.num_alarms).sum()) / (num_streams * stream_length) * 1000,
       early_alarms_per_1000=float(early) / (num_streams * change_index) * 1000,
       median_change_error=median(change_error),
+      median_magnitude=median(magnitudes),
+      true_magnitude=float(rate_before - rate_after),
+  )
+
+
+# ----------------------------------------------------------------------------------------
+# Change points: did this annotator's own rate drop?
+
+# Verdicts of `classify_drift`, by code.
+DRIFT_STATUSES = ("ok", "drift", "always_bad", "too_few")
+STATUS_OK, STATUS_DRIFT, STATUS_ALWAYS_BAD, STATUS_TOO_FEW = range(len(DRIFT_STATUSES))
+
+
+class ChangePointResult(NamedTuple):
+  """What `change_point_test` reports for one stream (leading [num_streams] axis under vmap).
+
+  Attributes:
+    statistic: the generalized likelihood ratio of one drop in the stream's rate against
+      a constant rate, maximised over the candidate change points (0 when no candidate
+      shows a drop).
+    p_value: permutation p-value (1 + #{permuted statistics >= statistic}) /
+      (num_permutations + 1); NaN when the stream has fewer than 2 * min_segment values.
+    critical_value: the floor(alpha * (num_permutations + 1))-th largest permuted
+      statistic: `detected` is `statistic > critical_value`, i.e. `p_value <= alpha`.
+    detected: bool, the constant-rate hypothesis is rejected at level alpha.
+    change_index: int32 index of the first value of the lower-rate segment at the
+      maximum (-1 when no candidate shows a drop).
+    mean: mean of the valid values.
+    mean_before: mean of the valid values before `change_index` (NaN when -1).
+    mean_after: mean from `change_index` to the end (NaN when -1).
+    magnitude: mean_before - mean_after.
+    count: int32 number of valid values.
+    prefix_statistic: [T] the GLR of the drop at `change_index` computed from the values
+      up to and including each entry (the evidence for this change as it accumulated; 0
+      before min_segment values after the change, on padding, and without a change).
+    alarm_index: int32 first index whose prefix statistic exceeds `critical_value`, when
+      `detected` (-1 otherwise): the point at which the drop became evident.
+    alarm_time: `times[alarm_index]` (NaN when no alarm or no `times`).
+  """
+
+  statistic: jax.Array
+  p_value: jax.Array
+  critical_value: jax.Array
+  detected: jax.Array
+  change_index: jax.Array
+  mean: jax.Array
+  mean_before: jax.Array
+  mean_after: jax.Array
+  magnitude: jax.Array
+  count: jax.Array
+  prefix_statistic: jax.Array
+  alarm_index: jax.Array
+  alarm_time: jax.Array
+
+
+def _drop_glr(before_sum, before_n, total_sum, total_n, min_segment):
+  """GLR of "rate r1 on the first before_n values, r2 < r1 after" against one rate r.
+
+  log sup L(r1, r2) - log sup L(r) = n1 KL(r1_hat || r_hat) + n2 KL(r2_hat || r_hat),
+  the difference of the two maximised Bernoulli log-likelihoods written as KL terms so
+  that no large log-likelihoods cancel in float32 (with 0 log 0 = 0; log r and
+  log(1 - r) are computed once per total). 0 where a segment is shorter than
+  `min_segment` or the rate does not drop.
+  """
+  after_sum = total_sum - before_sum
+  after_n = total_n - before_n
+  rate = jnp.clip(total_sum / jnp.maximum(total_n, 1), 0.0, 1.0)
+  log_rate, log_miss = jnp.log(rate), jnp.log1p(-rate)
+
+  def n_kl(q, n):  # n KL(Bernoulli(q) || Bernoulli(rate))
+    cross = jnp.where(q > 0, q * log_rate, 0.0) + jnp.where(q < 1, (1 - q) * log_miss, 0.0)
+    return n * (xlogy(q, q) + xlogy(1 - q, 1 - q) - cross)
+
+  rate_before = jnp.clip(before_sum / jnp.maximum(before_n, 1), 0.0, 1.0)
+  rate_after = jnp.clip(after_sum / jnp.maximum(after_n, 1), 0.0, 1.0)
+  usable = (before_n >= min_segment) & (after_n >= min_segment) & (rate_before > rate_after)
+  glr = n_kl(rate_before, before_n) + n_kl(rate_after, after_n)
+  return jnp.where(usable, jnp.maximum(glr, 0.0), 0.0)
+
+
+def _stream_statistic(cumulative, count, min_segment):
+  """(max GLR, first index of the after segment or -1) from the running sums of a stream
+  of `count` values (constant beyond)."""
+  before_n = jnp.arange(1, cumulative.shape[0] + 1, dtype=jnp.float32)
+  total = cumulative[jnp.maximum(count - 1, 0)]
+  glr = _drop_glr(cumulative, before_n, total, count.astype(jnp.float32), min_segment)
+  best = jnp.argmax(glr)
+  statistic = glr[best]
+  return statistic, jnp.where(statistic > 0, best + 1, -1).astype(jnp.int32)
+
+
+def _evidence_over_time(cumulative, count, change, min_segment):
+  """[T] the GLR of the drop at `change` computed from the first t + 1 values, for every t
+  (0 before change + min_segment values, from `count` on, and when change is -1)."""
+  length = cumulative.shape[0]
+  before_n = jnp.maximum(change, 0).astype(jnp.float32)
+  before_sum = cumulative[jnp.maximum(change - 1, 0)]
+  t = jnp.arange(length)
+  evidence = _drop_glr(before_sum, before_n, cumulative, (t + 1).astype(jnp.float32), min_segment)
+  return jnp.where((t < count) & (change >= min_segment), evidence, 0.0)
+
+
+def _permuted_cumulative(key, ones, count, length: int, num_permutations: int):
+  """[B, T] running sums of B random orders of `count` 0/1 values holding `ones` ones.
+
+  A uniformly random order of a 0/1 stream is an urn drawn without replacement: the
+  value at t is 1 with probability (ones left) / (values left). One scan over t draws
+  all B orders at once, without the [B, T] sort that a general permutation needs (XLA's
+  CPU sort is the slow part otherwise).
+  """
+  uniforms = jax.random.uniform(key, (length, num_permutations))
+  ones = ones.astype(jnp.float32)
+
+  def step(drawn, inputs):
+    t, u = inputs
+    left = (count - t).astype(jnp.float32)
+    one = (t < count) & (u * jnp.maximum(left, 1.0) < ones - drawn)
+    drawn = drawn + one
+    return drawn, drawn
+
+  _, cumulative = jax.lax.scan(step, jnp.zeros(num_permutations, jnp.float32),
+                               (jnp.arange(length), uniforms))
+  return cumulative.T
+
+
+def _change_point_core(values, mask, key, min_segment, *, num_permutations: int,
+                       num_extreme: int):
+  length = values.shape[0]
+  index = jnp.arange(length)
+  # Valid values first, in order: the test sees the stream without its padding.
+  order = jnp.argsort(jnp.where(mask, index, length + index))
+  count = jnp.sum(mask).astype(jnp.int32)
+  valid = index < count
+  stream = jnp.where(valid, values[order], 0.0)
+  cumulative = jnp.cumsum(stream)
+
+  # Random orders of the same values: under a constant rate every order is equally
+  # likely, so their statistics are draws from the null distribution given the values
+  # (an exact level whatever the rate or the length of the stream). The observed stream
+  # is row 0 of the same batch: the statistic is discrete (many orders tie with it), and
+  # a tie must compare equal, not differ in the last bit between two compiled paths.
+  null_cumulative = _permuted_cumulative(key, cumulative[-1], count, length, num_permutations)
+  statistics, changes = jax.vmap(lambda c: _stream_statistic(c, count, min_segment))(
+      jnp.concatenate([cumulative[None], null_cumulative]))
+  statistic, change, null = statistics[0], changes[0], statistics[1:]
+  critical = jnp.sort(null)[num_permutations - num_extreme]
+  testable = count >= 2 * min_segment
+  p_value = jnp.where(testable, (1.0 + jnp.sum(null >= statistic)) / (num_permutations + 1.0),
+                      jnp.nan)
+  detected = testable & (statistic > critical)
+
+  # When the drop became evident: the first t at which the values up to t, split at the
+  # estimated change, beat the critical value. (The first t at which any split of the
+  # prefix did would look at every prefix with the whole stream's threshold and alarm
+  # early on chance streaks before the change.)
+  prefix = _evidence_over_time(cumulative, count, change, min_segment)
+  crossed = (prefix > critical) & valid & detected
+  alarm = jnp.where(crossed.any(), jnp.argmax(crossed), -1).astype(jnp.int32)
+
+  def mean(selected):
+    total = jnp.sum(selected)
+    return jnp.where(total > 0, jnp.sum(jnp.where(selected, stream, 0.0)) / jnp.maximum(total, 1),
+                     jnp.nan)
+
+  has_change = change >= 0
+  mean_before = jnp.where(has_change, mean(valid & (index < change)), jnp.nan)
+  mean_after = jnp.where(has_change, mean(valid & (index >= change)), jnp.nan)
+  # Positions in the compacted stream -> positions in the input.
+  to_input = lambda i: jnp.where(i >= 0, order[jnp.maximum(i, 0)], -1).astype(jnp.int32)  # noqa: E731
+  prefix_input = jnp.zeros(length, jnp.float32).at[order].set(jnp.where(valid, prefix, 0.0))
+  return dict(
+      statistic=statistic, p_value=p_value, critical_value=critical, detected=detected,
+      change_index=to_input(change), mean=mean(valid), mean_before=mean_before,
+      mean_after=mean_after, magnitude=mean_before - mean_after, count=count,
+      prefix_statistic=prefix_input, alarm_index=to_input(alarm))
+
+
+_change_point_single = jax.jit(_change_point_core, static_argnames=("num_permutations", "num_extreme"))
+
+
+@functools.partial(jax.jit, static_argnames=("num_permutations", "num_extreme"))
+def _change_point_batch(values, mask, keys, min_segment, *, num_permutations: int,
+                        num_extreme: int):
+  """`_change_point_core` over rows; a few rows at a time hold their [B, T] permutations."""
+  core = functools.partial(_change_point_core, min_segment=min_segment,
+                           num_permutations=num_permutations, num_extreme=num_extreme)
+  return jax.lax.map(lambda args: core(*args), (values, mask, keys), batch_size=8)
+
+
+def _padded_rows(values: Any, mask: Any, keys: Any, *, length_multiple: int = 64,
+                 row_multiple: int = 8):
+  """Pads [R, T] streams to multiples of (row_multiple, length_multiple): one compiled
+  batch serves populations of similar size (padding is masked out)."""
+  rows, length = values.shape
+  new_rows = -(-max(rows, 1) // row_multiple) * row_multiple
+  new_length = -(-max(length, 1) // length_multiple) * length_multiple
+  values = jnp.pad(jnp.asarray(values, jnp.float32), ((0, new_rows - rows), (0, new_length - length)))
+  mask = jnp.pad(jnp.asarray(mask, bool), ((0, new_rows - rows), (0, new_length - length)))
+  # Padding rows reuse the first key (typed or raw keys alike); their results are dropped.
+  keys = keys[jnp.minimum(jnp.arange(new_rows), rows - 1) * (jnp.arange(new_rows) < rows)]
+  return values, mask, keys
+
+
+def _unpad(out: dict[str, Any], rows: int, length: int) -> dict[str, np.ndarray]:
+  out = jax.device_get(out)
+  result = {k: np.asarray(v)[:rows] for k, v in out.items()}
+  result["prefix_statistic"] = result["prefix_statistic"][:, :length]
+  return result
+
+
+def _num_extreme(alpha: float, num_permutations: int) -> int:
+  """floor(alpha (B + 1)): how many permuted statistics may reach the observed one."""
+  check_scalar_range(alpha, "alpha", low=0.0, high=1.0, low_inclusive=False)
+  if isinstance(num_permutations, bool) or int(num_permutations) != num_permutations or (
+      num_permutations < 1):
+    raise ValueError(f"`num_permutations` must be a positive integer, got {num_permutations!r}.")
+  extreme = int(math.floor(alpha * (num_permutations + 1) + 1e-9))
+  if extreme < 1:
+    raise ValueError(
+        f"`num_permutations` = {num_permutations} cannot reach a p-value of alpha = {alpha}: "
+        f"the smallest permutation p-value is 1 / (num_permutations + 1); use at least "
+        f"{math.ceil(1 / alpha - 1)} permutations.")
+  return min(extreme, int(num_permutations))
+
+
+def _check_binary(values: np.ndarray) -> None:
+  if values.size and not np.isin(values, (0, 1)).all():
+    bad = values[~np.isin(values, (0, 1))][:3]
+    raise ValueError(f"`values` must be 0/1 (the answer agreed with the reference or not), got "
+                     f"{', '.join(map(str, bad.tolist()))}.")
+
+
+def _check_min_segment(min_segment: Any) -> int:
+  if isinstance(min_segment, bool) or int(min_segment) != min_segment or min_segment < 1:
+    raise ValueError(f"`min_segment` must be a positive integer, got {min_segment!r}.")
+  return int(min_segment)
+
+
+def change_point_test(
+    values: Any,
+    *,
+    key: jax.Array,
+    min_segment: int = 10,
+    num_permutations: int = 999,
+    alpha: float = 0.01,
+    mask: Any = None,
+    times: Any = None,
+) -> ChangePointResult:
+  """Tests one stream for a single drop of its rate, against a constant rate.
+
+  With x_1..x_n in {0, 1} (1 = the annotator gave the reference answer) and
+  S_tau = x_1 + ... + x_tau, the statistic is the generalized likelihood ratio of a
+  Bernoulli rate that drops once,
+
+    G = max_{tau} [tau KL(r1 || r) + (n - tau) KL(r2 || r)],
+    r1 = S_tau / tau > r2 = (S_n - S_tau) / (n - tau),  r = S_n / n,
+
+  over the change points tau with at least `min_segment` values on each side (Worsley
+  1983, "The power of likelihood ratio and cumulative sum tests for a change in a
+  binomial probability", Biometrika 70:455-464; one-sided: only drops count). Its
+  null distribution is that of G over random orders of the same values (Antoch &
+  Huskova 2001, "Permutation tests in change point analysis", Statistics & Probability
+  Letters 53:37-46): exact under a constant rate whatever the rate, so an annotator who
+  was always bad at any level is rejected no more often than an always-good one, with
+  probability at most `alpha`.
+
+  The alarm is the first entry t at which the values x_1..x_t, split at the estimated
+  change, give a GLR above the critical value (the permutation threshold of the whole
+  stream): the number of values after the change that made the drop evident. It is set
+  only when the whole stream is significant, and never before min_segment values after
+  the estimated change.
+
+  Args:
+    values: [T] 0/1 values in time order (1 = the answer was correct, or agreed with
+      the reference answer).
+    key: PRNG key of the permutations.
+    min_segment: fewest values on each side of a change point; streams with fewer than
+      2 * min_segment values are not tested (NaN p-value).
+    num_permutations: B, the permutations of the null distribution (B + 1 >= 1/alpha).
+    alpha: the level.
+    mask: [T] bool, false on padding (skipped), or None.
+    times: [T] times of the entries, for `alarm_time`, or None.
+
+  Returns:
+    `ChangePointResult`.
+  """
+  values, mask = _stream(values, mask, "values")
+  times = _times(times, values)
+  num_extreme = _num_extreme(alpha, num_permutations)
+  min_segment = _check_min_segment(min_segment)
+  if not isinstance(values, jax.core.Tracer):
+    _check_binary(np.asarray(values)[np.asarray(mask)])
+  length = values.shape[0]
+  padding = -length % 64  # one compilation serves streams of similar length
+  out = _change_point_single(jnp.pad(values, (0, padding)), jnp.pad(mask, (0, padding)), key,
+                             min_segment, num_permutations=int(num_permutations),
+                             num_extreme=num_extreme)
+  out["prefix_statistic"] = out["prefix_statistic"][:length]
+  if times is None:
+    alarm_time = jnp.float32(jnp.nan)
+  else:
+    alarm_time = jnp.where(out["alarm_index"] >= 0, times[jnp.maximum(out["alarm_index"], 0)],
+                           jnp.nan)
+  return ChangePointResult(alarm_time=alarm_time, **out)
+
+
+def detect_change_points(
+    annotators: Any,
+    values: Any,
+    timestamps: Any,
+    *,
+    num_annotators: int,
+    key: jax.Array,
+    min_segment: int = 10,
+    num_permutations: int = 999,
+    alpha: float = 0.01,
+) -> tuple[ChangePointResult, AnnotatorStreams]:
+  """Runs `change_point_test` on every annotator's time-ordered stream.
+
+  Annotator a's permutations use `jax.random.fold_in(key, a)`, so its result does not
+  depend on the other annotators.
+
+  Returns:
+    (result, streams): `ChangePointResult` (NumPy) with a leading [num_annotators] axis,
+    `alarm_time` in float64 epoch seconds (NaN without an alarm), and the
+    `AnnotatorStreams` it ran on (`change_index` and `alarm_index` are positions in each
+    annotator's stream; `streams.times` gives their times).
+  """
+  num_extreme = _num_extreme(alpha, num_permutations)
+  min_segment = _check_min_segment(min_segment)
+  streams = annotator_streams(annotators, values, timestamps, num_annotators=num_annotators)
+  _check_binary(np.asarray(values))
+  keys = jax.vmap(lambda a: jax.random.fold_in(key, a))(jnp.arange(num_annotators))
+  length = streams.times.shape[1]
+  out = _unpad(_change_point_batch(*_padded_rows(streams.values, streams.mask, keys), min_segment,
+                                   num_permutations=int(num_permutations),
+                                   num_extreme=num_extreme), num_annotators, length)
+  rows = np.arange(num_annotators)
+  alarm = np.asarray(out["alarm_index"])
+  if length:
+    alarm_time = np.where(alarm >= 0, streams.times[rows, np.clip(alarm, 0, length - 1)], np.nan)
+  else:
+    alarm_time = np.full(num_annotators, np.nan)
+  result = ChangePointResult(alarm_time=alarm_time, **{k: np.asarray(v) for k, v in out.items()})
+  return result, streams
+
+
+def classify_drift(result: ChangePointResult, *, min_rate: float) -> np.ndarray:
+  """Per stream a code into `DRIFT_STATUSES`: who drifted, who was always bad.
+
+  * "drift": the rate dropped (`result.detected`) from a level at or above `min_rate`
+    before the change: a good annotator who became worse.
+  * "always_bad": no significant drop and a mean below `min_rate`, or a drop from a
+    level already below `min_rate`: an annotator who was bad from the start (spammers,
+    adversaries), not drift.
+  * "ok": no significant drop and a mean at or above `min_rate`.
+  * "too_few": fewer values than the test needs (NaN p-value).
+
+  Args:
+    result: `change_point_test` or `detect_change_points` output ([num_streams] fields).
+    min_rate: the rate (e.g. agreement with the reference answers) an acceptable
+      annotator reaches.
+
+  Returns:
+    int32 [num_streams] codes (`DRIFT_STATUSES[code]` is the name).
+  """
+  check_scalar_range(min_rate, "min_rate", low=0.0, high=1.0, high_inclusive=True)
+  p_value = np.asarray(result.p_value, np.float64)
+  detected = np.asarray(result.detected, bool)
+  before = np.asarray(result.mean_before, np.float64)
+  mean = np.asarray(result.mean, np.float64)
+  after = np.asarray(result.mean_after, np.float64)
+  status = np.full(p_value.shape, STATUS_OK, np.int32)
+  status[~detected & (mean < min_rate)] = STATUS_ALWAYS_BAD
+  status[detected & (before >= min_rate) & (after < min_rate)] = STATUS_DRIFT
+  status[detected & ~(before >= min_rate)] = STATUS_ALWAYS_BAD
+  status[np.isnan(p_value)] = STATUS_TOO_FEW
+  return status
+
+
+class ChangePointEvaluation(NamedTuple):
+  """`change_point_test` with `classify_drift` on simulated streams of known truth.
+
+  Attributes:
+    detection_rate: share of drift streams (rate_before, then rate_after from
+      change_index on) classified "drift".
+    median_delay: median over those of alarm_index - change_index, in values (negative
+      when the alarm came before the change).
+    mean_delay: the mean of the same delays.
+    early_alarm_rate: share of detected drift streams whose alarm came before the change.
+    false_alarm_rate_good: share of streams at rate_before throughout classified "drift".
+    false_alarm_rate_bad: share of streams at rate_after throughout classified "drift".
+    always_bad_rate: share of streams at rate_after throughout classified "always_bad".
+    good_called_bad_rate: share of streams at rate_before throughout classified
+      "always_bad".
+    median_change_error: median |estimated - true change index| over detected streams.
+    median_magnitude: median estimated drop over detected streams.
+    true_magnitude: rate_before - rate_after.
+  """
+
+  detection_rate: float
+  median_delay: float
+  mean_delay: float
+  early_alarm_rate: float
+  false_alarm_rate_good: float
+  false_alarm_rate_bad: float
+  always_bad_rate: float
+  good_called_bad_rate: float
+  median_change_error: float
+  median_magnitude: float
+  true_magnitude: float
+
+
+def evaluate_change_point_test(
+    key: jax.Array,
+    *,
+    num_streams: int = 200,
+    stream_length: int = 100,
+    change_index: int = 50,
+    rate_before: float = 0.8,
+    rate_after: float = 0.45,
+    min_rate: float = 0.6,
+    min_segment: int = 10,
+    num_permutations: int = 999,
+    alpha: float = 0.01,
+) -> ChangePointEvaluation:
+  """Detection rate, delay and false alarms of the change-point test on Bernoulli streams.
+
+  Draws `num_streams` streams of each kind: drift (Bernoulli(rate_before) before
+  `change_index`, Bernoulli(rate_after) from it on), always good (rate_before
+  throughout) and always bad (rate_after throughout); tests and classifies all of them.
+  """
+  if not 0 < change_index < stream_length:
+    raise ValueError(f"`change_index` must lie in (0, stream_length={stream_length}), got {change_index}.")
+  for name, value in (("rate_before", rate_before), ("rate_after", rate_after)):
+    check_scalar_range(value, name, low=0.0, high=1.0, high_inclusive=True)
+  num_extreme = _num_extreme(alpha, num_permutations)
+  min_segment = _check_min_segment(min_segment)
+  data_key, test_key = jax.random.split(key)
+  index = jnp.arange(stream_length)
+  rates = jnp.stack([jnp.where(index < change_index, rate_before, rate_after),
+                     jnp.full(stream_length, rate_before), jnp.full(stream_length, rate_after)])
+  draws = jax.random.bernoulli(data_key, rates[:, None, :], (3, num_streams, stream_length))
+  values = draws.astype(jnp.float32).reshape(3 * num_streams, stream_length)
+  mask = jnp.ones_like(values, bool)
+  keys = jax.random.split(test_key, 3 * num_streams)
+  out = _unpad(_change_point_batch(*_padded_rows(values, mask, keys), min_segment,
+                                   num_permutations=int(num_permutations),
+                                   num_extreme=num_extreme), 3 * num_streams, stream_length)
+  result = ChangePointResult(alarm_time=np.full(3 * num_streams, np.nan), **out)
+  status = classify_drift(result, min_rate=min_rate).reshape(3, num_streams)
+  drift_found = status[0] == STATUS_DRIFT
+  alarm = np.asarray(result.alarm_index).reshape(3, num_streams)[0][drift_found]
+  delays = (alarm - change_index).astype(np.float64)
+  estimated = np.asarray(result.change_index).reshape(3, num_streams)[0][drift_found]
+  magnitudes = np.asarray(result.magnitude).reshape(3, num_streams)[0][drift_found]
+
+  def median(x):
+    return float(np.median(x)) if x.size else math.nan
+
+  return ChangePointEvaluation(
+      detection_rate=float(drift_found.mean()),
+      median_delay=median(delays),
+      mean_delay=float(delays.mean()) if delays.size else math.nan,
+      early_alarm_rate=float((delays < 0).mean()) if delays.size else math.nan,
+      false_alarm_rate_good=float((status[1] == STATUS_DRIFT).mean()),
+      false_alarm_rate_bad=float((status[2] == STATUS_DRIFT).mean()),
+      always_bad_rate=float((status[2] == STATUS_ALWAYS_BAD).mean()),
+      good_called_bad_rate=float((status[1] == STATUS_ALWAYS_BAD).mean()),
+      median_change_error=median(np.abs(estimated - change_index).astype(np.float64)),
       median_magnitude=median(magnitudes),
       true_magnitude=float(rate_before - rate_after),
   )

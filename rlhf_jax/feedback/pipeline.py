@@ -4,7 +4,11 @@ labels with a confidence, annotator metrics, rejects and a report out.
 `run(config)` takes the `ml_collections.ConfigDict` of `configs/aggregate.py` and
 
 1. reads and validates the annotations (`records.read_annotations`; rejects to
-   `rejects.jsonl`, accepted + rejected = read);
+   `rejects.jsonl`, accepted + rejected = read). With declared classes
+   (`config.classes`) an answer outside them is a reject; without, a class seen in
+   fewer than `config.rare_class_share` of the answers is reported first in the report
+   as a probable typo, and a pairwise schema class no one chose (a task without ties)
+   is not a class of the task;
 2. measures agreement (percent agreement, Fleiss' kappa, Krippendorff's alpha) and
    per-annotator calibration (golden accuracy, expert agreement, temporal consistency,
    median response time, the weight of `annotators.annotator_weights`);
@@ -12,9 +16,16 @@ labels with a confidence, annotator metrics, rejects and a report out.
    the flat arrays; `crowd_bt` scores the responses of arena-style comparisons and turns
    the scores into per-comparison posteriors;
 4. routes low-confidence (or low-agreement) items to expert review and merges expert
-   labels when given (`routing.route_items`, `routing.resolve_expert_reviews`);
-5. runs the drift detectors when annotations carry timestamps (Bernoulli CUSUM on golden
-   correctness, Page-Hinkley on leave-one-out agreement);
+   labels when given (`routing.route_items`, `routing.resolve_expert_reviews`). The
+   confidence is the one labels.csv shows: the posterior of the label for the models,
+   the share of the item's (weighted) votes that agree with the label for the votes;
+5. tests every annotator for drift when annotations carry timestamps: a change-point
+   test on agreement with the reference answers (golden answer, else expert label,
+   else the aggregated label) separates annotators who were good and became bad from
+   annotators who were always bad (`drift.change_point_test`, `drift.classify_drift`);
+   with the truth about simulated annotators (`config.annotator_truth`) the report
+   states the detection rate and delay. The Bernoulli CUSUM on golden correctness and
+   Page-Hinkley on leave-one-out agreement run as level monitors beside it;
 6. scores the labels against gold labels when a truth file is given or found;
 7. writes `labels.csv`, `annotators.csv`, `report.md` with its PNG plots and
    `summary.json` (the numbers of report.md, for machines), through `report`.
@@ -56,13 +67,16 @@ __all__ = [
     "METHODS",
     "PROGRESS_MODES",
     "USER_ERRORS",
+    "VOTING_METHODS",
     "WEIGHT_SOURCES",
     "AggregateOutputs",
     "ConfigError",
+    "declared_classes",
     "run",
     "validate_config",
 ]
 
+VOTING_METHODS = ("majority_vote", "weighted_vote")
 METHODS = (
     "majority_vote",
     "weighted_vote",
@@ -123,7 +137,8 @@ class AggregateOutputs:
         f"{label} {format(s['agreement'][k], '.3f') if s['agreement'][k] is not None else 'undefined'}"
         for k, label in (("percent_agreement", "percent"), ("fleiss_kappa", "Fleiss' kappa"),
                          ("krippendorff_alpha", "Krippendorff's alpha")))
-    lines = [
+    lines = [f"Warning: {warning}" for warning in s.get("warnings", [])]
+    lines += [
         f"Read {s['num_read']} records from {s['input']} ({s['format']}): {s['num_accepted']} "
         f"accepted, {s['num_rejected']} rejected (rejects.jsonl).",
         f"{s['num_items']} items, {s['num_annotators']} annotator"
@@ -134,7 +149,7 @@ class AggregateOutputs:
         + (f" ({s['num_iters']} iterations)" if s.get("num_iters") is not None else "")
         + ": " + ", ".join(f"{k}: {v}" for k, v in s["label_counts"].items())
         + f"; mean confidence {s['mean_confidence']:.3f}.",
-        f"Expert review: {s['num_expert_review']} items ({s['routing_rule']}); "
+        f"Expert review: {s['num_expert_review']} of {s['num_items']} items ({s['routing_rule']}); "
         f"{s['num_expert_resolved']} expert-labelled, {s['num_pending']} pending.",
     ]
     if s.get("accuracy") is not None:
@@ -142,8 +157,22 @@ class AggregateOutputs:
                    f"label ({s['truth']}).")
     drift = s["drift"]
     if drift["measured"]:
-      lines.append(f"Drift alarms: CUSUM {drift['cusum_alarms']}, Page-Hinkley "
-                   f"{drift['page_hinkley_alarms']} annotators.")
+      drifted = ", ".join(d["annotator"] for d in drift["drift_annotators"][:5])
+      lines.append(
+          f"Drift (change-point test, alpha {drift['alpha']:g}): {drift['num_drift']} of "
+          f"{drift['num_tested']} tested annotators drifted" + (f" ({drifted}"
+          f"{', ...' if drift['num_drift'] > 5 else ''})" if drifted else "")
+          + f"; {drift['num_always_bad']} were always bad (not drift).")
+      truth = drift.get("truth")
+      if truth is not None and truth["num_drifting"]:
+        delay = ("" if truth["median_delay_annotations"] is None else
+                 f", median delay {truth['median_delay_annotations']:g} annotations "
+                 f"({truth['median_delay_days']:.1f} days)")
+        lines.append(
+            f"Against the annotator truth: {truth['num_found']} of {truth['num_drifting']} "
+            f"drifting annotators found{delay}; {len(truth['false_alarms'])} drift "
+            f"verdict{'' if len(truth['false_alarms']) == 1 else 's'} on the "
+            f"{truth['num_not_drifting']} that did not drift.")
     else:
       lines.append(f"Drift: not measured ({drift['note']})")
     for note in s.get("notes", []):
@@ -208,9 +237,11 @@ def validate_config(config: Any) -> None:
     _fail("method", method, "a class-level method: crowd_bt needs pairwise comparisons "
           f"(format one of {', '.join(PAIRWISE_FORMATS)}), not format "
           f"{_get(config, 'format')!r}")
-  for field in ("truth", "expert_labels"):
+  for field in ("truth", "expert_labels", "annotator_truth"):
     if not isinstance(_get(config, field), str):
       _fail(field, _get(config, field), 'a path or ""')
+  declared_classes(config)
+  _number(config, "rare_class_share", low=0.0, high=1.0)
   _choice(config, "duplicate_policy", records.DUPLICATE_POLICIES)
   _number(config, "num_iters", low=1, integer=True)
   _number(config, "tol", low=0.0)
@@ -249,11 +280,37 @@ def validate_config(config: Any) -> None:
   _number(config, "drift.ph_delta", low=0.0)
   _number(config, "drift.ph_threshold", low=0.0, low_open=True)
   _number(config, "drift.ph_min_samples", low=1, integer=True)
+  alpha = _number(config, "drift.alpha", low=0.0, high=1.0, low_open=True, high_open=True)
+  _number(config, "drift.min_segment", low=1, integer=True)
+  permutations = _number(config, "drift.num_permutations", low=1, integer=True)
+  if math.floor(alpha * (permutations + 1) + 1e-9) < 1:
+    _fail("drift.num_permutations", permutations,
+          f"at least {math.ceil(1 / alpha - 1)} permutations for drift.alpha = {alpha:g} (the "
+          "smallest permutation p-value is 1 / (num_permutations + 1))")
+  _number(config, "drift.min_agreement", low=0.0, high=1.0)
   if not isinstance(_get(config, "report.plots"), bool):
     _fail("report.plots", _get(config, "report.plots"), "True or False")
   _number(config, "report.num_confusion", low=0, integer=True)
   _number(config, "report.num_drift", low=0, integer=True)
   _choice(config, "progress", PROGRESS_MODES)
+
+
+def declared_classes(config: Any) -> tuple[str, ...] | None:
+  """The classes of `config.classes` ("0,1") in class order, or None when not declared.
+
+  Raises:
+    ConfigError: a malformed declaration (an empty or repeated name, fewer than two
+      names, or for pairwise formats a name that is not a, b or tie).
+  """
+  value = _get(config, "classes")
+  if value is None or (isinstance(value, str) and not value.strip()):
+    return None
+  if not isinstance(value, str):
+    _fail("classes", value, 'class names separated by commas, e.g. "0,1" (or "" for none)')
+  try:
+    return records.declared_classes(value, format=_get(config, "format"))
+  except ValueError as error:
+    raise ConfigError(f"config.{error}") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -525,6 +582,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
   expert_path = Path(config.expert_labels) if config.expert_labels else None
   if expert_path is not None and not expert_path.is_file():
     raise FileNotFoundError(f"expert labels file not found: {expert_path} (config.expert_labels)")
+  annotator_truth_path = _annotator_truth_path(config, input_path)
   output_dir = Path(config.output_dir)
   if output_dir.exists() and not output_dir.is_dir():
     raise ConfigError(f"config.output_dir = {str(output_dir)!r} is a file, expected a directory.")
@@ -540,9 +598,19 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
     # ---- Read.
     stages.start("read")
     rejects_path = output_dir / "rejects.jsonl"
+    declared = declared_classes(config)
     read = records.read_annotations(input_path, format=config.format, rejects_path=rejects_path,
-                                    duplicate_policy=config.duplicate_policy)
+                                    duplicate_policy=config.duplicate_policy, classes=declared)
     enc = read.annotations
+    if declared is None and config.format != "crowd_csv":
+      enc, unchosen = _drop_unchosen_tie(enc)
+      if unchosen:
+        read = dataclasses.replace(read, annotations=enc)
+        notes.append("no annotation (and no golden answer) is a tie: the classes of this task "
+                     "are a, b (declare config.classes=a,b,tie to keep tie as a class).")
+    rare_classes = []
+    if declared is None and config.format == "crowd_csv":
+      rare_classes = _rare_classes(enc, float(config.rare_class_share))
     if enc.num_classes < 2:
       raise records.FeedbackInputError(
           f"{input_path}: every accepted annotation has the same answer "
@@ -552,6 +620,8 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
                    "that annotator's answers.")
     truth = records.read_truth(truth_path) if truth_path is not None else None
     experts = records.read_truth(expert_path) if expert_path is not None else None
+    annotator_truth = (records.read_annotator_truth(annotator_truth_path)
+                       if annotator_truth_path is not None else None)
 
     # ---- Calibration: per-annotator metrics and weights.
     stages.start("calibrate")
@@ -621,8 +691,10 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
       item_agreement = agreement.item_agreement(
           enc.items, enc.annotators, enc.labels, num_items=enc.num_items,
           num_classes=enc.num_classes)
+    # Route on the confidence labels.csv shows: for the votes, whose posteriors are the
+    # one-hot decision, the vote share; for the models it is the posterior of the label.
     review = np.asarray(routing.route_items(
-        posteriors, agreement=item_agreement,
+        posteriors, agreement=item_agreement, confidence=crowd_confidence,
         confidence_threshold=float(r.confidence_threshold),
         agreement_threshold=None if r.agreement_threshold is None else float(r.agreement_threshold)))
     expert_items = np.flatnonzero(expert_labels >= 0)
@@ -633,9 +705,8 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
     final_confidence = np.asarray(resolved.confidence, np.float32)
     final_posteriors = np.asarray(resolved.posteriors, np.float32)
     label_source = resolved.source_names()
-    routing_rule = f"confidence < {float(r.confidence_threshold):g}"
-    if r.agreement_threshold is not None:
-      routing_rule += f" or pairwise agreement < {float(r.agreement_threshold):g}"
+    routing_summary = _routing_summary(method, r, crowd_confidence, item_agreement, review)
+    routing_rule = routing_summary["rule"]
 
     accuracy = crowd_accuracy = None
     num_truth_items = 0
@@ -655,7 +726,9 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
 
     # ---- Drift.
     stages.start("drift")
-    drift_summary, drift_rows, drift_panels = _drift(enc, config, leave_one_out)
+    reference = _reference_labels(enc, crowd_labels, expert_labels, num_annotations)
+    drift_summary, drift_rows, drift_panels = _drift(
+        enc, config, leave_one_out, reference, annotator_truth, annotator_truth_path)
 
     # ---- Annotator table.
     reliability = np.asarray(result.annotator_params["reliability"], np.float64)
@@ -721,7 +794,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
     report.write_annotators_csv(output_dir / "annotators.csv", annotator_rows, columns)
     files["annotators.csv"] = ("one row per annotator: workload, reliability, agreement, golden "
                                "accuracy, expert agreement, temporal consistency, speed, weight, "
-                               "drift alarms")
+                               "drift verdict (drift / always_bad / ok) and level-monitor alarms")
     files["rejects.jsonl"] = f"{read.num_rejected} rejected records with file, line, field, reason"
     if crowd_bt_info is not None:
       _write_scores_csv(output_dir / "scores.csv", crowd_bt_info)
@@ -740,6 +813,9 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
     num_iters = result.extras.get("num_iters") if isinstance(result.extras, dict) else None
     stages.close()
     summary = {
+        # First: what a reader must see before any number below.
+        "warnings": _rare_class_warnings(rare_classes, enc.class_names,
+                                         float(config.rare_class_share), read.num_accepted),
         "input": str(input_path),
         "format": config.format,
         "method": method,
@@ -755,6 +831,9 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
         "num_annotators": enc.num_annotators,
         "num_classes": enc.num_classes,
         "class_names": list(enc.class_names),
+        "declared_classes": None if declared is None else list(declared),
+        "rare_classes": rare_classes,
+        "rare_class_share": float(config.rare_class_share),
         "agreement": agreement_values,
         "agreement_notes": agreement_notes,
         "label_counts": label_counts,
@@ -763,6 +842,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
         "num_expert_resolved": int(expert_items.size),
         "num_pending": int(sum(s == "pending" for s in label_source)),
         "routing_rule": routing_rule,
+        "routing": routing_summary,
         "accuracy": accuracy,
         "crowd_accuracy": crowd_accuracy,
         "num_truth_items": num_truth_items,
@@ -809,8 +889,9 @@ _ANNOTATOR_COLUMNS = (
     "annotator", "num_annotations", "reliability", "agreement_with_label",
     "agreement_with_others", "golden_accuracy", "num_golden", "golden_share",
     "expert_agreement", "num_expert", "temporal_consistency", "num_repeat_pairs",
-    "median_response_ms", "weight", "drift_alarm", "cusum_alarm_time", "cusum_drop",
-    "page_hinkley_alarm_time", "page_hinkley_drop",
+    "median_response_ms", "weight", "drift_alarm", "drift_status", "drift_p_value",
+    "agreement_before", "agreement_after", "change_time", "drift_alarm_time",
+    "cusum_alarm_time", "cusum_drop", "page_hinkley_alarm_time", "page_hinkley_drop",
 )
 
 
@@ -846,19 +927,143 @@ def _truth_path(config: Any, input_path: Path) -> Path | None:
   return None
 
 
-def _drift(enc: types.EncodedAnnotations, config: Any, leave_one_out: np.ndarray
+def _annotator_truth_path(config: Any, input_path: Path) -> Path | None:
+  if config.annotator_truth:
+    path = Path(config.annotator_truth)
+    if not path.is_file():
+      raise FileNotFoundError(f"annotator truth file not found: {path} (config.annotator_truth)")
+    return path
+  candidate = input_path.parent / "annotator_truth.csv"
+  if candidate.is_file() and candidate.resolve() != input_path.resolve():
+    return candidate
+  return None
+
+
+def _drop_unchosen_tie(enc: types.EncodedAnnotations) -> tuple[types.EncodedAnnotations, bool]:
+  """Pairwise records without a declaration: `tie` is a class only if someone chose it.
+
+  A class no annotation (and no golden answer) uses has no evidence: every number about
+  it (its confusion rows, its posterior) would be a prior printed as an estimate. `tie`
+  is the last schema class, so dropping it moves no index.
+  """
+  if enc.class_names != types.PAIRWISE_CLASS_NAMES:
+    return enc, False
+  used = np.any(np.asarray(enc.labels) == types.TIE)
+  if enc.golden_labels is not None:
+    used |= np.any(np.asarray(enc.golden_labels) == types.TIE)
+  if used:
+    return enc, False
+  return dataclasses.replace(enc, class_names=enc.class_names[:types.TIE]), True
+
+
+def _rare_classes(enc: types.EncodedAnnotations, share: float) -> list[dict[str, Any]]:
+  """Classes given by fewer than `share` of the answers: probable typos, with where."""
+  counts = np.bincount(np.asarray(enc.labels), minlength=enc.num_classes)
+  total = int(counts.sum())
+  rare = []
+  for k in np.flatnonzero((counts > 0) & (counts < share * total)).tolist():
+    where = np.flatnonzero(np.asarray(enc.labels) == k)[:5]
+    rare.append({"class": enc.class_names[k], "count": int(counts[k]),
+                 "share": float(counts[k] / total),
+                 "annotation_ids": [enc.annotation_ids[n] for n in where.tolist()]})
+  return rare
+
+
+def _rare_class_warnings(rare: list[dict[str, Any]], class_names: tuple[str, ...],
+                         share: float, total: int) -> list[str]:
+  if not rare:
+    return []
+  typical = ",".join(c for c in class_names if c not in {r["class"] for r in rare})
+  listed = "; ".join(
+      f"{r['class']!r} is {r['count']} of {total} answers ({r['share']:.2%}; "
+      f"{', '.join(r['annotation_ids'])}{', ...' if r['count'] > len(r['annotation_ids']) else ''})"
+      for r in rare)
+  return [f"probable typos in the answers: {listed}. Each class seen in fewer than "
+          f"{share * 100:g}% of the answers is kept as a class of its own, and an item's one "
+          f"stray answer can decide it. Declare the classes (--config.classes={typical}) to "
+          "reject such answers."]
+
+
+def _routing_summary(method: str, routing_config: Any, confidence: np.ndarray,
+                     item_agreement: Any, review: np.ndarray) -> dict[str, Any]:
+  """The routing rule as applied, in words and numbers."""
+  threshold = float(routing_config.confidence_threshold)
+  if method in VOTING_METHODS:
+    weighted = "weighted " if method == "weighted_vote" else ""
+    measure = f"{weighted}vote share of the label"
+    meaning = f"the {weighted}share of the item's votes that agree with its label"
+  else:
+    measure = "posterior probability of the label"
+    meaning = f"{method}'s posterior probability of the item's label"
+  low_confidence = ~(confidence >= threshold)
+  rule = f"{measure} < {threshold:g}"
+  by_agreement = None
+  agreement_threshold = routing_config.agreement_threshold
+  if agreement_threshold is not None:
+    by_agreement = ~(np.asarray(item_agreement) >= float(agreement_threshold))
+    rule += f" or pairwise agreement < {float(agreement_threshold):g}"
+  return {
+      "rule": rule,
+      "confidence_measure": measure,
+      "confidence_meaning": meaning,
+      "confidence_threshold": threshold,
+      "agreement_threshold": None if agreement_threshold is None else float(agreement_threshold),
+      "num_items": int(review.size),
+      "num_review": int(review.sum()),
+      "num_low_confidence": int(low_confidence.sum()),
+      "num_low_agreement": None if by_agreement is None else int(by_agreement.sum()),
+      "num_both": None if by_agreement is None else int((low_confidence & by_agreement).sum()),
+  }
+
+
+def _reference_labels(enc: types.EncodedAnnotations, crowd_labels: np.ndarray,
+                      expert_labels: np.ndarray, num_annotations: np.ndarray) -> np.ndarray:
+  """Per annotation the answer it is checked against for drift (-1: none).
+
+  The golden answer where the item is golden, else the expert label, else the
+  aggregated label when another annotator also labelled the item (alone, an annotator
+  would agree with itself).
+  """
+  items = np.asarray(enc.items)
+  reference = np.where(num_annotations[items] >= 2, crowd_labels[items], -1)
+  reference = np.where(expert_labels[items] >= 0, expert_labels[items], reference)
+  if enc.is_golden is not None and enc.golden_labels is not None:
+    golden = np.asarray(enc.is_golden) & (np.asarray(enc.golden_labels) >= 0)
+    reference = np.where(golden, np.asarray(enc.golden_labels), reference)
+  return reference.astype(np.int32)
+
+
+_DAY = 86400.0
+
+
+def _drift(enc: types.EncodedAnnotations, config: Any, leave_one_out: np.ndarray,
+           reference: np.ndarray, annotator_truth: dict[str, tuple[str, float]] | None,
+           annotator_truth_path: Path | None,
            ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-  """Runs both detectors per annotator; returns (summary, per-annotator fields, plot panels)."""
+  """Change-point verdicts and level monitors per annotator; returns (summary, per-annotator
+  fields, plot panels)."""
   d = config.drift
-  rows = [{"drift_alarm": "", "cusum_alarm_time": "", "cusum_drop": None,
+  alpha, min_segment = float(d.alpha), int(d.min_segment)
+  num_permutations, bar = int(d.num_permutations), float(d.min_agreement)
+  rows = [{"drift_alarm": "", "drift_status": "", "drift_p_value": None,
+           "agreement_before": None, "agreement_after": None, "change_time": "",
+           "drift_alarm_time": "", "cusum_alarm_time": "", "cusum_drop": None,
            "page_hinkley_alarm_time": "", "page_hinkley_drop": None}
           for _ in range(enc.num_annotators)]
   cusum_rule = (f"p0 = {float(d.cusum_p0):g} -> p1 = {float(d.cusum_p1):g}, "
                 f"h = {float(d.cusum_threshold):g}")
   ph_rule = (f"delta = {float(d.ph_delta):g}, lambda = {float(d.ph_threshold):g}, "
              f"at least {int(d.ph_min_samples)} annotations")
-  summary = {"measured": False, "note": "", "cusum_alarms": 0, "page_hinkley_alarms": 0,
-             "cusum_rule": cusum_rule, "page_hinkley_rule": ph_rule}
+  change_rule = (f"alpha = {alpha:g}, at least {min_segment} annotations on each side of the "
+                 f"change, {num_permutations} permutations; agreement bar {bar:g}")
+  summary: dict[str, Any] = {
+      "measured": False, "note": "", "rule": change_rule, "alpha": alpha,
+      "min_segment": min_segment, "num_permutations": num_permutations, "min_agreement": bar,
+      "num_tested": 0, **{f"num_{name}": 0 for name in drift_lib.DRIFT_STATUSES},
+      "drift_annotators": [], "always_bad_annotators": [], "cusum_alarms": 0,
+      "page_hinkley_alarms": 0, "cusum_rule": cusum_rule, "page_hinkley_rule": ph_rule,
+      "monitor_alarms_by_status": {}, "truth": None,
+  }
   if enc.timestamps is None:
     summary["note"] = f"the input ({config.format}) has no timestamps."
     return summary, rows, []
@@ -866,68 +1071,185 @@ def _drift(enc: types.EncodedAnnotations, config: Any, leave_one_out: np.ndarray
   if not timed.any():
     summary["note"] = "no annotation has a timestamp."
     return summary, rows, []
+  usable = timed & (reference >= 0)
+  if not usable.any():
+    summary["note"] = ("no timed annotation has a reference answer (a golden answer, an expert "
+                       "label or another annotator on its item).")
+    return summary, rows, []
   summary["measured"] = True
-  for row in rows:
-    row["drift_alarm"] = "no"
   annotators_np = np.asarray(enc.annotators)
-  panels_data: dict[str, tuple[Any, Any, float, str]] = {}
+  labels_np = np.asarray(enc.labels)
 
+  # ---- The change-point test: did the annotator's own agreement drop?
+  agree = (labels_np == reference).astype(np.float32)
+  key = jax.random.fold_in(jax.random.key(int(config.seed)), 1)  # not the methods' key
+  result, streams = drift_lib.detect_change_points(
+      annotators_np[usable], agree[usable], enc.timestamps[usable],
+      num_annotators=enc.num_annotators, key=key, min_segment=min_segment,
+      num_permutations=num_permutations, alpha=alpha)
+  status = drift_lib.classify_drift(result, min_rate=bar)
+  rows_index = np.arange(enc.num_annotators)
+  length = streams.times.shape[1]
+  change = np.asarray(result.change_index)
+  change_time = np.where(change >= 0, streams.times[rows_index, np.clip(change, 0, max(length - 1, 0))],
+                         np.nan) if length else np.full(enc.num_annotators, np.nan)
+  count = np.asarray(result.count)
+  for a in range(enc.num_annotators):
+    row = rows[a]
+    if count[a] == 0:
+      continue
+    name = drift_lib.DRIFT_STATUSES[status[a]]
+    row["drift_status"] = name
+    row["drift_alarm"] = "yes" if status[a] == drift_lib.STATUS_DRIFT else "no"
+    row["drift_p_value"] = float(result.p_value[a])
+    if change[a] >= 0:
+      row["agreement_before"] = float(result.mean_before[a])
+      row["agreement_after"] = float(result.mean_after[a])
+    if status[a] == drift_lib.STATUS_DRIFT:
+      row["change_time"] = _iso(change_time[a])
+      row["drift_alarm_time"] = _iso(result.alarm_time[a])
+  has_stream = count > 0
+  summary["num_tested"] = int(np.sum(has_stream & (status != drift_lib.STATUS_TOO_FEW)))
+  for code, name in enumerate(drift_lib.DRIFT_STATUSES):
+    summary[f"num_{name}"] = int(np.sum(has_stream & (status == code)))
+  drifted = np.flatnonzero(has_stream & (status == drift_lib.STATUS_DRIFT))
+  drifted = drifted[np.argsort(np.asarray(result.alarm_time)[drifted], kind="stable")]
+  always_bad = np.flatnonzero(has_stream & (status == drift_lib.STATUS_ALWAYS_BAD))
+  always_bad = always_bad[np.argsort(np.asarray(result.mean)[always_bad], kind="stable")]
+  summary["drift_annotators"] = [
+      {"annotator": enc.annotator_ids[a], "agreement_before": float(result.mean_before[a]),
+       "agreement_after": float(result.mean_after[a]), "change_time": _iso(change_time[a]),
+       "alarm_time": _iso(result.alarm_time[a]), "p_value": float(result.p_value[a]),
+       "annotations": int(count[a]), "annotations_to_alarm":
+           int(result.alarm_index[a]) - int(change[a]) + 1}
+      for a in drifted]
+  summary["always_bad_annotators"] = [
+      {"annotator": enc.annotator_ids[a], "agreement": float(result.mean[a]),
+       "annotations": int(count[a]), "p_value": float(result.p_value[a])}
+      for a in always_bad]
+  summary["max_expected_false_alarms"] = alpha * summary["num_tested"]
+  if annotator_truth is not None:
+    summary["truth"] = _drift_truth(annotator_truth, annotator_truth_path, enc, result, streams,
+                                    status)
+
+  # ---- Level monitors: they alarm when the level is low now, changed or not.
+  panels_data: dict[str, tuple[Any, Any, Any, str]] = {}
   golden = timed.copy()
   if enc.is_golden is not None and enc.golden_labels is not None:
     golden &= np.asarray(enc.is_golden) & (np.asarray(enc.golden_labels) >= 0)
   else:
     golden[:] = False
   if golden.any():
-    correct = (np.asarray(enc.labels)[golden] == np.asarray(enc.golden_labels)[golden])
-    result, streams = drift_lib.detect_annotator_drift(
+    correct = (labels_np[golden] == np.asarray(enc.golden_labels)[golden])
+    cusum, cusum_streams = drift_lib.detect_annotator_drift(
         annotators_np[golden], correct.astype(np.float32), enc.timestamps[golden],
         num_annotators=enc.num_annotators, method="cusum", p0=float(d.cusum_p0),
         p1=float(d.cusum_p1), threshold=float(d.cusum_threshold))
-    panels_data["cusum"] = (result, streams, float(d.cusum_threshold), "CUSUM S_t (golden)")
-  usable = timed & np.isfinite(leave_one_out)
-  if usable.any():
-    result, streams = drift_lib.detect_annotator_drift(
-        annotators_np[usable], leave_one_out[usable].astype(np.float32),
-        enc.timestamps[usable], num_annotators=enc.num_annotators, method="page_hinkley",
+    panels_data["cusum"] = (cusum, cusum_streams, float(d.cusum_threshold), "CUSUM S_t (golden)")
+  usable_loo = timed & np.isfinite(leave_one_out)
+  if usable_loo.any():
+    ph, ph_streams = drift_lib.detect_annotator_drift(
+        annotators_np[usable_loo], leave_one_out[usable_loo].astype(np.float32),
+        enc.timestamps[usable_loo], num_annotators=enc.num_annotators, method="page_hinkley",
         delta=float(d.ph_delta), threshold=float(d.ph_threshold),
         min_samples=int(d.ph_min_samples), direction="decrease")
-    panels_data["page_hinkley"] = (result, streams, float(d.ph_threshold), "PH_t (agreement)")
-  if not panels_data:
-    summary["measured"] = False
-    summary["note"] = "no golden annotation and no item with two timed annotations."
-    for row in rows:
-      row["drift_alarm"] = ""
-    return summary, rows, []
-
-  alarmed = np.zeros(enc.num_annotators, bool)
-  for name, (result, _, _, _) in panels_data.items():
-    first = np.asarray(result.alarm_index) >= 0
+    panels_data["page_hinkley"] = (ph, ph_streams, float(d.ph_threshold), "PH_t (agreement)")
+  for name, (monitor, _, _, _) in panels_data.items():
+    first = np.asarray(monitor.alarm_index) >= 0
     summary[f"{name}_alarms"] = int(first.sum())
-    alarmed |= first
+    summary["monitor_alarms_by_status"][name] = {
+        status_name: int(np.sum(first & has_stream & (status == code)))
+        for code, status_name in enumerate(drift_lib.DRIFT_STATUSES)}
     for a in np.flatnonzero(first):
-      rows[a][f"{name}_alarm_time"] = _iso(result.alarm_time[a])
-      rows[a][f"{name}_drop"] = float(result.magnitude[a])
-  for a in np.flatnonzero(alarmed):
-    rows[a]["drift_alarm"] = "yes"
+      rows[a][f"{name}_alarm_time"] = _iso(monitor.alarm_time[a])
+      rows[a][f"{name}_drop"] = float(monitor.magnitude[a])
   if "cusum" not in panels_data:
-    summary["note"] = "no golden annotation with a timestamp: only Page-Hinkley ran."
+    summary["note"] = "no golden annotation with a timestamp: the CUSUM monitor did not run."
 
-  # Timelines: alarmed annotators first (by first alarm), then the most active.
-  workload = np.bincount(annotators_np[timed], minlength=enc.num_annotators)
-  order = sorted(range(enc.num_annotators), key=lambda a: (not alarmed[a], -workload[a]))
+  # Timelines: drift verdicts first (by alarm), then always bad, then the most active.
+  workload = np.bincount(annotators_np[usable], minlength=enc.num_annotators)
+  rank = {int(a): i for i, a in enumerate([*drifted, *always_bad])}
+  order = sorted(range(enc.num_annotators), key=lambda a: (rank.get(a, len(rank)), -workload[a]))
   panels = []
   for a in order[:int(config.report.num_drift)]:
     if workload[a] == 0:
       continue
-    panel: dict[str, Any] = {"annotator": enc.annotator_ids[a]}
-    for name, (result, streams, threshold, label) in panels_data.items():
-      mask = np.asarray(streams.mask[a])
+    mask = np.asarray(streams.mask[a])
+    alarms = np.zeros(mask.size, bool)
+    if result.alarm_index[a] >= 0:
+      alarms[result.alarm_index[a]] = True
+    panel: dict[str, Any] = {
+        "annotator": f"{enc.annotator_ids[a]} ({drift_lib.DRIFT_STATUSES[status[a]]})",
+        "change_point": {
+            "times": streams.times[a][mask],
+            "statistic": np.asarray(result.prefix_statistic[a])[mask],
+            "alarms": alarms[mask], "threshold": float(result.critical_value[a]),
+            "label": "GLR of a drop (agreement)"},
+    }
+    for name, (monitor, monitor_streams, threshold, label) in panels_data.items():
+      monitor_mask = np.asarray(monitor_streams.mask[a])
       panel[name] = {
-          "times": streams.times[a][mask], "statistic": np.asarray(result.statistic[a])[mask],
-          "alarms": np.asarray(result.alarms[a])[mask], "threshold": threshold, "label": label,
+          "times": monitor_streams.times[a][monitor_mask],
+          "statistic": np.asarray(monitor.statistic[a])[monitor_mask],
+          "alarms": np.asarray(monitor.alarms[a])[monitor_mask], "threshold": threshold,
+          "label": label,
       }
     panels.append(panel)
   return summary, rows, panels
+
+
+def _drift_truth(truth: dict[str, tuple[str, float]], path: Path | None,
+                 enc: types.EncodedAnnotations, result: Any, streams: Any,
+                 status: np.ndarray) -> dict[str, Any]:
+  """Detection rate, delay and false alarms of the drift verdicts against the known truth.
+
+  An annotator drifted when the truth gives it a change time. Its true change index is
+  the number of its tested annotations before that time; the delay is the alarm's index
+  minus it (in annotations) and the alarm's time minus the change time (in days).
+  """
+  index = {annotator_id: a for a, annotator_id in enumerate(enc.annotator_ids)}
+  drifting, by_type = [], {}
+  false_alarms, num_stable, unknown = [], 0, 0
+  for annotator_id, (kind, change_time) in truth.items():
+    a = index.get(annotator_id)
+    if a is None:
+      unknown += 1
+      continue
+    name = drift_lib.DRIFT_STATUSES[status[a]] if result.count[a] > 0 else "untested"
+    by_type.setdefault(kind, {}).setdefault(name, 0)
+    by_type[kind][name] += 1
+    if not np.isfinite(change_time):
+      num_stable += 1
+      if name == "drift":
+        false_alarms.append(annotator_id)
+      continue
+    mask = np.asarray(streams.mask[a])
+    true_index = int(np.sum(mask & (streams.times[a] < change_time)))
+    entry = {"annotator": annotator_id, "status": name, "found": name == "drift",
+             "change_time": _iso(change_time), "true_change_index": true_index,
+             "annotations": int(result.count[a]), "p_value": float(result.p_value[a]),
+             "alarm_index": None, "delay_annotations": None, "delay_days": None}
+    if name == "drift":
+      entry["alarm_index"] = int(result.alarm_index[a])
+      entry["delay_annotations"] = int(result.alarm_index[a]) - true_index
+      entry["delay_days"] = float((result.alarm_time[a] - change_time) / _DAY)
+    drifting.append(entry)
+  found = [e for e in drifting if e["found"]]
+  delays = [e["delay_annotations"] for e in found]
+  days = [e["delay_days"] for e in found]
+  return {
+      "file": None if path is None else str(path),
+      "num_drifting": len(drifting),
+      "num_found": len(found),
+      "detection_rate": len(found) / len(drifting) if drifting else None,
+      "median_delay_annotations": float(np.median(delays)) if delays else None,
+      "median_delay_days": float(np.median(days)) if days else None,
+      "drifting": drifting,
+      "num_not_drifting": num_stable,
+      "false_alarms": false_alarms,
+      "status_by_type": by_type,
+      "num_unknown_annotators": unknown,
+  }
 
 
 def _plots(output_dir: Path, enc: types.EncodedAnnotations, config: Any,
@@ -945,8 +1267,14 @@ def _plots(output_dir: Path, enc: types.EncodedAnnotations, config: Any,
     top = np.argsort(-workload, kind="stable")[:count]
     confusion = result.annotator_params.get("confusion")
     if confusion is not None:
-      matrices = np.asarray(confusion)[top]
-      source = f"{config.method} confusion matrices"
+      matrices = np.asarray(confusion, np.float64)[top].copy()
+      # A row whose true class the annotator (by the model) met less than once is the
+      # model's prior or smoothing, not an estimate: left blank.
+      evidence = np.zeros((enc.num_annotators, enc.num_classes))
+      np.add.at(evidence, np.asarray(enc.annotators),
+                np.asarray(result.posteriors, np.float64)[np.asarray(enc.items)])
+      matrices[evidence[top] < 1.0] = np.nan
+      source = f"{config.method} confusion matrices; blank: fewer than one item of that class"
     else:
       matrices = _empirical_confusion(enc, crowd_labels, top)
       source = f"answers against the {config.method} labels"
@@ -959,8 +1287,9 @@ def _plots(output_dir: Path, enc: types.EncodedAnnotations, config: Any,
   if drift_panels:
     report.plot_drift_timelines(
         output_dir / "drift_timelines.png", drift_panels,
-        title="Drift detectors over time (alarmed annotators first; dashed: threshold)")
-    plots["Drift timelines: CUSUM on golden correctness, Page-Hinkley on agreement"] = (
+        title="Drift over time (drift verdicts first, then always bad; dashed: threshold)")
+    plots["Drift timelines: the change-point statistic of the answers so far (alarm where it "
+          "crosses the test's critical value), the CUSUM and Page-Hinkley level monitors"] = (
         "drift_timelines.png")
   return plots
 

@@ -24,15 +24,22 @@ Pairwise annotation schema (formats `jsonl`, `csv` with these column names, `par
 
 Labels use the classes of `types`: `a` -> A_PREFERRED (0), `b` -> B_PREFERRED (1),
 `tie` -> TIE (2), always relative to the order in which the row lists the responses;
-`class_names` is `("a", "b", "tie")` whether or not ties occur. Other fields and columns
-are ignored. In CSV an empty cell and in JSONL/Parquet a null both mean "absent".
+`class_names` is `("a", "b", "tie")` whether or not ties occur, unless the classes are
+declared (`classes=("a", "b")` for a task without ties: a `tie` choice or golden answer
+is then rejected). Other fields and columns are ignored. In CSV an empty cell and in
+JSONL/Parquet a null both mean "absent".
 
 Crowdsourcing schema (format `crowd_csv`, as in `../shared/data/crowd/*/answers.csv`):
 a CSV with header `question,worker,answer` (other columns ignored), one row per
 annotation; `question` is the item id, `worker` the annotator id and `answer` one of K
 classes written as arbitrary strings. Class order: numeric if every answer is an
 integer (`"2" < "10"`), lexicographic otherwise; `class_names` holds the answers as
-written. Truth files (`question,truth`) are read with `read_truth`.
+written. With declared classes (`classes=("0", "1")`, in that order, case-sensitive) an
+answer outside them is rejected (field `answer`) instead of becoming a new class: a typo
+such as `O` among `0`/`1` would otherwise be a class of its own, and an item's one stray
+answer would decide it. Truth files (`question,truth`) are read with `read_truth`;
+per-annotator truth of simulated populations (`annotator,type,change_time`) with
+`read_annotator_truth`.
 
 Reading. JSONL and CSV files (optionally `.gz`) are read as bytes and split into lines
 so that one bad line never aborts the file: each line is decoded as UTF-8 on its own and
@@ -49,7 +56,8 @@ row number N is reported as "row N".
 Validation. A record that cannot be used is rejected with
 `{"file", "line", "field", "reason", "raw"}` (`field` is null when the whole line is at
 fault) for: non-UTF-8 bytes, bad JSON (or not a JSON object), wrong CSV column count,
-a missing required field, an unknown choice, a bad timestamp, a negative or non-numeric
+a missing required field, an unknown choice, an answer outside the declared classes, a
+bad timestamp, a negative or non-numeric
 `response_ms`, a `strength` outside [0, 1], a golden item without `golden_answer`, an
 `annotation_id` used twice, and a pairwise `item_id` shown with a different prompt or
 responses than on its first line (its label would refer to another pair). The report
@@ -105,8 +113,10 @@ __all__ = [
     "FORMATS",
     "FeedbackInputError",
     "ReadReport",
+    "declared_classes",
     "item_lineage",
     "read_annotations",
+    "read_annotator_truth",
     "read_truth",
 ]
 
@@ -215,6 +225,7 @@ def read_annotations(
     format: str,  # pylint: disable=redefined-builtin
     rejects_path: str | os.PathLike[str] | None = None,
     duplicate_policy: str = "keep_last",
+    classes: Sequence[str] | None = None,
 ) -> ReadReport:
   """Reads, validates and encodes a file of annotations (see the module docstring).
 
@@ -226,13 +237,18 @@ def read_annotations(
       when there are none), also when the read then fails for lack of usable rows.
     duplicate_policy: one of `DUPLICATE_POLICIES`, for an annotator labelling one item
       more than once.
+    classes: the declared classes, or None. `crowd_csv`: the answers allowed, in class
+      order (case-sensitive). Pairwise formats: a subset of `a, b, tie` holding `a` and
+      `b` (any case; the order stays a, b, tie). An answer (or golden answer) outside
+      them is rejected with its line. None: every answer seen is a class (`crowd_csv`),
+      or the schema's `a, b, tie` (pairwise).
 
   Returns:
     A `ReadReport` with the encoded annotations and the accounting.
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    ValueError: unknown `format` or `duplicate_policy`.
+    ValueError: unknown `format` or `duplicate_policy`, or malformed `classes`.
     FeedbackInputError: the file has no records, no record is usable, the header lacks
       a required column, or the file is not readable in `format`.
   """
@@ -242,6 +258,7 @@ def read_annotations(
     raise ValueError(
         f"Unknown duplicate_policy {duplicate_policy!r}; expected one of "
         f"{', '.join(DUPLICATE_POLICIES)}.")
+  declared = None if classes is None else declared_classes(classes, format=format)
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"Annotation file not found: {path}")
@@ -250,12 +267,16 @@ def read_annotations(
 
   if format == "crowd_csv":
     parsed = _read_crowd_csv(path)
+    if declared is not None:
+      parsed = _declare_crowd_classes(parsed, declared)
   elif format == "parquet":
-    parsed = _read_pairwise(path, _parquet_records(path), unit="row")
+    parsed = _read_pairwise(path, _parquet_records(path), unit="row", declared=declared)
   elif format == "jsonl":
-    parsed = _read_pairwise(path, _jsonl_records(path, _read_bytes(path)), unit="line")
+    parsed = _read_pairwise(path, _jsonl_records(path, _read_bytes(path)), unit="line",
+                            declared=declared)
   else:
-    parsed = _read_pairwise(path, _csv_dict_records(path, _read_bytes(path)), unit="line")
+    parsed = _read_pairwise(path, _csv_dict_records(path, _read_bytes(path)), unit="line",
+                            declared=declared)
 
   report = _finish(parsed, path, format, duplicate_policy, rejects_path)
   return report
@@ -299,6 +320,97 @@ def read_truth(path: str | os.PathLike[str]) -> dict[str, str]:
     first_line.setdefault(question, line)
   if not truth:
     raise FeedbackInputError(f"{path}: no truth rows after the header.")
+  return truth
+
+
+def declared_classes(classes: str | Sequence[str], *, format: str) -> tuple[str, ...]:  # pylint: disable=redefined-builtin
+  """Checks a declaration of classes; returns the class names in class order.
+
+  Args:
+    classes: names, as a sequence or one comma-separated string ("0,1"); whitespace
+      around each name is stripped.
+    format: one of `FORMATS`. For the pairwise formats the names must be among the
+      schema's choices `a, b, tie` (any case) and include `a` and `b`; they are returned
+      in the schema's order (the class indices of `types` do not move).
+
+  Raises:
+    ValueError: fewer than two names, an empty or repeated name, or (pairwise) a name
+      that is not a schema choice, naming what is wrong.
+  """
+  if isinstance(classes, str):
+    names = [c.strip() for c in classes.split(",")]
+  else:
+    try:
+      names = [str(c).strip() for c in classes]
+    except TypeError:
+      raise ValueError(f"classes must be class names separated by commas (e.g. 0,1), got "
+                       f"{classes!r}.") from None
+  if any(not name for name in names):
+    raise ValueError(f"classes {classes!r} has an empty name; expected names separated by "
+                     "single commas, e.g. 0,1.")
+  if len(names) < 2:
+    raise ValueError(f"classes {classes!r} declares {len(names)} class; expected at least two "
+                     "names separated by commas, e.g. 0,1.")
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f"classes {classes!r} names {', '.join(repeated)} more than once; "
+                     "expected distinct names.")
+  if format == "crowd_csv":
+    return tuple(names)
+  lowered = [n.lower() for n in names]
+  unknown = [n for n, low in zip(names, lowered) if low not in _CHOICES]
+  if unknown:
+    raise ValueError(f"classes {classes!r}: {', '.join(unknown)} is not a choice of the pairwise "
+                     "schema; expected a subset of a, b, tie that holds a and b.")
+  if "a" not in lowered or "b" not in lowered:
+    raise ValueError(f"classes {classes!r}: pairwise classes must include a and b (tie is "
+                     "optional).")
+  return tuple(name for name in types.PAIRWISE_CLASS_NAMES if name in lowered)
+
+
+def read_annotator_truth(path: str | os.PathLike[str]) -> dict[str, tuple[str, float]]:
+  """Reads the truth about the annotators of a simulated population.
+
+  A CSV with header `annotator,type,change_time` (other columns ignored): the
+  annotator id, its type (e.g. `good`, `spammer`, `drifting`) and the time its quality
+  changed (epoch seconds or ISO 8601; empty when it never changed), as written by
+  `simulate.write_annotator_truth`.
+
+  Returns:
+    {annotator id: (type, change time in epoch seconds or NaN)}.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    FeedbackInputError: bad header, a malformed line (named by line number), an
+      annotator listed twice, or no rows.
+  """
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"Annotator truth file not found: {path}")
+  records = _csv_records(_read_bytes(path))
+  header = _header(path, records, ("annotator", "type", "change_time"))
+  columns = [header.index(c) for c in ("annotator", "type", "change_time")]
+  truth: dict[str, tuple[str, float]] = {}
+  for line, raw, fields, error in records:
+    if error is not None:
+      raise FeedbackInputError(f"{path}:{line}: {error}")
+    if len(fields) != len(header):
+      raise FeedbackInputError(
+          f"{path}:{line}: expected {len(header)} columns ({','.join(header)}), "
+          f"got {len(fields)}: {raw!r}")
+    annotator, kind, change = (fields[k].strip() for k in columns)
+    if not annotator or not kind:
+      field = "annotator" if not annotator else "type"
+      raise FeedbackInputError(f"{path}:{line}: field {field!r} is empty; expected a value.")
+    if annotator in truth:
+      raise FeedbackInputError(f"{path}:{line}: annotator {annotator!r} is listed twice.")
+    try:
+      change_time = _timestamp({"timestamp": change})
+    except _RowError as e:
+      raise FeedbackInputError(f"{path}:{line}: change_time: {e.reason}.") from None
+    truth[annotator] = (kind, math.nan if change_time is None else change_time)
+  if not truth:
+    raise FeedbackInputError(f"{path}: no annotator rows after the header.")
   return truth
 
 
@@ -542,13 +654,17 @@ def _text(row: dict, field: str) -> str | None:
   return value if value != "" else None
 
 
-def _choice(row: dict, field: str) -> int | None:
+def _choice(row: dict, field: str, declared: tuple[str, ...] | None = None) -> int | None:
   value = row.get(field)
   if _absent(value):
     return None
+  expected = ", ".join(declared or types.PAIRWISE_CLASS_NAMES)
   if isinstance(value, str) and value.strip().lower() in _CHOICES:
-    return _CHOICES[value.strip().lower()]
-  raise _RowError(field, f"unknown choice {value!r}; expected one of a, b, tie (any case)")
+    name = value.strip().lower()
+    if declared is not None and name not in declared:
+      raise _RowError(field, f"{field} {value!r} is not one of the declared classes {expected}")
+    return _CHOICES[name]
+  raise _RowError(field, f"unknown choice {value!r}; expected one of {expected} (any case)")
 
 
 def _number(row: dict, field: str) -> float | None:
@@ -652,7 +768,8 @@ def _reject(rejects: list, name: str, line: int, field: str | None, reason: str,
   rejects.append({"file": name, "line": line, "field": field, "reason": reason, "raw": raw})
 
 
-def _read_pairwise(path: Path, records: Iterator, unit: str) -> _Parsed:
+def _read_pairwise(path: Path, records: Iterator, unit: str,
+                   declared: tuple[str, ...] | None = None) -> _Parsed:
   name = path.name
   rejects: list[dict[str, Any]] = []
   num_read = 0
@@ -677,9 +794,10 @@ def _read_pairwise(path: Path, records: Iterator, unit: str) -> _Parsed:
       if annotator_id is None:
         raise _RowError("annotator_id", "missing required field annotator_id; expected "
                         "the annotator's id")
-      choice = _choice(row, "choice")
+      choice = _choice(row, "choice", declared)
       if choice is None:
-        raise _RowError("choice", "missing required field choice; expected a, b or tie")
+        raise _RowError("choice", "missing required field choice; expected one of "
+                        f"{', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
       annotation_id = _id(row, "annotation_id") or f"{name}:{line}"
       if annotation_id in id_lines:
         raise _RowError("annotation_id", f"annotation_id {annotation_id!r} already used at "
@@ -701,10 +819,12 @@ def _read_pairwise(path: Path, records: Iterator, unit: str) -> _Parsed:
         raise _RowError("response_ms", f"response_ms {the_ms!r} is negative; expected a "
                         "non-negative number of milliseconds")
       golden_flag = _bool(row, "is_golden")
-      golden_answer = _choice(row, "golden_answer")
+      # The golden answer counts (and is checked against the declared classes) only on
+      # golden rows.
+      golden_answer = _choice(row, "golden_answer", declared if golden_flag else None)
       if golden_flag and golden_answer is None:
         raise _RowError("golden_answer", "is_golden is true but golden_answer is missing; "
-                        "expected a, b or tie")
+                        f"expected one of {', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
       version = row.get("guideline_version")
       if version is not None and not isinstance(version, str):
         if isinstance(version, bool) or not isinstance(
@@ -766,7 +886,7 @@ def _read_pairwise(path: Path, records: Iterator, unit: str) -> _Parsed:
       item_ids=np.asarray(item_ids, dtype=str) if item_ids else np.zeros(0, "U1"),
       annotator_ids=np.asarray(annotator_ids, dtype=str) if item_ids else np.zeros(0, "U1"),
       labels=np.asarray(labels, np.int32),
-      class_names=types.PAIRWISE_CLASS_NAMES,
+      class_names=declared or types.PAIRWISE_CLASS_NAMES,
       annotation_ids=annotation_ids,
       raw=raws.__getitem__,
       optional=optional,
@@ -813,6 +933,36 @@ def _read_crowd_csv(path: Path) -> _Parsed:
       annotation_ids=_default_ids(name, lines),
       raw=raws if callable(raws) else raws.__getitem__,
   )
+
+
+def _declare_crowd_classes(parsed: _Parsed, declared: tuple[str, ...]) -> _Parsed:
+  """Rejects the answers outside the declared classes; classes become `declared`."""
+  index = {name: k for k, name in enumerate(declared)}
+  remap = np.asarray([index.get(name, -1) for name in parsed.class_names], np.int32)
+  labels = remap[parsed.labels] if parsed.labels.size else parsed.labels
+  outside = labels < 0
+  if not outside.any():
+    return dataclasses.replace(parsed, labels=labels, class_names=declared)
+  expected = ", ".join(declared)
+  for position in np.flatnonzero(outside).tolist():
+    answer = parsed.class_names[parsed.labels[position]]
+    _reject(parsed.rejects, parsed.name, int(parsed.lines[position]), "answer",
+            f"answer {answer!r} is not one of the declared classes {expected}",
+            parsed.raw(position))
+  kept = np.flatnonzero(~outside)
+
+  def take(column):
+    if isinstance(column, np.ndarray):
+      return column[kept]
+    return column.take(kept)  # an Arrow array
+
+  old_raw = parsed.raw
+  kept_list = kept.tolist()
+  return dataclasses.replace(
+      parsed, lines=parsed.lines[kept], item_ids=take(parsed.item_ids),
+      annotator_ids=take(parsed.annotator_ids), labels=labels[kept], class_names=declared,
+      annotation_ids=[parsed.annotation_ids[k] for k in kept_list],
+      raw=lambda position: old_raw(kept_list[position]))
 
 
 def _missing_crowd_field(row: Sequence[str]) -> tuple[str, str]:

@@ -247,12 +247,12 @@ def plot_drift_timelines(
 
   Args:
     panels: one dict per row: "annotator" (id), and for each detector present
-      ("cusum", "page_hinkley") a dict with "times" [T] epoch seconds, "statistic" [T],
-      "alarms" [T] bool, "threshold" (float) and "label" (y-axis label).
+      ("change_point", "cusum", "page_hinkley") a dict with "times" [T] epoch seconds,
+      "statistic" [T], "alarms" [T] bool, "threshold" (float) and "label" (y-axis label).
     title: figure title.
     start_time: epoch seconds of day 0 on the x axis (default: the earliest time shown).
   """
-  detectors = [d for d in ("cusum", "page_hinkley") if any(d in p for p in panels)]
+  detectors = [d for d in ("change_point", "cusum", "page_hinkley") if any(d in p for p in panels)]
   rows = max(len(panels), 1)
   columns = max(len(detectors), 1)
   # A fixed layout: constrained layout re-measures every tick label (seconds per figure).
@@ -281,12 +281,12 @@ def plot_drift_timelines(
       ax.plot(days, statistic, color="#4c72b0", linewidth=1.0, drawstyle="steps-post")
       ax.axhline(data["threshold"], color="#c44e52", linestyle="--", linewidth=0.8)
       if alarms.any():
-        # The detector restarts at 0 on an alarm: mark the crossing at the threshold.
+        # The monitors restart at 0 on an alarm: mark the crossing at the threshold.
         ax.plot(days[alarms], np.full(int(alarms.sum()), data["threshold"]), linestyle="none",
                 color="#c44e52", marker="v", markersize=6, label="alarm")
         ax.legend(loc="upper left", fontsize=7)
       ax.set_ylabel(data["label"], fontsize=7)
-      ax.set_title(f"{str(panel['annotator'])[:24]}: {detector.replace('_', '-')}", fontsize=8)
+      ax.set_title(f"{str(panel['annotator'])[:40]}: {detector.replace('_', '-')}", fontsize=8)
       ax.tick_params(axis="both", labelsize=7)
       if r == rows - 1:
         ax.set_xlabel(f"days since {start_text}", fontsize=7)
@@ -312,6 +312,91 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> lis
   return lines
 
 
+def _count(n: int, noun: str) -> str:
+  return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _drift_section(drift: Mapping[str, Any]) -> list[str]:
+  if not drift["measured"]:
+    return [f"Not measured: {drift['note']}"]
+  lines = [
+      "Each annotator's answers, in time order, are checked against a reference answer "
+      "(the golden answer, else the expert label, else the aggregated label of an item "
+      "someone else also labelled). A change-point test compares one drop in the rate of "
+      "agreeing with a constant rate (one-sided likelihood ratio, permutation p-value; "
+      f"{drift['rule']}). **Drift** = a significant drop from at least "
+      f"{drift['min_agreement']:g} to below it: a good annotator who became bad. **Always "
+      f"bad** = below {drift['min_agreement']:g} without such a drop: bad from the start, "
+      "not drift.",
+      "",
+      f"**{_count(drift['num_drift'], 'annotator')} drifted**, {drift['num_always_bad']} "
+      f"{'was' if drift['num_always_bad'] == 1 else 'were'} always bad, {drift['num_ok']} ok; "
+      f"{drift['num_too_few']} had too few timed annotations to "
+      f"test (fewer than {2 * drift['min_segment']}). An annotator whose agreement never "
+      f"changed is called drift with probability at most {drift['alpha']:g}: of the "
+      f"{drift['num_tested']} tested, at most {drift['max_expected_false_alarms']:.1f} such "
+      "verdicts are expected by chance.",
+  ]
+  if drift["drift_annotators"]:
+    lines += [""]
+    lines += _markdown_table(
+        ["drifted", "agreement before -> after", "change (UTC)", "alarm (UTC)",
+         "annotations from change to alarm", "p-value"],
+        [[d["annotator"], f"{d['agreement_before']:.2f} -> {d['agreement_after']:.2f}",
+          d["change_time"], d["alarm_time"], str(d["annotations_to_alarm"]), d["p_value"]]
+         for d in drift["drift_annotators"][:20]])
+  if drift["always_bad_annotators"]:
+    lines += [""]
+    lines += _markdown_table(
+        ["always bad", "agreement", "annotations"],
+        [[d["annotator"], d["agreement"], str(d["annotations"])]
+         for d in drift["always_bad_annotators"][:20]])
+    if len(drift["always_bad_annotators"]) > 20:
+      lines.append(f"... and {len(drift['always_bad_annotators']) - 20} more (annotators.csv).")
+  truth = drift.get("truth")
+  if truth is not None:
+    lines += [""]
+    if truth["num_drifting"]:
+      found = [d for d in truth["drifting"] if d["found"]]
+      delays = ", ".join(f"{d['annotator']} {d['delay_annotations']} annotations "
+                         f"({d['delay_days']:.1f} days)" for d in found)
+      missed = ", ".join(f"{d['annotator']} (p = {format_number(d['p_value'], 3)}, verdict "
+                         f"{d['status']})" for d in truth["drifting"] if not d["found"])
+      lines.append(
+          f"Against the known truth (`{Path(truth['file']).name}`): **{truth['num_found']} of "
+          f"{truth['num_drifting']} drifting annotators found** (detection rate "
+          f"{truth['detection_rate']:.2f})"
+          + (f"; delay from the true change to the alarm: {delays}" if found else "")
+          + (f" (median {truth['median_delay_annotations']:g} annotations)" if found else "")
+          + (f"; missed: {missed}" if missed else "") + ".")
+    else:
+      lines.append(f"Against the known truth (`{Path(truth['file']).name}`): no annotator "
+                   "drifted.")
+    lines.append(
+        f"Drift verdicts on the {truth['num_not_drifting']} annotators that did not drift: "
+        f"{len(truth['false_alarms'])}"
+        + (f" ({', '.join(truth['false_alarms'])})" if truth["false_alarms"] else "") + ". "
+        "Verdicts by true type: "
+        + "; ".join(f"{kind}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+                    for kind, counts in sorted(truth["status_by_type"].items())) + ".")
+  monitors = []
+  for name, label, rule_key in (("cusum", "Bernoulli CUSUM on golden correctness", "cusum_rule"),
+                                ("page_hinkley", "Page-Hinkley on agreement with the other "
+                                 "annotators of each item", "page_hinkley_rule")):
+    by_status = drift["monitor_alarms_by_status"].get(name)
+    if by_status is None:
+      continue
+    split = ", ".join(f"{n} {status}" for status, n in by_status.items() if n)
+    monitors.append(f"{label} ({drift[rule_key]}): {drift[f'{name}_alarms']} annotators alarmed"
+                    + (f" ({split})" if split else ""))
+  if monitors:
+    lines += ["", "Level monitors (an alarm says the level is low now, not that it changed): "
+              + "; ".join(monitors) + "."]
+  if drift.get("note"):
+    lines += ["", f"Note: {drift['note']}"]
+  return lines
+
+
 def write_report_md(
     path: str | os.PathLike[str],
     summary: Mapping[str, Any],
@@ -331,6 +416,8 @@ def write_report_md(
   """
   s = summary
   lines = [f"# Aggregation report: {Path(s['input']).name}", ""]
+  for warning in s.get("warnings", []):
+    lines += [f"**Warning: {warning}**", ""]
   lines += [
       f"Input `{s['input']}` (format `{s['format']}`), method **{s['method']}**"
       + (f" ({s['num_iters']} iterations)" if s.get("num_iters") is not None else "") + ".",
@@ -373,10 +460,18 @@ def write_report_md(
   lines += ["", "## Labels", ""]
   label_rows = [[name, count] for name, count in s["label_counts"].items()]
   lines += _markdown_table(["label", "items"], label_rows)
+  routing = s["routing"]
+  rule = (f"an item goes to review when the {routing['confidence_measure']} "
+          f"({routing['confidence_meaning']}; the `confidence` column of labels.csv) is below "
+          f"{routing['confidence_threshold']:g}: {routing['num_low_confidence']} items")
+  if routing["agreement_threshold"] is not None:
+    rule += (f"; or when its pairwise agreement is below {routing['agreement_threshold']:g}: "
+             f"{routing['num_low_agreement']} items ({routing['num_both']} by both)")
   lines += [
       "",
       f"Mean confidence {format_number(s['mean_confidence'], 4)}. "
-      f"**{s['num_expert_review']} items go to expert review** ({s['routing_rule']}); "
+      f"**{s['num_expert_review']} of {routing['num_items']} items go to expert review** "
+      f"({s['routing_rule']}). Rule applied: {rule}. "
       f"{s['num_expert_resolved']} items carry an expert label and {s['num_pending']} "
       "are pending, kept out of training until an expert resolves them "
       "(`label_source` in labels.csv).",
@@ -421,26 +516,7 @@ def write_report_md(
                                        for r in ordered[::-1][:5]])
 
   lines += ["", "## Drift", ""]
-  drift = s["drift"]
-  if not drift["measured"]:
-    lines.append(f"Not measured: {drift['note']}")
-  else:
-    lines.append(
-        f"Bernoulli CUSUM on golden correctness ({drift['cusum_rule']}): "
-        f"{drift['cusum_alarms']} annotators alarmed. Page-Hinkley on agreement with the other "
-        f"annotators of each item ({drift['page_hinkley_rule']}): "
-        f"{drift['page_hinkley_alarms']} annotators alarmed.")
-    alarmed = [r for r in annotator_rows if r.get("drift_alarm") == "yes"]
-    if alarmed:
-      lines += [""]
-      lines += _markdown_table(
-          ["annotator", "CUSUM alarm (UTC)", "golden accuracy drop", "Page-Hinkley alarm (UTC)",
-           "agreement drop"],
-          [[str(r["annotator"]), r.get("cusum_alarm_time", ""), r.get("cusum_drop"),
-            r.get("page_hinkley_alarm_time", ""), r.get("page_hinkley_drop")]
-           for r in alarmed[:20]])
-      if len(alarmed) > 20:
-        lines.append(f"... and {len(alarmed) - 20} more (see annotators.csv).")
+  lines += _drift_section(s["drift"])
 
   if plots:
     lines += ["", "## Plots", ""]

@@ -61,11 +61,17 @@ def route_items(
     agreement: Any = None,
     confidence_threshold: float = 0.7,
     agreement_threshold: float | None = None,
+    confidence: Any = None,
 ) -> jax.Array:
   """Expert-review mask: true for items that need an expert before training.
 
-    review = (max_k posteriors[i, k] < confidence_threshold)
+    review = (confidence[i] < confidence_threshold)
              or (agreement[i] < agreement_threshold)      (when a threshold is given)
+
+  with `confidence[i] = max_k posteriors[i, k]` unless given. Give the method's own
+  `AggregationResult.confidence` for the votes (`majority_vote`, `weighted_vote`): their
+  posteriors are the one-hot decision, so their maximum is 1 for every item and no item
+  would ever be routed, while their confidence is the vote share of the label.
 
   An item whose confidence or agreement is NaN (e.g. no annotations) is routed to
   review: only items that pass every check are kept for training. Use the mask with
@@ -79,6 +85,8 @@ def route_items(
     confidence_threshold: items with confidence strictly below go to review.
     agreement_threshold: items with agreement strictly below go to review; requires
       `agreement` (and `agreement` requires a threshold, so it is never silently unused).
+    confidence: [num_items] the confidence of each item's label to compare with
+      `confidence_threshold` (e.g. the vote share), or None for the largest posterior.
 
   Returns:
     bool [num_items], true = send to expert review.
@@ -96,13 +104,21 @@ def route_items(
       raise ValueError(
           f"`agreement` must have shape (num_items,) = {posteriors.shape[:1]}, got {agreement.shape}."
       )
-  return _route(posteriors, agreement, confidence_threshold, agreement_threshold)
+  if confidence is not None:
+    confidence = as_float(confidence, "confidence")
+    if confidence.shape != posteriors.shape[:1]:
+      raise ValueError(
+          f"`confidence` must have shape (num_items,) = {posteriors.shape[:1]}, got {confidence.shape}."
+      )
+  return _route(posteriors, agreement, confidence, confidence_threshold, agreement_threshold)
 
 
 @jax.jit
-def _route(posteriors, agreement, confidence_threshold, agreement_threshold):
+def _route(posteriors, agreement, confidence, confidence_threshold, agreement_threshold):
+  if confidence is None:
+    confidence = jnp.max(posteriors, axis=1)
   # `~(x >= t)` rather than `x < t`: NaN (no evidence) goes to review.
-  review = ~(jnp.max(posteriors, axis=1) >= confidence_threshold)
+  review = ~(confidence >= confidence_threshold)
   if agreement is not None:
     review = review | ~(agreement >= agreement_threshold)
   return review

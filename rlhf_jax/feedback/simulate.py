@@ -5,8 +5,11 @@ their true class a / b / tie, response lengths, golden and expert-labelled items
 population of annotators of known types, then every annotation, all as flat arrays
 (`rlhf_jax.feedback.types`) with the truth behind them: true labels, per-annotator
 confusion matrices (before and after drift), annotator types and drift change points.
-`to_records` / `write_jsonl` emit the same records `rlhf_jax.feedback.records` reads, so
-any experiment can run the full pipeline and measure how much of the truth it recovers.
+`to_records` / `write_jsonl` emit the same records `rlhf_jax.feedback.records` reads, and
+`write_annotator_truth` the truth about the annotators (type, drift change time) that
+`records.read_annotator_truth` reads, so any experiment can run the full pipeline and
+measure how much of the truth it recovers (`feedback.pipeline` finds
+`annotator_truth.csv` next to the records and reports its drift detection rate).
 
 Annotator types (shares set in `SimulationConfig`):
 
@@ -54,6 +57,7 @@ __all__ = [
     "simulate_annotations",
     "to_encoded",
     "to_records",
+    "write_annotator_truth",
     "write_jsonl",
 ]
 
@@ -544,6 +548,24 @@ def write_jsonl(simulation: Simulation, path: str | os.PathLike, *, with_text: b
       f.write("\n")
       count += 1
   return count
+
+
+def write_annotator_truth(simulation: Simulation, path: str | os.PathLike) -> int:
+  """Writes the truth about each annotator as CSV; returns the number of rows.
+
+  Columns: `annotator` (the id of the records, "annotator-M"), `type` (one of
+  `ANNOTATOR_TYPES`), `change_time` (epoch seconds of a drifting annotator's change,
+  empty for the others), `accuracy` and `accuracy_after_drift` (probability of the true
+  class, averaged over the class prior). Read it with `records.read_annotator_truth`.
+  """
+  names = simulation.type_names()
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    f.write("annotator,type,change_time,accuracy,accuracy_after_drift\n")
+    for a, name in enumerate(names):
+      change = simulation.change_times[a]
+      f.write(f"{_annotator_id(a)},{name},{'' if not np.isfinite(change) else f'{change:.3f}'},"
+              f"{simulation.accuracy[a]:.6g},{simulation.accuracy_after_drift[a]:.6g}\n")
+  return len(names)
 
 
 def to_encoded(simulation: Simulation) -> EncodedAnnotations:

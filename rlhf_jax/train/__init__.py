@@ -12,9 +12,10 @@ Modules: `config` (the config builder), `mesh` (device mesh and shardings), `opt
 (AdamW + warmup-cosine + clipping + NaN guard), `state` (TrainState, sharded init),
 `objectives` (registry of loss functions), `step` (jitted train/eval steps),
 `reference` (cached reference log-probs), `checkpoint` (orbax, SIGTERM), `rundir`
-(config/run info/metrics/TensorBoard), `evaluate` (accuracy, ECE, margins), `inputs`
-(config -> tokenized data), `components` (everything compiled for a mesh), `loop` (`train`),
-`score` (a trained reward model scoring texts: `load_reward_model(workdir)(prompts, completions)`).
+(config/run info/metrics/TensorBoard; `check_resume`: what a run directory is),
+`evaluate` (accuracy, ECE, margins), `inputs` (config -> tokenized data), `components`
+(everything compiled for a mesh), `loop` (`train`, `MAY_CHANGE_ON_RESUME`), `score` (a
+trained reward model scoring texts: `load_reward_model(workdir)(prompts, completions)`).
 """
 
 from rlhf_jax.train import objectives, score
@@ -23,7 +24,7 @@ from rlhf_jax.train.checkpoint import Checkpointer, StopRequest, load_params
 from rlhf_jax.train.config import OBJECTIVES, PRESETS, base_config, parse_arg
 from rlhf_jax.train.evaluate import expected_calibration_error, pairwise_accuracy, summarize
 from rlhf_jax.train.inputs import DataInfo, Datasets, load_datasets, mismatched_pairs
-from rlhf_jax.train.loop import TrainingError, evaluate_dataset, train
+from rlhf_jax.train.loop import MAY_CHANGE_ON_RESUME, TrainingError, check_config, evaluate_dataset, train
 from rlhf_jax.train.mesh import batch_sharding, make_mesh, param_shardings, shard_batch
 from rlhf_jax.train.optim import learning_rate_schedule, make_optimizer, skipped_updates
 from rlhf_jax.train.score import RewardScorer, load_reward_model
@@ -35,6 +36,7 @@ __all__ = [
     "Components",
     "DataInfo",
     "Datasets",
+    "MAY_CHANGE_ON_RESUME",
     "MeshFunction",
     "OBJECTIVES",
     "PRESETS",
@@ -46,6 +48,7 @@ __all__ = [
     "base_config",
     "batch_sharding",
     "build",
+    "check_config",
     "device_batch_layout",
     "evaluate_dataset",
     "expected_calibration_error",

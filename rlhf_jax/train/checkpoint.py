@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "StopRequest", "checkpoint_dir", "load_params"]
+__all__ = ["Checkpointer", "StopRequest", "checkpoint_dir", "latest_step_dir", "load_params"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ class Checkpointer:
     self._manager.close()
 
 
-def _latest_step_dir(path: str | os.PathLike[str]) -> Path:
-  """`<checkpoints>/<newest step>` of a run directory (or of its `checkpoints` folder)."""
+def latest_step_dir(path: str | os.PathLike[str]) -> Path:
+  """`<checkpoints>/<newest step>` of a run directory (or of its `checkpoints` folder);
+  FileNotFoundError when it has none."""
   directory = Path(path)
   if (directory / "checkpoints").is_dir():
     directory = directory / "checkpoints"
@@ -109,7 +110,7 @@ def load_params(path: str | os.PathLike[str], params: Any) -> Any:
     FileNotFoundError: no checkpoint at `path`.
     ValueError: the checkpoint's parameters do not fit (names or shapes), listing them.
   """
-  step_dir = _latest_step_dir(path)
+  step_dir = latest_step_dir(path)
   checkpointer = ocp.PyTreeCheckpointer()
   stored = checkpointer.metadata(step_dir / "state").item_metadata["params"]
   into_backbone = "backbone" in params and "backbone" not in stored

@@ -3,16 +3,23 @@
   1. data      read and tokenize (`inputs.py`), or the toy set when `data.train` is empty
   2. mesh      devices arranged as (data, fsdp, tensor) from `config.mesh`
   3. build     model, optimizer, shardings, jitted steps (`build.py`)
+  0. run dir   `<workdir>` checked before any work (`rundir.check_resume`): a stored
+               config.json that differs from `config` outside `MAY_CHANGE_ON_RESUME`,
+               or input files whose contents changed, refuse the start with the fields
+               that differ; `force_new` moves the earlier run aside
   4. state     restored from the newest checkpoint in `<workdir>`, else initialised
                (already sharded) or loaded from `model.init_from`
   5. reference DPO/KTO reference log-probs, cached per data set or on the fly
   6. loop      steps; metrics every `train.log_every`; evaluation every `eval.every`;
-               checkpoints every `checkpoint.every`; SIGTERM saves and stops at the
-               next step boundary
+               checkpoints every `checkpoint.every`; SIGTERM (or `stop_at_step`) saves
+               and stops at the next step boundary (`preempted`: resumable)
   7. end       final evaluation and checkpoint; returns the final metrics
 
 Rerunning the same command on the same workdir resumes exactly: parameters, optimizer,
-step, key and data position come from the checkpoint.
+step, key and data position come from the checkpoint, and `metrics.jsonl` keeps the
+records up to the restored step (a killed run's later records are dropped, TensorBoard
+purges them), so each step is logged once. Rerunning a finished run trains and
+evaluates nothing and returns its recorded final metrics.
 """
 
 from __future__ import annotations
@@ -37,11 +44,12 @@ from rlhf_jax.train import evaluate as evaluate_lib
 from rlhf_jax.train import inputs as inputs_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import objectives as objectives_lib
+from rlhf_jax.train import optim as optim_lib
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import rundir
 from rlhf_jax.train import padding_free, shared_prompt
 
-__all__ = ["TrainingError", "evaluate_dataset", "train"]
+__all__ = ["MAY_CHANGE_ON_RESUME", "TrainingError", "check_config", "evaluate_dataset", "train"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,22 +58,81 @@ class TrainingError(RuntimeError):
   """The run cannot continue (e.g. the loss stayed non-finite); the message says why."""
 
 
-def _check_config(config: Any) -> None:
+# The config fields that may differ from a run directory's config.json when the run is
+# resumed; any other difference is refused (`rundir.check_resume`). They say how long,
+# how often and on what layout the run goes, not what it computes:
+#  - cadence: logging, evaluation, checkpoints, the progress bar. Evaluations and
+#    checkpoints of other steps; the trajectory is the same.
+#  - train.steps: extending (or shortening) a run. The learning-rate schedule decays to
+#    its end at train.steps, so from the resumed step on the schedule is the new one's:
+#    the result is that of a continued run, not of a fresh run of the new length.
+#    run.json records every resume's changes ("resumed": [{"changed": ...}]).
+#  - layout: the device mesh, gradient accumulation, evaluation and reference batch
+#    sizes, rematerialisation, padding-free buckets, the reference-cache folder (its
+#    tables are keyed by data and parameter fingerprints). Same arithmetic, arranged
+#    differently: results agree up to float rounding (a resume on another mesh is then
+#    no longer bitwise equal to an uninterrupted run).
+# Not here: anything that changes the data, the model, the objective, the optimizer or
+# the random streams (seed, model.init_from, the evaluation set, ECE bins: metrics
+# before and after would not be comparable).
+MAY_CHANGE_ON_RESUME = (
+    "train.steps", "train.log_every", "train.progress_bar", "eval.every", "checkpoint.every",
+    "checkpoint.keep", "checkpoint.async_save",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "train.microbatches", "eval.batch_size", "reference.batch_size",
+    "reference.cache_dir", "model.remat", "data.buckets_per_octave",
+)
+# Filled in from the data when 0 (`shared_prompt.resolve`, `padding_free.resolve`):
+# compared only once the data is read.
+_MEASURED_FIELDS = ("data.shared_length", "data.shared_targets", "data.document_width")
+
+
+def check_config(config: Any, where: str = "") -> None:
+  """Raises ValueError naming the first field of `config` a run cannot use; `where`
+  prefixes the field names (a section of a larger config, e.g. "reward_model.")."""
   # An unknown objective lists the valid ones; a bad loss setting fails before any work.
-  objectives_lib.settings_from(objectives_lib.get(config.objective), config.loss)
+  try:
+    objectives_lib.settings_from(objectives_lib.get(config.objective), config.loss)
+  except ValueError as error:
+    if not where:
+      raise
+    message = str(error)
+    named = message.replace("config loss.", f"{where}loss.")
+    raise ValueError(named if named != message else f"{where.rstrip('.')}: {message}") from None
   for section, name in (("train", "steps"), ("train", "batch_size"), ("train", "log_every"),
-                        ("eval", "batch_size"), ("reference", "batch_size")):
+                        ("train", "microbatches"), ("eval", "batch_size"), ("reference", "batch_size"),
+                        ("checkpoint", "keep")):
     value = config[section][name]
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{section}.{name} must be a positive int, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{where}{section}.{name} must be a positive int, got {value!r}.")
   for section, name in (("eval", "every"), ("checkpoint", "every")):
     if config[section][name] < 0:
-      raise ValueError(f"{section}.{name} must be >= 0 (0: only at the end), got {config[section][name]}.")
+      raise ValueError(f"{where}{section}.{name} must be >= 0 (0: only at the end), got {config[section][name]}.")
   if config.train.batch_size % config.train.microbatches:
-    raise ValueError(f"train.batch_size {config.train.batch_size} must be divisible by "
-                     f"train.microbatches {config.train.microbatches}.")
+    raise ValueError(f"{where}train.batch_size {config.train.batch_size} must be divisible by "
+                     f"{where}train.microbatches {config.train.microbatches}.")
   if config.reference.mode not in ("cached", "on_the_fly"):
-    raise ValueError(f"reference.mode must be 'cached' or 'on_the_fly', got {config.reference.mode!r}.")
+    raise ValueError(f"{where}reference.mode must be 'cached' or 'on_the_fly', got {config.reference.mode!r}.")
+  try:  # The optimizer's own checks (learning rate, warmup within train.steps, ...).
+    optim_lib.make_optimizer(config.optim, int(config.train.steps))
+  except ValueError as error:
+    raise ValueError(f"{where}{error}") from None
+
+
+def _input_fingerprints(config: Any) -> dict[str, str]:
+  """What the run reads besides its config: sha256 of the data and tokenizer files, and
+  the checkpoint folder `model.init_from` resolves to (an earlier run may have saved a
+  newer one since)."""
+  inputs = {}
+  for field in ("train", "eval", "tokenizer"):
+    path = config.data.get(field)
+    if path and Path(path).is_file():
+      inputs[f"data.{field}"] = data_lib.fingerprint(path)
+  if config.model.init_from:
+    try:
+      inputs["model.init_from"] = os.fspath(checkpoint_lib.latest_step_dir(config.model.init_from))
+    except FileNotFoundError:
+      pass  # Reported when the parameters are loaded.
+  return inputs
 
 
 # The compiled pieces of recent runs, so that calling `train` again in the same process
@@ -225,23 +292,64 @@ def _format(metrics: Mapping[str, float], names: tuple[str, ...]) -> str:
   return " ".join(f"{n}={metrics[n]:.4g}" for n in names if n in metrics)
 
 
-def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | None = None) -> dict[str, Any]:
+def _last_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+  """{"train/<metric>", "eval/<metric>"} of the last record of each split."""
+  results: dict[str, Any] = {}
+  for split in ("train", "eval"):
+    last = [r for r in records if r.get("split") == split][-1:]
+    for record in last:
+      results.update({f"{split}/{k}": (float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v)
+                      for k, v in record.items() if k not in ("step", "split")})
+  return results
+
+
+def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | None = None,
+          force_new: bool = False) -> dict[str, Any]:
   """Trains `config.objective` as configured; returns the final metrics.
 
   Args:
     config: a config from `configs/*.py` (`rlhf_jax.train.config.base_config`).
-    workdir: the run directory; an existing checkpoint there is resumed.
+    workdir: the run directory; an existing checkpoint there is resumed when the run
+      directory holds the same config (up to `MAY_CHANGE_ON_RESUME`) and inputs.
     stop_at_step: stop (saving a checkpoint) once this step is reached, as a preemption
-      would; the run resumes from there when started again.
+      would; the run resumes from there when started again. A run already at this step
+      stops without training.
+    force_new: start afresh: the earlier run's files in `workdir` are moved to
+      `<workdir>/superseded/<time>/` (`rundir.supersede`).
 
   Returns:
-    {"step", "preempted", "seconds", "examples_per_second", "train/<metric>" of the last
-    logged step, "eval/<metric>" of the last evaluation, "state": the final TrainState}.
+    {"step", "preempted" (stopped early, resumable), "seconds", "examples_per_second"
+    (None when no step was timed), "train/<metric>" of the last logged step,
+    "eval/<metric>" of the last evaluation, "state": the final TrainState}.
+
+  Raises:
+    rundir.RunDirError: `workdir` is a file, or holds a run with other settings.
+    ValueError: a config field a run cannot use (named).
   """
-  _check_config(config)
+  check_config(config)
   start_time = time.time()
-  workdir = Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = rundir.prepare(workdir)
+  inputs = _input_fingerprints(config)
+  resume = rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME, ignore=_MEASURED_FIELDS,
+                               inputs=inputs, force_new=force_new)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
+  latest = checkpointer.latest_step()
+  if latest is not None and latest > int(config.train.steps):
+    checkpointer.close()
+    raise rundir.RunDirError(
+        f"train.steps {config.train.steps} is below the step {latest} of the checkpoint in "
+        f"{checkpointer.directory}; give train.steps >= {latest} to resume, or --force_new to start afresh.")
+  try:
+    return _train(config, workdir, resume, inputs, checkpointer, latest, start_time, stop_at_step)
+  finally:
+    checkpointer.close()
+
+
+def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, str],
+           checkpointer: checkpoint_lib.Checkpointer, latest: int | None, start_time: float,
+           stop_at_step: int | None) -> dict[str, Any]:
+  """`train` once the run directory is checked and the checkpointer is open."""
   datasets = inputs_lib.load_datasets(config, workdir)
   objective = objectives_lib.get(config.objective)
   # Packed-pair sizes are measured on the data and become part of the resolved config.
@@ -256,18 +364,22 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
     if size % dp:
       raise ValueError(f"{name} (per microbatch) {size} must be divisible by the {dp} data-parallel "
                        f"shards of the mesh {dict(mesh.shape)}.")
+  if not resume.new:
+    # The measured fields, now that the data is read (the rest was compared up front).
+    rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME)
   parts = _cached_build(config, mesh, datasets.info)
   layout = components_lib.device_batch_layout(config, datasets.info)
   rundir.write_config(workdir, config)
+  changed = {}
+  if resume.changed:
+    _log.info("resuming %s with changed %s", workdir, rundir.describe(resume.changed))
+    changed = {"changed": {k: list(v) for k, v in resume.changed.items()}}
   rundir.write_run_info(workdir, mesh=dict(mesh.shape), data_info=vars(datasets.info),
-                        host_memory=host_memory.status(), **datasets.provenance)
+                        host_memory=host_memory.status(), inputs=inputs, **changed, **datasets.provenance)
 
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
   batch_size = int(config.train.batch_size)
   iterator = data_lib.BatchIterator(datasets.train, batch_size=batch_size, seed=int(config.seed))
-  latest = checkpointer.latest_step()
   initial = None
   if latest is None:
     state = initial = _initial_params(parts, config, init_key, train_key)
@@ -292,19 +404,23 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   key = jax.device_put(np.asarray(jax.device_get(state.rng)), mesh_lib.replicated(mesh))
   train_layout = _device_keys(layout, reference)
 
-  writer = rundir.MetricWriter(workdir)
   total = int(config.train.steps)
   step = int(jax.device_get(state.step))
+  # Records of steps after the restored one were written by a run killed before its
+  # next checkpoint: this run writes them again.
+  writer = rundir.MetricWriter(workdir, resume_from=step)
+  finished = latest is not None and step >= total
   log_every, eval_every = int(config.train.log_every), int(config.eval.every)
   checkpoint_every = int(config.checkpoint.every)
-  results: dict[str, Any] = {}
+  # A resumed run reports what it recorded so far (a finished one, only that).
+  results: dict[str, Any] = _last_records(writer.kept) if latest is not None else {}
   progress = None
   if config.train.progress_bar and jax.process_index() == 0:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     progress = tqdm(total=total, initial=step, desc=config.objective, unit="step", dynamic_ncols=True)
   preempted = False
   window_start, window_steps = time.time(), 0
-  examples_per_second = float("nan")
+  examples_per_second = None  # Not measured: no step was timed.
 
   def run_eval(at_step: int) -> None:
     if datasets.eval is None:
@@ -326,6 +442,12 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   try:
     with checkpoint_lib.StopRequest() as stop:
       while step < total:
+        # Checked before each step, so that a run already at `stop_at_step` stops there.
+        if (stop_at_step is not None and step >= stop_at_step) or stop.any_process():
+          save()
+          preempted = True
+          _log.warning("stopping at step %d (checkpoint saved); rerun to resume.", step)
+          break
         host_batch = iterator.next()
         if reference is not None:
           host_batch = reference.host("train", host_batch)
@@ -363,19 +485,14 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
           run_eval(step)
         if checkpoint_every and step % checkpoint_every == 0 and step < total:
           save()
-        if step < total and ((stop_at_step is not None and step >= stop_at_step) or stop.any_process()):
-          save()
-          preempted = True
-          _log.warning("stopping at step %d (checkpoint saved); rerun to resume.", step)
-          break
-      if not preempted:
+      if not preempted and not finished:
         run_eval(step)
         if checkpointer.latest_step() != step:
           save()
   finally:
     if progress is not None:
       progress.close()
-    checkpointer.close()
+    checkpointer.wait()
     writer.close()
   results.update(step=step, preempted=preempted, seconds=time.time() - start_time,
                  examples_per_second=examples_per_second)

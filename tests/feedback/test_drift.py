@@ -312,3 +312,224 @@ def test_detect_drift_on_simulated_annotators():
 def test_detect_annotator_drift_rejects_unknown_method():
   with pytest.raises(ValueError, match="method"):
     drift.detect_annotator_drift(np.zeros(2, int), np.ones(2), np.ones(2), num_annotators=1, method="adwin")
+
+
+# ------------------------------------------------------------------------------------
+# Change points: good and became bad, against always bad.
+
+
+def ref_drop_glr(x, min_segment):
+  """Plain-Python one-sided GLR of one drop in a Bernoulli rate: (statistic, change index).
+
+  Written as a difference of maximised log-likelihoods (not the KL form of the library).
+  """
+  def loglik(k, n):
+    total = 0.0
+    if k > 0:
+      total += k * math.log(k / n)
+    if n - k > 0:
+      total += (n - k) * math.log((n - k) / n)
+    return total
+
+  n, ones = len(x), sum(x)
+  best, change = 0.0, -1
+  for tau in range(min_segment, n - min_segment + 1):
+    k1 = sum(x[:tau])
+    if k1 / tau <= (ones - k1) / (n - tau):
+      continue
+    glr = loglik(k1, tau) + loglik(ones - k1, n - tau) - loglik(ones, n)
+    if glr > best:
+      best, change = glr, tau
+  return best, change
+
+
+def _loglik_split(before, after):
+  """log L(r1 on before, r2 on after) - log L(r on both), maximised rates (plain Python)."""
+  def loglik(k, n):
+    return sum(c * math.log(c / n) for c in (k, n - k) if c > 0)
+  k1, k2 = float(np.sum(before)), float(np.sum(after))
+  n1, n2 = len(before), len(after)
+  return loglik(k1, n1) + loglik(k2, n2) - loglik(k1 + k2, n1 + n2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_change_point_statistic_and_prefixes_match_python(seed):
+  rng = np.random.default_rng(seed)
+  n = 90
+  x = (rng.random(n) < np.where(np.arange(n) < 50, 0.85, 0.5)).astype(np.float32)
+  result = drift.change_point_test(x, key=jax.random.key(seed), min_segment=8,
+                                   num_permutations=199, alpha=0.05)
+  statistic, change = ref_drop_glr(x.tolist(), 8)
+  np.testing.assert_allclose(result.statistic, statistic, rtol=1e-4, atol=1e-4)
+  assert int(result.change_index) == change
+  np.testing.assert_allclose(result.mean_before, x[:change].mean(), rtol=1e-6)
+  np.testing.assert_allclose(result.mean_after, x[change:].mean(), rtol=1e-6)
+  np.testing.assert_allclose(result.mean, x.mean(), rtol=1e-6)
+  # The evidence over time: the split at the estimated change, from the first t + 1 values.
+  def split_glr(t):
+    before, after = x[:change], x[change:t + 1]
+    if len(after) < 8 or before.mean() <= after.mean():
+      return 0.0
+    return _loglik_split(before, after)
+  evidence = [split_glr(t) for t in range(n)]
+  np.testing.assert_allclose(result.prefix_statistic, evidence, rtol=1e-4, atol=1e-4)
+  # The alarm is the first time that evidence beats the critical value, when the test rejects.
+  if bool(result.detected):
+    assert int(result.alarm_index) == int(np.argmax(np.array(evidence) > float(result.critical_value)))
+    assert int(result.alarm_index) >= change + 8 - 1
+  else:
+    assert int(result.alarm_index) == -1
+
+
+def test_change_point_hand_example():
+  # 20 correct then 20 wrong: r1 = 1, r2 = 0, r = 1/2, G = 40 log 2 at tau = 20. No other
+  # order of 20 ones and 20 zeros reaches it except this one (probability 1 / C(40, 20)),
+  # so the p-value is 1 / (B + 1).
+  x = np.r_[np.ones(20), np.zeros(20)].astype(np.float32)
+  result = drift.change_point_test(x, key=jax.random.key(0), min_segment=5,
+                                   num_permutations=199, alpha=0.05, times=np.arange(40.0) * 10)
+  np.testing.assert_allclose(result.statistic, 40 * math.log(2), rtol=1e-5)
+  assert int(result.change_index) == 20
+  np.testing.assert_allclose(result.p_value, 1 / 200)
+  assert bool(result.detected)
+  assert float(result.mean_before) == 1.0 and float(result.mean_after) == 0.0
+  # The first t + 1 >= 25 values split at 20: 20 ones, then t - 19 >= 5 zeros, a perfect
+  # split whose GLR is t + 1 times the entropy (nats) of the rate 20 / (t + 1); before
+  # 5 values after the change there is no evidence yet.
+  def evidence(t):
+    ones, n = 20, t + 1
+    if n - ones < 5:
+      return 0.0
+    p = ones / n
+    return -n * (p * math.log(p) + (1 - p) * math.log(1 - p))
+  expected = [evidence(t) for t in range(40)]
+  np.testing.assert_allclose(result.prefix_statistic, expected, rtol=1e-5, atol=1e-6)
+  alarm = int(np.argmax(np.array(expected) > float(result.critical_value)))
+  assert int(result.alarm_index) == alarm
+  assert float(result.alarm_time) == alarm * 10.0
+
+
+def test_change_point_permutation_p_value_matches_exact_enumeration():
+  # 12 values, 7 ones: the exact permutation p-value enumerates all C(12, 7) = 792 orders
+  # (plain Python). The library draws random orders (an urn without replacement); 100
+  # copies of the stream with 199 orders each estimate the same p-value from 19,900.
+  import itertools  # pylint: disable=g-import-not-at-top
+  x = [1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0]
+  observed, _ = ref_drop_glr(x, 3)
+  null = []
+  for ones in itertools.combinations(range(12), 7):
+    order = [0] * 12
+    for i in ones:
+      order[i] = 1
+    null.append(ref_drop_glr(order, 3)[0])
+  exact = np.mean(np.array(null) >= observed - 1e-9)
+  copies, num_permutations = 100, 199
+  result, _ = drift.detect_change_points(
+      np.repeat(np.arange(copies), 12), np.tile(np.array(x, np.float32), copies),
+      np.tile(np.arange(12.0), copies), num_annotators=copies, key=jax.random.key(5),
+      min_segment=3, num_permutations=num_permutations, alpha=0.05)
+  np.testing.assert_allclose(result.statistic, observed, rtol=1e-5)
+  counts = np.asarray(result.p_value) * (num_permutations + 1) - 1  # null draws >= observed
+  monte_carlo = counts.sum() / (copies * num_permutations)
+  standard_error = math.sqrt(exact * (1 - exact) / (copies * num_permutations))
+  assert 0.05 < exact < 0.95  # an informative case
+  assert abs(monte_carlo - exact) < 4 * standard_error, (monte_carlo, exact)
+
+
+@pytest.mark.parametrize("rate", [0.9, 0.5, 0.05])
+def test_change_point_level_on_constant_streams(rate):
+  # Under a constant rate (always good, a spammer, an adversary) the test rejects with
+  # probability at most alpha: the number of rejections among 600 streams is at most
+  # Binomial(600, alpha). Each stream is one "annotator" of `detect_change_points`.
+  alpha, num_streams, length = 0.05, 600, 60
+  values = np.asarray(jax.random.bernoulli(jax.random.key(int(rate * 100)), rate,
+                                           (num_streams * length,)), np.float32)
+  annotators = np.repeat(np.arange(num_streams), length)
+  times = np.tile(np.arange(length, dtype=np.float64), num_streams)
+  result, _ = drift.detect_change_points(annotators, values, times, num_annotators=num_streams,
+                                         key=jax.random.key(1), min_segment=8,
+                                         num_permutations=199, alpha=alpha)
+  rejected = np.asarray(result.detected).mean()
+  assert rejected <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / num_streams), rejected
+  # p <= alpha and statistic > critical value are the same decision.
+  np.testing.assert_array_equal(result.detected, np.asarray(result.p_value) <= alpha)
+
+
+def test_classify_drift_rules():
+  nan = float("nan")
+  result = drift.ChangePointResult(
+      statistic=None, p_value=np.array([0.01, 0.01, 0.01, 0.5, 0.5, nan]),
+      critical_value=None, detected=np.array([True, True, True, False, False, False]),
+      change_index=None, mean=np.array([0.7, 0.4, 0.8, 0.3, 0.9, 0.1]),
+      mean_before=np.array([0.9, 0.5, 0.95, nan, nan, nan]),
+      mean_after=np.array([0.4, 0.2, 0.7, nan, nan, nan]), magnitude=None, count=None,
+      prefix_statistic=None, alarm_index=None, alarm_time=None)
+  status = drift.classify_drift(result, min_rate=0.6)
+  names = [drift.DRIFT_STATUSES[s] for s in status]
+  # good -> bad; bad -> worse (was never good); good -> less good but still acceptable;
+  # constant and low; constant and high; too short to test.
+  assert names == ["drift", "always_bad", "ok", "always_bad", "ok", "too_few"]
+
+
+def test_change_point_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="0/1"):
+    drift.change_point_test(np.array([0.5, 1.0]), key=jax.random.key(0))
+  with pytest.raises(ValueError, match="at least 19 permutations"):
+    drift.change_point_test(np.ones(30), key=jax.random.key(0), num_permutations=10, alpha=0.05)
+  with pytest.raises(ValueError, match="min_segment"):
+    drift.change_point_test(np.ones(30), key=jax.random.key(0), min_segment=0)
+  short = drift.change_point_test(np.ones(9, np.float32), key=jax.random.key(0), min_segment=5,
+                                  num_permutations=199)
+  assert np.isnan(float(short.p_value)) and not bool(short.detected)
+
+
+def test_change_points_separate_drift_from_always_bad_on_simulated_populations():
+  # Populations with known change points: good, spammers, adversaries and drifting
+  # annotators (about 375 annotations each), checked against the truth (reference
+  # answers: the true labels).
+  config = simulate.SimulationConfig(
+      num_items=1500, num_annotators=20, annotations_per_item=5, num_classes=2,
+      good_share=0.4, drifting_share=0.3, spammer_share=0.15, adversary_share=0.15,
+      position_biased_share=0.0, length_biased_share=0.0, fast_share=0.0)
+  kinds = {name: [] for name in ("good", "drifting", "spammer", "adversary")}
+  delays = []
+  for seed in range(3):
+    sim = simulate.simulate_annotations(jax.random.key(seed), config)
+    agree = (sim.labels == sim.true_labels[sim.items]).astype(np.float32)
+    result, streams = drift.detect_change_points(
+        sim.annotators, agree, sim.timestamps, num_annotators=20, key=jax.random.key(seed),
+        min_segment=10, num_permutations=199, alpha=0.05)
+    status = drift.classify_drift(result, min_rate=0.6)
+    for a, name in enumerate(sim.type_names()):
+      kinds[name].append(drift.DRIFT_STATUSES[status[a]])
+      if name == "drifting" and status[a] == drift.STATUS_DRIFT:
+        true_index = int(np.sum(streams.mask[a] & (streams.times[a] < sim.change_times[a])))
+        assert true_index == sim.change_index[a]  # the stream holds every annotation
+        delays.append(int(result.alarm_index[a]) - true_index)
+  assert len(kinds["drifting"]) == 18
+  # Detection rate: a drop from 0.7-0.95 to 0.35-0.5 over ~150 annotations is found.
+  assert kinds["drifting"].count("drift") >= 17, kinds["drifting"]
+  # Delay: the alarm follows the change within a few dozen annotations.
+  assert 0 < np.median(delays) <= 40, delays
+  # Always-bad annotators are reported as such, never as drift.
+  assert kinds["spammer"].count("always_bad") == len(kinds["spammer"]) == 9
+  assert kinds["adversary"].count("always_bad") == len(kinds["adversary"]) == 9
+  # Always-good annotators: no verdict but "ok", up to chance (alpha = 0.05 of 24).
+  assert kinds["good"].count("ok") >= len(kinds["good"]) - 2, kinds["good"]
+
+
+def test_evaluate_change_point_test_on_simulated_drift():
+  evaluation = drift.evaluate_change_point_test(
+      jax.random.key(3), num_streams=150, stream_length=300, change_index=150,
+      rate_before=0.85, rate_after=0.45, min_rate=0.6, num_permutations=199, alpha=0.05)
+  assert evaluation.detection_rate >= 0.97
+  assert 0 < evaluation.median_delay <= 30
+  assert evaluation.early_alarm_rate <= 0.1
+  assert evaluation.median_change_error <= 10
+  assert abs(evaluation.median_magnitude - 0.4) < 0.08
+  bound = 0.05 + 3 * math.sqrt(0.05 * 0.95 / 150)
+  assert evaluation.false_alarm_rate_good <= bound
+  # At 0.45 throughout a "drift" verdict needs a chance drop that starts at 0.6 or more.
+  assert evaluation.false_alarm_rate_bad <= bound
+  assert evaluation.always_bad_rate >= 0.97
+  assert evaluation.good_called_bad_rate == 0.0

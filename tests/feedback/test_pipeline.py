@@ -385,3 +385,298 @@ def test_crowd_bt_scores_recover_simulated_ranking(tmp_path):
     expected = 1.0 / (1.0 + np.exp(-(scores[left[n]] - scores[right[n]])))
     assert float(row["p_a"]) == pytest.approx(expected, abs=1e-4)
   assert outputs.summary["crowd_bt"]["num_comparisons"] == left.size
+
+
+# ----------------------------------------------------------------------------------------
+# Declared classes and probable typos (issue 15).
+
+
+def _typo_answers(folder: Path) -> tuple[Path, int, dict[str, str]]:
+  """39 workers answer 12 yes/no questions (0/1); one answer on q3 is the typo "O".
+
+  Returns the file, the line of the typo and the truth.
+  """
+  rng = np.random.default_rng(0)
+  truth = {f"q{i}": str(i % 2) for i in range(12)}
+  lines = ["question,worker,answer"]
+  typo_line = None
+  for w in range(39):
+    skill = 0.85 if w % 3 else 0.6
+    for q, answer in truth.items():
+      given = answer if rng.random() < skill else str(1 - int(answer))
+      if q == "q3" and w == 17:
+        given, typo_line = "O", len(lines) + 1
+      lines.append(f"{q},w{w},{given}")
+  path = folder / "answers.csv"
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return path, typo_line, truth
+
+
+def test_undeclared_typo_is_reported_first(tmp_path):
+  path, typo_line, _ = _typo_answers(tmp_path)
+  config = _load_config(input=str(path), format="crowd_csv", output_dir=str(tmp_path / "out"),
+                        **{"report.plots": False})
+  outputs = pipeline.run(config)
+  summary_text = (tmp_path / "out" / "summary.json").read_text()
+  summary = json.loads(summary_text)
+  # The first key of summary.json and the first lines of report.md and of the terminal.
+  assert next(iter(summary)) == "warnings" and len(summary["warnings"]) == 1
+  warning = summary["warnings"][0]
+  assert "'O' is 1 of 468 answers" in warning and f"answers.csv:{typo_line}" in warning
+  assert "--config.classes=0,1" in warning
+  assert summary["rare_classes"] == [{"class": "O", "count": 1, "share": 1 / 468,
+                                      "annotation_ids": [f"answers.csv:{typo_line}"]}]
+  report_lines = (tmp_path / "out" / "report.md").read_text().splitlines()
+  assert warning in report_lines[2]
+  assert outputs.summary_text().splitlines()[0] == f"Warning: {warning}"
+  # Today's behaviour without a declaration: the stray answer is a class of its own.
+  assert summary["class_names"] == ["0", "1", "O"]
+
+
+def test_declared_classes_reject_the_typo_from_the_command_line(tmp_path):
+  path, typo_line, truth = _typo_answers(tmp_path)
+  out = tmp_path / "out"
+  completed = _run_cli(f"--config.input={path}", "--config.format=crowd_csv",
+                       f"--config.output_dir={out}", "--config.classes=0,1",
+                       "--config.report.plots=false")
+  assert completed.returncode == 0, completed.stderr
+  rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+  assert rejects == [{"file": "answers.csv", "line": typo_line, "field": "answer",
+                      "reason": "answer 'O' is not one of the declared classes 0, 1",
+                      "raw": "q3,w17,O"}]
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["num_read"] == 468 and summary["num_rejected"] == 1
+  assert summary["num_accepted"] + summary["num_rejected"] == summary["num_read"]
+  assert summary["class_names"] == summary["declared_classes"] == ["0", "1"]
+  assert summary["warnings"] == [] and summary["rare_classes"] == []
+  header, rows = _read_csv(out / "labels.csv")
+  assert header[5:7] == ["p_0", "p_1"] and "p_O" not in header
+  q3 = next(r for r in rows if r["item"] == "q3")
+  assert q3["label"] == truth["q3"] and int(q3["num_annotations"]) == 38
+  assert "Traceback" not in completed.stderr
+
+
+def test_malformed_class_declaration_is_a_one_line_error(tmp_path):
+  completed = _run_cli(f"--config.input={tmp_path}/a.csv", f"--config.output_dir={tmp_path}",
+                       "--config.classes=0,,1")
+  assert completed.returncode == 2
+  assert completed.stderr.strip().splitlines() == [
+      "aggregate.py: error: config.classes '0,,1' has an empty name; expected names "
+      "separated by single commas, e.g. 0,1."]
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("classes", "0", "declares 1 class"),
+    ("classes", "0,1,0", "names 0 more than once"),
+    ("rare_class_share", 1.5, "[0.0, 1.0]"),
+    ("drift.alpha", 0.0, "(0.0, 1.0)"),
+    ("drift.num_permutations", 10, "at least 19 permutations for drift.alpha = 0.05"),
+    ("drift.min_segment", 0, "an integer in [1, inf)"),
+])
+def test_validate_config_new_fields(field, value, expected):
+  config = _load_config(input="answers.csv", output_dir="out")
+  _set_field(config, field, value)
+  with pytest.raises(pipeline.ConfigError) as error:
+    pipeline.validate_config(config)
+  assert f"config.{field}" in str(error.value) and expected in str(error.value)
+
+
+def test_pairwise_classes_must_be_schema_choices():
+  config = _load_config(input="a.jsonl", output_dir="out", format="jsonl", classes="a,maybe")
+  with pytest.raises(pipeline.ConfigError, match="config.classes 'a,maybe': maybe is not a choice"):
+    pipeline.validate_config(config)
+
+
+# ----------------------------------------------------------------------------------------
+# Routing for every method: the confidence labels.csv shows is the one routed on.
+
+
+@pytest.mark.parametrize("method", ["majority_vote", "weighted_vote"])
+def test_voting_methods_route_on_their_vote_share(simulated_run, method, tmp_path):
+  out = tmp_path / method
+  config = _load_config(input=str(simulated_run["data"]), format="jsonl", method=method,
+                        output_dir=str(out), **{"report.plots": False})
+  pipeline.run(config)
+  _, rows = _read_csv(out / "labels.csv")
+  _, annotator_rows = _read_csv(out / "annotators.csv")
+  weight = {r["annotator"]: (float(r["vote_weight"]) if method == "weighted_vote" else 1.0)
+            for r in annotator_rows}
+  votes: dict[str, dict[str, float]] = {}
+  for record in _valid_records(simulated_run["data"]):
+    item = votes.setdefault(record["item_id"], {})
+    item[record["choice"]] = item.get(record["choice"], 0.0) + weight[record["annotator_id"]]
+  routed = 0
+  for row in rows:
+    share = votes[row["item"]].get(row["label"], 0.0) / sum(votes[row["item"]].values())
+    assert float(row["confidence"]) == pytest.approx(share, abs=1e-5)
+    assert row["expert_review"] == ("1" if share < 0.7 - 1e-6 else "0"), row
+    routed += row["expert_review"] == "1"
+  summary = json.loads((out / "summary.json").read_text())
+  assert 0 < routed == summary["num_expert_review"] == summary["routing"]["num_low_confidence"]
+  measure = "weighted vote share" if method == "weighted_vote" else "vote share"
+  report = (out / "report.md").read_text()
+  assert f"**{routed} of {len(rows)} items go to expert review** ({measure} of the label < 0.7)" in report
+  assert f"is below 0.7: {routed} items" in report
+
+
+def test_dawid_skene_routing_rule_is_stated_with_its_numbers(simulated_run):
+  summary = json.loads((simulated_run["out"] / "summary.json").read_text())
+  routing = summary["routing"]
+  assert routing["rule"] == "posterior probability of the label < 0.7 or pairwise agreement < 0.5"
+  _, rows = _read_csv(simulated_run["out"] / "labels.csv")
+  # labels.csv shows the expert's label (confidence 1) on the 10 expert-labelled items;
+  # elsewhere it shows the confidence that was routed on.
+  crowd = [r for r in rows if r["label_source"] != "expert"]
+  low = sum(float(r["confidence"]) < 0.7 for r in crowd)
+  assert low <= routing["num_low_confidence"] <= low + len(rows) - len(crowd)
+  report = (simulated_run["out"] / "report.md").read_text()
+  assert (f"is below 0.7: {routing['num_low_confidence']} items; or when its pairwise agreement is below 0.5: "
+          f"{routing['num_low_agreement']} items ({routing['num_both']} by both)") in report
+
+
+# ----------------------------------------------------------------------------------------
+# Only the classes the task has: no tie row for a task without ties.
+
+
+def _capture_confusions(monkeypatch) -> list:
+  captured = []
+  original = pipeline.report.plot_confusion_matrices
+
+  def capture(path, matrices, **kwargs):
+    captured.append((np.asarray(matrices), kwargs["class_names"]))
+    original(path, matrices, **kwargs)
+
+  monkeypatch.setattr(pipeline.report, "plot_confusion_matrices", capture)
+  return captured
+
+
+@pytest.fixture(scope="module")
+def no_tie_records(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("no_ties")
+  config = simulate.SimulationConfig(num_items=150, num_annotators=10, annotations_per_item=5,
+                                     num_classes=2)
+  sim = simulate.simulate_annotations(jax.random.key(11), config)
+  simulate.write_jsonl(sim, folder / "annotations.jsonl", with_text=False)
+  return folder / "annotations.jsonl"
+
+
+def test_task_without_ties_has_two_classes_everywhere(no_tie_records, tmp_path, monkeypatch):
+  captured = _capture_confusions(monkeypatch)
+  config = _load_config(input=str(no_tie_records), format="jsonl", output_dir=str(tmp_path),
+                        **{"report.num_drift": 0})
+  outputs = pipeline.run(config)
+  header, _ = _read_csv(tmp_path / "labels.csv")
+  assert header[5:7] == ["p_a", "p_b"] and "p_tie" not in header
+  assert outputs.summary["class_names"] == ["a", "b"] and outputs.summary["num_classes"] == 2
+  assert any("no annotation (and no golden answer) is a tie" in n for n in outputs.summary["notes"])
+  (matrices, class_names), = captured
+  assert class_names == ("a", "b") and matrices.shape[1:] == (2, 2)
+  assert np.all(np.isfinite(matrices))
+  np.testing.assert_allclose(matrices.sum(axis=2), 1.0, atol=1e-5)
+
+
+def test_declared_class_without_evidence_is_blank_not_a_prior(no_tie_records, tmp_path,
+                                                               monkeypatch):
+  captured = _capture_confusions(monkeypatch)
+  config = _load_config(input=str(no_tie_records), format="jsonl", output_dir=str(tmp_path),
+                        classes="a,b,tie", **{"report.num_drift": 0})
+  pipeline.run(config)
+  header, _ = _read_csv(tmp_path / "labels.csv")
+  assert header[5:8] == ["p_a", "p_b", "p_tie"]  # declared: kept as a class
+  (matrices, class_names), = captured
+  assert class_names == ("a", "b", "tie")
+  # No item is a tie, so the tie row is what the model started from: left blank.
+  assert np.all(np.isnan(matrices[:, 2, :]))
+  assert np.all(np.isfinite(matrices[:, :2, :]))
+
+
+# ----------------------------------------------------------------------------------------
+# Drift in the population of `make run`: drifting annotators found, always-bad ones
+# reported as such (issue 15: the CUSUM used to flag the adversaries and spammers as
+# drift and miss both drifting annotators).
+
+
+@pytest.fixture(scope="module")
+def make_run_population(tmp_path_factory):
+  from rlhf_jax import cli  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp("make_run")
+  config = cli.load_config_file(REPO / "configs" / "pipeline.py")
+  # What `make run` simulates (rlhf_jax/pipeline.py: seed, num_pairs and the population).
+  sim = simulate.simulate_annotations(
+      jax.random.key(config.seed), simulate.SimulationConfig(
+          num_items=config.task.num_pairs, **config.annotators.to_dict()))
+  simulate.write_jsonl(sim, folder / "annotations.jsonl", with_text=False)
+  simulate.write_annotator_truth(sim, folder / "annotator_truth.csv")
+  aggregate = config.aggregate
+  aggregate.input = str(folder / "annotations.jsonl")
+  aggregate.format = "jsonl"
+  aggregate.output_dir = str(folder / "feedback")
+  aggregate.report.plots = False
+  outputs = pipeline.run(aggregate)
+  return sim, folder, outputs
+
+
+def test_make_run_drift_verdicts_against_the_truth(make_run_population):
+  sim, folder, outputs = make_run_population
+  _, truth_rows = _read_csv(folder / "annotator_truth.csv")
+  kind = {r["annotator"]: r["type"] for r in truth_rows}
+  _, rows = _read_csv(folder / "feedback" / "annotators.csv")
+  verdict = {r["annotator"]: r["drift_status"] for r in rows}
+  assert {r["annotator"]: r["drift_alarm"] for r in rows} == {
+      a: "yes" if v == "drift" else "no" for a, v in verdict.items()}
+  # Always-bad annotators are reported as such, not as drift.
+  for annotator, name in kind.items():
+    if name in ("spammer", "adversary"):
+      assert verdict[annotator] != "drift", (annotator, name)
+    if name == "adversary":
+      assert verdict[annotator] == "always_bad", (annotator, name)
+  assert sum(kind[a] == "spammer" and v == "always_bad" for a, v in verdict.items()) >= 3
+  # Both drifting annotators of this population are found.
+  drifting = sorted(a for a, name in kind.items() if name == "drifting")
+  assert len(drifting) == 2
+  assert all(verdict[a] == "drift" for a in drifting)
+  false_alarms = sorted(a for a, v in verdict.items() if v == "drift" and kind[a] != "drifting")
+  assert len(false_alarms) <= 2  # at most alpha = 0.05 of 38, up to chance
+
+  # Detection rate and delay, recomputed from the files: the annotator's annotations in
+  # time order (every item has 5 annotators, so each one is tested), the true change
+  # from annotator_truth.csv, the alarm from annotators.csv.
+  summary = json.loads((folder / "feedback" / "summary.json").read_text())
+  truth = summary["drift"]["truth"]
+  assert truth["num_drifting"] == 2 and truth["num_found"] == 2 and truth["detection_rate"] == 1.0
+  assert sorted(truth["false_alarms"]) == false_alarms
+  records = [json.loads(line) for line in (folder / "annotations.jsonl").read_text().splitlines()]
+  change_time = {r["annotator"]: float(r["change_time"]) for r in truth_rows if r["change_time"]}
+  alarm_time = {r["annotator"]: r["drift_alarm_time"] for r in rows}
+  delays = []
+  for entry in truth["drifting"]:
+    annotator = entry["annotator"]
+    times = sorted(r["timestamp"] for r in records if r["annotator_id"] == annotator)
+    true_index = sum(t < change_time[annotator] for t in times)
+    assert entry["true_change_index"] == true_index
+    # The alarm index points at the annotation whose time annotators.csv reports.
+    alarm_at = times[entry["alarm_index"]]
+    assert pipeline._iso(alarm_at) == alarm_time[annotator]  # pylint: disable=protected-access
+    assert entry["delay_annotations"] == entry["alarm_index"] - true_index
+    assert entry["delay_days"] == pytest.approx((alarm_at - change_time[annotator]) / 86400,
+                                                abs=1e-3)
+    delays.append(entry["delay_annotations"])
+  assert truth["median_delay_annotations"] == float(np.median(delays))
+  assert all(0 <= d <= 40 for d in delays), delays
+
+  # The report says what happened, with the numbers.
+  report = (folder / "feedback" / "report.md").read_text()
+  assert "**2 of 2 drifting annotators found** (detection rate 1.00)" in report
+  for entry in truth["drifting"]:
+    assert f"{entry['annotator']} {entry['delay_annotations']} annotations" in report
+  assert (f"Drift verdicts on the {truth['num_not_drifting']} annotators that did not drift: "
+          f"{len(false_alarms)}") in report
+  assert "**Always bad** = below 0.6 without such a drop" in report
+  adversaries = [a for a, name in kind.items() if name == "adversary"]
+  always_bad_table = report.split("| always bad |")[1].split("\n\n")[0]
+  assert all(f"| {a} |" in always_bad_table for a in adversaries)
+  # The CUSUM still alarms on the always-bad annotators, presented as a level monitor.
+  monitors = summary["drift"]["monitor_alarms_by_status"]["cusum"]
+  assert monitors["drift"] + monitors["ok"] <= monitors["always_bad"]
+  assert "Level monitors (an alarm says the level is low now, not that it changed)" in report
+  assert "2 of 2 drifting annotators found" in outputs.summary_text()

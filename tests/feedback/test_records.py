@@ -571,3 +571,110 @@ def test_one_million_crowd_rows_are_all_accounted_for(tmp_path):
   assert report.num_read == n
   assert report.num_accepted == pairs.size  # keep_last leaves one per (item, annotator)
   assert report.annotations.num_items == np.unique(questions).size
+
+
+# ----------------------------------------------------------------------------------------
+# Declared classes: an answer outside them is a reject, not a new class.
+
+
+def _crowd_rows_with_typos() -> list[tuple[str, str, str]]:
+  """40 workers answer 0/1 on 5 questions; line 9 says "O" and line 30 says "yes"."""
+  rows = [(f"q{i % 5}", f"w{i}", str((i * 7) % 3 % 2)) for i in range(40)]
+  rows[7] = (rows[7][0], rows[7][1], "O")  # line 9 (header is line 1)
+  rows[28] = (rows[28][0], rows[28][1], "yes")  # line 30
+  return rows
+
+
+@pytest.mark.parametrize("dirty", [False, True])
+def test_crowd_csv_declared_classes_reject_typos_with_line(tmp_path, dirty):
+  rows = _crowd_rows_with_typos()
+  path = tmp_path / "answers.csv"
+  text = "question,worker,answer\n" + "".join(f"{q},{w},{a}\n" for q, w, a in rows)
+  if dirty:  # a quoted field sends the file through the per-line reader
+    text = text.replace("q3,w3,", '"q3",w3,')
+  path.write_text(text, encoding="utf-8")
+  undeclared = read_annotations(path, format="crowd_csv")
+  assert undeclared.annotations.class_names == ("0", "1", "O", "yes")  # today's behaviour
+  rejects_path = tmp_path / "rejects.jsonl"
+  report = read_annotations(path, format="crowd_csv", classes="0,1", rejects_path=rejects_path)
+  enc = report.annotations
+  assert enc.class_names == ("0", "1")
+  assert report.num_read == 40 and report.num_rejected == 2 and report.num_accepted == 38
+  assert report.num_accepted + report.num_rejected == report.num_read
+  rejects = _read_rejects(rejects_path)
+  assert [(r["file"], r["line"], r["field"]) for r in rejects] == [
+      ("answers.csv", 9, "answer"), ("answers.csv", 30, "answer")]
+  assert rejects[0]["reason"] == "answer 'O' is not one of the declared classes 0, 1"
+  assert rejects[1]["reason"] == "answer 'yes' is not one of the declared classes 0, 1"
+  assert rejects[0]["raw"] == "q2,w7,O"
+  # The accepted rows, in file order, with their own labels and line ids.
+  kept = [r for n, r in enumerate(rows) if n not in (7, 28)]
+  assert [enc.class_names[k] for k in enc.labels] == [a for _, _, a in kept]
+  assert [enc.item_ids[i] for i in enc.items] == [q for q, _, _ in kept]
+  assert [enc.annotator_ids[a] for a in enc.annotators] == [w for _, w, _ in kept]
+  assert "answers.csv:9" not in enc.annotation_ids and "answers.csv:10" in enc.annotation_ids
+
+
+def test_crowd_csv_declared_class_order_and_unseen_class(tmp_path):
+  path = tmp_path / "answers.csv"
+  path.write_text("question,worker,answer\nq1,w1,cat\nq1,w2,dog\nq2,w1,dog\n", encoding="utf-8")
+  enc = read_annotations(path, format="crowd_csv", classes=["dog", "cat", "bird"]).annotations
+  assert enc.class_names == ("dog", "cat", "bird")  # declared order; bird has no answer
+  assert enc.labels.tolist() == [1, 0, 0]
+
+
+def test_pairwise_declared_classes_reject_ties(tmp_path):
+  lines = [
+      _row("q1", "w1", "a"),                                             # 1 ok
+      _row("q1", "w2", "tie"),                                           # 2 tie: not declared
+      _row("q2", "w1", "B", is_golden=True, golden_answer="tie"),        # 3 golden tie
+      _row("q2", "w2", "c"),                                             # 4 unknown choice
+      _row("q3", "w3", "b", is_golden=False, golden_answer="tie"),       # 5 ok: not golden
+  ]
+  path = _write_jsonl(tmp_path / "ann.jsonl", lines)
+  report = read_annotations(path, format="jsonl", classes=("b", "A"))
+  assert report.annotations.class_names == ("a", "b")  # the schema's order, lower case
+  assert report.annotations.labels.tolist() == [types.A_PREFERRED, types.B_PREFERRED]
+  assert [(r["line"], r["field"], r["reason"]) for r in report.rejects] == [
+      (2, "choice", "choice 'tie' is not one of the declared classes a, b"),
+      (3, "golden_answer", "golden_answer 'tie' is not one of the declared classes a, b"),
+      (4, "choice", "unknown choice 'c'; expected one of a, b (any case)"),
+  ]
+  # Undeclared, the schema's three classes as before.
+  assert read_annotations(path, format="jsonl").annotations.class_names == ("a", "b", "tie")
+
+
+@pytest.mark.parametrize("classes, format, message", [
+    ("0", "crowd_csv", "declares 1 class"),
+    ("0,,1", "crowd_csv", "has an empty name"),
+    ("0, 1,0", "crowd_csv", "names 0 more than once"),
+    ("a,c", "jsonl", "c is not a choice of the pairwise schema"),
+    ("a,tie", "csv", "must include a and b"),
+])
+def test_declared_classes_errors_name_the_problem(tmp_path, classes, format, message):
+  with pytest.raises(ValueError, match=message):
+    records.declared_classes(classes, format=format)
+  path = tmp_path / "answers.csv"
+  path.write_text("question,worker,answer\nq1,w1,0\n", encoding="utf-8")
+  with pytest.raises(ValueError, match=message):
+    read_annotations(path, format=format, classes=classes)
+
+
+def test_read_annotator_truth(tmp_path):
+  path = tmp_path / "annotator_truth.csv"
+  path.write_text("annotator,type,change_time,accuracy\nann-1,good,,0.9\n"
+                  "ann-2,drifting,1700000100.5,0.8\nann-3,drifting,2023-11-14T22:15:00Z,0.8\n",
+                  encoding="utf-8")
+  truth = records.read_annotator_truth(path)
+  assert truth["ann-1"][0] == "good" and np.isnan(truth["ann-1"][1])
+  assert truth["ann-2"] == ("drifting", 1700000100.5)
+  assert truth["ann-3"] == ("drifting", 1700000100.0)
+  path.write_text("annotator,type,change_time\nann-1,good,\nann-1,spammer,\n", encoding="utf-8")
+  with pytest.raises(FeedbackInputError, match=":3: annotator 'ann-1' is listed twice"):
+    records.read_annotator_truth(path)
+  path.write_text("annotator,type,change_time\nann-1,drifting,soon\n", encoding="utf-8")
+  with pytest.raises(FeedbackInputError, match=":2: change_time: expected an ISO 8601"):
+    records.read_annotator_truth(path)
+  path.write_text("annotator,kind\nann-1,good\n", encoding="utf-8")
+  with pytest.raises(FeedbackInputError, match="lacks required column"):
+    records.read_annotator_truth(path)

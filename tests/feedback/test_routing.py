@@ -48,6 +48,28 @@ def test_route_items_hand_example():
   np.testing.assert_array_equal(review, [False, True, True, True, False, True])
 
 
+def test_route_items_on_vote_shares_for_majority_vote():
+  # Majority vote's posterior is the one-hot decision: its maximum is 1 on every item,
+  # so routing on it never routes. Its confidence is the vote share, computed here from
+  # the votes: 3/5, 4/5, 2/2 and a 2-2 tie broken toward the lowest class (1/2).
+  from rlhf_jax.feedback import aggregation  # pylint: disable=g-import-not-at-top
+  items = np.array([0] * 5 + [1] * 5 + [2] * 2 + [3] * 4)
+  labels = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 0])
+  annotators = np.r_[np.arange(5), np.arange(5), np.arange(2), np.arange(4)]
+  votes = aggregation.majority_vote(items, annotators, labels, num_classes=2, num_items=4)
+  shares = np.array([3 / 5, 4 / 5, 1.0, 1 / 2])
+  np.testing.assert_allclose(votes.confidence, shares, rtol=1e-6)
+  np.testing.assert_array_equal(routing.route_items(votes.posteriors), [False] * 4)
+  review = routing.route_items(votes.posteriors, confidence=votes.confidence)
+  np.testing.assert_array_equal(review, shares < 0.7)
+  # The same rule as max-posterior routing whenever the confidence is the max posterior.
+  np.testing.assert_array_equal(
+      routing.route_items(POSTERIORS, confidence=POSTERIORS.max(axis=1)),
+      routing.route_items(POSTERIORS))
+  with pytest.raises(ValueError, match="`confidence` must have shape"):
+    routing.route_items(POSTERIORS, confidence=np.ones(5, np.float32))
+
+
 def test_route_items_sends_unknown_items_to_review():
   posteriors = np.array([[np.nan, np.nan], [0.9, 0.1]], np.float32)
   np.testing.assert_array_equal(routing.route_items(posteriors), [True, False])

@@ -6,7 +6,7 @@
   final state equals a one-process run on four devices with the same config.
 - A run killed with SIGKILL after at least one checkpoint and started again with the same
   command ends with a state bitwise equal to an uninterrupted run (one process, and two
-  processes).
+  processes), and its metrics.jsonl holds every step once.
 
 Every run is a subprocess with a timeout; the states are read back from the runs' final
 orbax checkpoints as NumPy arrays, so the comparison does not trust the trainer.
@@ -190,6 +190,10 @@ def test_sigkill_then_resume_is_bitwise_equal(runs, processes):
   assert f"resumed from {workdir / 'checkpoints'} step {saved}" in log, log
   expected = runs["one"] if processes == 1 else runs["two"]
   _assert_bitwise_equal(_final_state(workdir), expected)
+  # The steps logged after the checkpoint and before the kill were dropped on resume:
+  # metrics.jsonl holds every step once.
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, STEPS + 1))
 
 
 def test_padding_free_two_processes_equal_one_process_and_the_two_row_run(runs):

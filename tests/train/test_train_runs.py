@@ -1,4 +1,5 @@
-"""Whole runs of `train()`: learning the toy rules, exact resume, and bad data files."""
+"""Whole runs of `train()`: learning the toy rules, exact resume, bad data files, and run
+directories that know what they are (a rerun never reports another config's numbers)."""
 
 import json
 import os
@@ -10,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import data, host_memory
-from rlhf_jax.train import checkpoint, inputs, loop, networks
+from rlhf_jax import cli, data, host_memory
+from rlhf_jax.train import checkpoint, inputs, loop, networks, rundir
 from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
 
 from train_testlib import numpy_sequence_logps, tiny_config
@@ -174,7 +175,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
     time.sleep(0.5)
   process.send_signal(signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr
+  assert process.returncode == cli.EXIT_STOPPED == 75, stderr  # stopped, resumable: not "finished"
   final = json.loads(stdout.strip().splitlines()[-1])
   assert final["preempted"] and final["step"] >= 5
   assert checkpoint.Checkpointer(tmp_path).latest_step() == final["step"]
@@ -211,3 +212,199 @@ def test_init_from_an_sft_run(tmp_path):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="do not fit this model"):
     loop.train(tiny_config("dpo", **{**frozen, "model__init_from": str(tmp_path / "rm")}), tmp_path / "bad")
+
+
+# ---------------------------------------------------------------------------------------
+# Run directories: resume only what the directory is a run of.
+
+
+def _quick(**overrides):
+  """A few SFT steps on 40 toy sequences, with an evaluation set of 8."""
+  settings = dict(train__steps=6, train__batch_size=8, train__log_every=2, optim__warmup_steps=2, eval__every=0,
+                  checkpoint__every=0, data__toy__num_train=40, data__toy__num_eval=8)
+  settings.update(overrides)
+  return tiny_config("sft", **settings)
+
+
+def _strict_json(text):
+  """json.loads that fails on NaN / Infinity tokens (not JSON)."""
+  def refuse(token):
+    raise ValueError(f"bare {token} in JSON")
+  return json.loads(text, parse_constant=refuse)
+
+
+def _params(results):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(results["state"].params))]
+
+
+def test_another_config_is_refused_and_force_new_starts_afresh(tmp_path):
+  first = loop.train(_quick(), tmp_path)
+  stored = (tmp_path / "config.json").read_text()
+  metrics = (tmp_path / "metrics.jsonl").read_text()
+  other = _quick(seed=1)  # (the compiled step stays the same: a short test)
+  with pytest.raises(rundir.RunDirError) as error:
+    loop.train(other, tmp_path)
+  assert "holds a run with other settings: seed 0 -> 1." in str(error.value)
+  assert "\n" not in str(error.value)
+  # Nothing of the run changed: config, metrics, checkpoint.
+  assert (tmp_path / "config.json").read_text() == stored
+  assert (tmp_path / "metrics.jsonl").read_text() == metrics
+  assert checkpoint.Checkpointer(tmp_path).all_steps() == [6]
+
+  fresh = loop.train(other, tmp_path, force_new=True)
+  assert fresh["step"] == 6 and not fresh["preempted"]
+  # It trained from step 0 with the new settings: every logged step once, the new
+  # learning rate in config.json, and the earlier run kept aside.
+  assert [r["step"] for r in rundir.read_metrics(tmp_path, "train")] == [2, 4, 6]
+  assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
+  (superseded,) = (tmp_path / "superseded").iterdir()
+  assert (superseded / "config.json").read_text() == stored
+  assert (superseded / "metrics.jsonl").read_text() == metrics
+  assert any(not np.array_equal(a, b) for a, b in zip(_params(first), _params(fresh)))
+
+
+def test_fields_that_may_change_on_resume_continue_the_run_and_are_recorded(tmp_path):
+  assert {"train.steps", "train.log_every", "eval.every", "checkpoint.every", "mesh.data"} <= set(
+      loop.MAY_CHANGE_ON_RESUME)
+  loop.train(_quick(), tmp_path)
+  longer = loop.train(_quick(train__steps=8, train__log_every=4), tmp_path)
+  assert longer["step"] == 8 and not longer["preempted"]
+  assert [r["step"] for r in rundir.read_metrics(tmp_path, "train")] == [2, 4, 6, 8]
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run["resumed"][0]["changed"] == {"train.log_every": [2, 4], "train.steps": [6, 8]}
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 8
+  # Fewer steps than the checkpoint holds cannot resume.
+  with pytest.raises(rundir.RunDirError, match="train.steps 5 is below the step 8 of the checkpoint"):
+    loop.train(_quick(train__steps=5), tmp_path)
+
+
+def test_a_changed_data_file_is_refused(tmp_path):
+  rows = [{"prompt": f"Question {i}?", "chosen": f" Good answer {i}.", "rejected": f" Bad {i}."} for i in range(8)]
+  path = tmp_path / "train.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = tiny_config("reward_model", data__train=str(path), data__tokenizer_vocab_size=300, train__steps=2,
+                       train__batch_size=4, train__log_every=1, optim__warmup_steps=0, eval__batch_size=4)
+  loop.train(config, tmp_path / "run")
+  rows[0]["chosen"], rows[0]["rejected"] = rows[0]["rejected"], rows[0]["chosen"]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # same path, other contents
+  with pytest.raises(rundir.RunDirError, match=r"data.train \(input\) \"[0-9a-f]{37}\.\.\.\" -> \"[0-9a-f]{37}\.\.\.\"\. "):
+    loop.train(config, tmp_path / "run")
+
+
+def test_stop_at_step_on_a_run_at_that_step_trains_nothing(tmp_path):
+  first = loop.train(_quick(), tmp_path, stop_at_step=4)
+  assert first["preempted"] and first["step"] == 4
+  again = loop.train(_quick(), tmp_path, stop_at_step=4)
+  assert again["preempted"] and again["step"] == 4
+  assert checkpoint.Checkpointer(tmp_path).all_steps() == [4]
+  for a, b in zip(_params(first), _params(again)):
+    np.testing.assert_array_equal(a, b)
+  # No step was timed: no throughput, and nothing that is not JSON.
+  assert again["examples_per_second"] is None
+  printable = {k: v for k, v in again.items() if k != "state"}
+  assert _strict_json(rundir.dumps(printable)) == json.loads(rundir.dumps(printable))
+  assert again["train/loss"] == first["train/loss"]  # the recorded metrics of step 4
+  assert [r["step"] for r in rundir.read_metrics(tmp_path)] == [2, 4]
+
+
+def test_rerunning_a_finished_run_reports_its_recorded_metrics(tmp_path):
+  done = loop.train(_quick(), tmp_path)
+  metrics = (tmp_path / "metrics.jsonl").read_text()
+  again = loop.train(_quick(), tmp_path)
+  assert again["step"] == 6 and not again["preempted"]
+  assert (tmp_path / "metrics.jsonl").read_text() == metrics  # no second final evaluation
+  for name in ("train/loss", "eval/loss", "eval/perplexity"):
+    assert again[name] == done[name]
+
+
+def test_workdir_naming_a_file_is_a_one_line_error(tmp_path):
+  path = tmp_path / "a_file"
+  path.write_text("x")
+  with pytest.raises(rundir.RunDirError, match="is a file, not a directory"):
+    loop.train(_quick(), path)
+  result = subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/sft.py:preset=tiny",
+       f"--workdir={path}"], cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"train.py: error: workdir {path} is a file, not a directory; choose a directory (--workdir).")
+  assert "Traceback" not in result.stderr
+
+
+def _train_script(workdir, *flags):
+  command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/sft.py:preset=tiny",
+             f"--workdir={workdir}", "--config.train.steps=4", "--config.train.batch_size=8",
+             "--config.train.log_every=1", "--config.optim.warmup_steps=1", "--config.train.progress_bar=false",
+             "--config.data.toy.num_train=40", "--config.data.toy.num_eval=8", "--config.eval.every=0", *flags]
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+@pytest.mark.slow
+def test_train_script_exit_codes_and_refusal(tmp_path):
+  """75 when stopped (resumable), 1 and one line for another config, 0 when finished."""
+  stopped = _train_script(tmp_path, "--stop_at_step=2")
+  assert stopped.returncode == cli.EXIT_STOPPED, stopped.stderr
+  assert _strict_json(stopped.stdout.strip().splitlines()[-1])["step"] == 2
+  again = _train_script(tmp_path, "--stop_at_step=2")  # already there: no step, no NaN
+  assert again.returncode == cli.EXIT_STOPPED, again.stderr
+  printed = _strict_json(again.stdout.strip().splitlines()[-1])
+  assert printed["step"] == 2 and printed["examples_per_second"] is None
+
+  refused = _train_script(tmp_path, "--config.loss.aggregation=sequence_mean")
+  assert refused.returncode == 1
+  last = refused.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"train.py: error: workdir {tmp_path} holds a run with other settings: "
+                         'loss.aggregation "token_mean" -> "sequence_mean".')
+  assert "Traceback" not in refused.stderr
+
+  fresh = _train_script(tmp_path, "--config.loss.aggregation=sequence_mean", "--force_new")
+  assert fresh.returncode == 0, fresh.stderr
+  assert _strict_json(fresh.stdout.strip().splitlines()[-1])["step"] == 4
+  assert [r["step"] for r in rundir.read_metrics(tmp_path, "train")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_logs_each_step_once(tmp_path):
+  """A real SIGKILL after a checkpoint and some more logged steps; the resumed run's
+  metrics.jsonl (and TensorBoard view) holds every step once."""
+  import signal
+  import time
+  command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/sft.py:preset=tiny",
+             f"--workdir={tmp_path}", "--config.train.steps=100000", "--config.train.log_every=1",
+             "--config.eval.every=0", "--config.checkpoint.every=3", "--config.checkpoint.async_save=false",
+             "--config.data.toy.num_eval=0", "--config.train.progress_bar=false", "--config.optim.warmup_steps=0"]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  metrics = tmp_path / "metrics.jsonl"
+
+  def state():
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").glob("*") if p.name.isdigit()) \
+        if (tmp_path / "checkpoints").is_dir() else []
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()[:-1]] \
+        if metrics.is_file() else []
+    return saved, logged
+
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      saved, logged = state()
+      # Killed between checkpoints: some steps were logged after the last one.
+      if saved and logged and logged[-1] >= saved[-1] + 1 and logged[-1] % 3 != 0:
+        break
+      time.sleep(0.05)
+    process.kill()
+  finally:
+    process.kill()
+    process.communicate(timeout=60)
+  assert process.returncode == -signal.SIGKILL
+  saved, logged = state()
+  assert logged and logged[-1] > saved[-1], (saved, logged)  # the case that used to repeat steps
+  end = logged[-1] + 3
+  command[command.index("--config.train.steps=100000")] = f"--config.train.steps={end}"
+  resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240,
+                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert resumed.returncode == 0, resumed.stderr
+  steps = [r["step"] for r in rundir.read_metrics(tmp_path, "train")]
+  assert steps == list(range(1, end + 1))
