@@ -405,31 +405,21 @@ def _host(tree: Any) -> Any:
 class _SamplesWriter:
   """Appends rows of rollouts (prompt, completion, reward) to `<workdir>/samples.jsonl`;
   on resume from iteration s, lines of later iterations (written after that
-  checkpoint) are dropped first, so the file holds every written iteration once."""
+  checkpoint) are dropped first (`rundir.truncate_records`), so the file holds every
+  written iteration once."""
 
   def __init__(self, workdir: Path, resume_from: int):
     self.path = workdir / "samples.jsonl"
     self.active = jax.process_index() == 0
     if self.active and self.path.is_file():
-      kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-              if line.strip() and _line_step(line) <= resume_from]
-      temporary = self.path.with_suffix(".jsonl.tmp")
-      temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-      os.replace(temporary, self.path)
+      rundir.truncate_records(self.path, resume_from)
 
   def write(self, records: list[dict[str, Any]]) -> None:
     if not self.active:
       return
     with open(self.path, "a", encoding="utf-8") as f:
       for record in records:
-        f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def _line_step(line: str) -> int:
-  try:
-    return int(json.loads(line).get("step", 0))
-  except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-    return 1 << 62  # a cut last line of a killed run: dropped
+        f.write(rundir.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def _finite(value: float) -> float | None:
@@ -461,6 +451,17 @@ def _check_config(config: Any) -> objectives_lib.Objective:
   return objective
 
 
+# The config fields that may differ from a run directory's config.json when an online
+# run is resumed (`rundir.check_resume`): how long, how often and on what layout it runs,
+# as the offline `train.MAY_CHANGE_ON_RESUME` (whose reasons apply), plus the samples'
+# cadence, the reward models' batch size and the sampler's cache segments (the same
+# completions; log-probs up to float rounding).
+MAY_CHANGE_ON_RESUME = (
+    "train.steps", "train.log_every", "train.progress_bar", "train.samples_every", "train.samples_per_write",
+    "checkpoint.every", "checkpoint.keep", "checkpoint.async_save", "mesh.data", "mesh.fsdp", "mesh.tensor",
+    "train.microbatches", "model.remat", "reward.batch_size", "rollout.cache_segments",
+)
+
 TOY_REWARD = "rlhf_jax.rl.toy:good_marker_count"
 # Key of the KL coefficient in a checkpoint's "data" item.
 _KL_COEF = "kl_coef"
@@ -476,25 +477,53 @@ def _resolve(config: Any) -> Any:
   return config
 
 
-def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | None = None) -> dict[str, Any]:
+def _input_fingerprints(config: Any, reward: rewards_lib.RewardSettings) -> dict[str, str]:
+  """What the run reads besides its config: sha256 of the prompts and tokenizer files,
+  and the checkpoint folders that the starting policy, the reference and the reward
+  models resolve to (an earlier run may have saved a newer one since)."""
+  inputs = {}
+  for field in ("train", "tokenizer"):
+    path = config.data.get(field)
+    if path and Path(path).is_file():
+      inputs[f"data.{field}"] = data_lib.fingerprint(path)
+  runs = [("model.init_from", config.model.init_from), ("reference.checkpoint", config.reference.checkpoint)]
+  runs += [(f"reward.checkpoints[{i}]", path) for i, path in enumerate(reward.checkpoints)]
+  for name, path in runs:
+    if path:
+      try:
+        inputs[name] = os.fspath(checkpoint_lib.latest_step_dir(path))
+      except FileNotFoundError:
+        pass  # Reported when the parameters are loaded.
+  return inputs
+
+
+def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | None = None,
+          force_new: bool = False) -> dict[str, Any]:
   """Trains the online objective `config.objective`; returns the final metrics.
 
   Args:
     config: a config from `configs/{ppo,grpo,rloo,online_dpo}.py`.
-    workdir: the run directory; an existing checkpoint there is resumed.
+    workdir: the run directory; an existing checkpoint there is resumed when the run
+      directory holds the same config (up to `MAY_CHANGE_ON_RESUME`) and inputs.
     stop_at_step: stop (saving a checkpoint) once this iteration is reached, as a
-      preemption would; the run resumes from there when started again.
+      preemption would; the run resumes from there when started again. A run already
+      at this iteration stops without training.
+    force_new: start afresh: the earlier run's files in `workdir` are moved to
+      `<workdir>/superseded/<time>/` (`rundir.supersede`).
 
   Returns:
-    {"step" (iterations done), "preempted", "seconds", "train/<metric>" of the last
-    logged iteration, "phase_seconds" {"rollout", "reward", "update"}: seconds of each
-    phase of every iteration of this call, "state": the final `OnlineState`}.
+    {"step" (iterations done), "preempted" (stopped early, resumable), "seconds",
+    "train/<metric>" of the last logged iteration, "phase_seconds" {"rollout",
+    "reward", "update"}: seconds of each phase of every iteration of this call,
+    "state": the final `OnlineState`}.
+
+  Raises:
+    rundir.RunDirError: `workdir` is a file, or holds a run with other settings.
+    ValueError: a config field a run cannot use (named).
   """
   objective = _check_config(config)
   config = _resolve(config)
   start_time = time.time()
-  workdir = Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
   reward_settings = rewards_lib.RewardSettings.from_config(config.reward)
   rollout_settings = RolloutSettings.from_config(config.rollout)
   prompt_settings = prompts_lib.PromptSettings(
@@ -503,6 +532,10 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
       max_prompt_length=int(config.data.max_prompt_length), toy_num_prompts=int(config.data.toy.num_prompts),
       toy_vocab_size=int(config.data.toy.vocab_size), toy_max_prompt_words=int(config.data.toy.max_prompt_words),
       seed=int(config.seed))
+  workdir = rundir.prepare(workdir)
+  inputs = _input_fingerprints(config, reward_settings)
+  resume = rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME, inputs=inputs,
+                               force_new=force_new)
   fallback = None
   for run in ([config.model.init_from] if config.model.init_from else []) + list(reward_settings.checkpoints[:1]):
     fallback = _run_tokenizer(run)
@@ -520,19 +553,39 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   info = PromptInfo(vocab_size=prompts.vocab_size, prompt_length=prompts.prompt_length, pad_id=prompts.pad_id,
                     eos_id=prompts.eos_id)
   parts = _cached_build(config, mesh, info, value_config)
-  reward_source = rewards_lib.make_reward_source(reward_settings, mesh=mesh)
-  rundir.write_config(workdir, config)
-  rundir.write_run_info(workdir, mesh=dict(mesh.shape), data=prompts.provenance, reward=reward_source.describe(),
-                        host_memory=host_memory.status())
-
-  init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
+  try:
+    latest = checkpointer.latest_step()
+    if latest is not None and latest > int(config.train.steps):
+      raise rundir.RunDirError(
+          f"train.steps {config.train.steps} is below the iteration {latest} of the checkpoint in "
+          f"{checkpointer.directory}; give train.steps >= {latest} to resume, or --force_new to start afresh.")
+    reward_source = rewards_lib.make_reward_source(reward_settings, mesh=mesh)
+    rundir.write_config(workdir, config)
+    changed = {}
+    if resume.changed:
+      _log.info("resuming %s with changed %s", workdir, rundir.describe(resume.changed))
+      changed = {"changed": {k: list(v) for k, v in resume.changed.items()}}
+    rundir.write_run_info(workdir, mesh=dict(mesh.shape), data=prompts.provenance, reward=reward_source.describe(),
+                          host_memory=host_memory.status(), inputs=inputs, **changed)
+    return _train(config, parts, workdir, checkpointer, latest, prompts, reward_source, reward_settings,
+                  rollout_settings, reward_heads, start_time, stop_at_step)
+  finally:
+    checkpointer.close()
+
+
+def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
+           latest: int | None, prompts: prompts_lib.Prompts, reward_source: rewards_lib.RewardSource,
+           reward_settings: rewards_lib.RewardSettings, rollout_settings: RolloutSettings, reward_heads: int,
+           start_time: float, stop_at_step: int | None) -> dict[str, Any]:
+  """`train` once the run directory is checked, the prompts read and the checkpointer open."""
+  mesh = parts.mesh
+  init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   iterator = data_lib.BatchIterator(
       {"prompt_tokens": prompts.tokens, "prompt_mask": prompts.mask,
        "prompt_index": np.arange(len(prompts), dtype=np.int32)},
       batch_size=rollout_settings.prompts, seed=int(config.seed))
-  latest = checkpointer.latest_step()
   initial = None
   if latest is None or not config.reference.checkpoint:
     initial = _initial_state(parts, config, init_key, train_key, reward_settings, reward_heads)
@@ -556,15 +609,22 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   # is donated to every update).
   rng = jax.device_put(np.asarray(jax.device_get(state.train.rng)), mesh_lib.replicated(mesh))
 
-  writer = rundir.MetricWriter(workdir)
-  samples_writer = _SamplesWriter(workdir, int(latest or 0))
   total = int(config.train.steps)
   step = int(latest or 0)
+  # Records of iterations after the restored one were written by a run killed before its
+  # next checkpoint: this run writes them again.
+  writer = rundir.MetricWriter(workdir, resume_from=step)
+  samples_writer = _SamplesWriter(workdir, step)
+  finished = latest is not None and step >= total
   log_every, checkpoint_every = int(config.train.log_every), int(config.checkpoint.every)
   samples_every, samples_per_write = int(config.train.samples_every), int(config.train.samples_per_write)
   n = rollout_settings.num_samples
   prompt_length = prompts.prompt_length
+  # A resumed run reports what it recorded so far (a finished one, only that).
   results: dict[str, Any] = {}
+  for record in [r for r in writer.kept if r.get("split") == "train"][-1:]:
+    results.update({f"train/{k}": (float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v)
+                    for k, v in record.items() if k not in ("step", "split")})
   phases: dict[str, list[float]] = {"rollout": [], "reward": [], "update": []}
   window: list[dict[str, float]] = []
   progress = None
@@ -583,6 +643,12 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   try:
     with checkpoint_lib.StopRequest() as stop:
       while step < total:
+        # Checked before each iteration, so that a run already at `stop_at_step` stops there.
+        if (stop_at_step is not None and step >= stop_at_step) or stop.any_process():
+          save()
+          preempted = True
+          _log.warning("stopping at iteration %d (checkpoint saved); rerun to resume.", step)
+          break
         host_batch = iterator.next()
         device_prompts = mesh_lib.shard_batch(host_batch, mesh)
         iteration = np.int32(step)
@@ -637,17 +703,12 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
           progress.update(1)
         if checkpoint_every and step % checkpoint_every == 0 and step < total:
           save()
-        if step < total and ((stop_at_step is not None and step >= stop_at_step) or stop.any_process()):
-          save()
-          preempted = True
-          _log.warning("stopping at iteration %d (checkpoint saved); rerun to resume.", step)
-          break
-      if not preempted and checkpointer.latest_step() != step:
+      if not preempted and not finished and checkpointer.latest_step() != step:
         save()
   finally:
     if progress is not None:
       progress.close()
-    checkpointer.close()
+    checkpointer.wait()
     writer.close()
   results.update(step=step, preempted=preempted, seconds=time.time() - start_time, phase_seconds=phases)
   results["state"] = state

@@ -7,6 +7,7 @@ the GOOD marker in it; the reference policy (a fresh tiny model) writes it about
 32 tokens, the best policy in every slot.
 """
 
+import copy
 import json
 import math
 import os
@@ -87,6 +88,11 @@ def test_a_stopped_run_resumes_bit_for_bit(tmp_path):
   straight = rl.train(config, tmp_path / "straight")
   first = rl.train(config, tmp_path / "resumed", stop_at_step=3)
   assert first["preempted"] and first["step"] == 3
+  # The run directory knows what it is: another KL coefficient is refused before any work.
+  other = copy.deepcopy(config)
+  other.loss.kl_coef = 0.2
+  with pytest.raises(rundir.RunDirError, match=r"loss.kl_coef 0.05 -> 0.2"):
+    rl.train(other, tmp_path / "resumed")
   saved = json.loads((tmp_path / "resumed" / "checkpoints" / "3" / "data" / "metadata").read_text())
   assert saved["position"] == 3 * config.rollout.prompts  # the prompt iterator's position
   second = rl.train(config, tmp_path / "resumed")
