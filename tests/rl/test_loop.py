@@ -212,3 +212,40 @@ def test_bad_online_configs_fail_before_any_work(overrides, message, tmp_path):
   with pytest.raises(ValueError, match=message):
     rl.train(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_resume_keeps_every_iteration_once(tmp_path):
+  """The command line: SIGTERM saves and exits 75; a later SIGKILL loses the iterations
+  after the last checkpoint; the same command resumes and metrics.jsonl and
+  samples.jsonl hold every iteration once."""
+  import signal
+  import time
+  command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/grpo.py:preset=tiny",
+             f"--workdir={tmp_path}", "--config.train.steps=100000", "--config.train.log_every=1",
+             "--config.train.samples_every=1", "--config.checkpoint.every=3", "--config.rollout.max_new_tokens=4",
+             "--config.train.progress_bar=false"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  metrics = tmp_path / "metrics.jsonl"
+
+  def run_until(lines, sig):
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 600
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < lines):
+      time.sleep(0.2)
+    process.send_signal(sig)
+    return process, process.communicate(timeout=300)
+
+  process, (stdout, stderr) = run_until(4, signal.SIGTERM)
+  assert process.returncode == 75, stderr[-2000:]
+  stopped = json.loads(stdout.strip().splitlines()[-1])["step"]
+  process, _ = run_until(stopped + 5, signal.SIGKILL)
+  assert process.returncode == -signal.SIGKILL
+  killed_at = len(metrics.read_text().splitlines())
+  final = killed_at + 2
+  command[command.index("--config.train.steps=100000")] = f"--config.train.steps={final}"
+  resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert [r["step"] for r in _records(tmp_path)] == list(range(1, final + 1))
+  steps = sorted({s["step"] for s in _samples(tmp_path)})
+  assert steps == list(range(1, final + 1)) and len(_samples(tmp_path)) == 4 * final
