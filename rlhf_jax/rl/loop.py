@@ -257,6 +257,10 @@ def _cached_build(config: Any, mesh: Mesh, info: PromptInfo, value_config) -> On
     compiled["train"].pop(name, None)
   for name in ("init_from", "value_init"):  # the critic's shape is `value_config`
     compiled["model"].pop(name, None)
+  compiled["optim"].pop("max_consecutive_skips", None)
+  # The KL coefficient is state (it starts the controller), never compiled in: the
+  # objectives read it from the rollout.
+  compiled["loss"].pop("kl_coef", None)
   key = json.dumps({"config": compiled, "mesh": {"shape": dict(mesh.shape), "devices": [d.id for d in mesh.devices.flat]},
                     "info": dataclasses.asdict(info), "value": repr(value_config)}, sort_keys=True, default=str)
   if key in _BUILD_CACHE:
@@ -590,7 +594,9 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
   if latest is None or not config.reference.checkpoint:
     initial = _initial_state(parts, config, init_key, train_key, reward_settings, reward_heads)
   if latest is None:
-    train_state, kl_coef = initial, np.float32(getattr(parts.settings, "kl_coef", 0.0))
+    # From this config (a cached build may have been made with another coefficient).
+    settings = objectives_lib.settings_from(parts.objective, config.loss)
+    train_state, kl_coef = initial, np.float32(getattr(settings, "kl_coef", 0.0))
   else:
     train_state, data_state = checkpointer.restore(latest, parts.abstract_state.train)
     # The KL coefficient rides with the data position: a float32 is exact as a JSON number.
@@ -677,11 +683,13 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
         metrics.update(seconds_rollout=rolled - begin, seconds_reward=scored - rolled, seconds_update=done - scored)
         window.append(metrics)
         if step % log_every == 0 or step == total:
-          # Means over the iterations since the last write (counters: their last value).
+          # Means over the iterations since the last write (counters: their last value;
+          # the updates skipped in the window: their sum).
           logged = {k: float(np.mean([m[k] for m in window if k in m])) for k in window[-1]}
           for name in ("skipped_updates", "consecutive_skips", "optimizer_steps", "kl_coef", "learning_rate"):
             if name in metrics:
               logged[name] = metrics[name]
+          logged["update_skipped"] = float(sum(m.get("update_skipped", 0.0) for m in window))
           window = []
           writer.write(step, logged, split="train")
           results.update({f"train/{k}": v for k, v in logged.items()})

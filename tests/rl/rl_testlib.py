@@ -53,6 +53,13 @@ def nan_for_the_second(prompts, completions):
   return [float("nan") if i == 1 else 0.0 for i in range(len(completions))]
 
 
+def overflowing(prompts, completions):
+  """+-3e38 in turn: finite rewards whose differences overflow float32 (non-finite
+  advantages, so non-finite gradients)."""
+  del prompts
+  return [3e38 if i % 2 else -3e38 for i in range(len(completions))]
+
+
 def text_length(prompts, completions):
   """Characters of the completion (a rule-based reward on text)."""
   del prompts

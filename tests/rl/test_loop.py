@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import data, rl
+from rlhf_jax import data, rl, train
 from rlhf_jax.train import rundir, score
 
 import rl_testlib
@@ -65,12 +65,25 @@ def test_each_objective_raises_the_toy_reward(objective, tmp_path):
     assert len(sample["completion"].split()) == sample["length"] - int(sample["ended"])
 
 
+def test_non_finite_updates_are_skipped_counted_and_stop_the_run(tmp_path):
+  """Rewards whose leave-one-out differences overflow give non-finite gradients: each
+  update is skipped and counted, and after more than optim.max_consecutive_skips in a
+  row the run stops with a clear error."""
+  config = tiny_online_config("rloo", train__steps=16, train__log_every=1, train__samples_every=4,
+                              reward__function="rl_testlib:overflowing", optim__max_consecutive_skips=1)
+  with pytest.raises(train.TrainingError, match="iteration 2: 2 consecutive updates were skipped"):
+    rl.train(config, tmp_path)
+  records = _records(tmp_path)
+  assert [(r["step"], r["update_skipped"], r["skipped_updates"]) for r in records] == [(1, 1, 1), (2, 1, 2)]
+
+
 @pytest.mark.parametrize("objective, kl_bound", [("grpo", 0.15), ("ppo", 2.0)])
 def test_a_huge_kl_coefficient_keeps_the_policy_at_the_reference(objective, kl_bound, tmp_path):
   """With the KL coefficient 1000 the reward does not rise and the KL stays small (PPO's
   penalty acts through sampled advantages, so its KL keeps the noise of the updates;
-  without the penalty it passes 5 within these iterations, see the learning test)."""
-  config = tiny_online_config(objective, train__steps=12, train__log_every=1, train__samples_every=0,
+  without the penalty it passes 10 within these iterations, see the learning test)."""
+  # The learning test's settings but the coefficient (the same compiled functions).
+  config = tiny_online_config(objective, train__steps=16, train__log_every=1, train__samples_every=4,
                               loss__kl_coef=1000.0)
   rl.train(config, tmp_path)
   records = _records(tmp_path)
@@ -172,6 +185,7 @@ def test_command_line_runs_an_online_objective(tmp_path):
   assert typo.returncode != 0 and "num_sample" in typo.stderr
 
 
+@pytest.mark.slow
 def test_two_devices_equal_one_device(tmp_path):
   """PPO sharded over 2 simulated CPU devices (FSDP: parameters and optimizer state
   split, rollouts, critic and minibatches too) equals the one-device run: the sampler
