@@ -57,6 +57,7 @@ def test_each_objective_raises_the_toy_reward(objective, tmp_path):
     assert all(0 <= r["clip_fraction"] <= 1 and r["entropy"] > 0 for r in records)
   if objective == "ppo":
     assert all(math.isfinite(r["value_explained_variance"]) for r in records)
+    assert any(p.name.startswith("events") for p in (tmp_path / "tensorboard").iterdir())
   # samples.jsonl: what the policy wrote, with rewards a reader can check by hand.
   samples = _samples(tmp_path)
   assert {s["step"] for s in samples} == {4, 8, 12, 16}
