@@ -251,6 +251,13 @@ def test_online_dpo_loss_is_dpo_on_the_ranked_pairs():
     weights += weight
   np.testing.assert_allclose(float(loss), total / weights, rtol=2e-4)
   assert set(outputs) >= {"chosen_reward", "rejected_reward", "margin", "accuracy"}
+  # Entropy: the mean over the pair's two completions of each one's token-mean entropy.
+  _, log_softmax = _numpy_completion_logps(logits, rollout.tokens, 1.0)
+  mask = r["completion_mask"]
+  per_row = np.where(mask, -(np.exp(log_softmax) * log_softmax).sum(-1), 0).sum(1) / mask.sum(1)
+  for pair in range(4):
+    a, b = 2 * pair, 2 * pair + 1
+    np.testing.assert_allclose(outputs["entropy"][pair], (per_row[a] + per_row[b]) / 2, rtol=1e-4)
 
 
 def test_microbatches_give_the_minibatch_gradient():

@@ -18,8 +18,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax import losses
 from rlhf_jax.train.objectives.contract import Rollout, register
-from rlhf_jax.train.objectives.logps import completion_forward, completion_logps, concat
+from rlhf_jax.train.objectives.logps import completion_forward, completion_logps, concat, token_entropy
 from rlhf_jax.train.objectives.ppo import penalized_scores
 from rlhf_jax.train.objectives.preference import DPOSettings, dpo_loss
 
@@ -77,4 +78,8 @@ def online_dpo(params, batch, rng, *, model, settings: OnlineDPOSettings, layout
   size = batch["chosen_tokens"].shape[0]
   policy = {"chosen_logps": logps[:size], "rejected_logps": logps[size:],
             "chosen_lengths": lengths[:size], "rejected_lengths": lengths[size:]}
-  return dpo_loss(policy, batch, settings)
+  loss, outputs = dpo_loss(policy, batch, settings)
+  # The policy's entropy on the pair's completions (a metric, like the PPO family's).
+  entropy = losses.masked_mean(token_entropy(jax.lax.stop_gradient(logits), mask), mask, axis=-1)
+  outputs["entropy"] = 0.5 * (entropy[:size] + entropy[size:])
+  return loss, outputs
