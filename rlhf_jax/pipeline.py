@@ -121,6 +121,9 @@ def simulate_feedback(config: ml_collections.ConfigDict, task: list[dict[str, st
     record["response_a"], record["response_b"] = (
         (pair["good"], pair["bad"]) if a_is_good[item] else (pair["bad"], pair["good"]))
   _write_jsonl(path, records)
+  # Beside the records, so that the aggregation report scores its drift verdicts against
+  # the known change points (detection rate and delay).
+  feedback.write_annotator_truth(simulation, path.with_name("annotator_truth.csv"))
   return simulation, a_is_good
 
 

@@ -25,8 +25,8 @@ import numpy as np
 from rlhf_jax.models.config import TransformerConfig
 
 __all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "LayerNorm", "RMSNorm", "apply_rope",
-           "causal_attention", "document_attention", "document_places", "gather_slots", "norm", "project",
-           "rope_frequencies", "visible_keys"]
+           "cached_attention", "causal_attention", "document_attention", "document_places", "gather_slots", "norm",
+           "project", "rope_frequencies", "visible_keys"]
 
 # Logical names used by parameters. "layers" appears only with `scan_layers=True`;
 # None marks a dimension too small to shard (the outputs of a reward or value head).
@@ -124,6 +124,34 @@ def causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: j
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     outputs.append(jnp.einsum("bhts,bhsd->bhtd", weights, v[:, :, :end]))
   return jnp.concatenate(outputs, axis=2).transpose(0, 2, 1, 3)
+
+
+def cached_attention(query: jax.Array, cached_key: jax.Array, cached_value: jax.Array,
+                     mask: jax.Array) -> jax.Array:
+  """Softmax attention of T new queries to a KV cache laid out heads-major.
+
+    out[t] = sum_s softmax_s(q_t . k_s / sqrt(Dh), over s with mask[t, s]) v_s
+
+  query [B, T, H, Dh]; cached_key and cached_value [B, K, S, Dh] (query head h reads key
+  head h // (H / K)); mask bool [B, T, S]. The H / K query heads that share a key head
+  are grouped against it, so keys are neither repeated nor transposed: each product
+  reads the cache once, in place. Scores and softmax are float32; the output [B, T, H, Dh]
+  has the dtype of `cached_value`. A query that sees no key gets the mean of the values.
+  """
+  batch, length, heads, head_dim = query.shape
+  kv_heads = cached_key.shape[1]
+  if heads % kv_heads or cached_value.shape != cached_key.shape or mask.shape != (
+      batch, length, cached_key.shape[2]):
+    raise ValueError(f"cached_attention: query {query.shape}, key {cached_key.shape}, value "
+                     f"{cached_value.shape} and mask {mask.shape} do not fit together.")
+  groups = heads // kv_heads
+  q = query.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, Dh]
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, cached_key,
+                      preferred_element_type=jnp.float32) * head_dim**-0.5
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(cached_value.dtype)
+  out = jnp.einsum("bkgts,bksd->bkgtd", weights, cached_value)
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
 def visible_keys(causal: jax.Array, key_valid: jax.Array,
@@ -329,7 +357,7 @@ class Attention(nn.Module):
   the full output at those slots (the last block of a model read at a few slots).
 
   With `decode=True` the keys and values are also written to a "cache" collection
-  (`key`, `value` [B, L, K, Dh], `key_mask` [B, L], `index` scalar), and queries attend
+  (`key`, `value` [B, K, L, Dh], `key_mask` [B, L], `index` scalar), and queries attend
   to everything cached so far plus the new tokens: feeding a sequence in chunks gives
   the same outputs as one full forward. The cache is created (all zeros, length L = the
   input length) when the variable does not exist yet; see `transformer.init_cache`.
@@ -401,9 +429,13 @@ class Attention(nn.Module):
 
     key_mask = attention_mask
     if self.decode:
+      # The cache is heads-major, [B, K, L, Dh]: the attention products then read it in
+      # place (batch dimensions leading), where [B, L, K, Dh] made XLA transpose the whole
+      # cache of every layer at every decoding step.
       initialized = self.has_variable("cache", "key")
-      cached_key = self.variable("cache", "key", jnp.zeros, key.shape, dtype)
-      cached_value = self.variable("cache", "value", jnp.zeros, value.shape, dtype)
+      cache_shape = (key.shape[0], k, length, dh)
+      cached_key = self.variable("cache", "key", jnp.zeros, cache_shape, dtype)
+      cached_value = self.variable("cache", "value", jnp.zeros, cache_shape, dtype)
       cached_mask = self.variable("cache", "key_mask", jnp.zeros, attention_mask.shape, jnp.bool_)
       cache_index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
       if initialized:
@@ -411,17 +443,18 @@ class Attention(nn.Module):
         # silently overwriting the last slots; callers size the cache for prompt +
         # generation (`init_cache(..., max_length)`).
         index = cache_index.value
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
-        cached_value.value = jax.lax.dynamic_update_slice(
-            cached_value.value, value, (0, index, 0, 0)
-        )
-        cached_mask.value = jax.lax.dynamic_update_slice(
-            cached_mask.value, attention_mask, (0, index)
-        )
+        cache_names = ("batch", "kv_heads", "length", "head_dim")
+        for variable, new in ((cached_key, key), (cached_value, value)):
+          variable.value = _constrain(jax.lax.dynamic_update_slice(
+              variable.value, new.transpose(0, 2, 1, 3).astype(dtype), (0, 0, index, 0)), cache_names)
+        cached_mask.value = jax.lax.dynamic_update_slice(cached_mask.value, attention_mask, (0, index))
         cache_index.value = index + length
-        key, value, key_mask = cached_key.value, cached_value.value, cached_mask.value
-        query_index = index + query_index
-        key_slots = jnp.arange(key.shape[1])
+        # Query t (cache slot index + t) sees the cached keys up to its own slot.
+        slots = jnp.arange(cached_mask.value.shape[1])
+        visible = (slots[None, :] <= index + key_slots[:, None])[None] & cached_mask.value[:, None, :]
+        attended = cached_attention(query, cached_key.value, cached_value.value, visible)
+        out = project(attended, out_kernel, contract=2)
+        return _constrain(out, ("batch", "length", "embed"))
 
     if documents is not None and query_slots is None:
       attended = document_attention(query, key, value, *documents, segment_ids, key_mask)
@@ -435,7 +468,7 @@ class Attention(nn.Module):
                         per_query(query_segments), per_key(segment_ids),
                         per_query(query_documents), per_key(document_ids))[:, None]
     if self.decode or query_slots is not None:
-      # Queries sit at an offset into the cache, or are a few slots: XLA's implementation
+      # A first decoding call (building the cache), or queries at a few slots: XLA's implementation
       # handles GQA without materialising repeated keys and computes logits and softmax
       # in float32.
       attended = jax.nn.dot_product_attention(query, key, value, mask=mask)

@@ -25,6 +25,7 @@ Incremental decoding (online rollouts): `cache = init_cache(model, batch, length
 `logits, updates = model.apply({"params": p, "cache": cache}, chunk, chunk_mask,
 decode=True, mutable=["cache"])` with `cache = updates["cache"]`; chunks of any length
 (a whole prompt, then one token at a time) give the logits of the full forward.
+`rlhf_jax.models.generate` is that loop, jitted, with sampling.
 """
 
 from __future__ import annotations
@@ -302,7 +303,10 @@ def init_cache(model: nn.Module, batch_size: int, max_length: int | None = None)
   """An empty KV cache (all zeros) for `model` (a `Transformer`, `RewardModel` or
   `ValueModel`), for sequences of up to `max_length` tokens (default: `max_len`).
 
-  Shapes come from `jax.eval_shape`, so no parameters are initialised.
+  Per attention layer: `key`, `value` [B, K, L, Dh] (heads-major, read in place by
+  `layers.cached_attention`), `key_mask` [B, L], `index` (the next slot); per model
+  `num_tokens` [B] (real tokens so far: the next token's position). Shapes come from
+  `jax.eval_shape`, so no parameters are initialised.
   """
   config = model.config
   max_length = config.max_len if max_length is None else max_length

@@ -61,6 +61,8 @@ __all__ = [
     "ScoreError",
     "latest_checkpoint",
     "load_reward_model",
+    "restore_params",
+    "run_tokenizer",
     "score_file",
 ]
 
@@ -85,7 +87,7 @@ def latest_checkpoint(workdir: str | os.PathLike[str]) -> tuple[int, Path]:
       if directory.is_dir() else []
   if not steps:
     raise ScoreError(f"{workdir}: no checkpoint in {directory} (a run saves one every checkpoint.every steps "
-                     "and at its end); train the reward model first, or give its run directory.")
+                     "and at its end); train the model first, or give its run directory.")
   return steps[-1], directory / str(steps[-1])
 
 
@@ -113,7 +115,7 @@ def _run_config(workdir: Path) -> ml_collections.ConfigDict:
   return config
 
 
-def _run_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> data_lib.Tokenizer:
+def run_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> data_lib.Tokenizer:
   """The tokenizer the run trained with, checked against the fingerprint in run.json."""
   path = Path(config.data.tokenizer) if config.data.tokenizer else workdir / "tokenizer" / "spm.model"
   if not path.is_file():
@@ -146,7 +148,7 @@ class _NoItemMetadataWarning(logging.Filter):
     return not str(record.msg).startswith("Metadata file does not exist")
 
 
-def _restore_params(step_dir: Path, abstract: Any) -> Any:
+def restore_params(step_dir: Path, abstract: Any) -> Any:
   """The model parameters of a checkpoint (orbax partial restore: no optimizer state is
   read), each shard placed as `abstract`'s shardings say."""
   quiet = _NoItemMetadataWarning()
@@ -333,7 +335,7 @@ def load_reward_model(workdir: str | os.PathLike[str], *, mesh: Mesh | None = No
   """
   workdir = Path(workdir)
   config = _run_config(workdir)
-  tokenizer = _run_tokenizer(workdir, config)
+  tokenizer = run_tokenizer(workdir, config)
   step, step_dir = latest_checkpoint(workdir)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   dp = mesh_lib.data_parallel_size(mesh)
@@ -348,7 +350,7 @@ def load_reward_model(workdir: str | os.PathLike[str], *, mesh: Mesh | None = No
   shardings = mesh_lib.param_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           mesh_lib.unbox_values(boxed), shardings)
-  params = _restore_params(step_dir, abstract)
+  params = restore_params(step_dir, abstract)
   _log.info("reward model of %s, checkpoint step %d", workdir, step)
 
   def apply(params, batch):
