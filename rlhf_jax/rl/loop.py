@@ -387,7 +387,7 @@ def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib
                      "models (model.ensemble_models); the critic starts from one model (a run with several "
                      "reward_heads is fine: the first head is taken).")
   rm_tokenizer = _run_tokenizer(os.fspath(rm_dir))
-  if prompts.tokenizer is None or rm_tokenizer is None or \
+  if prompts.toy or rm_tokenizer is None or \
       data_lib.Tokenizer.load(rm_tokenizer).fingerprint != prompts.tokenizer.fingerprint:
     raise ValueError(f"model.value_init='reward_model': the critic reads the policy's tokens, so the policy must "
                      f"use the tokenizer of {rm_dir} ({rm_tokenizer}); set data.tokenizer to it (or leave it empty "
@@ -549,7 +549,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   if rollout_settings.prompts > len(prompts):
     raise ValueError(f"rollout.prompts {rollout_settings.prompts} exceeds the {len(prompts)} distinct prompts of "
                      f"{config.data.train or 'the toy prompts (data.toy.num_prompts)'}.")
-  if prompts.tokenizer is None and reward_settings.checkpoints:
+  if prompts.toy and reward_settings.checkpoints:
     _log.warning("toy prompts (data.train is empty) go to the reward models as numbers; give data.train to train "
                  "against a text reward model.")
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())

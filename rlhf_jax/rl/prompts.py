@@ -22,7 +22,8 @@ starts at the same slot.
 
 Toy prompts (no file): `toy_prompts` draws prompts of filler words of the toy data
 (`rlhf_jax.data.toy`); their texts, and the texts of completions, are the token ids
-written as decimal numbers separated by spaces ("7 12 5"), so a reward function can read
+written as decimal numbers separated by spaces ("7 12 5"; `train.sampling.ToyIds`, the
+text `scripts/sample.py` reads and writes for toy runs), so a reward function can read
 them without a tokenizer.
 """
 
@@ -40,6 +41,7 @@ import numpy as np
 from rlhf_jax import data as data_lib
 from rlhf_jax.data import formats as formats_lib
 from rlhf_jax.data import sources as sources_lib
+from rlhf_jax.train.sampling import ToyIds
 
 __all__ = ["PROMPT_FORMATS", "PromptSettings", "Prompts", "load_prompts", "toy_prompts"]
 
@@ -75,7 +77,7 @@ class Prompts:
     tokens: int32 [M, P] left-padded prompts ([bos] first), P the longest prompt.
     mask: bool [M, P], true on real tokens.
     texts: the M prompt texts.
-    tokenizer: the sentencepiece tokenizer, or None for toy prompts (ids as text).
+    tokenizer: the sentencepiece tokenizer, or `ToyIds` for toy prompts (ids as text).
     vocab_size, pad_id, bos_id, eos_id: the token ids.
     provenance: for run.json (file, format, fingerprint, counts, tokenizer).
   """
@@ -83,7 +85,7 @@ class Prompts:
   tokens: np.ndarray
   mask: np.ndarray
   texts: list[str]
-  tokenizer: data_lib.Tokenizer | None
+  tokenizer: data_lib.Tokenizer | ToyIds
   vocab_size: int
   pad_id: int
   bos_id: int
@@ -97,16 +99,14 @@ class Prompts:
   def prompt_length(self) -> int:
     return int(self.tokens.shape[1])
 
+  @property
+  def toy(self) -> bool:
+    """The toy prompts (token ids as text, no sentencepiece tokenizer)."""
+    return isinstance(self.tokenizer, ToyIds)
+
   def completion_text(self, ids: Sequence[int]) -> str:
-    """The text of a completion's tokens (`ids`: its tokens up to its end, the end token
-    included, which is left out of the text; with a tokenizer, special ids decode to
-    nothing)."""
-    ids = [int(i) for i in ids]
-    if ids and ids[-1] == self.eos_id:
-      ids = ids[:-1]
-    if self.tokenizer is None:
-      return " ".join(str(i) for i in ids)
-    return self.tokenizer.decode(ids)
+    """The text of a completion's tokens (pad, bos and eos decode to nothing)."""
+    return self.tokenizer.decode([int(i) for i in ids])
 
 
 def _left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +139,8 @@ def toy_prompts(num_prompts: int, *, seed: int, vocab_size: int, max_words: int,
            for _ in range(num_prompts)]
   width = 1 + max(len(w) for w in words)
   tokens, mask = _left_pad([[data_lib.TOY_BOS] + w for w in words], width, data_lib.TOY_PAD)
-  return Prompts(tokens=tokens, mask=mask, texts=[" ".join(map(str, w)) for w in words], tokenizer=None,
+  toy_ids = ToyIds(vocab_size)
+  return Prompts(tokens=tokens, mask=mask, texts=[toy_ids.decode(w) for w in words], tokenizer=toy_ids,
                  vocab_size=vocab_size, pad_id=data_lib.TOY_PAD, bos_id=data_lib.TOY_BOS,
                  eos_id=data_lib.TOY_EOS,
                  provenance={"train": "toy", "num_prompts": num_prompts, "vocab_size": vocab_size,

@@ -21,7 +21,7 @@ HH_RLHF = next((p / "shared" / "data" / "hh-rlhf" / "harmless-base-test-head1500
 def test_toy_prompts_are_left_padded_filler_words():
   prompts = prompts_lib.toy_prompts(50, seed=3, vocab_size=20, max_words=5, max_prompt_length=9)
   # As many slots as the longest prompt (bos + 5 words), not max_prompt_length.
-  assert prompts.tokens.shape == (50, 6) and len(prompts) == 50 and prompts.tokenizer is None
+  assert prompts.tokens.shape == (50, 6) and len(prompts) == 50 and prompts.toy
   for row, mask, text in zip(prompts.tokens, prompts.mask, prompts.texts):
     words = [int(w) for w in text.split()]
     assert 2 <= len(words) <= 5 and all(data.toy.TOY_FIRST_WORD <= w < 20 for w in words)
@@ -30,8 +30,8 @@ def test_toy_prompts_are_left_padded_filler_words():
     assert mask[-len(words) - 1:].all() and not mask[:-len(words) - 1].any()
   again = prompts_lib.toy_prompts(50, seed=3, vocab_size=20, max_words=5, max_prompt_length=9)
   np.testing.assert_array_equal(again.tokens, prompts.tokens)
-  # Completion text: ids as numbers, the end token left out (a pad inside stays).
-  assert prompts.completion_text([7, 0, 9, data.TOY_EOS]) == "7 0 9"
+  # Completion text: ids as numbers; pad, bos and eos decode to nothing (train.sampling.ToyIds).
+  assert prompts.completion_text([7, data.TOY_PAD, 9, data.TOY_EOS]) == "7 9"
   assert prompts.completion_text([7, 9]) == "7 9"
   with pytest.raises(ValueError, match="data.toy.max_prompt_words must lie in"):
     prompts_lib.toy_prompts(5, seed=0, vocab_size=20, max_words=7, max_prompt_length=7)
