@@ -65,6 +65,7 @@ from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import optim, rundir
+from rlhf_jax.train import score as score_lib
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train.loop import TrainingError
 
@@ -282,41 +283,27 @@ def _copy(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.copy(), tree)
 
 
-def _stored_params(workdir: str | os.PathLike[str]) -> tuple[Any, Path]:
-  """(parameter metadata tree, step folder) of a run's newest checkpoint."""
-  from rlhf_jax.train import score  # pylint: disable=g-import-not-at-top
-  try:
-    _, step_dir = score.latest_checkpoint(Path(workdir))
-  except score.ScoreError as error:
-    raise FileNotFoundError(str(error)) from None
-  return ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata["params"], step_dir
-
-
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def load_policy(path: str | os.PathLike[str], policy_params: Any, field: str) -> Any:
   """A policy's parameters from a run's newest checkpoint, laid out like `policy_params`:
   a language-model run (SFT, DPO, ...; `checkpoint.load_params`) or an online run with
-  a critic, whose policy is read alone (orbax partial restore) from under "policy"."""
-  stored, step_dir = _stored_params(path)
+  a critic, whose policy is read alone from under "policy" (`score.restore_params`)."""
+  try:
+    _, step_dir = score_lib.latest_checkpoint(Path(path))
+  except score_lib.ScoreError as error:
+    raise FileNotFoundError(f"{field}: {error}") from None
+  stored = ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata["params"]
   if "policy" not in stored:
     if "lm_head" not in stored and "embed" not in stored:
       raise ValueError(f"{field}: {path} does not hold a policy (its parameters are {sorted(stored)[:6]}); give "
                        "the workdir of a language-model run (sft, dpo, ...) or of an online run.")
     return checkpoint_lib.load_params(path, policy_params)
-  abstract = {"policy": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                     policy_params)}
-  if _shapes({"policy": stored["policy"]}) != _shapes(abstract):
-    differ = sorted(set(_shapes({"policy": stored["policy"]}).items()) ^ set(_shapes(abstract).items()))[:6]
-    raise ValueError(f"{field}: the policy in {step_dir} does not fit this model (first differences, name and "
-                     f"shape: {differ}).")
-  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
-  restored = ocp.PyTreeCheckpointer().restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-      item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), policy_params)
+  try:
+    restored = score_lib.restore_params(step_dir, {"policy": abstract})
+  except score_lib.ScoreError as error:
+    raise ValueError(f"{field}: {error}") from None
   _log.info("%s: loaded the policy of %s", field, step_dir)
-  return restored["params"]["policy"]
+  return restored["policy"]
 
 
 def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
@@ -347,23 +334,24 @@ def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
   return state.replace(params={"policy": policy, "value": value})
 
 
-def _read_json(path: Path) -> Any:
+def _run(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict | None:
+  """The config.json of a run directory, or None without one."""
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    return None
   try:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
   except (OSError, json.JSONDecodeError) as error:
     raise ValueError(f"{path}: cannot read it ({error}).") from None
 
 
-def _run_tokenizer(run_dir: str) -> str | None:
-  """The tokenizer model file a run trained with (its data.tokenizer, or the one it
-  trained into its workdir), or None."""
-  config_path = Path(run_dir) / "config.json"
-  if config_path.is_file():
-    given = (_read_json(config_path).get("data") or {}).get("tokenizer")
-    if given:
-      return given
-  trained = Path(run_dir) / "tokenizer" / "spm.model"
-  return os.fspath(trained) if trained.is_file() else None
+def _run_tokenizer(workdir: str | os.PathLike[str]) -> data_lib.Tokenizer | None:
+  """The tokenizer a run trained with (`score.run_tokenizer`, checked against its
+  run.json), or None for a run on the toy data."""
+  config = _run(workdir)
+  if config is None or not config.get("data", {}).get("train"):
+    return None
+  return score_lib.run_tokenizer(Path(workdir), config)
 
 
 def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib.RewardSettings
@@ -379,19 +367,20 @@ def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib
     raise ValueError("model.value_init='reward_model' needs a reward model (reward.checkpoints); with "
                      "reward.function use value_init='policy'.")
   rm_dir = Path(reward.checkpoints[0])
-  rm_config = ml_collections.ConfigDict(_read_json(rm_dir / "config.json"))
+  rm_config = _run(rm_dir)
+  if rm_config is None:
+    raise ValueError(f"reward.checkpoints: {rm_dir} has no config.json; expected a reward-model run.")
   if rm_config.get("objective") != "reward_model":
     raise ValueError(f"reward.checkpoints: {rm_dir} trained {rm_config.get('objective')!r}, not a reward model.")
   if int(rm_config.model.ensemble_models) != 1:
     raise ValueError(f"model.value_init='reward_model': {rm_dir} is an ensemble of {rm_config.model.ensemble_models} "
                      "models (model.ensemble_models); the critic starts from one model (a run with several "
                      "reward_heads is fine: the first head is taken).")
-  rm_tokenizer = _run_tokenizer(os.fspath(rm_dir))
-  if prompts.toy or rm_tokenizer is None or \
-      data_lib.Tokenizer.load(rm_tokenizer).fingerprint != prompts.tokenizer.fingerprint:
+  rm_tokenizer = _run_tokenizer(rm_dir)
+  if prompts.toy or rm_tokenizer is None or rm_tokenizer.fingerprint != prompts.tokenizer.fingerprint:
     raise ValueError(f"model.value_init='reward_model': the critic reads the policy's tokens, so the policy must "
-                     f"use the tokenizer of {rm_dir} ({rm_tokenizer}); set data.tokenizer to it (or leave it empty "
-                     "to take it), or use value_init='policy'.")
+                     f"use the tokenizer of {rm_dir} ({getattr(rm_tokenizer, 'name', 'none')}); set data.tokenizer "
+                     "to it (or leave it empty to take it), or use value_init='policy'.")
   return networks.model_config(rm_config, prompts.vocab_size), int(rm_config.model.reward_heads)
 
 
@@ -540,7 +529,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   inputs = _input_fingerprints(config, reward_settings)
   resume = rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME, inputs=inputs,
                                force_new=force_new)
-  fallback = None
+  fallback = None  # The starting policy's tokenizer, else the (first) reward model's.
   for run in ([config.model.init_from] if config.model.init_from else []) + list(reward_settings.checkpoints[:1]):
     fallback = _run_tokenizer(run)
     if fallback is not None:

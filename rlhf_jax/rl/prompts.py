@@ -204,14 +204,14 @@ def _detect_prompts(rows, path: str) -> str:
 
 
 def _tokenizer(settings: PromptSettings, workdir: Path, texts: list[str],
-               fallback: str | os.PathLike[str] | None) -> data_lib.Tokenizer:
+               fallback: data_lib.Tokenizer | None) -> data_lib.Tokenizer:
   """`data.tokenizer`, else the `fallback` run's tokenizer (the starting policy's or the
   reward model's), else one trained on the prompts into `<workdir>/tokenizer/`."""
   if settings.tokenizer:
     return data_lib.Tokenizer.load(settings.tokenizer)
   if fallback is not None:
-    _log.info("using the tokenizer %s", fallback)
-    return data_lib.Tokenizer.load(fallback)
+    _log.info("using the tokenizer %s", fallback.name)
+    return fallback
   prefix = workdir / "tokenizer" / "spm"
   model_path = prefix.with_suffix(".model")
   if not model_path.is_file():
@@ -227,13 +227,13 @@ def _tokenizer(settings: PromptSettings, workdir: Path, texts: list[str],
 
 
 def load_prompts(settings: PromptSettings, workdir: str | os.PathLike[str], *,
-                 tokenizer_fallback: str | os.PathLike[str] | None = None) -> Prompts:
+                 tokenizer_fallback: data_lib.Tokenizer | None = None) -> Prompts:
   """The prompts of `settings.train` (tokenized), or the toy prompts when it is empty.
 
   Args:
     settings: the config's data fields.
     workdir: the run directory (rejects and a trained tokenizer go there).
-    tokenizer_fallback: a tokenizer model file to use when `settings.tokenizer` is empty
+    tokenizer_fallback: the tokenizer to use when `settings.tokenizer` is empty
       (the trainer passes the starting policy's or the reward model's tokenizer).
 
   Raises:
