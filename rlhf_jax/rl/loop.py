@@ -388,11 +388,14 @@ def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib
 
 
 def _host(tree: Any) -> Any:
-  """Device arrays as NumPy arrays on every process (gathered across processes)."""
-  if jax.process_count() > 1:
+  """Device arrays as NumPy arrays on every process: replicated ones read locally, ones
+  split over the batch gathered from every process (multi-process runs)."""
+  def fetch(x):
+    if jax.process_count() == 1 or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-  return jax.tree.map(np.asarray, jax.device_get(tree))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)
 
 
 class _SamplesWriter:
