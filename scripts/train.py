@@ -1,9 +1,14 @@
-r"""Trains an offline RLHF objective from a config file: one command from data to checkpoints.
+r"""Trains an RLHF objective from a config file: one command from data to checkpoints.
 
   python scripts/train.py --config=configs/dpo.py:preset=tiny --workdir=/tmp/dpo
+  python scripts/train.py --config=configs/ppo.py:preset=tiny --workdir=/tmp/ppo
   python scripts/train.py --config=configs/reward_model.py:preset=125m --workdir=runs/rm \
       --config.data.train=train.jsonl.gz --config.data.eval=test.jsonl.gz \
       --config.optim.learning_rate=5e-6
+
+Offline objectives (sft, reward_model, the DPO family, kto) train with
+`rlhf_jax.train.train`, online ones (ppo, grpo, rloo, online_dpo) with `rlhf_jax.rl.train`
+(the objective's `online` flag decides); both keep the run directory the same way.
 
 `--config.<field>=<value>` overrides any field; an unknown field is an error (the config
 is locked). Rerunning with the same workdir resumes from its newest checkpoint, when the
@@ -94,12 +99,12 @@ def main(argv: list[str]) -> None:
     logging.info("host memory: %s", host_memory.keep_freed_memory())
   _initialize_distributed()
 
-  from rlhf_jax import data, train  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import data, rl, train  # pylint: disable=g-import-not-at-top
 
   user_errors = (data.DataError, train.TrainingError, FileNotFoundError, ValueError, KeyError)
   try:
-    results = train.train(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT_STEP.value,
-                          force_new=_FORCE_NEW.value)
+    run = rl.train if train.objectives.get(_CONFIG.value.objective).online else train.train
+    results = run(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT_STEP.value, force_new=_FORCE_NEW.value)
   except user_errors as error:
     if _TRACEBACK.value:
       raise

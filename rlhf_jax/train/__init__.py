@@ -1,5 +1,9 @@
 """Sharded training of offline RLHF objectives: SFT, reward models, DPO family, ORPO, KTO.
 
+The objectives registry (`objectives`) also holds the online ones (ppo, grpo, rloo,
+online_dpo), which `rlhf_jax.rl` trains on the policy's own samples with the same train
+step (`step.train_step_fn`), mesh, state, optimizer and checkpoints.
+
     from rlhf_jax import train
     config = train.base_config("dpo", "tiny")          # or configs/dpo.py:get_config
     metrics = train.train(config, "/tmp/run")          # resumes if /tmp/run has a checkpoint

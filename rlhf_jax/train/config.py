@@ -17,6 +17,17 @@ Layout (big_vision style: plain nested ConfigDicts, no classes):
   reference.*          DPO/KTO reference log-probs: cached per data set or on the fly
   loss.*               the objective's own hyper-parameters (only those of `objective`)
 
+Online objectives (ppo, grpo, rloo, online_dpo, trained by `rlhf_jax.rl`) have no
+eval.* and no offline data or reference fields; instead:
+
+  data.*               the prompts file (or toy prompts), tokenizer, prompt length
+  rollout.*            prompts per iteration, samples per prompt, sampling, the update's
+                       epochs and minibatches
+  reward.*             the reward source: reward-model checkpoints (an ensemble and how
+                       to combine it) or a Python function
+  reference.*          the frozen reference: the starting policy, or a checkpoint
+  train.steps          counts iterations (rollout, score, update), not optimizer steps
+
 `parse_arg("preset=tiny,variant=ipo")` reads the `get_config(arg)` string.
 """
 
@@ -29,20 +40,27 @@ from ml_collections.config_dict import placeholder
 
 from rlhf_jax.data import packing
 
-__all__ = ["OBJECTIVES", "PRESETS", "base_config", "parse_arg", "to_dict"]
+__all__ = ["OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config", "parse_arg",
+           "to_dict"]
 
-OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
+OFFLINE_OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
+ONLINE_OBJECTIVES = ("ppo", "grpo", "rloo", "online_dpo")
+OBJECTIVES = OFFLINE_OBJECTIVES + ONLINE_OBJECTIVES
 PRESETS = ("tiny", "125m", "1b", "7b")
 
 # Learning rates for the accelerator presets, from the papers' recipes: SFT and reward
 # models as in Ouyang et al. 2022 (arXiv 2203.02155) and TRL's examples, DPO 5e-7
 # (Rafailov et al. 2023, Tunstall et al. 2023 Zephyr), SimPO 5e-7 (Meng et al. 2024),
 # ORPO 8e-6 (Hong et al. 2024), KTO 5e-7 (Ethayarajh et al. 2024 with beta 0.1).
+# Online: PPO 3e-6 (TRL's PPO examples; Huang et al. 2024 use 3e-6 for 1B models), GRPO
+# 1e-6 (TRL's GRPOConfig default; DeepSeekMath used 1e-6), RLOO 3e-6 (Ahmadian et al.
+# 2024 / TRL), online DPO 5e-7 (Guo et al. 2024 as DPO).
 _LEARNING_RATES = {"sft": 2e-5, "reward_model": 1e-5, "dpo": 5e-7, "simpo": 5e-7,
-                   "orpo": 8e-6, "kto": 5e-7}
-# The tiny CPU demo: a fresh 2-layer model learns the planted toy rule in ~200 steps.
+                   "orpo": 8e-6, "kto": 5e-7, "ppo": 3e-6, "grpo": 1e-6, "rloo": 3e-6, "online_dpo": 5e-7}
+# The tiny CPU demo: a fresh 2-layer model learns the planted toy rule in ~200 steps
+# (online: raises the toy reward within the preset's iterations).
 _TINY_LEARNING_RATES = {"sft": 3e-3, "reward_model": 1e-3, "dpo": 1e-3, "simpo": 1e-3,
-                        "orpo": 3e-3, "kto": 1e-3}
+                        "orpo": 3e-3, "kto": 1e-3, "ppo": 1e-3, "grpo": 1e-3, "rloo": 1e-3, "online_dpo": 1e-3}
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -252,7 +270,99 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
 
   # The objective's own hyper-parameters.
   config.loss = _loss_config(objective)
+  if objective in ONLINE_OBJECTIVES:
+    _make_online(config, objective, tiny)
   return config
+
+
+# Fields of the offline layout that an online run does not read.
+_OFFLINE_ONLY = {
+    "model": ("reward_heads", "ensemble_models"),
+    "data": ("eval", "eval_fraction", "eval_split_seed", "max_length", "share_prompt", "shared_length",
+             "shared_targets", "padding_free", "buckets_per_octave", "document_width", "toy"),
+    "train": ("batch_size",),
+}
+# Samples per prompt: PPO needs one; the group baselines several; online DPO a pair.
+_NUM_SAMPLES = {"ppo": 1, "grpo": 4, "rloo": 4, "online_dpo": 2}
+
+
+def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) -> None:
+  """Turns the offline layout built above into an online run's (see the module docstring)."""
+  for section, names in _OFFLINE_ONLY.items():
+    for name in names:
+      del config[section][name]
+  del config["eval"]
+  del config["reference"]
+  if objective == "ppo":
+    # PPO's critic (a separate network, `networks.PolicyWithValue`): "policy" starts it
+    # from the starting policy's weights (without the output layer), "reward_model"
+    # from the first reward checkpoint (Huang et al. 2024 detail; it then has the reward
+    # model's shape and needs its tokenizer), "scratch" from `seed`.
+    config.model.value_init = "policy"
+  # Prompts file (any format with prompts, see `rlhf_jax.rl.prompts`); "" uses toy prompts.
+  # data.format: "auto", a preference or SFT format, "unpaired" or "prompts".
+  # data.tokenizer: "" takes `model.init_from`'s tokenizer, else the first reward
+  # model's, else trains one on the prompts into the workdir.
+  # data.max_prompt_length: longest prompt (bos included); longer prompts lose their
+  # oldest tokens. The rollout rows have as many prompt slots as the longest prompt.
+  config.data.toy = ml_collections.ConfigDict()
+  # Toy prompts (used when `data.train` is empty): how many, the vocabulary of the toy
+  # data (`rlhf_jax.data.toy`), the longest prompt in words.
+  config.data.toy.num_prompts = 1024
+  config.data.toy.vocab_size = 32
+  config.data.toy.max_prompt_words = 6
+
+  # Iterations (one rollout, scoring and update each); the learning-rate schedule runs
+  # over iterations x rollout.epochs x rollout.minibatches optimizer steps.
+  config.train.steps = 60 if tiny else 1000
+  config.train.log_every = 5 if tiny else 10
+  # Write `samples.jsonl` (prompt, completion, reward of a few rollout rows) every this
+  # many iterations; 0 never.
+  config.train.samples_every = 10 if tiny else 50
+  # Rows written each time.
+  config.train.samples_per_write = 4
+  config.optim.warmup_steps = 0 if tiny else 20
+  config.checkpoint.every = 20 if tiny else 100
+
+  config.rollout = ml_collections.ConfigDict()
+  # Prompts per iteration (a multiple of the data-parallel devices).
+  config.rollout.prompts = 16 if tiny else 64
+  # Completions sampled per prompt (prompt-major groups: GRPO / RLOO baselines, online
+  # DPO's pair).
+  config.rollout.num_samples = _NUM_SAMPLES[objective]
+  # Completion length N (tokens drawn per row, the end token included).
+  config.rollout.max_new_tokens = 16 if tiny else 128
+  # Sampling: temperature (> 0), top-k (0: off), top-p (1: off). Online
+  # objectives measure log-probs on logits / temperature (Huang et al. 2024 detail).
+  # With top-k / top-p the old log-probs are the truncated sampling distribution's.
+  config.rollout.temperature = 1.0
+  config.rollout.top_k = 0
+  config.rollout.top_p = 1.0
+  # Decoding loop segments of the sampler (`rlhf_jax.models.SamplingConfig`).
+  config.rollout.cache_segments = 2 if tiny else 4
+  # The update: passes over the rollout (PPO epochs) x shuffled minibatches per pass,
+  # one optimizer step per minibatch (`train.microbatches` splits each further).
+  config.rollout.epochs = 4 if objective == "ppo" else 1
+  config.rollout.minibatches = 4 if objective == "ppo" else 1
+
+  config.reward = ml_collections.ConfigDict()
+  # Reward-model runs of configs/reward_model.py: "DIR" or an ensemble "DIR1,DIR2".
+  config.reward.checkpoints = ""
+  # Ensemble members (every head of every model) -> one score: "mean", "min" (worst
+  # case) or "mean_minus_std" (mean - std_coef * std; Coste et al. 2023).
+  config.reward.combine = "mean"
+  config.reward.std_coef = 1.0
+  # Or a Python function "module:function" of (prompts, completions) -> floats. With
+  # neither and toy prompts (no data.train), the toy task's reward
+  # `rlhf_jax.rl.toy:good_marker_count` (the count of the toy GOOD marker).
+  config.reward.function = ""
+  # Rows per reward-model forward pass; 0 uses each run's eval.batch_size.
+  config.reward.batch_size = 0
+
+  config.reference = ml_collections.ConfigDict()
+  # The frozen reference of the KL: "" is the starting policy (`model.init_from`, or
+  # the initialisation); or a policy run's workdir (its newest checkpoint).
+  config.reference.checkpoint = ""
 
 
 def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:

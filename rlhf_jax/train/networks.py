@@ -9,6 +9,10 @@ an ensemble train in one step (Coste et al. 2023, arXiv 2310.02743, train K rewa
 models with different seeds; here each member has its own initialisation).
 
 `apply_reward(model, params, tokens, mask)` returns [B, K] rewards for either form.
+
+Online objectives with a critic (`value_model`, e.g. PPO) train a `PolicyWithValue`: the
+policy and a separate value network (`models.ValueModel`) side by side, parameters
+{"policy": ..., "value": ...}; `policy_part` gives the policy alone (for sampling).
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ import jax.numpy as jnp
 
 from rlhf_jax import models
 
-__all__ = ["ENSEMBLE_AXIS", "apply_policy", "apply_reward", "build_model", "model_config"]
+__all__ = [
+    "ENSEMBLE_AXIS",
+    "PolicyWithValue",
+    "apply_policy",
+    "apply_reward",
+    "build_model",
+    "model_config",
+    "policy_part",
+]
 
 # Logical name of the ensemble-member axis of vmapped reward models (never sharded).
 ENSEMBLE_AXIS = "ensemble"
@@ -69,11 +81,53 @@ class _RewardEnsemble(nn.Module):
     return rewards.reshape(rewards.shape[0], -1)  # [B, models, heads] -> [B, models * heads]
 
 
-def build_model(config: Any, vocab_size: int, kind: str, **preset_overrides: Any) -> nn.Module:
-  """The module for `kind` "policy" (a `Transformer`) or "reward" (reward model/ensemble)."""
+class PolicyWithValue(nn.Module):
+  """A policy and a separate critic of the same tokens (PPO): parameters {"policy":
+  `Transformer` parameters, "value": `ValueModel` parameters}.
+
+  The critic is its own network (not a head on the policy), as in Ouyang et al. 2022
+  and Huang et al. 2024 (arXiv 2403.17031), so that it can start from the reward model
+  (`value_config` is then the reward model's shape) and its loss does not disturb the
+  policy's features.
+
+  `apply({"params": p}, tokens, mask, logit_slots=None) -> (logits, values [B, T])`.
+  """
+
+  policy_config: models.TransformerConfig
+  value_config: models.TransformerConfig
+
+  def setup(self):
+    self.policy = models.Transformer(self.policy_config)
+    self.value = models.ValueModel(self.value_config)
+
+  def __call__(self, tokens: jax.Array, attention_mask: jax.Array, logit_slots: jax.Array | None = None):
+    return self.policy(tokens, attention_mask, logit_slots=logit_slots), self.value(tokens, attention_mask)
+
+  @property
+  def config(self) -> models.TransformerConfig:
+    """The policy's config (what `init_cache` and length checks read)."""
+    return self.policy_config
+
+
+def policy_part(model: nn.Module, params: Any) -> tuple[models.Transformer, Any]:
+  """(the policy `Transformer`, its parameters) of a policy or of a `PolicyWithValue`."""
+  if isinstance(model, PolicyWithValue):
+    return models.Transformer(model.policy_config), params["policy"]
+  if not isinstance(model, models.Transformer):
+    raise ValueError(f"policy_part: expected a Transformer or a PolicyWithValue, got {type(model).__name__}.")
+  return model, params
+
+
+def build_model(config: Any, vocab_size: int, kind: str, *, value_config: models.TransformerConfig | None = None,
+                **preset_overrides: Any) -> nn.Module:
+  """The module for `kind` "policy" (a `Transformer`), "policy_value" (a
+  `PolicyWithValue`, the critic shaped by `value_config`, default the policy's shape)
+  or "reward" (reward model/ensemble)."""
   cfg = model_config(config, vocab_size, **preset_overrides)
   if kind == "policy":
     return models.Transformer(cfg)
+  if kind == "policy_value":
+    return PolicyWithValue(cfg, cfg if value_config is None else value_config)
   if kind == "reward":
     heads = int(config.model.reward_heads)
     members = int(config.model.ensemble_models)
@@ -83,7 +137,7 @@ def build_model(config: Any, vocab_size: int, kind: str, **preset_overrides: Any
     if members == 1:
       return models.RewardModel(cfg, num_heads=heads)
     return _RewardEnsemble(cfg, num_models=members, num_heads=heads)
-  raise ValueError(f"unknown model kind {kind!r}; expected 'policy' or 'reward'.")
+  raise ValueError(f"unknown model kind {kind!r}; expected 'policy', 'policy_value' or 'reward'.")
 
 
 def apply_policy(model: nn.Module, params: Any, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:

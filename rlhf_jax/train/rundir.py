@@ -9,6 +9,7 @@
   <workdir>/tensorboard/       TensorBoard event files (tensorboardX)
   <workdir>/checkpoints/       orbax checkpoints (`checkpoint.py`)
   <workdir>/tokenizer/, cache/, rejects/, reference_cache/   written by the data stage
+  <workdir>/samples.jsonl      online runs: rows of rollouts with their rewards
   <workdir>/superseded/<time>/ earlier runs moved aside by `force_new`
 
 A run directory knows what it is. `check_resume` compares the config of a new start
@@ -60,6 +61,7 @@ __all__ = [
     "prepare",
     "read_metrics",
     "supersede",
+    "truncate_records",
     "write_config",
     "write_run_info",
 ]
@@ -70,7 +72,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 # What a training run writes into its workdir (`force_new` moves exactly these aside;
 # anything else a user keeps there, such as the data files, stays).
 RUN_ENTRIES = ("config.json", "run.json", "metrics.jsonl", "tensorboard", "checkpoints", "tokenizer", "cache",
-               "rejects", "reference_cache")
+               "rejects", "reference_cache", "samples.jsonl")
 SUPERSEDED = "superseded"
 
 
@@ -420,13 +422,14 @@ def _parse_records(path: Path) -> tuple[list[dict[str, Any]], int]:
   return records, broken
 
 
-def _truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
-  """Rewrites `path` with only the records of steps <= `last_step`; returns them."""
+def truncate_records(path: Path, last_step: int) -> list[dict[str, Any]]:
+  """Rewrites a JSON Lines file of records with a "step" (metrics.jsonl, an online run's
+  samples.jsonl) with only the records of steps <= `last_step`; returns them."""
   records, broken = _parse_records(path)
   kept = [r for r in records if r["step"] <= last_step]
   if len(kept) != len(records) or broken:
-    _log.info("metrics.jsonl: kept the %d records up to step %d, dropped %d of later steps (written after "
-              "the checkpoint this run resumes from)%s", len(kept), last_step, len(records) - len(kept),
+    _log.info("%s: kept the %d records up to step %d, dropped %d of later steps (written after the checkpoint "
+              "this run resumes from)%s", path.name, len(kept), last_step, len(records) - len(kept),
               f" and {broken} unreadable line(s)" if broken else "")
     temporary = path.with_suffix(".jsonl.tmp")
     temporary.write_text("".join(dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
@@ -456,7 +459,7 @@ class MetricWriter:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "metrics.jsonl"
     if resume_from is not None and path.is_file():
-      self.kept = _truncate_metrics(path, int(resume_from))
+      self.kept = truncate_records(path, int(resume_from))
     self._file = open(path, "a", encoding="utf-8")
     if tensorboard:
       directory = workdir / "tensorboard"

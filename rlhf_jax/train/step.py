@@ -78,8 +78,8 @@ def train_step_fn(
   if microbatches < 1:
     raise ValueError(f"train.microbatches must be >= 1, got {microbatches}.")
 
-  def loss_fn(params, batch, rng, denominator):
-    batch = dict(batch, loss_denominator=denominator)
+  def loss_fn(params, batch, rng, denominator, rows):
+    batch = dict(batch, loss_denominator=denominator, loss_rows=rows)
     return objective.fn(params, batch, rng, model=model, settings=settings, layout=layout)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -87,8 +87,11 @@ def train_step_fn(
   def step(state: TrainState, batch: Batch, key: jax.Array):
     rng = jax.random.fold_in(_as_key(key), state.step)
     denominator = objective.denominator(batch, settings)
+    # Rows of the global batch, so that per-example outputs can be scaled to average
+    # correctly over the microbatches (the online objectives' loss components).
+    rows = jnp.asarray(next(iter(batch.values())).shape[0], jnp.float32)
     if microbatches == 1:
-      (loss, outputs), grads = grad_fn(state.params, batch, rng, denominator)
+      (loss, outputs), grads = grad_fn(state.params, batch, rng, denominator, rows)
     else:
       micro = split_microbatches(batch, microbatches)
       if microbatch_sharding is not None:
@@ -98,7 +101,7 @@ def train_step_fn(
         grads_sum, loss_sum = carry
         index, microbatch = inputs
         (loss, outputs), grads = grad_fn(
-            state.params, microbatch, jax.random.fold_in(rng, index), denominator)
+            state.params, microbatch, jax.random.fold_in(rng, index), denominator, rows)
         return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss), outputs
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -168,7 +171,8 @@ def make_eval_step(
   read them), with a fixed key (objectives are deterministic at evaluation)."""
 
   def eval_step(params, batch):
-    batch = dict(batch, loss_denominator=jnp.ones((), jnp.float32))
+    batch = dict(batch, loss_denominator=jnp.ones((), jnp.float32),
+                 loss_rows=jnp.asarray(next(iter(batch.values())).shape[0], jnp.float32))
     _, outputs = objective.fn(params, batch, jax.random.key(0), model=model, settings=settings, layout=layout)
     return outputs
 

@@ -15,7 +15,8 @@ from rlhf_jax.train import objectives
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_FILES = {"sft": "sft.py", "reward_model": "reward_model.py", "dpo": "dpo.py",
-                "simpo": "simpo.py", "orpo": "orpo.py", "kto": "kto.py"}
+                "simpo": "simpo.py", "orpo": "orpo.py", "kto": "kto.py", "ppo": "ppo.py", "grpo": "grpo.py",
+                "rloo": "rloo.py", "online_dpo": "online_dpo.py"}
 
 
 def _load(name):
@@ -66,8 +67,8 @@ def test_loss_section_holds_only_the_objectives_fields():
   assert "variant" in dpo.loss and "lam" not in dpo.loss
   orpo = config_lib.base_config("orpo", "tiny")
   assert set(orpo.loss.keys()) == {"lam"}
-  with pytest.raises(ValueError, match="unknown objective 'ppo'"):
-    config_lib.base_config("ppo", "tiny")
+  with pytest.raises(ValueError, match="unknown objective 'ppx'"):
+    config_lib.base_config("ppx", "tiny")
   with pytest.raises(ValueError, match="unknown preset '3b'"):
     config_lib.base_config("dpo", "3b")
 
@@ -75,6 +76,12 @@ def test_loss_section_holds_only_the_objectives_fields():
 def test_dpo_config_argument_picks_the_variant():
   assert _load("dpo.py").get_config("preset=tiny,variant=ipo").loss.variant == "ipo"
   assert _load("reward_model.py").get_config("loss=crowd_bt").loss.name == "crowd_bt"
+  dr_grpo = _load("grpo.py").get_config("preset=tiny,variant=dr_grpo")
+  assert (dr_grpo.loss.scale, dr_grpo.loss.aggregation) == ("none", "constant_normalizer")
+  assert _load("grpo.py").get_config("variant=grpo").loss.scale == "group"
+  with pytest.raises(ValueError, match="unknown GRPO variant 'drgrpo'"):
+    _load("grpo.py").get_config("variant=drgrpo")
+  assert _load("online_dpo.py").get_config("variant=ipo").loss.variant == "ipo"
 
 
 def _run_script(*args, timeout=120):

@@ -19,12 +19,24 @@ Adding an objective is adding one function with its settings dataclass:
 `data` is the batch kind ("pairs", "sequences", "unpaired" from `rlhf_jax.data`, or
 "rollouts" for online objectives, see `contract.py`), `model` the network ("policy" or
 "reward"), `reference=True` asks for the frozen reference's log-probs in the batch.
+An online objective adds `prepare` (scored rollout -> batch) and, for a critic,
+`value_model=True`:
+
+    @objectives.register("my_pg", settings=MyPGSettings, data="rollouts", model="policy",
+                         reference=True, prepare=prepare_my_pg)
+    def my_pg(params, batch, rng, *, model, settings, layout): ...   # layout.rollout
+
+Offline: sft, reward_model, dpo, simpo, orpo, kto. Online (trained by `rlhf_jax.rl`):
+ppo (`ppo.py`), grpo and rloo (`grpo.py`), online_dpo (`online_dpo.py`).
 
 Weighting and accumulation: the loss is `sum_i weight_i * loss_i / batch["loss_denominator"]`,
 where the train step computes the denominator once for the whole global batch (by
 default the sum of the weights, `batch["weight"]` or ones) and hands it to every
 microbatch. Summing the microbatch losses therefore gives exactly the loss (and
-gradient) of the full batch, for any weights.
+gradient) of the full batch, for any weights. It also hands over `batch["loss_rows"]`,
+the number of rows of the global batch: a per-example output `x_i * loss_rows /
+loss_denominator` averages, over the rows of all microbatches, to `sum_i x_i /
+loss_denominator` (how the online objectives report their loss components exactly).
 """
 
 from rlhf_jax.train.objectives.contract import (
@@ -34,6 +46,8 @@ from rlhf_jax.train.objectives.contract import (
     OFFLINE_DATA,
     Layout,
     Objective,
+    Rollout,
+    RolloutLayout,
     check_choice,
     config_defaults,
     get,
@@ -43,7 +57,7 @@ from rlhf_jax.train.objectives.contract import (
     settings_from,
     weighted_sum,
 )
-from rlhf_jax.train.objectives.logps import pair_logps, sequence_logps
+from rlhf_jax.train.objectives.logps import completion_forward, completion_logps, pair_logps, sequence_logps
 # Importing the modules registers their objectives.
 from rlhf_jax.train.objectives.kto import KTOSettings, kto
 from rlhf_jax.train.objectives.preference import DPOSettings, ORPOSettings, SimPOSettings, dpo, orpo, simpo
@@ -56,10 +70,14 @@ from rlhf_jax.train.objectives.reward_model import (
     reward_model,
 )
 from rlhf_jax.train.objectives.sft import SFTSettings, sft
+from rlhf_jax.train.objectives.ppo import PPOSettings, ppo
+from rlhf_jax.train.objectives.grpo import GRPOSettings, RLOOSettings, grpo, rloo
+from rlhf_jax.train.objectives.online_dpo import OnlineDPOSettings, online_dpo
 
 __all__ = [
     "DATA_KINDS",
     "DPOSettings",
+    "GRPOSettings",
     "KTOSettings",
     "Layout",
     "MODEL_KINDS",
@@ -67,24 +85,35 @@ __all__ = [
     "OFFLINE_DATA",
     "ORPOSettings",
     "Objective",
+    "OnlineDPOSettings",
+    "PPOSettings",
     "RELIABILITY_PARAM",
     "REWARD_LOSSES",
+    "RLOOSettings",
     "RewardModelSettings",
+    "Rollout",
+    "RolloutLayout",
     "SFTSettings",
     "SimPOSettings",
     "check_choice",
+    "completion_forward",
+    "completion_logps",
     "config_defaults",
     "dpo",
     "get",
+    "grpo",
     "kto",
     "loss_default",
     "names",
+    "online_dpo",
     "orpo",
     "pair_logps",
     "pair_rewards",
+    "ppo",
     "register",
     "reliability_table",
     "reward_model",
+    "rloo",
     "sequence_logps",
     "settings_from",
     "sft",

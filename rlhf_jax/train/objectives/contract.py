@@ -21,10 +21,19 @@ An objective is a pure loss function plus a description of what it needs:
 Offline objectives (`data` "pairs", "sequences", "unpaired") are trained by
 `train.loop` on batches of a data set. Online objectives (`data` "rollouts") are
 trained by `rlhf_jax.rl` on batches it makes from the policy's own samples: for them
-`prepare(rollout, settings) -> batch` turns a scored rollout into the update's batch
-(advantages, returns, pairs), `value_model` asks for a critic trained alongside the
-policy (params {"policy", "value"}), and `reference` for the frozen reference's
-per-token log-probs in the rollout. Both kinds use the same train step (`train.step`).
+`prepare(rollout, settings) -> batch` turns a scored `Rollout` into the update's batch
+(advantages, returns, pairs; every array [rows, ...], so the update can shuffle and cut
+it into minibatches), `value_model` asks for a critic trained alongside the policy
+(params {"policy", "value"}, the network `train.networks.PolicyWithValue`), and
+`reference` for the frozen reference's per-token log-probs in the rollout. Their
+`layout.rollout` (`RolloutLayout`) says where the completion tokens sit in a row and
+at which temperature they were drawn. Both kinds use the same train step (`train.step`).
+
+KL control (online): settings with a `kl_coef` field get that coefficient as
+`Rollout.kl_coef`; when they also have `adaptive_kl_target > 0` the loop adapts it after
+every iteration with `losses.adaptive_kl_update` (Ziegler et al. 2019), keeping it in
+the checkpointed state. The controller lives in the loop, not in `prepare`, because it
+carries state from one iteration to the next.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from rlhf_jax.registry import Registry
 from rlhf_jax.train.shared_prompt import SharedPromptLayout
@@ -45,6 +55,8 @@ __all__ = [
     "Layout",
     "OBJECTIVES",
     "Objective",
+    "Rollout",
+    "RolloutLayout",
     "check_choice",
     "config_defaults",
     "get",
@@ -64,15 +76,83 @@ MODEL_KINDS = ("policy", "reward")
 
 
 @dataclasses.dataclass(frozen=True)
+class RolloutLayout:
+  """Where the tokens of a rollout sit and how they were drawn (online objectives).
+
+  A rollout row is [left-padded prompt | completion]: `prompt_length` P slots, then
+  `completion_length` N (`rlhf_jax.models.generate`'s `Samples.tokens`), so completion
+  token j is at slot P + j and is predicted by the logits at slot P - 1 + j.
+
+  Attributes:
+    prompt_length: P, the prompt slots of every row.
+    completion_length: N, the sampler's `max_new_tokens`.
+    temperature: the sampling temperature; online objectives measure the log-probs of
+      the policy and the reference on `logits / temperature`, the distribution the
+      tokens were drawn from (Huang et al. 2024, arXiv 2403.17031, detail "temperature
+      in the training forward pass"). 0 (greedy) counts as 1.
+  """
+
+  prompt_length: int
+  completion_length: int
+  temperature: float = 1.0
+
+  @property
+  def logit_slots(self) -> jax.Array:
+    """int [N]: the slots whose logits predict the completion tokens."""
+    return jnp.arange(self.completion_length, dtype=jnp.int32) + (self.prompt_length - 1)
+
+  @property
+  def logit_scale(self) -> float:
+    """1 / temperature (1 for greedy sampling)."""
+    return 1.0 / self.temperature if self.temperature > 0 else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Layout:
-  """How the examples of a batch are laid out (plain values read from `config.data`).
+  """How the examples of a batch are laid out (plain values read from `config.data`,
+  or from `config.rollout` for online objectives).
 
   Attributes:
     shared_prompt: pairs packed as one row [prompt | chosen | rejected]
       (`shared_prompt.SharedPromptLayout`), or None for two rows per pair.
+    rollout: online objectives: the rollout rows (`RolloutLayout`), else None.
   """
 
   shared_prompt: SharedPromptLayout | None = None
+  rollout: RolloutLayout | None = None
+
+
+@struct.dataclass
+class Rollout:
+  """What `prepare` of an online objective receives: R = prompts x group_size rows
+  (prompt-major: the `group_size` samples of a prompt are consecutive), N completion
+  slots (`RolloutLayout`). Arrays after a row's end hold 0 / False.
+
+  Attributes:
+    tokens: int [R, P + N], the left-padded prompt then the completion.
+    attention_mask: bool [R, P + N], true on real tokens.
+    completion_mask: bool [R, N], true on completion tokens (the stop token included).
+    logprobs: float32 [R, N], log-prob of each token under the distribution it was
+      drawn from (the sampler's; the "old" log-probs of PPO ratios).
+    scores: float32 [R], the reward source's score of each completion.
+    stopped: bool [R], the completion ended with the end-of-sequence (or a stop) token.
+    kl_coef: float32 scalar, the current KL coefficient (see the module docstring).
+    ref_logprobs: float32 [R, N] of the frozen reference (objectives with `reference`).
+    values: float32 [R, N], the critic's value of the state before each completion token
+      (objectives with `value_model`).
+    group_size: samples per prompt (static).
+  """
+
+  tokens: jax.Array
+  attention_mask: jax.Array
+  completion_mask: jax.Array
+  logprobs: jax.Array
+  scores: jax.Array
+  stopped: jax.Array
+  kl_coef: jax.Array
+  ref_logprobs: jax.Array | None = None
+  values: jax.Array | None = None
+  group_size: int = struct.field(pytree_node=False, default=1)
 
 
 def loss_default(fn: Callable[..., Any], name: str) -> Any:
@@ -118,8 +198,10 @@ class Objective:
     extra_params: optional `(key, settings, data_info) -> dict` of parameters the
       objective learns besides the network's (e.g. annotator reliabilities).
     summary: `(per-example outputs of a data set, num_bins) -> metrics` for evaluation.
-    prepare: online only: `(rollout, settings) -> batch` (advantages, returns, pairs).
-    value_model: online only: a critic is trained with the policy.
+    prepare: online only: `(rollout: Rollout, settings) -> batch` (advantages, returns,
+      pairs), a pure jit-able function.
+    value_model: online only: a critic is trained with the policy; the parameters are
+      {"policy": ..., "value": ...} and `model` is a `train.networks.PolicyWithValue`.
   """
 
   name: str

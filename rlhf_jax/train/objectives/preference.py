@@ -14,7 +14,7 @@ from rlhf_jax.train import evaluate
 from rlhf_jax.train.objectives.contract import check_choice, loss_default, register, weighted_sum
 from rlhf_jax.train.objectives.logps import pair_logps
 
-__all__ = ["DPOSettings", "ORPOSettings", "SimPOSettings", "dpo", "orpo", "pair_outputs", "simpo"]
+__all__ = ["DPOSettings", "ORPOSettings", "SimPOSettings", "dpo", "dpo_loss", "orpo", "pair_outputs", "simpo"]
 
 
 def pair_outputs(per_example, chosen_rewards, rejected_rewards) -> dict[str, jax.Array]:
@@ -60,7 +60,14 @@ def dpo(params, batch, rng, *, model, settings: DPOSettings, layout):
   `ref_rejected_logps`), cached or computed on the fly by the trainer.
   """
   del rng
-  policy = pair_logps(model, params, batch, layout.shared_prompt)
+  return dpo_loss(pair_logps(model, params, batch, layout.shared_prompt), batch, settings)
+
+
+def dpo_loss(policy: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], settings: DPOSettings
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss and outputs of `dpo` from the policy's pair log-probs and lengths
+  (`pair_logps`) and the batch's reference log-probs and weights (shared with
+  `online_dpo`)."""
   use_lengths = "chosen_lengths" in inspect.signature(losses.DPO_VARIANT_LOSSES.get(settings.variant)).parameters
   per_example, chosen_rewards, rejected_rewards = losses.dpo(
       policy["chosen_logps"], policy["rejected_logps"],

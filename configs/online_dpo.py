@@ -1,0 +1,26 @@
+r"""Online DPO (Guo et al. 2024, arXiv 2402.04792): two completions per prompt from the
+current policy, ranked by the reward, trained with the DPO loss against the frozen
+reference (`loss.variant`: any DPO variant, e.g. ipo).
+
+Launch (tiny CPU demo: toy prompts, the reward counts the toy GOOD marker, `rlhf_jax.rl.toy`):
+
+  python scripts/train.py --config=configs/online_dpo.py:preset=tiny --workdir=/tmp/online_dpo_tiny
+
+Its result (mean reward and KL after the preset's iterations, time) is recorded in
+docs/benchmarks.md ("Demo runs: the configs and make run").
+
+Against a reward model: `--config.data.train=prompts.jsonl --config.reward.checkpoints=runs/rm`.
+
+Fields: see `rlhf_jax/train/config.py` (every field is commented) and
+`rlhf_jax/train/objectives/online_dpo.py` (`OnlineDPOSettings`: the loss section).
+"""
+
+from rlhf_jax.train import config as config_lib
+
+
+def get_config(arg=None):
+  """`arg`: "preset=tiny|125m|1b|7b,variant=<losses.DPO_VARIANTS>"."""
+  args = config_lib.parse_arg(arg, preset="tiny", variant="sigmoid")
+  config = config_lib.base_config("online_dpo", args.preset)
+  config.loss.variant = args.variant
+  return config
