@@ -29,19 +29,31 @@ eval.* and no offline data or reference fields; instead:
   train.steps          counts iterations (rollout, score, update), not optimizer steps
 
 `parse_arg("preset=tiny,variant=ipo")` reads the `get_config(arg)` string.
+
+The loops read a config here, once, into the frozen dataclasses the modules below them
+take (`build_settings`, `data_settings`, `model_settings`, `optimizer_settings`, ...):
+no module below a loop sees a ConfigDict, and each settings class names the fields it
+reads. The readers take a ConfigDict or the plain dict of a run's stored config.json.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Any, Mapping, TypeVar
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from rlhf_jax.data import packing
+from rlhf_jax.train import components
+from rlhf_jax.train import inputs
+from rlhf_jax.train import networks
+from rlhf_jax.train import optim
+from rlhf_jax.train import padding_free
 
-__all__ = ["OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config", "parse_arg",
-           "to_dict"]
+__all__ = ["OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config", "build_settings",
+           "data_settings", "loss_settings", "model_settings", "optimizer_settings", "packing_settings",
+           "parse_arg", "to_dict"]
 
 OFFLINE_OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
 ONLINE_OBJECTIVES = ("ppo", "grpo", "rloo", "online_dpo")
@@ -370,3 +382,54 @@ def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
   if isinstance(config, ml_collections.ConfigDict):
     return config.to_dict()
   return dict(config)
+
+
+# ----------------------------------------------------------------------------- readers
+
+_Settings = TypeVar("_Settings")
+Config = ml_collections.ConfigDict | Mapping[str, Any]
+
+
+def _read(cls: type[_Settings], section: Config, **values: Any) -> _Settings:
+  """An instance of the settings dataclass `cls` from a config section: its fields of
+  the same names (a field the section lacks takes the dataclass default, or fails when
+  there is none), plus `values`."""
+  names = [f.name for f in dataclasses.fields(cls) if f.name not in values]
+  return cls(**{name: section[name] for name in names if name in section}, **values)
+
+
+def model_settings(config: Config) -> networks.ModelSettings:
+  """The network's shape of `config.model`."""
+  return _read(networks.ModelSettings, config["model"])
+
+
+def optimizer_settings(config: Config) -> optim.OptimizerSettings:
+  """`config.optim`."""
+  return _read(optim.OptimizerSettings, config["optim"])
+
+
+def packing_settings(config: Config) -> padding_free.PackingSettings:
+  """Prompt sharing and padding-free rows of `config.data` (an offline config)."""
+  return _read(padding_free.PackingSettings, config["data"])
+
+
+def data_settings(config: Config) -> inputs.DataSettings:
+  """What an offline run reads and how it tokenizes it (`config.data`)."""
+  data = config["data"]
+  return _read(inputs.DataSettings, data, toy=_read(inputs.ToyDataSettings, data["toy"]))
+
+
+def loss_settings(config: Config) -> Any:
+  """The objective's settings dataclass from `config.loss` (`objectives.settings_from`:
+  an unknown field or a bad value fails naming `loss.<field>`)."""
+  from rlhf_jax.train import objectives  # pylint: disable=g-import-not-at-top
+  return objectives.settings_from(objectives.get(config["objective"]), dict(config["loss"]))
+
+
+def build_settings(config: Config) -> components.BuildSettings:
+  """What an offline run compiles (`components.build`), read from `config`."""
+  train = config["train"]
+  return components.BuildSettings(
+      objective=str(config["objective"]), loss=loss_settings(config), model=model_settings(config),
+      optim=optimizer_settings(config), packing=packing_settings(config), steps=int(train["steps"]),
+      microbatches=int(train["microbatches"]), fast_compile=bool(train["fast_compile"]))

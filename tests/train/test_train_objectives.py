@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import data
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import inputs, networks, objectives
 from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
 
@@ -26,7 +27,7 @@ class _Model:
   """A model, its parameters and a jitted raw forward (the NumPy references' input)."""
 
   def __init__(self, config, kind, key):
-    self.model = networks.build_model(config, 32, kind)
+    self.model = networks.build_model(config_lib.model_settings(config), 32, kind)
     tokens = jnp.zeros((2, 8), jnp.int32)
     self.params = _jit(lambda k: nn.unbox(self.model.init(k, tokens, jnp.ones_like(tokens, bool))["params"]))(
         jax.random.key(key))
