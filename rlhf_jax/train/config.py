@@ -111,6 +111,11 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
+def _field_default(cls: type, name: str) -> Any:
+  """The default of field `name` of the settings dataclass `cls` (its one home)."""
+  return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _loss_config(objective: str) -> ml_collections.ConfigDict:
   """The `loss` section: the fields of the objective's settings dataclass with their
   defaults (`objectives.config_defaults`; the fields are documented there), so a typo
@@ -151,9 +156,9 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   # keeps the preset's choice.
   config.model.remat = placeholder(bool)
   # Reward models: number of scalar heads on one backbone (an ensemble of K heads).
-  config.model.reward_heads = 1
+  config.model.reward_heads = _field_default(networks.ModelSettings, "reward_heads")
   # Reward models: number of independent models trained together (ensemble of K models).
-  config.model.ensemble_models = 1
+  config.model.ensemble_models = _field_default(networks.ModelSettings, "ensemble_models")
   # Start from the parameters of an earlier run's latest checkpoint (its workdir), e.g.
   # an SFT run for DPO; "" initialises from `seed`. The reference model is this start.
   config.model.init_from = ""

@@ -51,8 +51,10 @@ class ModelSettings:
   param_dtype: str
   dtype: str | None  # None: the preset's
   remat: bool | None  # None: the preset's
-  reward_heads: int
-  ensemble_models: int
+  # Reward models only (an online run's config has no such fields): heads on one
+  # backbone and independent models trained together.
+  reward_heads: int = 1
+  ensemble_models: int = 1
 
 
 def model_config(settings: ModelSettings, vocab_size: int, **preset_overrides: Any) -> models.TransformerConfig:
