@@ -4,11 +4,11 @@ Launch (what `make run` does):
 
   python scripts/run.py --config=configs/pipeline.py --workdir=runs/pipeline
 
-Expected (2 CPU cores, about 2 minutes, most of it compilation): 3,000 simulated
-annotations of 600 comparisons by 40 annotators; Dawid-Skene labels about 0.95 accurate
-against the truth, above majority vote; the confidence-weighted reward model and the DPO
-policy rank held-out pairs with accuracy 1.00. Numbers are in `runs/pipeline/summary.json`,
-the aggregation report in `runs/pipeline/feedback/report.md`.
+It prints the labels' accuracy against the truth (and majority vote's), the reward
+model's held-out accuracy and calibration and the DPO policy's held-out implicit-reward
+accuracy; what it gave when recorded, with its running time, is in docs/benchmarks.md
+("Demo runs: the configs and make run"). A run's numbers are in
+`runs/pipeline/summary.json`, the aggregation report in `runs/pipeline/feedback/report.md`.
 
 Overrides: `--config.aggregate.method=mace`, `--config.annotators.spammer_share=0.3
 --config.annotators.good_share=0.35` (the shares must sum to 1),

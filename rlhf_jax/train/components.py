@@ -48,8 +48,8 @@ __all__ = [
 
 
 # XLA options of `train.fast_compile`: no backend (LLVM) optimisation. Compilation is
-# 2-4x faster, steps slower; right for tests and the tiny CPU preset, where compiling
-# takes longer than training.
+# faster, steps slower; right for tests and the tiny CPU preset, where compiling takes
+# longer than training.
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 

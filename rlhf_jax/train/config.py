@@ -69,8 +69,9 @@ PRESETS = ("tiny", "125m", "1b", "7b")
 # 2024 / TRL), online DPO 5e-7 (Guo et al. 2024 as DPO).
 _LEARNING_RATES = {"sft": 2e-5, "reward_model": 1e-5, "dpo": 5e-7, "simpo": 5e-7,
                    "orpo": 8e-6, "kto": 5e-7, "ppo": 3e-6, "grpo": 1e-6, "rloo": 3e-6, "online_dpo": 5e-7}
-# The tiny CPU demo: a fresh 2-layer model learns the planted toy rule in ~200 steps
-# (online: raises the toy reward within the preset's iterations).
+# The tiny CPU demo: a fresh 2-layer model learns the planted toy rule within the
+# preset's steps (online: raises the toy reward within its iterations); the recorded
+# results are in docs/benchmarks.md ("Demo runs: the configs and make run").
 _TINY_LEARNING_RATES = {"sft": 3e-3, "reward_model": 1e-3, "dpo": 1e-3, "simpo": 1e-3,
                         "orpo": 3e-3, "kto": 1e-3, "ppo": 1e-3, "grpo": 1e-3, "rloo": 1e-3, "online_dpo": 1e-3}
 
@@ -203,7 +204,8 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   config.data.padding_free = False
   # Padding-free rows: row lengths and completion-token counts are rounded up to one of
   # this many sizes per octave (a power of two): at most 1/k padding, and the step
-  # compiles once per size met. 8: about 4% padding; 16 halves it for twice the shapes.
+  # compiles once per size met; 16 halves the padding for about twice the shapes
+  # (measured: docs/benchmarks.md, "Step shapes of padding-free batches").
   config.data.buckets_per_octave = packing.BUCKETS_PER_OCTAVE
   # Slots per document (the longest sequence, or packed pair with share_prompt); 0
   # measures the training and evaluation data (rounded up to a multiple of 8).
@@ -255,8 +257,9 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   config.train.log_every = 10 if tiny else 20
   # Show a tqdm progress bar (process 0 only).
   config.train.progress_bar = True
-  # Compile without XLA backend optimisation: 2-4x faster compilation, slower steps.
-  # On for the tiny CPU preset, where compiling takes longer than training.
+  # Compile without XLA backend optimisation (`components.FAST_COMPILE_OPTIONS`): faster
+  # compilation, slower steps. On for the tiny CPU preset, where compiling takes longer
+  # than training.
   config.train.fast_compile = tiny
 
   config.eval = ml_collections.ConfigDict()

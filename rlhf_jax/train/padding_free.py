@@ -26,8 +26,8 @@ from rlhf_jax.data import packing
 from rlhf_jax.train import networks
 from rlhf_jax.train import shared_prompt
 
-__all__ = ["PACKED_DATA", "PackingSettings", "batch_order", "pack_batch", "packed_keys", "packed_pair_logps", "packed_pair_rewards",
-           "packed_sequence_logps", "resolve"]
+__all__ = ["PACKED_DATA", "PackingSettings", "batch_order", "pack_batch", "packed_keys", "packed_pair_logps",
+           "packed_pair_rewards", "packed_sequence_logps", "resolve"]
 
 # The data kinds (`objectives.Objective.data`) that padding-free rows can hold.
 PACKED_DATA = ("pairs", "sequences")

@@ -64,7 +64,8 @@ def test_reward_model_batches_carry_no_completion_tokens():
   # The reward model reads rewards only: its step's shapes follow the row length alone.
   info = inputs_lib.DataInfo(kind="pairs", vocab_size=32, pad_id=0, max_length=16)
   for objective, has_targets in (("reward_model", False), ("dpo", True), ("simpo", True), ("orpo", True)):
-    layout = components.device_batch_layout(config_lib.build_settings(tiny_config(objective, data__padding_free=True)), info)
+    settings = config_lib.build_settings(tiny_config(objective, data__padding_free=True))
+    layout = components.device_batch_layout(settings, info)
     assert "packed_tokens" in layout and "chosen_tokens" not in layout
     assert all((k in layout) == has_targets for k in packing.TARGET_KEYS), objective
 
