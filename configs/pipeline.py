@@ -55,20 +55,17 @@ def get_config(arg=None):
   # Aggregation (fields of configs/aggregate.py; input/format/output_dir are set by the job).
   config.aggregate = load_config_file(Path(__file__).with_name("aggregate.py"))
   config.aggregate.classes = "a,b"  # No ties (annotators.num_classes = 2; 3 needs "a,b,tie").
-  config.aggregate.routing.confidence_threshold = 0.7  # Below: expert review, not training.
+  # Items whose label confidence is below aggregate.routing.confidence_threshold go to
+  # expert review, not training.
 
   # Reward model on the aggregated labels: confidence-weighted (soft) Bradley-Terry.
   config.reward_model = train.base_config("reward_model", "tiny")
   config.reward_model.loss.name = "bradley_terry_soft"
-  config.reward_model.train.steps = 150
-  config.reward_model.data.tokenizer_vocab_size = 384  # 256 byte-fallback pieces + the task's small vocabulary.
-  config.reward_model.data.max_length = 64
-  config.reward_model.data.max_prompt_length = 32
-
   # DPO policy on the same labels (chosen = the side the label prefers).
   config.dpo = train.base_config("dpo", "tiny")
-  config.dpo.train.steps = 150
-  config.dpo.data.tokenizer_vocab_size = 384
-  config.dpo.data.max_length = 64
-  config.dpo.data.max_prompt_length = 32
+  for stage in (config.reward_model, config.dpo):  # The two stages read the same file.
+    stage.train.steps = 150
+    stage.data.tokenizer_vocab_size = 384  # 256 byte-fallback pieces + the task's small vocabulary.
+    stage.data.max_length = 64
+    stage.data.max_prompt_length = 32
   return config

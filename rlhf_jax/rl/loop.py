@@ -79,17 +79,18 @@ VALUE_INITS = ("policy", "reward_model", "scratch")
 
 @dataclasses.dataclass(frozen=True)
 class RolloutSettings:
-  """Plain values of `config.rollout` (see `rlhf_jax/train/config.py`)."""
+  """Plain values of `config.rollout` (defaults and comments live in
+  `rlhf_jax/train/config.py`)."""
 
   prompts: int
   num_samples: int
   max_new_tokens: int
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  cache_segments: int = 4
-  epochs: int = 1
-  minibatches: int = 1
+  temperature: float
+  top_k: int
+  top_p: float
+  cache_segments: int
+  epochs: int
+  minibatches: int
 
   def __post_init__(self):
     for name in ("prompts", "num_samples", "max_new_tokens", "epochs", "minibatches", "cache_segments"):

@@ -51,14 +51,16 @@ from rlhf_jax.train import networks
 from rlhf_jax.train import optim
 from rlhf_jax.train import padding_free
 
-__all__ = ["OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config", "build_settings",
-           "data_settings", "loss_settings", "model_settings", "optimizer_settings", "packing_settings",
-           "parse_arg", "to_dict"]
+__all__ = ["DEFAULT_PRESET", "OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config",
+           "build_settings", "data_settings", "loss_default", "loss_settings", "model_settings", "optimizer_settings",
+           "packing_settings", "parse_arg", "to_dict"]
 
 OFFLINE_OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
 ONLINE_OBJECTIVES = ("ppo", "grpo", "rloo", "online_dpo")
 OBJECTIVES = OFFLINE_OBJECTIVES + ONLINE_OBJECTIVES
 PRESETS = ("tiny", "125m", "1b", "7b")
+# The preset of a config file's `get_config()` without an argument.
+DEFAULT_PRESET = "tiny"
 
 # Learning rates for the accelerator presets, from the papers' recipes: SFT and reward
 # models as in Ouyang et al. 2022 (arXiv 2203.02155) and TRL's examples, DPO 5e-7
@@ -117,6 +119,14 @@ def _field_default(cls: type, name: str) -> Any:
   return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
+def loss_default(objective: str, field: str) -> Any:
+  """The default of `loss.<field>` of `objective`: its settings dataclass's, which for a
+  loss hyper-parameter is the loss function's own signature default (the one home a
+  config file reads it from, e.g. the DPO variant a `get_config` argument falls back to)."""
+  from rlhf_jax.train import objectives  # pylint: disable=g-import-not-at-top
+  return _field_default(objectives.get(objective).settings, field)
+
+
 def _loss_config(objective: str) -> ml_collections.ConfigDict:
   """The `loss` section: the fields of the objective's settings dataclass with their
   defaults (`objectives.config_defaults`; the fields are documented there), so a typo
@@ -125,7 +135,7 @@ def _loss_config(objective: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(objectives.config_defaults(objectives.get(objective)))
 
 
-def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDict:
+def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
   """The full default config of `objective` at size `preset` (see the module docstring).
 
   Args:
@@ -308,6 +318,8 @@ _NUM_SAMPLES = {"ppo": 1, "grpo": 4, "rloo": 4, "online_dpo": 2}
 
 def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) -> None:
   """Turns the offline layout built above into an online run's (see the module docstring)."""
+  # The reward section's defaults are `RewardSettings`'; rl imports train, so here.
+  from rlhf_jax.rl import rewards  # pylint: disable=g-import-not-at-top
   for section, names in _OFFLINE_ONLY.items():
     for name in names:
       del config[section][name]
@@ -370,14 +382,14 @@ def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) 
   config.reward.checkpoints = ""
   # Ensemble members (every head of every model) -> one score: "mean", "min" (worst
   # case) or "mean_minus_std" (mean - std_coef * std; Coste et al. 2023).
-  config.reward.combine = "mean"
-  config.reward.std_coef = 1.0
+  config.reward.combine = _field_default(rewards.RewardSettings, "combine")
+  config.reward.std_coef = _field_default(rewards.RewardSettings, "std_coef")
   # Or a Python function "module:function" of (prompts, completions) -> floats. With
   # neither and toy prompts (no data.train), the toy task's reward
   # `rlhf_jax.rl.toy:good_marker_count` (the count of the toy GOOD marker).
-  config.reward.function = ""
+  config.reward.function = _field_default(rewards.RewardSettings, "function")
   # Rows per reward-model forward pass; 0 uses each run's eval.batch_size.
-  config.reward.batch_size = 0
+  config.reward.batch_size = _field_default(rewards.RewardSettings, "batch_size")
 
   config.reference = ml_collections.ConfigDict()
   # The frozen reference of the KL: "" is the starting policy (`model.init_from`, or
