@@ -1,5 +1,5 @@
 """The run directory (`rundir`): what a workdir is a run of, resume checks, metrics that
-hold each step once, JSON without NaN. No training here (see test_train_runs.py)."""
+hold each step once, JSON without NaN. No training here (see test_train_loop.py)."""
 
 from __future__ import annotations
 
