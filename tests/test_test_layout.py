@@ -47,7 +47,6 @@ NO_MIRROR = {
 NOT_YET_MIRRORED = {
     "data/packing.py": "tests/train/test_padding_free.py, tests/benchmarks/test_packing_shapes.py",
     "data/tokenizer.py": "tests/data/test_data_tokenization.py, tests/models/test_hf_tokenizer.py",
-    "data/toy.py": "tests/train/test_train_loop.py (the toy runs)",
     "demo.py": "tests/test_cli.py (scripts/run.py --demo_losses)",
     "feedback/report.py": "tests/feedback/test_pipeline.py (the feedback package is being restructured)",
     "feedback/types.py": "tests/feedback/* (the feedback package is being restructured)",
@@ -59,7 +58,6 @@ NOT_YET_MIRRORED = {
     "models/hf/loader.py": "tests/models/test_hf.py",
     "models/hf/writer.py": "tests/models/test_hf.py, tests/models/test_hf_transformers.py",
     "rl/rollout.py": "tests/rl/test_loop.py, tests/rl/test_update.py",
-    "rl/toy.py": "tests/rl/test_loop.py (the toy task)",
     "train/components.py": "tests/train/test_train_step.py",
     "train/networks.py": "tests/train/test_train_objectives.py, tests/train/test_score.py",
     "train/objectives/contract.py": "tests/train/test_train_objectives.py",
