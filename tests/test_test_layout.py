@@ -69,7 +69,6 @@ NOT_YET_MIRRORED = {
     "train/objectives/preference.py": "tests/train/test_train_objectives.py",
     "train/objectives/reward_model.py": "tests/train/test_train_objectives.py",
     "train/objectives/sft.py": "tests/train/test_train_objectives.py",
-    "train/state.py": "tests/train/test_train_step.py",
 }
 
 
