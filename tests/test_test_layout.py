@@ -59,7 +59,6 @@ NOT_YET_MIRRORED = {
     "models/hf/writer.py": "tests/models/test_hf.py, tests/models/test_hf_transformers.py",
     "rl/rollout.py": "tests/rl/test_loop.py, tests/rl/test_update.py",
     "train/components.py": "tests/train/test_train_step.py",
-    "train/networks.py": "tests/train/test_train_objectives.py, tests/train/test_score.py",
     "train/objectives/contract.py": "tests/train/test_train_objectives.py",
     "train/objectives/grpo.py": "tests/train/test_online_objectives.py",
     "train/objectives/kto.py": "tests/train/test_train_objectives.py",
