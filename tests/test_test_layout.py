@@ -58,7 +58,6 @@ NOT_YET_MIRRORED = {
     "models/hf/loader.py": "tests/models/test_hf.py",
     "models/hf/writer.py": "tests/models/test_hf.py, tests/models/test_hf_transformers.py",
     "rl/rollout.py": "tests/rl/test_loop.py, tests/rl/test_update.py",
-    "train/components.py": "tests/train/test_train_step.py",
     "train/objectives/contract.py": "tests/train/test_train_objectives.py",
     "train/objectives/grpo.py": "tests/train/test_online_objectives.py",
     "train/objectives/kto.py": "tests/train/test_train_objectives.py",

@@ -34,7 +34,6 @@ objective's settings dataclass).
 
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 import json
@@ -258,8 +257,7 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
 
 # The compiled pieces of recent runs: a resumed run (or a test) in the same process
 # with the same config, mesh and prompts reuses them instead of compiling again.
-_BUILD_CACHE: "collections.OrderedDict[str, OnlineComponents]" = collections.OrderedDict()
-_BUILD_CACHE_SIZE = 4
+_BUILD_CACHE: components_lib.BuildCache[OnlineComponents] = components_lib.BuildCache()
 # Config fields that change nothing compiled.
 _NOT_COMPILED = ("seed", "checkpoint", "data", "reward", "reference")
 
@@ -274,16 +272,8 @@ def _cached_build(config: Any, mesh: Mesh, info: PromptInfo, value_config) -> On
   # The KL coefficient is state (it starts the controller), never compiled in: the
   # objectives read it from the rollout.
   compiled["loss"].pop("kl_coef", None)
-  key = json.dumps({"config": compiled, "mesh": {"shape": dict(mesh.shape), "devices": [d.id for d in mesh.devices.flat]},
-                    "info": dataclasses.asdict(info), "value": repr(value_config)}, sort_keys=True, default=str)
-  if key in _BUILD_CACHE:
-    _BUILD_CACHE.move_to_end(key)
-    return _BUILD_CACHE[key]
-  parts = build(config, mesh, info, value_config)
-  _BUILD_CACHE[key] = parts
-  while len(_BUILD_CACHE) > _BUILD_CACHE_SIZE:
-    _BUILD_CACHE.popitem(last=False)
-  return parts
+  return _BUILD_CACHE.get({"config": compiled, "info": info, "value": repr(value_config)}, mesh,
+                          lambda: build(config, mesh, info, value_config))
 
 
 # ----------------------------------------------------------------------------- state

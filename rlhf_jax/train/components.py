@@ -12,9 +12,11 @@ shapes only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-from typing import Any, Callable
+import json
+from typing import Any, Callable, Generic, TypeVar
 
 import flax.linen as nn
 import jax
@@ -36,6 +38,7 @@ from rlhf_jax.train.inputs import DataInfo
 
 __all__ = [
     "FAST_COMPILE_OPTIONS",
+    "BuildCache",
     "BuildSettings",
     "Components",
     "MeshFunction",
@@ -83,6 +86,33 @@ class BuildSettings:
   steps: int
   microbatches: int
   fast_compile: bool
+
+
+_Built = TypeVar("_Built")
+
+
+class BuildCache(Generic[_Built]):
+  """The compiled pieces of the last `size` builds, by what they were built from, so that
+  a loop called again in the same process with the same settings, mesh and data layout
+  (a resumed run, a sweep over data seeds, tests) reuses the compiled steps."""
+
+  def __init__(self, size: int = 4):
+    self.size = size
+    self._entries: "collections.OrderedDict[str, _Built]" = collections.OrderedDict()
+
+  def get(self, what: Any, mesh: Mesh, build: Callable[[], _Built]) -> _Built:
+    """The entry built from `what` (a JSON-able description; dataclasses are turned into
+    dicts) on `mesh`; `build()` makes it when there is none."""
+    key = json.dumps({"what": what, "mesh": {"shape": dict(mesh.shape),
+                                            "devices": [d.id for d in mesh.devices.flat]}},
+                     sort_keys=True, default=lambda x: dataclasses.asdict(x) if dataclasses.is_dataclass(x) else str(x))
+    if key in self._entries:
+      self._entries.move_to_end(key)
+      return self._entries[key]
+    built = self._entries[key] = build()
+    while len(self._entries) > self.size:
+      self._entries.popitem(last=False)
+    return built
 
 
 def axis_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:

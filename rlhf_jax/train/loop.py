@@ -27,10 +27,7 @@ evaluates nothing and returns its recorded final metrics.
 
 from __future__ import annotations
 
-import collections
 import copy
-import dataclasses
-import json
 import logging
 import os
 import time
@@ -140,28 +137,14 @@ def _input_fingerprints(config: Any) -> dict[str, str]:
   return inputs
 
 
-# The compiled pieces of recent runs, so that calling `train` again in the same process
-# with the same config, mesh and data layout (a resumed run, a sweep over seeds of the
-# data only, tests) reuses the compiled steps instead of compiling them again.
-_BUILD_CACHE: "collections.OrderedDict[str, components_lib.Components]" = collections.OrderedDict()
-_BUILD_CACHE_SIZE = 4
+# The compiled pieces of recent runs (a rerun in the same process compiles nothing).
+_BUILD_CACHE: components_lib.BuildCache[components_lib.Components] = components_lib.BuildCache()
 
 
 def _cached_build(settings: components_lib.BuildSettings, mesh: Any,
                   info: inputs_lib.DataInfo) -> components_lib.Components:
-  key = json.dumps({
-      "settings": dataclasses.asdict(settings),
-      "mesh": {"shape": dict(mesh.shape), "devices": [d.id for d in mesh.devices.flat]},
-      "info": dataclasses.asdict(info),
-  }, sort_keys=True, default=str)
-  if key in _BUILD_CACHE:
-    _BUILD_CACHE.move_to_end(key)
-    return _BUILD_CACHE[key]
-  parts = components_lib.build(settings, mesh, info)
-  _BUILD_CACHE[key] = parts
-  while len(_BUILD_CACHE) > _BUILD_CACHE_SIZE:
-    _BUILD_CACHE.popitem(last=False)
-  return parts
+  return _BUILD_CACHE.get({"settings": settings, "info": info}, mesh,
+                          lambda: components_lib.build(settings, mesh, info))
 
 
 @jax.jit

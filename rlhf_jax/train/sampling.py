@@ -425,15 +425,6 @@ def read_prompts(path: str | os.PathLike[str], *, rejects_path: str | os.PathLik
   return accepted, report
 
 
-def _write_lines(path: Path, records: list[dict[str, Any]]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  with open(temporary, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-  os.replace(temporary, path)
-
-
 def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
                 rejects_path: str | os.PathLike[str], config: models.SamplingConfig, seed: int = 0
                 ) -> dict[str, Any]:
@@ -481,7 +472,7 @@ def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path:
     earlier = [json.loads(line) for line in rejects_path.read_text(encoding="utf-8").splitlines()] \
         if rejects_path.exists() else []
     merged = earlier + [reject.to_json() for reject in unusable]
-    _write_lines(rejects_path, sorted(merged, key=lambda r: r.get("line", r.get("row", 0))))
+    sources_lib.write_json_lines(rejects_path, sorted(merged, key=lambda r: r.get("line", r.get("row", 0))))
   if not usable:
     raise data_lib.DataError(f"{input_path}: none of its {report.read} prompts can be sampled; see {rejects_path}.")
   samples = policy.sample_ids([ids for _, _, ids, _ in usable], config, seed=seed,
@@ -495,17 +486,11 @@ def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path:
                     "finished": completion.finished, "logprob": completion.logprob,
                     "sampling_logprob": completion.sampling_logprob,
                     "prompt_truncated": completion.prompt_truncated})
-  _write_lines(output_path, records)
+  sources_lib.write_json_lines(output_path, records)
   rejected = report.rejected + len(unusable)
   if report.read != len(usable) + rejected:
     raise AssertionError(f"read {report.read} != sampled {len(usable)} + rejected {rejected}")
-  first_reject = None
-  if rejected:
-    with open(rejects_path, encoding="utf-8") as f:
-      first = json.loads(f.readline())
-    location = "line" if "line" in first else "row"
-    field = f" field '{first['field']}'" if first.get("field") else ""
-    first_reject = f"{first['file']} {location} {first[location]}{field}: {first['reason']}"
+  first_reject = sources_lib.describe_first_reject(rejects_path) if rejected else None
   return {
       "input": os.fspath(input_path), "output": os.fspath(output_path),
       "rejects": os.fspath(rejects_path) if rejected else None, "first_reject": first_reject,

@@ -413,15 +413,6 @@ def _finite(value: float) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def _write_lines(path: Path, records: list[dict[str, Any]]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  with open(temporary, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-  os.replace(temporary, path)
-
-
 def score_file(
     scorer: RewardScorer,
     input_path: str | os.PathLike[str],
@@ -533,17 +524,11 @@ def score_file(
             file=os.fspath(input_path), location=rows[i].location, number=rows[i].number, field=field,
             code="empty_after_truncation", reason=reason, record=rows[i].record)
         f.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
-  _write_lines(output_path, records)
+  sources_lib.write_json_lines(output_path, records)
   rejected = report.rejected + len(unscored)
   if report.read != len(records) + rejected:
     raise AssertionError(f"read {report.read} != scored {len(records)} + rejected {rejected}")
-  first_reject = None
-  if rejected:
-    with open(rejects_path, encoding="utf-8") as f:
-      first = json.loads(f.readline())
-    location = "line" if "line" in first else "row"
-    field = f" field '{first['field']}'" if first.get("field") else ""
-    first_reject = f"{first['file']} {location} {first[location]}{field}: {first['reason']}"
+  first_reject = sources_lib.describe_first_reject(rejects_path) if rejected else None
   return {
       "input": os.fspath(input_path), "output": os.fspath(output_path),
       "rejects": os.fspath(rejects_path) if rejected else None, "first_reject": first_reject,

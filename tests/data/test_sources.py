@@ -110,3 +110,18 @@ def test_rejects_hold_json_safe_records(tmp_path):
   with pytest.raises(AssertionError, match="read 3 != accepted 1 \\+ rejected 1"):
     sources.ReadReport(path="p", format="f", fingerprint="", read=3, accepted=1, rejected=1,
                        rejects_path=None, reasons={})
+
+
+def test_json_lines_are_written_atomically_and_the_first_reject_is_described(tmp_path):
+  path = tmp_path / "deep" / "out.jsonl"
+  sources.write_json_lines(path, [{"a": 1, "text": "é"}, {"b": [1, 2]}])
+  assert path.read_text(encoding="utf-8") == '{"a": 1, "text": "é"}\n{"b": [1, 2]}\n'
+  assert [p.name for p in path.parent.iterdir()] == ["out.jsonl"]  # no temporary left behind
+  with pytest.raises(ValueError):
+    sources.write_json_lines(tmp_path / "nan.jsonl", [{"x": float("nan")}])
+  rejects = [sources.Reject(file="in.csv", location="row", number=4, field="prompt", code="empty", reason="empty"),
+             sources.Reject(file="in.csv", location="row", number=9, field=None, code="c", reason="other")]
+  sources.write_rejects(tmp_path / "r.jsonl", rejects)
+  assert sources.describe_first_reject(tmp_path / "r.jsonl") == "in.csv row 4 field 'prompt': empty"
+  sources.write_rejects(tmp_path / "r2.jsonl", rejects[1:])
+  assert sources.describe_first_reject(tmp_path / "r2.jsonl") == "in.csv row 9: other"
