@@ -52,7 +52,6 @@ NOT_YET_MIRRORED = {
     "feedback/report.py": "tests/feedback/test_pipeline.py (the feedback package is being restructured)",
     "feedback/types.py": "tests/feedback/* (the feedback package is being restructured)",
     "hf.py": "tests/models/test_hf.py (the facade of rlhf_jax.models.hf)",
-    "models/config.py": "tests/models/test_transformer.py, tests/models/test_sharding.py",
     "models/hf/checkpoint.py": "tests/models/test_hf.py",
     "models/hf/families.py": "tests/models/test_hf.py",
     "models/hf/gguf_file.py": "tests/models/test_hf_gguf.py",
