@@ -47,7 +47,6 @@ NO_MIRROR = {
 # list) and when any other module lacks one.
 NOT_YET_MIRRORED = {
     "data/packing.py": "tests/train/test_padding_free.py, tests/benchmarks/test_packing_shapes.py",
-    "data/tokenizer.py": "tests/data/test_data_tokenization.py, tests/models/test_hf_tokenizer.py",
     "demo.py": "tests/test_cli.py (scripts/run.py --demo_losses)",
     "feedback/report.py": "tests/feedback/test_pipeline.py (the feedback package is being restructured)",
     "feedback/types.py": "tests/feedback/* (the feedback package is being restructured)",
