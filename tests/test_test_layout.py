@@ -53,7 +53,6 @@ NOT_YET_MIRRORED = {
     "hf.py": "tests/models/test_hf.py (the facade of rlhf_jax.models.hf)",
     "models/hf/checkpoint.py": "tests/models/test_hf.py",
     "models/hf/families.py": "tests/models/test_hf.py",
-    "models/hf/gguf_file.py": "tests/models/test_hf_gguf.py",
     "models/hf/loader.py": "tests/models/test_hf.py",
     "models/hf/writer.py": "tests/models/test_hf.py, tests/models/test_hf_transformers.py",
     "rl/rollout.py": "tests/rl/test_loop.py, tests/rl/test_update.py",
