@@ -601,7 +601,7 @@ def make_run_population(tmp_path_factory):
   from rlhf_jax import cli  # pylint: disable=g-import-not-at-top
   folder = tmp_path_factory.mktemp("make_run")
   config = cli.load_config_file(REPO / "configs" / "pipeline.py")
-  # What `make run` simulates (rlhf_jax/pipeline.py: seed, num_pairs and the population).
+  # What `make run` simulates (experiments/pipeline.py: seed, num_pairs and the population).
   sim = simulate.simulate_annotations(
       jax.random.key(config.seed), simulate.SimulationConfig(
           num_items=config.task.num_pairs, **config.annotators.to_dict()))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax import cli, pipeline
+from experiments import pipeline
+from rlhf_jax import cli
 from rlhf_jax.train import rundir
 
 REPO = Path(__file__).resolve().parents[2]

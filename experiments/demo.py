@@ -1,6 +1,6 @@
 """A short demonstration that every objective imports, compiles and evaluates.
 
-`make run` calls this until the end-to-end pipeline (feedback -> data -> train) exists.
+`python scripts/run.py --demo_losses` prints this table.
 Each objective is evaluated under `jax.jit` on a small batch drawn from an explicit PRNG
 key; the table shows the mean loss and the norm of its gradient with respect to the
 model-side inputs, both finite by construction even at extreme inputs.
