@@ -11,7 +11,7 @@ and the PNG plots that report.md shows, with the accuracy against the truth.csv 
 next to answers.csv. Its result (counts, agreement, accuracy, time) is recorded in
 docs/benchmarks.md ("Demo runs: the configs and make run"); every method's accuracy on the three crowd data sets in docs/feedback.md.
 
-Pairwise preference records (JSONL/CSV/Parquet, schema in rlhf_jax/feedback/records.py):
+Pairwise preference records (JSONL/CSV/Parquet, schema in rlhf_jax/feedback/io/records.py):
 
   python scripts/aggregate.py --config=configs/aggregate.py --config.input=prefs.jsonl \
     --config.format=jsonl --config.method=dawid_skene --config.output_dir=runs/labels

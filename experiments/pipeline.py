@@ -49,7 +49,7 @@ import numpy as np
 
 from rlhf_jax import feedback
 from rlhf_jax import train as train_lib
-from rlhf_jax.feedback import pipeline as feedback_pipeline
+from rlhf_jax.feedback.workflow import pipeline as feedback_pipeline
 from rlhf_jax.train import rundir
 
 __all__ = ["ConfigError", "MAY_CHANGE_ON_RESUME", "STAGES", "USER_ERRORS", "check_config", "format_summary",

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news.
-  from rlhf_jax.feedback import pipeline  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.workflow import pipeline  # pylint: disable=g-import-not-at-top
 
   try:
     outputs = pipeline.run(_CONFIG.value)

@@ -52,16 +52,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.feedback import (
-    agreement,
-    aggregation,
-    annotators as annotators_lib,
-    drift as drift_lib,
-    records,
-    report,
-    routing,
-    types,
-)
+from rlhf_jax.feedback import types
+from rlhf_jax.feedback.io import records
+from rlhf_jax.feedback.metrics import agreement
+from rlhf_jax.feedback.metrics import calibration as annotators_lib
+from rlhf_jax.feedback.metrics import drift as drift_lib
+from rlhf_jax.feedback.models import dawid_skene as dawid_skene_lib
+from rlhf_jax.feedback.models import voting
+from rlhf_jax.feedback.workflow import report, routing
 
 __all__ = [
     "METHODS",
@@ -246,9 +244,9 @@ def validate_config(config: Any) -> None:
   _number(config, "num_iters", low=1, integer=True)
   _number(config, "tol", low=0.0)
   _number(config, "seed", low=0, integer=True)
-  _choice(config, "tie_break", aggregation.TIE_BREAKS)
+  _choice(config, "tie_break", voting.TIE_BREAKS)
   _number(config, "smoothing", low=0.0)
-  _choice(config, "bayesian.method", aggregation.BAYESIAN_METHODS)
+  _choice(config, "bayesian.method", dawid_skene_lib.BAYESIAN_METHODS)
   for field in ("bayesian.prior_correct", "bayesian.prior_incorrect", "bayesian.prior_class"):
     _number(config, field, low=0.0, low_open=True)
   _choice(config, "mace.method", ("vb", "em"))
@@ -329,25 +327,25 @@ def _class_method(method: str, enc: types.EncodedAnnotations, config: Any,
   key = jax.random.key(int(config.seed))
   em = dict(num_iters=int(config.num_iters), num_annotators=enc.num_annotators, **sizes)
   if method == "majority_vote":
-    return aggregation.majority_vote(*arrays, num_annotators=enc.num_annotators,
+    return voting.majority_vote(*arrays, num_annotators=enc.num_annotators,
                                      tie_break=config.tie_break, key=key, **sizes)
   if method == "weighted_vote":
-    return aggregation.weighted_vote(*arrays, annotator_weights=vote_weights,
+    return voting.weighted_vote(*arrays, annotator_weights=vote_weights,
                                      tie_break=config.tie_break, key=key, **sizes)
   if method == "dawid_skene":
-    return aggregation.dawid_skene(*arrays, tol=_tol(config), smoothing=float(config.smoothing),
+    return dawid_skene_lib.dawid_skene(*arrays, tol=_tol(config), smoothing=float(config.smoothing),
                                    **em)
   if method == "one_coin_dawid_skene":
-    return aggregation.one_coin_dawid_skene(*arrays, tol=_tol(config),
+    return dawid_skene_lib.one_coin_dawid_skene(*arrays, tol=_tol(config),
                                             smoothing=float(config.smoothing), **em)
   if method == "bayesian_dawid_skene":
     b = config.bayesian
-    return aggregation.bayesian_dawid_skene(
+    return dawid_skene_lib.bayesian_dawid_skene(
         *arrays, tol=_tol(config), prior_correct=float(b.prior_correct),
         prior_incorrect=float(b.prior_incorrect), prior_class=float(b.prior_class),
         method=b.method, **em)
   # Imported here: the spammer-aware models are optional extras of the pipeline.
-  from rlhf_jax.feedback import spammer_models  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.models import spammer_models  # pylint: disable=g-import-not-at-top
   if method == "mace":
     return spammer_models.mace(*arrays, num_restarts=int(config.mace.num_restarts), key=key,
                                method=config.mace.method, **em)
@@ -387,7 +385,7 @@ def _response_keys(enc: types.EncodedAnnotations) -> tuple[np.ndarray, np.ndarra
 def _crowd_bt(enc: types.EncodedAnnotations, config: Any
               ) -> tuple[types.AggregationResult, dict[str, Any]]:
   """Item-level Crowd-BT over the responses; per-comparison posteriors from the scores."""
-  from rlhf_jax.feedback import pairwise  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.models import crowd_bt as pairwise  # pylint: disable=g-import-not-at-top
 
   keys_a, keys_b, previews = _response_keys(enc)
   response_ids, codes = np.unique(np.concatenate([keys_a, keys_b]).astype(str),
@@ -667,7 +665,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
           notes.append("no annotator has golden, expert or repeat data: every calibration "
                        "weight is equal and weighted_vote is a majority vote.")
       else:
-        reliability = aggregation.dawid_skene(
+        reliability = dawid_skene_lib.dawid_skene(
             enc.items, enc.annotators, enc.labels, num_classes=enc.num_classes,
             num_items=enc.num_items, num_annotators=enc.num_annotators,
             num_iters=int(config.num_iters), tol=_tol(config)).annotator_params["reliability"]

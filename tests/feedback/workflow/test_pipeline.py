@@ -1,4 +1,4 @@
-"""End-to-end tests of `scripts/aggregate.py` and `rlhf_jax.feedback.pipeline`.
+"""End-to-end tests of `scripts/aggregate.py` and `rlhf_jax.feedback.workflow.pipeline`.
 
 Every number the command reports is recomputed here from the input files with NumPy
 (counts, lineage, Fleiss' kappa, accuracy against the truth file, the routing rule), so a
@@ -18,9 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax.feedback import pairwise, pipeline, simulate
+from rlhf_jax.feedback import simulate
+from rlhf_jax.feedback.models import crowd_bt as pairwise
+from rlhf_jax.feedback.workflow import pipeline
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "aggregate.py"
 CONFIG = REPO / "configs" / "aggregate.py"
 DUCK = REPO / ".." / "shared" / "data" / "crowd" / "duck"
