@@ -28,7 +28,12 @@ labels with a confidence, annotator metrics, rejects and a report out.
    Page-Hinkley on leave-one-out agreement run as level monitors beside it;
 6. scores the labels against gold labels when a truth file is given or found;
 7. writes `labels.csv`, `annotators.csv`, `report.md` with its PNG plots and
-   `summary.json` (the numbers of report.md, for machines), through `report`.
+   `summary.json` (the numbers of report.md, for machines), through `report`; for a
+   pairwise preference task also the training file of the resolved labels
+   (`train.jsonl`, with `awaiting_review.jsonl` and `train_rejects.jsonl` beside it,
+   every item in exactly one; `io.training.write_training_file`). The soft target is
+   the posterior of a model, the vote shares of a vote, an expert's row where one
+   decided.
 
 A user mistake (bad config value, missing or unusable file) raises `ConfigError`,
 `records.FeedbackInputError` or `FileNotFoundError` with a message that names the field
@@ -54,6 +59,7 @@ import numpy as np
 
 from rlhf_jax.feedback import types
 from rlhf_jax.feedback.io import records
+from rlhf_jax.feedback.io import training as training_lib
 from rlhf_jax.feedback.metrics import agreement
 from rlhf_jax.feedback.metrics import calibration as annotators_lib
 from rlhf_jax.feedback.metrics import drift as drift_lib
@@ -116,6 +122,9 @@ class AggregateOutputs:
     expert_review: [I] bool, routed to expert review.
     label_source: [I] str "crowd" | "expert" | "pending".
     annotator_rows: the rows of annotators.csv.
+    training: where every item went in train.jsonl / awaiting_review.jsonl /
+      train_rejects.jsonl (`io.training`), or None when the task is not a pairwise
+      preference (the summary's "training" says why).
   """
 
   output_dir: Path
@@ -127,6 +136,7 @@ class AggregateOutputs:
   expert_review: np.ndarray
   label_source: list[str]
   annotator_rows: list[dict[str, Any]]
+  training: training_lib.TrainingFileReport | None = None
 
   def summary_text(self) -> str:
     """A few lines for the terminal."""
@@ -150,6 +160,15 @@ class AggregateOutputs:
         f"Expert review: {s['num_expert_review']} of {s['num_items']} items ({s['routing_rule']}); "
         f"{s['num_expert_resolved']} expert-labelled, {s['num_pending']} pending.",
     ]
+    training = s.get("training", {})
+    if training.get("written"):
+      lines.append(
+          f"Training file {training_lib.TRAIN_FILE}: {training['num_trained']} items "
+          f"({training['num_expert']} expert-labelled); {training['num_awaiting']} awaiting review "
+          f"({training_lib.AWAITING_FILE}); {training['num_rejected']} rejected "
+          f"({training_lib.TRAIN_REJECTS_FILE}).")
+    elif training:
+      lines.append(f"Training file: not written ({training['reason']}).")
     if s.get("accuracy") is not None:
       lines.append(f"Accuracy {s['accuracy']:.4f} on {s['num_truth_items']} items with a gold "
                    f"label ({s['truth']}).")
@@ -703,6 +722,16 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
     final_confidence = np.asarray(resolved.confidence, np.float32)
     final_posteriors = np.asarray(resolved.posteriors, np.float32)
     label_source = resolved.source_names()
+    # The soft targets of the training file: a vote's posterior is its one-hot decision,
+    # so the votes give their vote shares; expert decisions replace the row either way.
+    vote_shares = result.extras.get("vote_shares") if isinstance(result.extras, dict) else None
+    soft_labels = posteriors if vote_shares is None else np.asarray(vote_shares, np.float32)
+    if vote_shares is not None:
+      soft_labels = np.asarray(routing.resolve_expert_reviews(
+          crowd_labels, crowd_confidence, review, expert_items, expert_labels[expert_items],
+          posteriors=soft_labels).posteriors, np.float32)
+    else:
+      soft_labels = final_posteriors
     routing_summary = _routing_summary(method, r, crowd_confidence, item_agreement, review)
     routing_rule = routing_summary["rule"]
 
@@ -794,6 +823,22 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
                                "accuracy, expert agreement, temporal consistency, speed, weight, "
                                "drift verdict (drift / always_bad / ok) and level-monitor alarms")
     files["rejects.jsonl"] = f"{read.num_rejected} rejected records with file, line, field, reason"
+    training = None
+    if training_lib.is_pairwise_task(enc.class_names):
+      training = training_lib.write_training_file(
+          output_dir, enc, labels=final_labels, confidence=final_confidence, soft_labels=soft_labels,
+          label_source=label_source, lineage=lineage)
+      training_summary = {"written": True, **training.to_json()}
+      files[training_lib.TRAIN_FILE] = (
+          f"{training.num_trained} items with their final label (crowd or expert) in the data layer's "
+          "feedback_labels format: texts, soft target P(a preferred), confidence as weight, lineage; "
+          "scripts/train.py --config.data.train=PATH reads it")
+      files[training_lib.AWAITING_FILE] = f"{training.num_awaiting} items awaiting expert review"
+      files[training_lib.TRAIN_REJECTS_FILE] = (
+          f"{training.num_rejected} items the training reader would refuse, with its reason")
+    else:
+      training_summary = {"written": False, "reason": "the classes "
+                          f"{list(enc.class_names)} are not those of a pairwise preference (a, b, tie)"}
     if crowd_bt_info is not None:
       _write_scores_csv(output_dir / "scores.csv", crowd_bt_info)
       files["scores.csv"] = "Crowd-BT score per response, with its number of comparisons"
@@ -859,6 +904,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
             "fast_threshold_ms": float(w.fast_threshold_ms),
         },
         "drift": drift_summary,
+        "training": training_summary,
         "notes": notes,
         "seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "files": files,
@@ -880,7 +926,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
   return AggregateOutputs(
       output_dir=output_dir, summary=summary, read_report=read, result=result,
       labels=final_labels, confidence=final_confidence, expert_review=review,
-      label_source=label_source, annotator_rows=annotator_rows)
+      label_source=label_source, annotator_rows=annotator_rows, training=training)
 
 
 _ANNOTATOR_COLUMNS = (
