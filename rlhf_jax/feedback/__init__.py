@@ -9,7 +9,7 @@ Records (`read_annotations`) -> agreement (`fleiss_kappa`, `krippendorff_alpha`,
 annotator calibration and drift (`annotator_metrics`, `annotator_weights`,
 `change_point_test` and `classify_drift` for drift against always-bad annotators,
 `bernoulli_cusum`, `page_hinkley` as level monitors) -> aggregation (`majority_vote`, `dawid_skene`, ...,
-each returning an `AggregationResult`) -> routing (`route_items`) and lineage
+each returning an `AggregationResult`; by name in `AGGREGATION_METHODS`) -> routing (`route_items`) and lineage
 (`item_lineage`). `simulate_annotations` makes annotator populations with known truth.
 Every algorithm takes flat integer arrays `items, annotators, labels` (see `types`).
 """
@@ -34,7 +34,18 @@ from rlhf_jax.feedback.models.dawid_skene import (
     m_step,
     one_coin_dawid_skene,
 )
-from rlhf_jax.feedback.models.voting import TIE_BREAKS, majority_vote, weighted_vote
+from rlhf_jax.feedback.models.kos import kos
+from rlhf_jax.feedback.models.mmsr import mmsr
+from rlhf_jax.feedback.models.registry import AGGREGATION_METHODS
+from rlhf_jax.feedback.models.voting import (
+    TIE_BREAKS,
+    gold_majority_vote,
+    majority_vote,
+    wawa,
+    weighted_vote,
+    zero_based_skill,
+)
+from rlhf_jax.feedback.io.training import TrainingFileReport, write_training_file
 from rlhf_jax.feedback.metrics.calibration import AnnotatorMetrics, annotator_metrics, annotator_weights
 from rlhf_jax.feedback.workflow.golden import GoldenPlan, plan_golden_injection
 from rlhf_jax.feedback.metrics.drift import (
