@@ -80,10 +80,14 @@ __all__ = [
     "validate_config",
 ]
 
-VOTING_METHODS = ("majority_vote", "weighted_vote")
+VOTING_METHODS = ("majority_vote", "weighted_vote", "wawa", "zero_based_skill")
 METHODS = (
     "majority_vote",
     "weighted_vote",
+    "wawa",
+    "zero_based_skill",
+    "kos",
+    "mmsr",
     "dawid_skene",
     "one_coin_dawid_skene",
     "bayesian_dawid_skene",
@@ -351,6 +355,18 @@ def _class_method(method: str, enc: types.EncodedAnnotations, config: Any,
   if method == "weighted_vote":
     return voting.weighted_vote(*arrays, annotator_weights=vote_weights,
                                      tie_break=config.tie_break, key=key, **sizes)
+  if method in ("wawa", "zero_based_skill"):
+    return getattr(voting, method)(*arrays, num_annotators=enc.num_annotators, **sizes)
+  if method == "kos":
+    if enc.num_classes != 2:
+      raise ConfigError(f"config.method = 'kos' needs two classes, got {enc.num_classes} "
+                        f"({', '.join(map(str, enc.class_names))}).")
+    from rlhf_jax.feedback.models import kos  # pylint: disable=g-import-not-at-top
+    return kos.kos(*arrays, num_annotators=enc.num_annotators, num_iters=int(config.num_iters), key=key,
+                   **sizes)
+  if method == "mmsr":
+    from rlhf_jax.feedback.models import mmsr  # pylint: disable=g-import-not-at-top
+    return mmsr.mmsr(*arrays, num_annotators=enc.num_annotators, key=key, tol=_tol(config), **sizes)
   if method == "dawid_skene":
     return dawid_skene_lib.dawid_skene(*arrays, tol=_tol(config), smoothing=float(config.smoothing),
                                    **em)
@@ -1033,7 +1049,7 @@ def _routing_summary(method: str, routing_config: Any, confidence: np.ndarray,
   """The routing rule as applied, in words and numbers."""
   threshold = float(routing_config.confidence_threshold)
   if method in VOTING_METHODS:
-    weighted = "weighted " if method == "weighted_vote" else ""
+    weighted = "" if method == "majority_vote" else "weighted "
     measure = f"{weighted}vote share of the label"
     meaning = f"the {weighted}share of the item's votes that agree with its label"
   else:

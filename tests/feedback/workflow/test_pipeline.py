@@ -577,6 +577,28 @@ def test_task_without_ties_has_two_classes_everywhere(no_tie_records, tmp_path, 
   np.testing.assert_allclose(matrices.sum(axis=2), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["wawa", "zero_based_skill", "kos", "mmsr"])
+def test_new_methods_run_through_the_pipeline(no_tie_records, tmp_path, method):
+  from rlhf_jax import feedback  # pylint: disable=g-import-not-at-top
+  config = _load_config(input=str(no_tie_records), format="jsonl", output_dir=str(tmp_path), method=method,
+                        **{"report.num_drift": 0, "report.plots": False})
+  outputs = pipeline.run(config)
+  enc = outputs.read_report.annotations
+  kwargs = {"key": jax.random.key(int(config.seed))} if method in ("kos", "mmsr") else {}
+  if method == "kos":
+    kwargs["num_iters"] = int(config.num_iters)
+  if method == "mmsr":
+    kwargs["tol"] = float(config.tol)
+  direct = feedback.AGGREGATION_METHODS.get(method)(
+      enc.items, enc.annotators, enc.labels, num_classes=enc.num_classes, num_items=enc.num_items,
+      num_annotators=enc.num_annotators, **kwargs)
+  # labels.csv holds the method's labels (no expert labels here) and the training file all items.
+  _, rows = _read_csv(tmp_path / "labels.csv")
+  np.testing.assert_array_equal([enc.class_names.index(r["label"]) for r in rows], np.asarray(direct.labels))
+  assert outputs.summary["method"] == method and outputs.training is not None
+  assert outputs.training.num_trained + outputs.training.num_awaiting + outputs.training.num_rejected == len(rows)
+
+
 def test_declared_class_without_evidence_is_blank_not_a_prior(no_tie_records, tmp_path,
                                                                monkeypatch):
   captured = _capture_confusions(monkeypatch)
