@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.feedback.pairwise (item-level Crowd-BT).
+"""Tests for rlhf_jax.feedback.models.crowd_bt (item-level Crowd-BT).
 
 References computed here, independently of the code under test: the Crowd-BT likelihood
 and log posterior written out in NumPy float64, their central finite differences,
@@ -15,7 +15,7 @@ import scipy.optimize
 import scipy.stats
 
 from rlhf_jax import losses
-from rlhf_jax.feedback import pairwise
+from rlhf_jax.feedback.models import crowd_bt as pairwise
 
 # ------------------------------------------------------------------ NumPy references
 

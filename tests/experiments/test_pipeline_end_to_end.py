@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhf_jax import cli, pipeline
+from experiments import pipeline
+from rlhf_jax import cli
 
 
 def _small_config():

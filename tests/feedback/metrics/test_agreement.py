@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.feedback.agreement.
+"""Tests for rlhf_jax.feedback.metrics.agreement.
 
 References: published worked examples typed in below (Fleiss 1971-style table, Cohen's
 kappa textbook 2x2, Krippendorff 2011, Gwet 2014) and NumPy float64 implementations
@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.feedback import agreement
+from rlhf_jax.feedback.metrics import agreement
 
-DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 # Fleiss' kappa worked example (Wikipedia "Fleiss' kappa"; 10 subjects, 14 raters,
 # 5 categories): counts[i, j] raters who put subject i in category j.

@@ -34,8 +34,10 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from rlhf_jax.feedback.types import AggregationResult
 from rlhf_jax import _checks
+from rlhf_jax.feedback.models._arrays import annotation_arrays, check_size
+from rlhf_jax.feedback.models.em import per_annotator_mean
+from rlhf_jax.feedback.types import AggregationResult
 
 __all__ = [
     "glad",
@@ -54,46 +56,6 @@ _TINY = 1e-30
 # --------------------------------------------------------------------------------------
 
 
-def _as_index_array(x: ArrayLike, name: str) -> jax.Array:
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    raise ValueError(
-        f"`{name}` must be an integer array, got dtype {x.dtype} with shape {x.shape}."
-    )
-  _checks.check_rank(x, name, 1)
-  return x.astype(jnp.int32)
-
-
-def _check_count(value: Any, name: str, low: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"`{name}` must be a Python int, got {value!r}.")
-  if value < low:
-    raise ValueError(f"`{name}` must be at least {low}, got {value}.")
-  return int(value)
-
-
-def _check_range(x: jax.Array, name: str, size: int, size_name: str) -> None:
-  """Checks 0 <= x < size when `x` is concrete (skipped for traced arrays under jit)."""
-  if isinstance(x, jax.core.Tracer):
-    return
-  values = np.asarray(x)
-  bad = np.flatnonzero((values < 0) | (values >= size))
-  if bad.size:
-    first = int(bad[0])
-    raise ValueError(
-        f"`{name}` must lie in [0, {size_name}={size}); entry {first} is {int(values[first])} "
-        f"({bad.size} entries out of range)."
-    )
-
-
-def _infer_size(x: jax.Array, given: int | None, name: str, size_name: str) -> int:
-  if given is not None:
-    return _check_count(given, size_name, 1)
-  if isinstance(x, jax.core.Tracer):
-    raise ValueError(f"`{size_name}` must be given when `{name}` is traced (inside jit).")
-  return int(np.max(np.asarray(x))) + 1
-
-
 def _prepare(
     items: ArrayLike,
     annotators: ArrayLike,
@@ -102,20 +64,11 @@ def _prepare(
     num_items: int | None,
     num_annotators: int | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, int, int, int]:
-  """Validates the flat annotation arrays and resolves the static sizes."""
-  items = _as_index_array(items, "items")
-  annotators = _as_index_array(annotators, "annotators")
-  labels = _as_index_array(labels, "labels")
-  _checks.check_same_shape(items=items, annotators=annotators, labels=labels)
-  if items.shape[0] == 0:
-    raise ValueError("no annotations: `items`, `annotators` and `labels` are empty.")
-  num_classes = _check_count(num_classes, "num_classes", 2)
-  num_items = _infer_size(items, num_items, "items", "num_items")
-  num_annotators = _infer_size(annotators, num_annotators, "annotators", "num_annotators")
-  _check_range(items, "items", num_items, "num_items")
-  _check_range(annotators, "annotators", num_annotators, "num_annotators")
-  _check_range(labels, "labels", num_classes, "num_classes")
-  return items, annotators, labels, num_classes, num_items, num_annotators
+  """Validates the flat annotation arrays (`_arrays.annotation_arrays`), resolves the sizes."""
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=num_items,
+      num_annotators=num_annotators)
+  return items, annotators, labels, int(num_classes), num_items, num_annotators
 
 
 def _as_class_prior(class_prior: ArrayLike | None, num_classes: int) -> jax.Array:
@@ -168,15 +121,6 @@ def _result_from_log_joint(log_joint: jax.Array) -> tuple[jax.Array, jax.Array]:
   log_evidence = jax.nn.logsumexp(log_joint, axis=1)
   posteriors = jnp.exp(log_joint - log_evidence[:, None])
   return posteriors, jnp.sum(log_evidence)
-
-
-def _mean_over_annotations(
-    values: jax.Array, annotators: jax.Array, num_annotators: int, fallback: jax.Array
-) -> jax.Array:
-  """Per-annotator mean of per-annotation values; `fallback` for annotators with none."""
-  totals = jax.ops.segment_sum(values, annotators, num_segments=num_annotators)
-  counts = jax.ops.segment_sum(jnp.ones_like(values), annotators, num_segments=num_annotators)
-  return jnp.where(counts > 0, totals / jnp.maximum(counts, 1.0), fallback)
 
 
 def _finish(posteriors: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -460,7 +404,7 @@ def _mace_fit(
   correct_given_class = competence[:, None] + (1.0 - competence[:, None]) * spam_strategy
   per_annotation = jnp.sum(posteriors[items] * correct_given_class[annotators], axis=1)
   fallback = correct_given_class @ jnp.mean(posteriors, axis=0)
-  reliability = _mean_over_annotations(per_annotation, annotators, num_annotators, fallback)
+  reliability = per_annotator_mean(per_annotation, annotators, num_annotators, fallback)
   log_likelihood = _mace_log_likelihood_jit(
       items,
       annotators,
@@ -562,8 +506,8 @@ def mace(
   items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
       items, annotators, labels, num_classes, num_items, num_annotators
   )
-  num_iters = _check_count(num_iters, "num_iters", 1)
-  num_restarts = _check_count(num_restarts, "num_restarts", 1)
+  num_iters = check_size(num_iters, "num_iters")
+  num_restarts = check_size(num_restarts, "num_restarts")
   _checks.check_choice(method, "method", ("vb", "em"))
   _checks.check_scalar_range(alpha, "alpha", low=0.0, low_inclusive=False)
   _checks.check_scalar_range(beta, "beta", low=0.0, low_inclusive=False)
@@ -856,7 +800,7 @@ def _glad_fit(
   ability, log_beta = params
   _, _, logits = _glad_log_emissions(items, annotators, ability, log_beta, num_classes)
   fallback = jax.nn.sigmoid(ability * jnp.mean(jnp.exp(log_beta)))
-  reliability = _mean_over_annotations(jax.nn.sigmoid(logits), annotators, num_annotators, fallback)
+  reliability = per_annotator_mean(jax.nn.sigmoid(logits), annotators, num_annotators, fallback)
   return {
       "posteriors": posteriors,
       "ability": ability,
@@ -927,8 +871,8 @@ def glad(
   items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
       items, annotators, labels, num_classes, num_items, num_annotators
   )
-  num_iters = _check_count(num_iters, "num_iters", 1)
-  m_step_iters = _check_count(m_step_iters, "m_step_iters", 1)
+  num_iters = check_size(num_iters, "num_iters")
+  m_step_iters = check_size(m_step_iters, "m_step_iters")
   _checks.check_scalar_range(ability_prior_std, "ability_prior_std", low=0.0, low_inclusive=False)
   _checks.check_scalar_range(log_beta_prior_std, "log_beta_prior_std", low=0.0, low_inclusive=False)
   log_class_prior = jnp.log(_as_class_prior(class_prior, num_classes))

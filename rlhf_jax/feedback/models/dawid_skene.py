@@ -1,12 +1,11 @@
-"""Class-level aggregation of repeated labels: votes and the Dawid-Skene family.
+"""The Dawid-Skene family: annotator confusion matrices fitted by EM.
 
 Every method takes the flat annotation arrays of `rlhf_jax.feedback.types` (`items`,
 `annotators`, `labels`, one entry per annotation) and returns an `AggregationResult`.
 The work is a few segment sums over the N annotations per iteration, so the cost is
 linear in N; sizes are static, every core is `jax.jit`-compiled, and EM runs inside one
-`jax.lax.while_loop` that stops early once the posteriors stop moving.
+`jax.lax.while_loop` that stops early once the posteriors stop moving (`em.run_em`).
 
-* `majority_vote`, `weighted_vote`: (weighted) plurality with explicit tie-breaking.
 * `dawid_skene`: Dawid & Skene (1979) EM with a full confusion matrix per annotator.
 * `one_coin_dawid_skene`: one accuracy per annotator, errors uniform over other classes.
 * `bayesian_dawid_skene`: Dirichlet priors on confusion rows and class priors, fitted
@@ -18,15 +17,13 @@ Conventions: `confusion[a, k, l] = P(annotator a answers l | true class k)`, row
 class) sum to one. Items without any annotation keep the class prior as posterior (a
 uniform one for votes) and are left out of every parameter update. Annotator
 `reliability` is the model's probability that the annotator's answer equals the true
-class: `sum_k class_prior[k] * confusion[a, k, k]` for the Dawid-Skene family, the
-annotator's agreement with the voted label for the votes.
+class: `sum_k class_prior[k] * confusion[a, k, k]`.
 """
 
 from __future__ import annotations
 
 import functools
-import numbers
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +31,22 @@ import numpy as np
 from jax.scipy.special import digamma, gammaln
 from jax.typing import ArrayLike
 
-from rlhf_jax.feedback.types import AggregationResult
 from rlhf_jax._checks import check_choice, check_scalar_range
+from rlhf_jax.feedback.models._arrays import annotation_arrays, check_size, check_tol, is_traced
+from rlhf_jax.feedback.models.em import (
+    PROB_FLOOR,
+    argmax_result,
+    class_counts,
+    e_step_core,
+    item_counts,
+    normalized_log,
+    run_em,
+    vote_share_init,
+)
+from rlhf_jax.feedback.types import AggregationResult
 
 __all__ = [
-    "TIE_BREAKS",
     "BAYESIAN_METHODS",
-    "majority_vote",
-    "weighted_vote",
     "dawid_skene",
     "one_coin_dawid_skene",
     "bayesian_dawid_skene",
@@ -49,13 +54,7 @@ __all__ = [
     "m_step",
 ]
 
-TIE_BREAKS = ("lowest", "random", "uniform")
 BAYESIAN_METHODS = ("map", "variational")
-
-# Probabilities are floored here before a log, as crowd-kit's DawidSkene clips its
-# error matrices and priors at 1e-10: an answer never seen under some true class keeps
-# a finite log-probability instead of -inf (which would veto that class for good).
-_PROB_FLOOR = 1e-10
 
 # Confusion cells of a label the annotator never gave are floored far lower. crowd-kit
 # normalises each annotator's confusion rows over the labels that annotator used; with
@@ -66,119 +65,15 @@ _PROB_FLOOR = 1e-10
 # its answers as K-fold evidence against that class.
 _UNUSED_LABEL_FLOOR = 1e-30
 
-# Two weighted vote totals closer than this (relative) count as a tie, so that float
-# rounding in sums of weights does not decide the label.
-_TIE_RTOL = 1e-6
-
 
 # ----------------------------------------------------------------------------------
-# Argument checks (trace time; value checks only when the arrays are concrete).
+# Argument checks and shared pieces.
 # ----------------------------------------------------------------------------------
-
-
-def _is_traced(x: Any) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
-def _as_index_array(x: ArrayLike, name: str) -> jax.Array:
-  x = jnp.asarray(x)
-  if x.shape == (0,):
-    raise ValueError(f"there are no annotations to aggregate (`{name}` is empty).")
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    raise ValueError(f"`{name}` must be an integer array, got dtype {x.dtype} with shape {x.shape}.")
-  if x.ndim != 1:
-    raise ValueError(f"`{name}` must be a flat [N] array (one entry per annotation), got shape {x.shape}.")
-  return x.astype(jnp.int32)
-
-
-def _check_size(value: Any, name: str, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ValueError(f"`{name}` must be a Python int (a static size), got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
-  return int(value)
-
-
-def _infer_or_check_size(
-    indices: jax.Array, size: int | None, name: str, size_name: str
-) -> int:
-  """Returns `size`, inferred as max(indices) + 1 when None; checks the index range."""
-  if _is_traced(indices):
-    if size is None:
-      raise ValueError(
-          f"`{size_name}` must be given when `{name}` is traced (inside jax.jit): "
-          "array sizes are static."
-      )
-    return _check_size(size, size_name)
-  values = np.asarray(indices)
-  low, high = int(values.min()), int(values.max())
-  if low < 0:
-    position = int(np.argmin(values))
-    raise ValueError(f"`{name}` must be >= 0, got {low} at position {position}.")
-  if size is None:
-    return high + 1
-  size = _check_size(size, size_name)
-  if high >= size:
-    position = int(np.argmax(values))
-    raise ValueError(
-        f"`{name}` must be < `{size_name}` = {size}, got {high} at position {position}."
-    )
-  return size
-
-
-def _annotation_arrays(
-    items: ArrayLike,
-    annotators: ArrayLike,
-    labels: ArrayLike,
-    *,
-    num_classes: int,
-    num_items: int | None,
-    num_annotators: int | None,
-) -> tuple[jax.Array, jax.Array, jax.Array, int, int]:
-  """Checks the flat annotation arrays; returns them as int32 with the static sizes."""
-  items = _as_index_array(items, "items")
-  annotators = _as_index_array(annotators, "annotators")
-  labels = _as_index_array(labels, "labels")
-  if not items.shape == annotators.shape == labels.shape:
-    raise ValueError(
-        "`items`, `annotators` and `labels` must have one entry per annotation, got shapes "
-        f"{items.shape}, {annotators.shape} and {labels.shape}."
-    )
-  num_classes = _check_size(num_classes, "num_classes", minimum=2)
-  _infer_or_check_size(labels, num_classes, "labels", "num_classes")
-  num_items = _infer_or_check_size(items, num_items, "items", "num_items")
-  num_annotators = _infer_or_check_size(annotators, num_annotators, "annotators", "num_annotators")
-  return items, annotators, labels, num_items, num_annotators
-
-
-def _check_tol(tol: float | None) -> float | None:
-  if tol is None:
-    return None
-  check_scalar_range(tol, "tol", low=0.0)
-  return float(tol)
 
 
 def _check_concentration(value: Any, name: str) -> float:
   check_scalar_range(value, name, low=0.0, low_inclusive=False)
   return float(value)
-
-
-# ----------------------------------------------------------------------------------
-# Shared pieces.
-# ----------------------------------------------------------------------------------
-
-
-def _per_annotation_mean(
-    values: jax.Array, annotators: jax.Array, num_annotators: int
-) -> jax.Array:
-  """Mean of `values` [N] over each annotator's annotations; 0 for annotators without any."""
-  totals = jax.ops.segment_sum(values, annotators, num_segments=num_annotators)
-  counts = jax.ops.segment_sum(jnp.ones_like(values), annotators, num_segments=num_annotators)
-  return jnp.where(counts > 0, totals / jnp.maximum(counts, 1.0), 0.0)
-
-
-def _item_counts(items: jax.Array, num_items: int) -> jax.Array:
-  return jax.ops.segment_sum(jnp.ones(items.shape, jnp.float32), items, num_segments=num_items)
 
 
 def _confusion_counts(
@@ -210,39 +105,7 @@ def _label_floor(
       jnp.ones(labels.shape, jnp.float32), annotators * num_classes + labels,
       num_segments=num_annotators * num_classes,
   ).reshape(num_annotators, 1, num_classes)
-  return jnp.where(given > 0, _PROB_FLOOR, _UNUSED_LABEL_FLOOR)
-
-
-def _normalized_log(pseudo_counts: jax.Array, floor: float | jax.Array = _PROB_FLOOR) -> jax.Array:
-  """log of `pseudo_counts` normalised over the last axis, each entry floored first."""
-  floored = jnp.maximum(pseudo_counts, floor)
-  return jnp.log(floored) - jnp.log(jnp.sum(floored, axis=-1, keepdims=True))
-
-
-def _e_step_core(
-    items: jax.Array,
-    annotators: jax.Array,
-    labels: jax.Array,
-    log_confusion: jax.Array,
-    item_log_priors: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-  """Posteriors [I, K] and per-item log marginal likelihoods [I].
-
-    log p(z_i = k | y) = item_log_priors[i, k] + sum_{n: item_n = i} log_confusion[a_n, k, y_n]
-                         - logsumexp_k(...)
-
-  The gather reads one row of `log_confusion` laid out as [A * K_observed, K_true] per
-  annotation; the sum over an item's annotations is a segment sum.
-  """
-  num_annotators, num_classes, _ = log_confusion.shape
-  by_observed = log_confusion.transpose(0, 2, 1).reshape(num_annotators * num_classes, num_classes)
-  per_annotation = by_observed[annotators * num_classes + labels]  # [N, K_true]
-  log_joint = item_log_priors + jax.ops.segment_sum(
-      per_annotation, items, num_segments=item_log_priors.shape[0]
-  )
-  log_marginal = jax.nn.logsumexp(log_joint, axis=-1)
-  posteriors = jnp.exp(log_joint - log_marginal[:, None])
-  return posteriors, log_marginal
+  return jnp.where(given > 0, PROB_FLOOR, _UNUSED_LABEL_FLOOR)
 
 
 def _diag_reliability(confusion: jax.Array, class_prior: jax.Array) -> jax.Array:
@@ -250,192 +113,6 @@ def _diag_reliability(confusion: jax.Array, class_prior: jax.Array) -> jax.Array
   diagonal = jnp.diagonal(confusion, axis1=1, axis2=2)
   return jnp.clip(diagonal @ class_prior, 0.0, 1.0)
 
-
-def _argmax_result(
-    posteriors: jax.Array, annotator_params: dict[str, jax.Array], extras: dict[str, Any]
-) -> AggregationResult:
-  labels = jnp.argmax(posteriors, axis=-1).astype(jnp.int32)
-  confidence = jnp.take_along_axis(posteriors, labels[:, None], axis=-1)[:, 0]
-  return AggregationResult(posteriors, labels, confidence, annotator_params, extras)
-
-
-# ----------------------------------------------------------------------------------
-# Votes.
-# ----------------------------------------------------------------------------------
-
-
-@functools.partial(
-    jax.jit, static_argnames=("num_items", "num_annotators", "num_classes", "tie_break")
-)
-def _vote(
-    items: jax.Array,
-    annotators: jax.Array,
-    labels: jax.Array,
-    annotator_weights: jax.Array,
-    key: jax.Array | None,
-    *,
-    num_items: int,
-    num_annotators: int,
-    num_classes: int,
-    tie_break: str,
-) -> AggregationResult:
-  weights = annotator_weights[annotators]
-  votes = jax.ops.segment_sum(
-      jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None],
-      items,
-      num_segments=num_items,
-  )
-  total = jnp.sum(votes, axis=-1)
-  has_votes = total > 0
-  top = jnp.max(votes, axis=-1, keepdims=True)
-  is_top = (votes >= top * (1.0 - _TIE_RTOL)) & has_votes[:, None]
-  num_top = jnp.sum(is_top, axis=-1)
-  if tie_break == "random":
-    noise = jax.random.uniform(key, votes.shape)
-    winner = jnp.argmax(jnp.where(is_top, noise, -1.0), axis=-1)
-  else:
-    winner = jnp.argmax(is_top, axis=-1)  # first True: the lowest tied class
-  winner = winner.astype(jnp.int32)
-  if tie_break == "uniform":
-    decided = is_top / jnp.maximum(num_top, 1)[:, None]
-  else:
-    decided = jax.nn.one_hot(winner, num_classes, dtype=jnp.float32)
-  uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
-  posteriors = jnp.where(has_votes[:, None], decided, uniform)
-  vote_shares = jnp.where(
-      has_votes[:, None], votes / jnp.where(has_votes, total, 1.0)[:, None], uniform
-  )
-  winner_share = jnp.take_along_axis(vote_shares, winner[:, None], axis=-1)[:, 0]
-  confidence = jnp.where(has_votes, winner_share, 0.0)
-  agreement = posteriors[items, labels]
-  reliability = _per_annotation_mean(agreement, annotators, num_annotators)
-  extras = {
-      "vote_shares": vote_shares,
-      "is_tie": num_top > 1,
-      "num_annotations": _item_counts(items, num_items).astype(jnp.int32),
-  }
-  return AggregationResult(posteriors, winner, confidence, {"reliability": reliability}, extras)
-
-
-def _check_tie_break(tie_break: str, key: jax.Array | None) -> None:
-  check_choice(tie_break, "tie_break", TIE_BREAKS)
-  if tie_break == "random" and key is None:
-    raise ValueError('`tie_break="random"` needs a PRNG `key` (e.g. jax.random.key(0)).')
-
-
-def majority_vote(
-    items: ArrayLike,
-    annotators: ArrayLike,
-    labels: ArrayLike,
-    *,
-    num_classes: int,
-    num_items: int | None = None,
-    num_annotators: int | None = None,
-    tie_break: str = "lowest",
-    key: jax.Array | None = None,
-) -> AggregationResult:
-  """Plurality vote per item, with explicit tie-breaking.
-
-    votes[i, k] = #{n : item_n = i, label_n = k},   label_i = argmax_k votes[i, k]
-
-  Ties between classes with the same top count are resolved by `tie_break`:
-  `"lowest"` picks the lowest class index, `"random"` picks one of the tied classes
-  uniformly with `key`, `"uniform"` leaves the tie in the posterior.
-
-  Args:
-    items, annotators, labels: int [N] flat annotations (see `feedback.types`).
-    num_classes: K, static.
-    num_items: I, static; inferred as `max(items) + 1` when None (outside `jit` only).
-    num_annotators: A, static; inferred like `num_items`.
-    tie_break: one of `TIE_BREAKS`.
-    key: PRNG key, needed for `tie_break="random"`.
-
-  Returns:
-    `AggregationResult` with
-      posteriors [I, K]: the vote decision as a distribution, one-hot on `labels`, or
-        for `tie_break="uniform"` split evenly over the tied top classes;
-      labels [I]: the voted class (lowest tied class under `"uniform"`);
-      confidence [I]: share of the item's votes that agree with `labels`;
-      annotator_params["reliability"] [A]: mean posterior mass of the annotator's
-        answers, i.e. agreement with the voted label (0 for annotators without any);
-      extras: "vote_shares" [I, K] (the raw soft label), "is_tie" [I],
-        "num_annotations" [I].
-    Items without annotations get a uniform posterior, label 0 and confidence 0.
-  """
-  items, annotators, labels, num_items, num_annotators = _annotation_arrays(
-      items, annotators, labels, num_classes=num_classes, num_items=num_items,
-      num_annotators=num_annotators,
-  )
-  _check_tie_break(tie_break, key)
-  return _vote(
-      items, annotators, labels, jnp.ones((num_annotators,), jnp.float32),
-      key if tie_break == "random" else None,
-      num_items=num_items, num_annotators=num_annotators, num_classes=num_classes,
-      tie_break=tie_break,
-  )
-
-
-def weighted_vote(
-    items: ArrayLike,
-    annotators: ArrayLike,
-    labels: ArrayLike,
-    *,
-    num_classes: int,
-    annotator_weights: ArrayLike,
-    num_items: int | None = None,
-    tie_break: str = "lowest",
-    key: jax.Array | None = None,
-) -> AggregationResult:
-  """Vote in which each annotator's answer counts with the annotator's weight.
-
-    votes[i, k] = sum_{n : item_n = i, label_n = k} annotator_weights[annotator_n]
-
-  Weights come from calibration (golden-set accuracy, expert agreement) or from another
-  model's reliabilities; all-ones weights give `majority_vote`. Totals within a relative
-  1e-6 of the top count as tied.
-
-  Args:
-    items, annotators, labels: int [N] flat annotations.
-    num_classes: K, static.
-    annotator_weights: float [A], non-negative; A fixes `num_annotators`.
-    num_items, tie_break, key: as in `majority_vote`.
-
-  Returns:
-    `AggregationResult` as `majority_vote`, with `confidence` the weighted share of the
-    item's votes agreeing with `labels` (an item whose annotators all weigh 0 counts as
-    unannotated) and `annotator_params["weight"]` the weights used.
-  """
-  annotator_weights = jnp.asarray(annotator_weights)
-  if not jnp.issubdtype(annotator_weights.dtype, jnp.floating) and not jnp.issubdtype(
-      annotator_weights.dtype, jnp.integer
-  ):
-    raise ValueError(f"`annotator_weights` must be numeric, got dtype {annotator_weights.dtype}.")
-  if annotator_weights.ndim != 1:
-    raise ValueError(
-        f"`annotator_weights` must be [num_annotators], got shape {annotator_weights.shape}."
-    )
-  annotator_weights = annotator_weights.astype(jnp.float32)
-  if not _is_traced(annotator_weights):
-    weights_np = np.asarray(annotator_weights)
-    bad = np.flatnonzero(~(weights_np >= 0) | ~np.isfinite(weights_np))
-    if bad.size:
-      raise ValueError(
-          "`annotator_weights` must be finite and >= 0, got "
-          f"{weights_np[bad[0]]} for annotator {bad[0]}."
-      )
-  items, annotators, labels, num_items, num_annotators = _annotation_arrays(
-      items, annotators, labels, num_classes=num_classes, num_items=num_items,
-      num_annotators=int(annotator_weights.shape[0]),
-  )
-  _check_tie_break(tie_break, key)
-  result = _vote(
-      items, annotators, labels, annotator_weights,
-      key if tie_break == "random" else None,
-      num_items=num_items, num_annotators=num_annotators, num_classes=num_classes,
-      tie_break=tie_break,
-  )
-  result.annotator_params["weight"] = annotator_weights
-  return result
 
 
 # ----------------------------------------------------------------------------------
@@ -445,7 +122,7 @@ def weighted_vote(
 
 @jax.jit
 def _e_step_jit(items, annotators, labels, log_confusion, item_log_priors):
-  return _e_step_core(items, annotators, labels, log_confusion, item_log_priors)[0]
+  return e_step_core(items, annotators, labels, log_confusion, item_log_priors)[0]
 
 
 def e_step(
@@ -491,7 +168,7 @@ def e_step(
         f"`item_log_priors` must be [num_items, {num_classes}] (K from `log_confusion`), "
         f"got shape {item_log_priors.shape}."
     )
-  items, annotators, labels, _, _ = _annotation_arrays(
+  items, annotators, labels, _, _ = annotation_arrays(
       items, annotators, labels, num_classes=num_classes,
       num_items=int(item_log_priors.shape[0]), num_annotators=int(num_annotators),
   )
@@ -505,7 +182,7 @@ def e_step(
 def _m_step_jit(items, annotators, labels, posteriors, smoothing, *, num_annotators):
   counts = _confusion_counts(items, annotators, labels, posteriors, num_annotators)
   floor = _label_floor(annotators, labels, num_annotators, posteriors.shape[-1])
-  return _normalized_log(counts + smoothing, floor)
+  return normalized_log(counts + smoothing, floor)
 
 
 def m_step(
@@ -549,9 +226,9 @@ def m_step(
     raise ValueError(
         f"`smoothing` must be a scalar or [{num_classes}, {num_classes}], got shape {smoothing.shape}."
     )
-  if not _is_traced(smoothing) and bool(jnp.any(smoothing < 0)):
+  if not is_traced(smoothing) and bool(jnp.any(smoothing < 0)):
     raise ValueError(f"`smoothing` must be >= 0, got {np.asarray(smoothing)}.")
-  items, annotators, labels, _, num_annotators = _annotation_arrays(
+  items, annotators, labels, _, num_annotators = annotation_arrays(
       items, annotators, labels, num_classes=num_classes, num_items=int(num_items),
       num_annotators=num_annotators,
   )
@@ -562,106 +239,8 @@ def m_step(
 
 
 # ----------------------------------------------------------------------------------
-# EM driver shared by the Dawid-Skene family.
+# Helpers of the EM fits.
 # ----------------------------------------------------------------------------------
-
-# A model's M-step maps posteriors to a dict with "log_confusion" [A, K, K] and
-# "log_class_prior" [K] (what the next E-step uses) and "log_prior_density" (the
-# parameters' log prior, or minus the KL terms of the variational bound) that is added
-# to the data term to form the objective EM increases.
-_MStep = Callable[[jax.Array], dict[str, jax.Array]]
-
-
-def _run_em(
-    items: jax.Array,
-    annotators: jax.Array,
-    labels: jax.Array,
-    init_posteriors: jax.Array,
-    model_m_step: _MStep,
-    *,
-    num_iters: int,
-    tol: float | None,
-) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
-  """Alternates `model_m_step` and `_e_step_core` in one `while_loop`.
-
-  Iteration t (t = 1, 2, ...) runs the M-step on the current posteriors, then the
-  E-step with those parameters, which also yields the objective at them (the
-  observed-data log-likelihood plus the log prior density, or the variational lower
-  bound). It stops after `num_iters` iterations, or after the first iteration in which
-  no posterior probability moved by `tol` or more. (crowd-kit stops on the change of
-  its objective; in float32 a per-annotation log-likelihood is resolved to ~1e-8 only,
-  while labels still move at changes of 1e-7, so the posteriors are the steadier
-  signal.) One last loop pass runs only the M-step, so the returned parameters are the
-  M-step on the returned posteriors, as in crowd-kit, and each step is compiled once.
-  """
-  num_items = init_posteriors.shape[0]
-  num_annotations = items.shape[0]
-  annotated = _item_counts(items, num_items) > 0
-
-  def cond(state):
-    return ~state["finished"]
-
-  def body(state):
-    iteration, posteriors = state["iteration"], state["posteriors"]
-    params = model_m_step(posteriors)
-    finished = iteration >= num_iters
-    if tol is not None:
-      finished |= state["change"] < tol
-    log_priors = jnp.broadcast_to(params["log_class_prior"], posteriors.shape)
-    new_posteriors, log_marginal = _e_step_core(
-        items, annotators, labels, params["log_confusion"], log_priors
-    )
-    data_term = jnp.sum(jnp.where(annotated, log_marginal, 0.0))
-    objective = (data_term + params["log_prior_density"]) / num_annotations
-    change = jnp.max(jnp.abs(new_posteriors - posteriors))
-    slot = jnp.minimum(iteration, num_iters - 1)
-    return {
-        "iteration": jnp.where(finished, iteration, iteration + 1),
-        "posteriors": jnp.where(finished, posteriors, new_posteriors),
-        "params": params,
-        "change": change,
-        "objective": jnp.where(
-            finished, state["objective"], state["objective"].at[slot].set(objective)
-        ),
-        "posterior_change": jnp.where(
-            finished, state["posterior_change"], state["posterior_change"].at[slot].set(change)
-        ),
-        "finished": finished,
-    }
-
-  params_shapes = jax.eval_shape(model_m_step, init_posteriors)
-  empty_trace = jnp.full((num_iters,), jnp.nan, jnp.float32)
-  state = {
-      "iteration": jnp.asarray(0, jnp.int32),
-      "posteriors": init_posteriors,
-      "params": jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params_shapes),
-      "change": jnp.asarray(jnp.inf, jnp.float32),
-      "objective": empty_trace,
-      "posterior_change": empty_trace,
-      "finished": jnp.asarray(False),
-  }
-  state = jax.lax.while_loop(cond, body, state)
-  trace = {
-      "objective": state["objective"],
-      "posterior_change": state["posterior_change"],
-      "num_iters": state["iteration"],
-  }
-  return state["posteriors"], state["params"], trace
-
-
-def _init_posteriors(items, labels, num_items, num_classes):
-  """Vote shares per item (uniform for items without annotations): crowd-kit's start."""
-  votes = jax.ops.segment_sum(
-      jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), items, num_segments=num_items
-  )
-  total = jnp.sum(votes, axis=-1, keepdims=True)
-  return jnp.where(total > 0, votes / jnp.maximum(total, 1.0), 1.0 / num_classes)
-
-
-def _class_counts(items, posteriors):
-  """Expected class counts over the items that have at least one annotation."""
-  annotated = _item_counts(items, posteriors.shape[0]) > 0
-  return jnp.sum(jnp.where(annotated[:, None], posteriors, 0.0), axis=0)
 
 
 def _split(flat: jax.Array, *shapes: tuple[int, ...]) -> list[jax.Array]:
@@ -706,9 +285,9 @@ def _confusion_result(posteriors, params, trace, items, extra_params=None):
       "objective": trace["objective"],
       "posterior_change": trace["posterior_change"],
       "num_iters": trace["num_iters"],
-      "num_annotations": _item_counts(items, posteriors.shape[0]).astype(jnp.int32),
+      "num_annotations": item_counts(items, posteriors.shape[0]).astype(jnp.int32),
   }
-  return _argmax_result(posteriors, annotator_params, extras)
+  return argmax_result(posteriors, annotator_params, extras)
 
 
 # ----------------------------------------------------------------------------------
@@ -725,8 +304,8 @@ def _dawid_skene(items, annotators, labels, smoothing, *, num_items, num_annotat
     log_confusion = _m_step_jit(
         items, annotators, labels, posteriors, smoothing, num_annotators=num_annotators
     )
-    class_prior = jnp.maximum(_class_counts(items, posteriors), 0.0)
-    log_class_prior = _normalized_log(class_prior)
+    class_prior = jnp.maximum(class_counts(items, posteriors), 0.0)
+    log_class_prior = normalized_log(class_prior)
     # A pseudo-count s is a Dirichlet(s + 1) prior: its log density up to a constant.
     return {
         "log_confusion": log_confusion,
@@ -736,8 +315,8 @@ def _dawid_skene(items, annotators, labels, smoothing, *, num_items, num_annotat
         "class_prior": jnp.exp(log_class_prior),
     }
 
-  init = _init_posteriors(items, labels, num_items, num_classes)
-  posteriors, params, trace = _run_em(
+  init = vote_share_init(items, labels, num_items, num_classes)
+  posteriors, params, trace = run_em(
       items, annotators, labels, init, model_m_step, num_iters=num_iters, tol=tol
   )
   return _confusion_result(posteriors, params, trace, items)
@@ -745,13 +324,13 @@ def _dawid_skene(items, annotators, labels, smoothing, *, num_items, num_annotat
 
 def _em_arguments(items, annotators, labels, num_classes, num_items, num_annotators,
                   num_iters, tol):
-  items, annotators, labels, num_items, num_annotators = _annotation_arrays(
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
       items, annotators, labels, num_classes=num_classes, num_items=num_items,
       num_annotators=num_annotators,
   )
   sizes = dict(
       num_items=num_items, num_annotators=num_annotators, num_classes=num_classes,
-      num_iters=_check_size(num_iters, "num_iters"), tol=_check_tol(tol),
+      num_iters=check_size(num_iters, "num_iters"), tol=check_tol(tol),
   )
   return items, annotators, labels, sizes
 
@@ -837,28 +416,28 @@ def _one_coin(items, annotators, labels, smoothing, *, num_items, num_annotators
     # rounds to 0 for near-perfect annotators (log 0 would veto every other class).
     correct = jax.ops.segment_sum(agreeing, annotators, num_segments=num_annotators)
     wrong = jax.ops.segment_sum(1.0 - agreeing, annotators, num_segments=num_annotators)
-    scale = jnp.where(has_evidence, 1.0 / jnp.maximum(denominator, _PROB_FLOOR), 0.0)
+    scale = jnp.where(has_evidence, 1.0 / jnp.maximum(denominator, PROB_FLOOR), 0.0)
     accuracy = jnp.where(has_evidence, (correct + smoothing) * scale, 1.0 / num_classes)
     error = jnp.where(has_evidence, (wrong + smoothing) * scale, 1.0 - 1.0 / num_classes)
     # Floored as crowd-kit clips its one-coin error matrices to [1e-10, 1 - 1e-10].
-    log_accuracy = jnp.log(jnp.maximum(accuracy, _PROB_FLOOR))
-    log_error = jnp.log(jnp.maximum(error / (num_classes - 1), _PROB_FLOOR))
-    log_class_prior = _normalized_log(_class_counts(items, posteriors))
+    log_accuracy = jnp.log(jnp.maximum(accuracy, PROB_FLOOR))
+    log_error = jnp.log(jnp.maximum(error / (num_classes - 1), PROB_FLOOR))
+    log_class_prior = normalized_log(class_counts(items, posteriors))
     log_confusion = _one_coin_log_confusion(log_accuracy, log_error, num_classes)
     return {
         "log_confusion": log_confusion,
         "log_class_prior": log_class_prior,
         # Beta(s + 1, s + 1) prior on each accuracy, up to a constant.
         "log_prior_density": jnp.sum(
-            smoothing * (log_accuracy + jnp.log(jnp.maximum(error, _PROB_FLOOR)))
+            smoothing * (log_accuracy + jnp.log(jnp.maximum(error, PROB_FLOOR)))
         ),
         "confusion": jnp.exp(log_confusion),
         "class_prior": jnp.exp(log_class_prior),
-        "accuracy": jnp.clip(accuracy, _PROB_FLOOR, 1.0 - _PROB_FLOOR),
+        "accuracy": jnp.clip(accuracy, PROB_FLOOR, 1.0 - PROB_FLOOR),
     }
 
-  init = _init_posteriors(items, labels, num_items, num_classes)
-  posteriors, params, trace = _run_em(
+  init = vote_share_init(items, labels, num_items, num_classes)
+  posteriors, params, trace = run_em(
       items, annotators, labels, init, model_m_step, num_iters=num_iters, tol=tol
   )
   return _confusion_result(posteriors, params, trace, items, {"accuracy": params["accuracy"]})
@@ -921,12 +500,12 @@ def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorr
 
   def map_m_step(posteriors):
     counts = _confusion_counts(items, annotators, labels, posteriors, num_annotators)
-    log_confusion = _normalized_log(
+    log_confusion = normalized_log(
         counts + confusion_prior - 1.0,
         _label_floor(annotators, labels, num_annotators, num_classes),
     )
-    log_class_prior = _normalized_log(
-        _class_counts(items, posteriors) + class_prior_concentration - 1.0
+    log_class_prior = normalized_log(
+        class_counts(items, posteriors) + class_prior_concentration - 1.0
     )
     # log Dir(confusion[a, k]; alpha0[k]) summed over a, k, plus log Dir(rho; nu0).
     log_density = (
@@ -948,7 +527,7 @@ def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorr
     confusion_concentration = confusion_prior + _confusion_counts(
         items, annotators, labels, posteriors, num_annotators
     )
-    class_concentration = class_prior_concentration + _class_counts(items, posteriors)
+    class_concentration = class_prior_concentration + class_counts(items, posteriors)
     confusion_total = jnp.sum(confusion_concentration, -1)
     class_total = jnp.sum(class_concentration, keepdims=True)
     flat = jnp.concatenate([
@@ -980,8 +559,8 @@ def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorr
     }
 
   model_m_step = map_m_step if method == "map" else variational_m_step
-  init = _init_posteriors(items, labels, num_items, num_classes)
-  posteriors, params, trace = _run_em(
+  init = vote_share_init(items, labels, num_items, num_classes)
+  posteriors, params, trace = run_em(
       items, annotators, labels, init, model_m_step, num_iters=num_iters, tol=tol
   )
   extra = {}

@@ -1,4 +1,4 @@
-"""End-to-end tests of `scripts/aggregate.py` and `rlhf_jax.feedback.pipeline`.
+"""End-to-end tests of `scripts/aggregate.py` and `rlhf_jax.feedback.workflow.pipeline`.
 
 Every number the command reports is recomputed here from the input files with NumPy
 (counts, lineage, Fleiss' kappa, accuracy against the truth file, the routing rule), so a
@@ -18,9 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax.feedback import pairwise, pipeline, simulate
+from rlhf_jax.feedback import simulate
+from rlhf_jax.feedback.models import crowd_bt as pairwise
+from rlhf_jax.feedback.workflow import pipeline
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "aggregate.py"
 CONFIG = REPO / "configs" / "aggregate.py"
 DUCK = REPO / ".." / "shared" / "data" / "crowd" / "duck"
@@ -575,6 +577,28 @@ def test_task_without_ties_has_two_classes_everywhere(no_tie_records, tmp_path, 
   np.testing.assert_allclose(matrices.sum(axis=2), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["wawa", "zero_based_skill", "kos", "mmsr"])
+def test_new_methods_run_through_the_pipeline(no_tie_records, tmp_path, method):
+  from rlhf_jax import feedback  # pylint: disable=g-import-not-at-top
+  config = _load_config(input=str(no_tie_records), format="jsonl", output_dir=str(tmp_path), method=method,
+                        **{"report.num_drift": 0, "report.plots": False})
+  outputs = pipeline.run(config)
+  enc = outputs.read_report.annotations
+  kwargs = {"key": jax.random.key(int(config.seed))} if method in ("kos", "mmsr") else {}
+  if method == "kos":
+    kwargs["num_iters"] = int(config.num_iters)
+  if method == "mmsr":
+    kwargs["tol"] = float(config.tol)
+  direct = feedback.AGGREGATION_METHODS.get(method)(
+      enc.items, enc.annotators, enc.labels, num_classes=enc.num_classes, num_items=enc.num_items,
+      num_annotators=enc.num_annotators, **kwargs)
+  # labels.csv holds the method's labels (no expert labels here) and the training file all items.
+  _, rows = _read_csv(tmp_path / "labels.csv")
+  np.testing.assert_array_equal([enc.class_names.index(r["label"]) for r in rows], np.asarray(direct.labels))
+  assert outputs.summary["method"] == method and outputs.training is not None
+  assert outputs.training.num_trained + outputs.training.num_awaiting + outputs.training.num_rejected == len(rows)
+
+
 def test_declared_class_without_evidence_is_blank_not_a_prior(no_tie_records, tmp_path,
                                                                monkeypatch):
   captured = _capture_confusions(monkeypatch)
@@ -601,7 +625,7 @@ def make_run_population(tmp_path_factory):
   from rlhf_jax import cli  # pylint: disable=g-import-not-at-top
   folder = tmp_path_factory.mktemp("make_run")
   config = cli.load_config_file(REPO / "configs" / "pipeline.py")
-  # What `make run` simulates (rlhf_jax/pipeline.py: seed, num_pairs and the population).
+  # What `make run` simulates (experiments/pipeline.py: seed, num_pairs and the population).
   sim = simulate.simulate_annotations(
       jax.random.key(config.seed), simulate.SimulationConfig(
           num_items=config.task.num_pairs, **config.annotators.to_dict()))

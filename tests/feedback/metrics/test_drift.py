@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.feedback.drift against plain-Python detectors written here, Page's
+"""Tests for rlhf_jax.feedback.metrics.drift against plain-Python detectors written here, Page's
 max-window form of the CUSUM, an exact Markov-chain average run length (Brook & Evans
 1972), and simulated drift with known change points."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from rlhf_jax.feedback import drift
+from rlhf_jax.feedback.metrics import drift
 from rlhf_jax.feedback import simulate
 
 

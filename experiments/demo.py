@@ -1,7 +1,7 @@
 """A short demonstration that every objective imports, compiles and evaluates.
 
-`python scripts/run.py --demo_losses` prints it (`make run` runs the whole pipeline,
-`rlhf_jax.pipeline`). Each objective is evaluated under `jax.jit` on a small batch drawn from an explicit PRNG
+`python scripts/run.py --demo_losses` prints this table.
+Each objective is evaluated under `jax.jit` on a small batch drawn from an explicit PRNG
 key; the table shows the mean loss and the norm of its gradient with respect to the
 model-side inputs, both finite by construction even at extreme inputs.
 """

@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.feedback.spammer_models (MACE, GLAD).
+"""Tests for rlhf_jax.feedback.models.spammer_models (MACE, GLAD).
 
 References written here: the observed-data likelihoods and item posteriors of both models
 as explicit NumPy float64 loops, GLAD's M-step objective with scipy's normal log-density
@@ -18,9 +18,9 @@ import pytest
 import scipy.integrate
 import scipy.stats
 
-from rlhf_jax.feedback import spammer_models
+from rlhf_jax.feedback.models import spammer_models
 
-CROWD_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "crowd"
+CROWD_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "crowd"
 
 
 # ----------------------------------------------------------------------------------------
@@ -467,13 +467,13 @@ def test_mace_runs_under_jit(crowd):
 def test_bad_input_is_named():
   items = np.array([0, 1, 1], np.int32)
   annotators = np.array([0, 0, 1], np.int32)
-  with pytest.raises(ValueError, match=r"`labels` must lie in \[0, num_classes=2\); entry 2 is 5"):
+  with pytest.raises(ValueError, match=r"`labels` must be < `num_classes` = 2, got 5 at position 2"):
     spammer_models.mace(items, annotators, np.array([0, 1, 5]), num_classes=2)
   with pytest.raises(ValueError, match="`labels` must be an integer array"):
     spammer_models.glad(items, annotators, np.array([0.0, 1.0, 1.0]), num_classes=2)
   with pytest.raises(ValueError, match="no annotations"):
     spammer_models.glad(items[:0], annotators[:0], items[:0], num_classes=2)
-  with pytest.raises(ValueError, match="shapes must match"):
+  with pytest.raises(ValueError, match="one entry per annotation"):
     spammer_models.mace(items, annotators[:2], items, num_classes=2)
   with pytest.raises(ValueError, match="`method` must be one of"):
     spammer_models.mace(items, annotators, items, num_classes=2, method="gibbs")

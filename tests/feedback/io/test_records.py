@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.feedback.records: validation, accounting, policies, encoding, lineage.
+"""Tests for rlhf_jax.feedback.io.records: validation, accounting, policies, encoding, lineage.
 
 Fixtures are written into tmp_path by the tests; expected values are written out by hand
 or computed here with the csv/json modules and plain Python dictionaries.
@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf_jax.feedback import records
+from rlhf_jax.feedback.io import records
 from rlhf_jax.feedback import types
-from rlhf_jax.feedback.records import FeedbackInputError, item_lineage, read_annotations, read_truth
+from rlhf_jax.feedback.io.records import FeedbackInputError, item_lineage, read_annotations, read_truth
 
-CROWD_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "crowd"
+CROWD_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "crowd"
 
 
 def _needs_crowd(name: str) -> Path:

@@ -14,9 +14,10 @@ the way a researcher would on real data, and reports how much of the truth survi
    with a confidence, routes low-confidence items to expert review, and writes
    `labels.csv`, `annotators.csv`, `report.md`. Its accuracy against the truth is
    compared with majority vote.
-4. Data: the labels become a `feedback_labels` training file (soft target = posterior
-   P(a preferred), weight = confidence, lineage = annotation ids); items awaiting expert
-   review stay out of training.
+4. Data: the aggregation writes the resolved labels as a `feedback_labels` training
+   file (`feedback/train.jsonl`: soft target P(a preferred), weight = confidence,
+   lineage = annotation ids; `rlhf_jax.feedback.io.training`); items awaiting expert
+   review are listed in `feedback/awaiting_review.jsonl`, not trained on.
 5. Training: a tiny reward model with the confidence-weighted Bradley-Terry loss, and a
    tiny DPO policy, both evaluated on held-out pairs labelled by the truth.
 
@@ -49,11 +50,11 @@ import numpy as np
 
 from rlhf_jax import feedback
 from rlhf_jax import train as train_lib
-from rlhf_jax.feedback import pipeline as feedback_pipeline
+from rlhf_jax.feedback.workflow import pipeline as feedback_pipeline
 from rlhf_jax.train import rundir
 
 __all__ = ["ConfigError", "MAY_CHANGE_ON_RESUME", "STAGES", "USER_ERRORS", "check_config", "format_summary",
-           "labels_to_training_file", "make_task", "run", "simulate_feedback"]
+           "make_task", "run", "simulate_feedback"]
 
 # The training stages, each a `rlhf_jax.train.train` run in `<workdir>/<stage>`.
 STAGES = ("reward_model", "dpo")
@@ -125,33 +126,6 @@ def simulate_feedback(config: ml_collections.ConfigDict, task: list[dict[str, st
   # the known change points (detection rate and delay).
   feedback.write_annotator_truth(simulation, path.with_name("annotator_truth.csv"))
   return simulation, a_is_good
-
-
-def labels_to_training_file(outputs: feedback_pipeline.AggregateOutputs, task: list[dict[str, str]],
-                            path: Path) -> dict[str, int]:
-  """Writes the aggregated labels with their texts in the `feedback_labels` data format."""
-  encoded = outputs.read_report.annotations
-  posteriors = np.asarray(outputs.result.posteriors)
-  lineage = feedback.item_lineage(encoded)
-  rows = []
-  for index, item_id in enumerate(encoded.item_ids):
-    payload = encoded.item_payloads[index] if encoded.item_payloads else {}
-    label = encoded.class_names[int(outputs.labels[index])]
-    p_a, p_b = float(posteriors[index, feedback.A_PREFERRED]), float(posteriors[index, feedback.B_PREFERRED])
-    rows.append({
-        "item": item_id,
-        "prompt": payload["prompt"],
-        "response_a": payload["response_a"],
-        "response_b": payload["response_b"],
-        "label": label,
-        # P(a preferred) among the two strict outcomes; a tie label keeps 0.5.
-        "target_prob": 0.5 if label == "tie" else p_a / max(p_a + p_b, 1e-12),
-        "confidence": float(outputs.confidence[index]),
-        "annotation_ids": ";".join(lineage[index]["annotation_ids"]),
-        "expert_review": bool(outputs.expert_review[index]),
-    })
-  _write_jsonl(path, rows)
-  return {"rows": len(rows), "expert_review": int(np.sum(outputs.expert_review))}
 
 
 def _eval_file(task: list[dict[str, str]], path: Path) -> None:
@@ -256,10 +230,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force_new: bo
       "majority_vote": float(np.mean(np.asarray(votes.labels) == truth)),
   }
 
+  # The training file is the aggregation's own (`feedback.io.training`): the resolved
+  # labels with their texts; items awaiting expert review are listed beside it.
+  training = outputs.training
+  train_path = training.path
   data_dir = workdir / "data"
   data_dir.mkdir(exist_ok=True)
-  train_path, eval_path = data_dir / "preferences.jsonl", data_dir / "eval.jsonl"
-  counts = labels_to_training_file(outputs, train_task, train_path)
+  eval_path = data_dir / "eval.jsonl"
   _eval_file(eval_task, eval_path)
 
   results = {}
@@ -276,8 +253,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force_new: bo
       "items": int(encoded.num_items),
       "annotators": int(encoded.num_annotators),
       "label_accuracy": label_accuracy,
-      "expert_review_items": counts["expert_review"],
-      "training_pairs": counts["rows"] - counts["expert_review"],
+      "expert_review_items": int(np.sum(outputs.expert_review)),
+      "awaiting_review_items": training.num_awaiting,
+      "rejected_items": training.num_rejected,
+      "training_pairs": training.num_trained,
       # The objectives the numbers below belong to, as configured for this run.
       "reward_model_loss": config.reward_model.loss.name,
       "dpo_variant": config.dpo.loss.variant,
@@ -302,8 +281,9 @@ def format_summary(summary: dict[str, Any]) -> str:
       f"{summary['annotations']} simulated annotations of {summary['items']} comparisons by "
       f"{summary['annotators']} annotators.",
       f"Label accuracy against the truth: {accuracy}.",
-      f"{summary['expert_review_items']} items routed to expert review (kept out of training); "
-      f"{summary['training_pairs']} training pairs.",
+      f"{summary['expert_review_items']} items routed to expert review, {summary['awaiting_review_items']} "
+      f"awaiting a decision (feedback/awaiting_review.jsonl, kept out of training); "
+      f"{summary['training_pairs']} training pairs, {summary['rejected_items']} rejected.",
       f"Reward model (loss {summary['reward_model_loss']}): held-out accuracy "
       f"{fmt(summary['reward_model_eval_accuracy'])}, ECE {fmt(summary['reward_model_eval_ece'])}.",
       f"DPO (variant {summary['dpo_variant']}): held-out implicit-reward accuracy "

@@ -28,7 +28,12 @@ labels with a confidence, annotator metrics, rejects and a report out.
    Page-Hinkley on leave-one-out agreement run as level monitors beside it;
 6. scores the labels against gold labels when a truth file is given or found;
 7. writes `labels.csv`, `annotators.csv`, `report.md` with its PNG plots and
-   `summary.json` (the numbers of report.md, for machines), through `report`.
+   `summary.json` (the numbers of report.md, for machines), through `report`; for a
+   pairwise preference task also the training file of the resolved labels
+   (`train.jsonl`, with `awaiting_review.jsonl` and `train_rejects.jsonl` beside it,
+   every item in exactly one; `io.training.write_training_file`). The soft target is
+   the posterior of a model, the vote shares of a vote, an expert's row where one
+   decided.
 
 A user mistake (bad config value, missing or unusable file) raises `ConfigError`,
 `records.FeedbackInputError` or `FileNotFoundError` with a message that names the field
@@ -52,16 +57,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.feedback import (
-    agreement,
-    aggregation,
-    annotators as annotators_lib,
-    drift as drift_lib,
-    records,
-    report,
-    routing,
-    types,
-)
+from rlhf_jax.feedback import types
+from rlhf_jax.feedback.io import records
+from rlhf_jax.feedback.io import training as training_lib
+from rlhf_jax.feedback.metrics import agreement
+from rlhf_jax.feedback.metrics import calibration as annotators_lib
+from rlhf_jax.feedback.metrics import drift as drift_lib
+from rlhf_jax.feedback.models import dawid_skene as dawid_skene_lib
+from rlhf_jax.feedback.models import voting
+from rlhf_jax.feedback.workflow import report, routing
 
 __all__ = [
     "METHODS",
@@ -76,10 +80,14 @@ __all__ = [
     "validate_config",
 ]
 
-VOTING_METHODS = ("majority_vote", "weighted_vote")
+VOTING_METHODS = ("majority_vote", "weighted_vote", "wawa", "zero_based_skill")
 METHODS = (
     "majority_vote",
     "weighted_vote",
+    "wawa",
+    "zero_based_skill",
+    "kos",
+    "mmsr",
     "dawid_skene",
     "one_coin_dawid_skene",
     "bayesian_dawid_skene",
@@ -118,6 +126,9 @@ class AggregateOutputs:
     expert_review: [I] bool, routed to expert review.
     label_source: [I] str "crowd" | "expert" | "pending".
     annotator_rows: the rows of annotators.csv.
+    training: where every item went in train.jsonl / awaiting_review.jsonl /
+      train_rejects.jsonl (`io.training`), or None when the task is not a pairwise
+      preference (the summary's "training" says why).
   """
 
   output_dir: Path
@@ -129,6 +140,7 @@ class AggregateOutputs:
   expert_review: np.ndarray
   label_source: list[str]
   annotator_rows: list[dict[str, Any]]
+  training: training_lib.TrainingFileReport | None = None
 
   def summary_text(self) -> str:
     """A few lines for the terminal."""
@@ -152,6 +164,15 @@ class AggregateOutputs:
         f"Expert review: {s['num_expert_review']} of {s['num_items']} items ({s['routing_rule']}); "
         f"{s['num_expert_resolved']} expert-labelled, {s['num_pending']} pending.",
     ]
+    training = s.get("training", {})
+    if training.get("written"):
+      lines.append(
+          f"Training file {training_lib.TRAIN_FILE}: {training['num_trained']} items "
+          f"({training['num_expert']} expert-labelled); {training['num_awaiting']} awaiting review "
+          f"({training_lib.AWAITING_FILE}); {training['num_rejected']} rejected "
+          f"({training_lib.TRAIN_REJECTS_FILE}).")
+    elif training:
+      lines.append(f"Training file: not written ({training['reason']}).")
     if s.get("accuracy") is not None:
       lines.append(f"Accuracy {s['accuracy']:.4f} on {s['num_truth_items']} items with a gold "
                    f"label ({s['truth']}).")
@@ -246,9 +267,9 @@ def validate_config(config: Any) -> None:
   _number(config, "num_iters", low=1, integer=True)
   _number(config, "tol", low=0.0)
   _number(config, "seed", low=0, integer=True)
-  _choice(config, "tie_break", aggregation.TIE_BREAKS)
+  _choice(config, "tie_break", voting.TIE_BREAKS)
   _number(config, "smoothing", low=0.0)
-  _choice(config, "bayesian.method", aggregation.BAYESIAN_METHODS)
+  _choice(config, "bayesian.method", dawid_skene_lib.BAYESIAN_METHODS)
   for field in ("bayesian.prior_correct", "bayesian.prior_incorrect", "bayesian.prior_class"):
     _number(config, field, low=0.0, low_open=True)
   _choice(config, "mace.method", ("vb", "em"))
@@ -329,25 +350,37 @@ def _class_method(method: str, enc: types.EncodedAnnotations, config: Any,
   key = jax.random.key(int(config.seed))
   em = dict(num_iters=int(config.num_iters), num_annotators=enc.num_annotators, **sizes)
   if method == "majority_vote":
-    return aggregation.majority_vote(*arrays, num_annotators=enc.num_annotators,
+    return voting.majority_vote(*arrays, num_annotators=enc.num_annotators,
                                      tie_break=config.tie_break, key=key, **sizes)
   if method == "weighted_vote":
-    return aggregation.weighted_vote(*arrays, annotator_weights=vote_weights,
+    return voting.weighted_vote(*arrays, annotator_weights=vote_weights,
                                      tie_break=config.tie_break, key=key, **sizes)
+  if method in ("wawa", "zero_based_skill"):
+    return getattr(voting, method)(*arrays, num_annotators=enc.num_annotators, **sizes)
+  if method == "kos":
+    if enc.num_classes != 2:
+      raise ConfigError(f"config.method = 'kos' needs two classes, got {enc.num_classes} "
+                        f"({', '.join(map(str, enc.class_names))}).")
+    from rlhf_jax.feedback.models import kos  # pylint: disable=g-import-not-at-top
+    return kos.kos(*arrays, num_annotators=enc.num_annotators, num_iters=int(config.num_iters), key=key,
+                   **sizes)
+  if method == "mmsr":
+    from rlhf_jax.feedback.models import mmsr  # pylint: disable=g-import-not-at-top
+    return mmsr.mmsr(*arrays, num_annotators=enc.num_annotators, key=key, tol=_tol(config), **sizes)
   if method == "dawid_skene":
-    return aggregation.dawid_skene(*arrays, tol=_tol(config), smoothing=float(config.smoothing),
+    return dawid_skene_lib.dawid_skene(*arrays, tol=_tol(config), smoothing=float(config.smoothing),
                                    **em)
   if method == "one_coin_dawid_skene":
-    return aggregation.one_coin_dawid_skene(*arrays, tol=_tol(config),
+    return dawid_skene_lib.one_coin_dawid_skene(*arrays, tol=_tol(config),
                                             smoothing=float(config.smoothing), **em)
   if method == "bayesian_dawid_skene":
     b = config.bayesian
-    return aggregation.bayesian_dawid_skene(
+    return dawid_skene_lib.bayesian_dawid_skene(
         *arrays, tol=_tol(config), prior_correct=float(b.prior_correct),
         prior_incorrect=float(b.prior_incorrect), prior_class=float(b.prior_class),
         method=b.method, **em)
   # Imported here: the spammer-aware models are optional extras of the pipeline.
-  from rlhf_jax.feedback import spammer_models  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.models import spammer_models  # pylint: disable=g-import-not-at-top
   if method == "mace":
     return spammer_models.mace(*arrays, num_restarts=int(config.mace.num_restarts), key=key,
                                method=config.mace.method, **em)
@@ -387,7 +420,7 @@ def _response_keys(enc: types.EncodedAnnotations) -> tuple[np.ndarray, np.ndarra
 def _crowd_bt(enc: types.EncodedAnnotations, config: Any
               ) -> tuple[types.AggregationResult, dict[str, Any]]:
   """Item-level Crowd-BT over the responses; per-comparison posteriors from the scores."""
-  from rlhf_jax.feedback import pairwise  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.models import crowd_bt as pairwise  # pylint: disable=g-import-not-at-top
 
   keys_a, keys_b, previews = _response_keys(enc)
   response_ids, codes = np.unique(np.concatenate([keys_a, keys_b]).astype(str),
@@ -667,7 +700,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
           notes.append("no annotator has golden, expert or repeat data: every calibration "
                        "weight is equal and weighted_vote is a majority vote.")
       else:
-        reliability = aggregation.dawid_skene(
+        reliability = dawid_skene_lib.dawid_skene(
             enc.items, enc.annotators, enc.labels, num_classes=enc.num_classes,
             num_items=enc.num_items, num_annotators=enc.num_annotators,
             num_iters=int(config.num_iters), tol=_tol(config)).annotator_params["reliability"]
@@ -705,6 +738,16 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
     final_confidence = np.asarray(resolved.confidence, np.float32)
     final_posteriors = np.asarray(resolved.posteriors, np.float32)
     label_source = resolved.source_names()
+    # The soft targets of the training file: a vote's posterior is its one-hot decision,
+    # so the votes give their vote shares; expert decisions replace the row either way.
+    vote_shares = result.extras.get("vote_shares") if isinstance(result.extras, dict) else None
+    soft_labels = posteriors if vote_shares is None else np.asarray(vote_shares, np.float32)
+    if vote_shares is not None:
+      soft_labels = np.asarray(routing.resolve_expert_reviews(
+          crowd_labels, crowd_confidence, review, expert_items, expert_labels[expert_items],
+          posteriors=soft_labels).posteriors, np.float32)
+    else:
+      soft_labels = final_posteriors
     routing_summary = _routing_summary(method, r, crowd_confidence, item_agreement, review)
     routing_rule = routing_summary["rule"]
 
@@ -796,6 +839,22 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
                                "accuracy, expert agreement, temporal consistency, speed, weight, "
                                "drift verdict (drift / always_bad / ok) and level-monitor alarms")
     files["rejects.jsonl"] = f"{read.num_rejected} rejected records with file, line, field, reason"
+    training = None
+    if training_lib.is_pairwise_task(enc.class_names):
+      training = training_lib.write_training_file(
+          output_dir, enc, labels=final_labels, confidence=final_confidence, soft_labels=soft_labels,
+          label_source=label_source, lineage=lineage)
+      training_summary = {"written": True, **training.to_json()}
+      files[training_lib.TRAIN_FILE] = (
+          f"{training.num_trained} items with their final label (crowd or expert) in the data layer's "
+          "feedback_labels format: texts, soft target P(a preferred), confidence as weight, lineage; "
+          "scripts/train.py --config.data.train=PATH reads it")
+      files[training_lib.AWAITING_FILE] = f"{training.num_awaiting} items awaiting expert review"
+      files[training_lib.TRAIN_REJECTS_FILE] = (
+          f"{training.num_rejected} items the training reader would refuse, with its reason")
+    else:
+      training_summary = {"written": False, "reason": "the classes "
+                          f"{list(enc.class_names)} are not those of a pairwise preference (a, b, tie)"}
     if crowd_bt_info is not None:
       _write_scores_csv(output_dir / "scores.csv", crowd_bt_info)
       files["scores.csv"] = "Crowd-BT score per response, with its number of comparisons"
@@ -861,6 +920,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
             "fast_threshold_ms": float(w.fast_threshold_ms),
         },
         "drift": drift_summary,
+        "training": training_summary,
         "notes": notes,
         "seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "files": files,
@@ -882,7 +942,7 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
   return AggregateOutputs(
       output_dir=output_dir, summary=summary, read_report=read, result=result,
       labels=final_labels, confidence=final_confidence, expert_review=review,
-      label_source=label_source, annotator_rows=annotator_rows)
+      label_source=label_source, annotator_rows=annotator_rows, training=training)
 
 
 _ANNOTATOR_COLUMNS = (
@@ -989,7 +1049,7 @@ def _routing_summary(method: str, routing_config: Any, confidence: np.ndarray,
   """The routing rule as applied, in words and numbers."""
   threshold = float(routing_config.confidence_threshold)
   if method in VOTING_METHODS:
-    weighted = "weighted " if method == "weighted_vote" else ""
+    weighted = "" if method == "majority_vote" else "weighted "
     measure = f"{weighted}vote share of the label"
     meaning = f"the {weighted}share of the item's votes that agree with its label"
   else:

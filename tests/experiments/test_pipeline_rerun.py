@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_jax import cli, pipeline
+from experiments import pipeline
+from rlhf_jax import cli
 from rlhf_jax.train import rundir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +111,7 @@ def test_another_config_is_refused_before_any_work_and_force_new_reruns(tmp_path
   first = pipeline.run(config, tmp_path)
   assert first["reward_model_eval_accuracy"] is None and "majority_vote" in first["label_accuracy"]
   outputs = {name: (tmp_path / name).read_bytes() for name in ("config.json", "summary.json", "annotations.jsonl",
-                                                               "feedback/labels.csv", "data/preferences.jsonl")}
+                                                               "feedback/labels.csv", "feedback/train.jsonl")}
   other = _config(**{"reward_model.train.steps": 0, "aggregate.method": "majority_vote", "seed": 3})
   with pytest.raises(rundir.RunDirError) as error:
     pipeline.run(other, tmp_path)

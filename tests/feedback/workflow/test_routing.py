@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.feedback.routing against hand examples and NumPy references."""
+"""Tests for rlhf_jax.feedback.workflow.routing against hand examples and NumPy references."""
 
 import itertools
 import math
@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax.feedback import routing
+from rlhf_jax.feedback.workflow import routing
 
 POSTERIORS = np.array(
     [
@@ -52,7 +52,7 @@ def test_route_items_on_vote_shares_for_majority_vote():
   # Majority vote's posterior is the one-hot decision: its maximum is 1 on every item,
   # so routing on it never routes. Its confidence is the vote share, computed here from
   # the votes: 3/5, 4/5, 2/2 and a 2-2 tie broken toward the lowest class (1/2).
-  from rlhf_jax.feedback import aggregation  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.models import voting as aggregation  # pylint: disable=g-import-not-at-top
   items = np.array([0] * 5 + [1] * 5 + [2] * 2 + [3] * 4)
   labels = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 0])
   annotators = np.r_[np.arange(5), np.arange(5), np.arange(2), np.arange(4)]
