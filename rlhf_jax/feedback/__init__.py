@@ -106,3 +106,12 @@ from rlhf_jax.feedback.types import (
     AggregationResult,
     EncodedAnnotations,
 )
+
+# The campaign workflow (issue 20): streaming aggregation, task planning, label audits.
+from rlhf_jax.feedback.workflow.stream import (  # pylint: disable=wrong-import-position
+    STREAM_METHODS,
+    BatchResult,
+    StreamConfig,
+    StreamingAggregator,
+    follow,
+)

@@ -1,0 +1,1 @@
+"""The campaign workflow: streaming aggregation, task planning, label audits."""
