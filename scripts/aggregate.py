@@ -63,6 +63,7 @@ def main(argv: list[str]) -> None:
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news.
+  cli.enable_compilation_cache()  # a second run loads its compiled programs from disk
   from rlhf_jax.feedback import pipeline  # pylint: disable=g-import-not-at-top
 
   if _FOLLOW.value:

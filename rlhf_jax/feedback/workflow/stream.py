@@ -123,6 +123,8 @@ class StreamConfig:
     refit_growth: a full warm-started EM over all annotations runs once they grew by
       this share since the last one (0: after every batch; the total work stays linear
       in the stream's length for any share > 0, a geometric series).
+    fsync: fsync the commit record (state.json) after each batch. Renames alone survive
+      a killed process (the tests kill with SIGKILL); fsync guards against power loss too.
     cusum_p0, cusum_p1, cusum_threshold: Bernoulli CUSUM on each annotator's agreement
       with the aggregated label: in-control rate, rate to detect, decision interval.
   """
@@ -137,6 +139,7 @@ class StreamConfig:
   change_threshold: float = 0.01
   local_iters: int = 3
   refit_growth: float = 0.25
+  fsync: bool = False
   cusum_p0: float = 0.85
   cusum_p1: float = 0.6
   cusum_threshold: float = 5.0
@@ -187,6 +190,7 @@ class BatchResult:
     num_changed: items written to the changes file.
     num_iters: EM iterations this batch took (0 for votes and skipped batches).
     seconds: wall time from the call to the committed checkpoint.
+    read_seconds: the part of it spent reading and validating the file.
     changes_path, rejects_path: the files written for this batch.
   """
 
@@ -200,6 +204,7 @@ class BatchResult:
   num_changed: int = 0
   num_iters: int = 0
   seconds: float = 0.0
+  read_seconds: float = 0.0
   changes_path: str | None = None
   rejects_path: str | None = None
 
@@ -301,13 +306,16 @@ def _sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, *, sync: bool = False) -> None:
+  """Writes `data` under a temporary name and renames it over `path` (readers never see
+  half a file; a killed process leaves the old one). `sync`: fsync before the rename."""
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp")
   with open(tmp, "wb") as handle:
     handle.write(data)
-    handle.flush()
-    os.fsync(handle.fileno())
+    if sync:
+      handle.flush()
+      os.fsync(handle.fileno())
   os.replace(tmp, path)
 
 
@@ -433,7 +441,9 @@ class StreamingAggregator:
     index = self.num_batches
     rejects_path = self.output_dir / "rejects" / f"{index:06d}.jsonl"
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    read_start = time.perf_counter()
     accepted, rejects, num_read = self._read(path, rejects_path)
+    read_seconds = time.perf_counter() - read_start
     new_items_start, new_annotators_start = self.num_items, self.num_annotators
     self.num_items_before = old_size = self.posteriors.shape[0]
     assert old_size == new_items_start or True
@@ -447,10 +457,12 @@ class StreamingAggregator:
     old_posteriors = self._current_posteriors().copy()
     self._posteriors_size, self._num_fitted_annotations = self.num_items_before, self.num_annotations
     self._append(items, annotators, labels)
+    fitted_before = self._full_fit_size
     num_iters = self._fit(items) if items.size else 0
+    only_batch_items = self._full_fit_size == fitted_before  # a local step moved only those
     self._update_annotator_stats(items, annotators, labels, golden, index)
     changes_path = self.output_dir / "changes" / f"{index:06d}.csv"
-    num_changed = self._write_changes(changes_path, old_posteriors, items)
+    num_changed = self._write_changes(changes_path, old_posteriors, items, only_batch_items)
     self._write_annotators_csv(self.output_dir / "annotators.csv")
     # Segment and state first, commit record last (see the module docstring).
     _atomic_savez(
@@ -471,6 +483,7 @@ class StreamingAggregator:
     return BatchResult(index, path.name, content_hash, num_read=num_read,
                        num_accepted=int(items.size), num_rejected=len(rejects),
                        num_changed=num_changed, num_iters=num_iters, seconds=seconds,
+                       read_seconds=read_seconds,
                        changes_path=str(changes_path),
                        rejects_path=str(rejects_path) if rejects else None)
 
@@ -845,12 +858,13 @@ class StreamingAggregator:
 
   # ---- outputs --------------------------------------------------------------------------
 
-  def _write_changes(self, path: Path, old_posteriors: np.ndarray, items: np.ndarray) -> int:
+  def _write_changes(self, path: Path, old_posteriors: np.ndarray, items: np.ndarray,
+                     only_batch_items: bool) -> int:
     """Writes the items that are new or whose label or confidence moved; returns their count."""
     posteriors = self._current_posteriors()
     num_old = old_posteriors.shape[0]
-    if self.config.method == "majority_vote":
-      candidates = np.unique(items)  # votes move only for the items of this batch
+    if self.config.method == "majority_vote" or only_batch_items:
+      candidates = np.unique(items)  # votes and local EM steps move only the batch's items
     else:
       candidates = np.arange(self.num_items)
     labels = np.argmax(posteriors, axis=-1)
@@ -915,7 +929,7 @@ class StreamingAggregator:
         "skipped": self.skipped,
     }
     _atomic_write_bytes(self.checkpoint_dir / "state.json",
-                        json.dumps(record, indent=1).encode("utf-8"))
+                        json.dumps(record, indent=1).encode("utf-8"), sync=self.config.fsync)
     self._state_file = state_file
     if previous and previous != state_file:
       (self.checkpoint_dir / previous).unlink(missing_ok=True)
