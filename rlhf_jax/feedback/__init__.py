@@ -115,3 +115,10 @@ from rlhf_jax.feedback.workflow.stream import (  # pylint: disable=wrong-import-
     StreamingAggregator,
     follow,
 )
+from rlhf_jax.feedback.workflow.plan import (  # pylint: disable=wrong-import-position
+    PlanConfig,
+    TaskPlan,
+    guideline_breakdown,
+    plan_tasks,
+    read_label_studio_export,
+)
