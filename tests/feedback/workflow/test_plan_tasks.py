@@ -180,3 +180,29 @@ def test_guideline_breakdown_by_hand():
   assert rows["v1"]["accuracy"] == pytest.approx(0.5)  # p right, q wrong
   assert rows["v2"]["percent_agreement"] == 1.0 and rows["v2"]["accuracy"] == 1.0
   assert rows["v2"]["num_annotations"] == 2 and rows["v2"]["num_annotators"] == 2
+
+
+def test_report_breaks_down_by_guideline_version(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback import pipeline  # pylint: disable=g-import-not-at-top
+  sim = feedback.simulate_annotations(jax.random.key(1), feedback.SimulationConfig(
+      num_items=150, num_annotators=12, annotations_per_item=3))
+  records = feedback.to_records(sim, with_text=False)
+  for n, record in enumerate(records):
+    record["guideline_version"] = "v1" if n % 2 else "v2"
+  path = tmp_path / "prefs.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  config = cli.load_config_file("configs/aggregate.py")
+  config.input, config.format, config.output_dir = str(path), "jsonl", str(tmp_path / "out")
+  config.report.plots = False
+  pipeline.run(config, progress=False)
+  summary = json.loads((tmp_path / "out/summary.json").read_text())
+  rows = {r["guideline_version"]: r for r in summary["by_guideline"]}
+  assert set(rows) == {"v1", "v2"}
+  assert rows["v1"]["num_annotations"] + rows["v2"]["num_annotations"] == len(records)
+  # Golden accuracy of v1 by hand from the records.
+  v1_golden = [r for n, r in enumerate(records) if n % 2 and r["is_golden"]]
+  expected = np.mean([r["choice"] == r["golden_answer"] for r in v1_golden])
+  assert rows["v1"]["golden_accuracy"] == pytest.approx(expected)
+  report = (tmp_path / "out/report.md").read_text()
+  assert "## By guideline version" in report and "| v1 | " in report and "| v2 | " in report
