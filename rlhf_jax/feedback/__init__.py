@@ -122,3 +122,8 @@ from rlhf_jax.feedback.workflow.plan import (  # pylint: disable=wrong-import-po
     plan_tasks,
     read_label_studio_export,
 )
+from rlhf_jax.feedback.workflow.audit import (  # pylint: disable=wrong-import-position
+    AuditResult,
+    audit_labels,
+    dataset_balance,
+)
