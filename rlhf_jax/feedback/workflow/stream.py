@@ -383,6 +383,7 @@ class StreamingAggregator:
     self.posteriors = np.zeros((0, k), np.float32)
     self.votes = np.zeros((0, k), np.float32)
     self.confusion_counts = np.zeros((0, k, k), np.float64)  # n[a, true k, observed l]
+    self.label_counts = np.zeros((0, k), np.int64)  # answers per annotator and label
     self.class_counts = np.zeros((k,), np.float64)
     self.agree = np.zeros((0,), np.int64)  # answers equal to the label after their batch
     self.answered = np.zeros((0,), np.int64)
@@ -663,6 +664,8 @@ class StreamingAggregator:
       np.add.at(self.votes, (items, labels), 1.0)
     a = self.num_annotators
     self.confusion_counts = _grow(self.confusion_counts, a)
+    self.label_counts = _grow(self.label_counts, a)
+    np.add.at(self.label_counts, (annotators, labels), 1)
     for name in ("agree", "answered", "cusum_alarms", "golden_answered", "golden_correct"):
       setattr(self, name, _grow(getattr(self, name), a))
     self.cusum = _grow(self.cusum, a)
@@ -757,9 +760,7 @@ class StreamingAggregator:
   def _log_confusion(self) -> np.ndarray:
     """M-step from the sufficient statistics: log confusion [A, K, K] (floors as
     `feedback.dawid_skene`: 1e-10, and 1e-30 for labels the annotator never gave)."""
-    given = np.zeros((self.num_annotators, self.num_classes))
-    np.add.at(given, (self._annotators, self._labels), 1.0)
-    floor = np.where(given[:, None, :] > 0, _PROB_FLOOR, _UNUSED_LABEL_FLOOR)
+    floor = np.where(self.label_counts[:, None, :] > 0, _PROB_FLOOR, _UNUSED_LABEL_FLOOR)
     floored = np.maximum(self.confusion_counts + self.config.smoothing, floor)
     return np.log(floored) - np.log(floored.sum(-1, keepdims=True))
 
@@ -968,6 +969,8 @@ class StreamingAggregator:
       self._annotators = np.concatenate(annotators).astype(np.int32)
       self._labels = np.concatenate(labels).astype(np.int32)
     self.pairs = set((self._items.astype(np.int64) * 2**32 + self._annotators).tolist())
+    self.label_counts = np.zeros((len(self.annotator_ids), self.num_classes), np.int64)
+    np.add.at(self.label_counts, (self._annotators, self._labels), 1)
     if record["state_file"]:
       state = _load_npz(self.checkpoint_dir / record["state_file"])
       for name in ("posteriors", "votes", "confusion_counts", "class_counts", "agree", "answered", "cusum", "cusum_alarms",
