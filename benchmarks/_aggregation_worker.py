@@ -91,9 +91,22 @@ def _crowdkit(task: str, data: str, out: str) -> dict:
 def main() -> None:
   side, task, data, out = sys.argv[1:5]
   timings = (_ours if side == "ours" else _crowdkit)(task, data, out)
-  import resource  # pylint: disable=g-import-not-at-top
-  timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+  timings["peak_rss_mb"] = _peak_rss_mb()
   print(json.dumps(timings))
+
+
+def _peak_rss_mb() -> float:
+  """This process's resident high-water mark. VmHWM belongs to the process's own address
+  space (new at exec); ru_maxrss would also count the parent's RSS at fork on Linux."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as handle:
+      for line in handle:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024  # kB
+  except OSError:
+    pass
+  import resource  # pylint: disable=g-import-not-at-top
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

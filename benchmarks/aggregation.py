@@ -29,7 +29,7 @@ Three cases (`--case`):
   first with an empty persistent compilation cache (a fresh folder), then again with
   the cache it filled (`rlhf_jax.cli.enable_compilation_cache`), which is what every run
   after the first on a machine sees. Peak memory is each process's maximum resident set
-  (`os.wait4`). Accuracy against the simulated truth; Spearman correlation for scores.
+  (the child's VmHWM). Accuracy against the simulated truth; Spearman correlation for scores.
   The data files are written before any clock starts, in `--work_dir` (a temporary
   folder by default; 100M annotations take about 2.5 GB of CSV).
 
@@ -295,8 +295,8 @@ def _run_process(command: list[str], env: dict[str, str]) -> dict:
   seconds = time.perf_counter() - start
   if process.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-  # communicate() has reaped the child; its rusage is in RUSAGE_CHILDREN only as a max over
-  # all children, so peak RSS comes from the child's own report of its high-water mark.
+  # Peak RSS comes from the child's own report of its high-water mark (VmHWM): rusage of a
+  # child on Linux also counts the parent's resident memory at fork.
   inner = json.loads(stdout.strip().splitlines()[-1])
   return {"seconds": seconds, **inner}
 
