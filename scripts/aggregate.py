@@ -54,28 +54,34 @@ def _fail(message: str) -> None:
   sys.exit(USAGE_ERROR)
 
 
+def _follow() -> None:
+  """--follow=DIR: the streaming aggregator (rlhf_jax/feedback/workflow/stream.py)."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from rlhf_jax.feedback.workflow import stream  # pylint: disable=g-import-not-at-top
+  try:
+    stream.run_follow(_CONFIG.value, _FOLLOW.value, poll_seconds=_POLL_SECONDS.value,
+                      idle_exit_seconds=_IDLE_EXIT.value)
+  except (ValueError, FileNotFoundError) as error:
+    if _TRACEBACK.value:
+      raise
+    _fail(str(error))
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; every setting is a --config.<field>=<value> flag.")
   if _CONFIG.value is None:
     _fail("--config is required, e.g. --config=configs/aggregate.py "
           "--config.input=answers.csv --config.output_dir=out")
+  cli.enable_compilation_cache()  # a second run loads its compiled programs from disk
+  if _FOLLOW.value:
+    _follow()
+    return
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news.
-  cli.enable_compilation_cache()  # a second run loads its compiled programs from disk
   from rlhf_jax.feedback import pipeline  # pylint: disable=g-import-not-at-top
-
-  if _FOLLOW.value:
-    from rlhf_jax.feedback.workflow import stream  # pylint: disable=g-import-not-at-top
-    try:
-      stream.run_follow(_CONFIG.value, _FOLLOW.value, poll_seconds=_POLL_SECONDS.value,
-                        idle_exit_seconds=_IDLE_EXIT.value)
-    except (ValueError, FileNotFoundError) as error:
-      if _TRACEBACK.value:
-        raise
-      _fail(str(error))
-    return
 
   try:
     outputs = pipeline.run(_CONFIG.value)
