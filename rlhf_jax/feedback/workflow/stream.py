@@ -61,6 +61,8 @@ rejects), or a list of records (dicts in the schema of the format) that is writt
 before is skipped (recorded in state.json). Across batches, a row whose annotation id was
 already aggregated, or whose annotator already labelled that item in an earlier batch, is
 rejected with that reason (a re-sent or partially re-written file cannot count twice).
+The texts of a pairwise item are checked for consistency within a batch (by the reader),
+not across batches.
 The classes must be fixed for the whole stream: pairwise formats use a, b, tie (or the
 declared subset); `crowd_csv` needs declared classes.
 """

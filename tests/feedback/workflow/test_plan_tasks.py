@@ -195,6 +195,7 @@ def test_report_breaks_down_by_guideline_version(tmp_path):
   config = cli.load_config_file("configs/aggregate.py")
   config.input, config.format, config.output_dir = str(path), "jsonl", str(tmp_path / "out")
   config.report.plots = False
+  config.drift.num_permutations = 99  # the drift test is not under test here
   pipeline.run(config, progress=False)
   summary = json.loads((tmp_path / "out/summary.json").read_text())
   rows = {r["guideline_version"]: r for r in summary["by_guideline"]}

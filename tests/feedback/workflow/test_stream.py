@@ -154,9 +154,14 @@ def test_follow_killed_and_restarted_loses_and_double_counts_nothing(tmp_path):
   inbox, out = tmp_path / "inbox", tmp_path / "out"
   inbox.mkdir()
   batches = [records[b:b + 100] for b in range(0, len(records), 100)]
-  for i, batch in enumerate(batches):
-    path = _write(inbox / f"{i:03d}.jsonl", batch)
-    os.utime(path, ns=(i * 10**9, i * 10**9))  # oldest first = name order
+
+  def deliver(indices):
+    for i in indices:
+      path = _write(inbox / f".{i:03d}.jsonl.part", batches[i])  # hidden while written
+      os.utime(path, ns=(i * 10**9, i * 10**9))  # oldest first = name order
+      path.rename(inbox / f"{i:03d}.jsonl")
+
+  deliver(range(6))
   command = [sys.executable, str(REPO / "scripts/aggregate.py"),
              "--config=" + str(REPO / "configs/aggregate.py"), "--config.format=jsonl",
              f"--config.output_dir={out}", f"--follow={inbox}", "--poll_seconds=0.2"]
@@ -169,7 +174,8 @@ def test_follow_killed_and_restarted_loses_and_double_counts_nothing(tmp_path):
   process.send_signal(signal.SIGKILL)
   process.wait()
   killed_at = _state(out)["num_batches"]
-  assert 3 <= killed_at < len(batches)
+  assert 3 <= killed_at <= 6
+  deliver(range(6, len(batches)))  # the rest arrives while the job is down
   # Restarted: resumes, reads the rest, and exits once idle.
   done = subprocess.run(command + ["--idle_exit_seconds=0.5"], env=env, capture_output=True,
                         text=True, timeout=300)
