@@ -14,9 +14,10 @@ stopping rule (no posterior moves by `tol`) and start (vote shares) as
   q0[i, k] ∝ rho[k] prod_{n: item_n = i} confusion_prev[a_n, k, y_n]     (E-step, old params)
 
 over all annotations so far (annotators new in the batch start without evidence, a
-flat row), then EM alternates M- and E-steps until no posterior moves by `tol`: this full,
-warm-started EM runs when the annotations grew by `refit_growth` since the last one (a
-geometric schedule, so its total cost stays linear in the stream). Between full fits a
+flat row), then EM alternates M- and E-steps until no posterior moves by `tol` or
+`refit_iters` iterations: this full, warm-started EM runs when the annotations grew by
+`refit_growth` since the last one (a geometric schedule, so its total cost stays linear
+in the stream). Between full fits a
 batch costs O(its size): `local_iters` steps of incremental EM (Neal & Hinton 1998)
 re-estimate only the batch's items and update the sufficient statistics
 n[a, k, l] = sum_n q[i_n, k] [a_n = a, y_n = l] and the class counts by replacing those
@@ -125,6 +126,8 @@ class StreamConfig:
     refit_growth: a full warm-started EM over all annotations runs once they grew by
       this share since the last one (0: after every batch; the total work stays linear
       in the stream's length for any share > 0, a geometric series).
+    refit_iters: most EM iterations of a warm full fit between batches (bounds a batch's
+      latency; `converge()` runs up to `num_iters`).
     fsync: fsync the commit record (state.json) after each batch. Renames alone survive
       a killed process (the tests kill with SIGKILL); fsync guards against power loss too.
     cusum_p0, cusum_p1, cusum_threshold: Bernoulli CUSUM on each annotator's agreement
@@ -141,6 +144,7 @@ class StreamConfig:
   change_threshold: float = 0.01
   local_iters: int = 3
   refit_growth: float = 0.25
+  refit_iters: int = 20
   fsync: bool = False
   cusum_p0: float = 0.85
   cusum_p1: float = 0.6
@@ -707,7 +711,9 @@ class StreamingAggregator:
     if full is None:
       full = not self._has_fit or grown
     if full:
-      return self._full_em()
+      # Between batches a warm full fit is capped (latency); converge() runs to `tol`.
+      return self._full_em(self.config.num_iters if not self._has_fit
+                           else min(self.config.refit_iters, self.config.num_iters))
     return self._local_em(np.unique(new_items))
 
   def converge(self, *, warm: bool = False) -> int:
@@ -730,8 +736,9 @@ class StreamingAggregator:
     self._commit(self._state_file_name(self.num_batches - 1))
     return iters
 
-  def _full_em(self) -> int:
-    """Dawid-Skene EM on every annotation (jitted, padded to power-of-two capacities)."""
+  def _full_em(self, num_iters: int | None = None) -> int:
+    """Dawid-Skene EM on every annotation (jitted, padded to power-of-two capacities),
+    at most `num_iters` iterations (default `config.num_iters`)."""
     k = self.num_classes
     n, num_items, num_annotators = self.num_annotations, self.num_items, self.num_annotators
     n_cap, i_cap, a_cap = _capacity(n), _capacity(num_items), _capacity(num_annotators)
@@ -750,7 +757,7 @@ class StreamingAggregator:
         padded(self._items, n_cap), padded(self._annotators, n_cap), padded(self._labels, n_cap),
         weight, init_log_confusion, init_log_prior, np.float32(self.config.smoothing),
         np.float32(self.config.tol), num_items=i_cap, num_classes=k,
-        num_iters=self.config.num_iters, warm=self._has_fit)
+        num_iters=num_iters or self.config.num_iters, warm=self._has_fit)
     posteriors, _, _, counts, class_counts, iters = jax.device_get(outputs)
     self.posteriors = np.asarray(posteriors[:num_items], np.float32)
     self.confusion_counts = np.asarray(counts[:num_annotators], np.float64)
