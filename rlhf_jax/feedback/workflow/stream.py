@@ -157,8 +157,9 @@ class StreamConfig:
       raise ValueError(f"method must be one of {', '.join(STREAM_METHODS)} for streaming, "
                        f"got {self.method!r}.")
     if self.format == "crowd_csv" and not self.classes:
-      raise ValueError("streaming crowd_csv needs declared classes (e.g. classes=('0', '1')): "
-                       "a class first seen in a later batch would change the model's size.")
+      raise ValueError("streaming crowd_csv needs declared classes (--config.classes=0,1, or "
+                       "StreamConfig(classes=('0', '1'))): a class first seen in a later batch "
+                       "would change the model's size.")
     if self.classes is not None:
       object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
     if not self.num_iters >= 1:
@@ -1106,6 +1107,8 @@ def run_follow(config: Any, input_dir: str, *, poll_seconds: float = 2.0,
   if not config.output_dir:
     raise ValueError("--config.output_dir is required with --follow (it holds the checkpoint).")
   stream_config = config_from_aggregate(config)
+  if not Path(input_dir).is_dir():
+    raise FileNotFoundError(f"--follow directory not found: {input_dir}")
   log(f"following {input_dir} ({stream_config.format}, {stream_config.method}); state and "
       f"outputs in {config.output_dir}")
   aggregator = follow(input_dir, config.output_dir, stream_config, poll_seconds=poll_seconds,
