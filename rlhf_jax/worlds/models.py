@@ -190,7 +190,7 @@ def _dpo_loss(config: PolicyConfig, chosen_logratios, rejected_logratios):
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _fit_policy(reference_logits, tokens, lengths, target, eval_tokens, eval_lengths, eval_prefers_a, *, config):
-  def one_seed(tokens, lengths, target, eval_tokens, eval_lengths, eval_prefers_a):
+  def one_seed(reference_logits, tokens, lengths, target, eval_tokens, eval_lengths, eval_prefers_a):
     optimizer = optax.adam(config.learning_rate)
     ref_logps = _policy_logps(reference_logits, tokens, lengths)
 
@@ -213,17 +213,17 @@ def _fit_policy(reference_logits, tokens, lengths, target, eval_tokens, eval_len
     correct = (implicit[:, 0] > implicit[:, 1]) == eval_prefers_a
     return {"accuracy": jnp.mean(correct.astype(jnp.float32)), "final_loss": trace[-1]}
 
-  return jax.vmap(one_seed)(tokens, lengths, target, eval_tokens, eval_lengths, eval_prefers_a)
+  return jax.vmap(one_seed)(reference_logits, tokens, lengths, target, eval_tokens, eval_lengths, eval_prefers_a)
 
 
 def train_policy(word_probs: np.ndarray, tokens, lengths, target, eval_tokens, eval_lengths, eval_prefers_a, *,
                  config: PolicyConfig = PolicyConfig()) -> dict[str, np.ndarray]:
-  """Trains one unigram policy per seed (leading axis S) with a DPO-family loss.
+  """Trains one unigram policy per seed (leading axis S of every array) with a DPO-family loss.
 
   `target` [S, B] is the probability that a is preferred: a hard label (0 or 1) gives the
   loss with the labelled side as chosen, a soft one the expectation of the two
   (`p * loss(a > b) + (1 - p) * loss(b > a)`). The reference is the unigram model of
-  `word_probs` (floored at 1e-6 so reserved ids have finite log-probability).
+  `word_probs` [S, V] (floored at 1e-6 so reserved ids have finite log-probability).
   Returns NumPy accuracy [S] (implicit reward on held-out gold) and final_loss [S].
   """
   reference = jnp.log(jnp.maximum(jnp.asarray(word_probs, jnp.float32), 1e-6))

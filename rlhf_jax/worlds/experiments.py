@@ -1,0 +1,346 @@
+"""The cell functions of the ablations in `experiments/*/config.py`.
+
+Each is `function(params: dict, seeds: list[int]) -> list[dict[str, float]]` for
+`rlhf_jax.ablate.run`. Seed s fixes the world (`GradedWorld.create(s)`), its pairs and
+its annotators, so every cell of an experiment sees the same worlds for the same seed and
+cells are compared by paired differences. Reward models and policies of all seeds of a
+cell train in one vmapped program (`rlhf_jax.worlds.models`).
+
+Common params: `world` (fields of `WorldConfig`), `crowd` (fields of `CrowdConfig`),
+`reward_model` (fields of `RewardModelConfig`), `costs` (crowd and expert price per label),
+`eval_pairs` (held-out pairs scored against the gold preference).
+
+Metrics: `rm_accuracy` (held-out accuracy of the reward model against gold),
+`label_accuracy` (training labels against the gold preference of their pair),
+`cost` (money spent on labels), `training_pairs`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlhf_jax import feedback
+from rlhf_jax.worlds import annotate, graded, models
+
+__all__ = ["AGGREGATORS", "aggregate", "bad_annotators", "dpo_noise", "expert_review", "redundancy",
+           "speed_penalty"]
+
+AGGREGATORS = ("one_label", "majority_vote", "weighted_formula", "dawid_skene", "mace", "glad", "crowd_bt")
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _key(d: dict[str, Any]) -> str:
+  return json.dumps(d, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _world(seed: int, world_key: str) -> graded.GradedWorld:
+  return graded.GradedWorld.create(seed, graded.WorldConfig(**_tuples(json.loads(world_key))))
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs(seed: int, world_key: str, num_pairs: int, split: str) -> graded.Pairs:
+  world = _world(seed, world_key)
+  return graded.sample_pairs(world, num_pairs, seed=seed * 2 + (1 if split == "train" else 2))
+
+
+def _sigmoid(x):
+  return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
+
+
+def aggregate(method: str, crowd: annotate.CrowdLabels, num_items: int, *, expert: np.ndarray | None = None,
+              fast_penalty: float = 0.7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(labels [P] (0 = a), P(a preferred) [P]) of one aggregation method over crowd labels.
+
+  one_label: the first annotation of each item. majority_vote: plurality (ties -> a,
+  P(a) = vote share). weighted_formula: `feedback.weighted_vote` with the weights of
+  `feedback.annotator_weights` (0.4 golden accuracy + 0.4 expert agreement + 0.2 temporal
+  consistency, times `fast_penalty` under 3 s; `expert` gives the expert's labels per item,
+  -1 where none). dawid_skene, mace, glad: the `feedback` EM models. crowd_bt: item-level
+  Crowd-BT (`feedback.crowd_bt`) with each response an item; P(a) = sigmoid(s_a - s_b).
+  """
+  items, annotators, labels = crowd.items, crowd.annotators, crowd.labels
+  m = int(crowd.types.shape[0])
+  if method == "one_label":
+    first = np.full(num_items, -1)
+    order = np.arange(items.shape[0])[::-1]
+    first[items[order]] = labels[order]  # the last write is the first annotation
+    prob_a = (first == feedback.A_PREFERRED).astype(np.float64)
+    return first.astype(np.int32), prob_a
+  if method == "crowd_bt":
+    result = feedback.crowd_bt(2 * items, 2 * items + 1, annotators, labels == feedback.A_PREFERRED,
+                               num_items=2 * num_items, num_annotators=m)
+    scores = np.asarray(result.scores, np.float64)
+    diff = scores[0::2] - scores[1::2]
+    return np.where(diff > 0, feedback.A_PREFERRED, feedback.B_PREFERRED).astype(np.int32), _sigmoid(diff)
+  common = dict(num_classes=2, num_items=num_items)
+  if method == "majority_vote":
+    result = feedback.majority_vote(items, annotators, labels, num_annotators=m, **common)
+  elif method == "weighted_formula":
+    metrics = feedback.annotator_metrics(
+        items, annotators, labels, timestamps=crowd.timestamps, response_ms=crowd.response_ms,
+        is_golden=crowd.is_golden, golden_labels=crowd.golden_labels, expert_labels=expert,
+        num_annotators=m, num_items=num_items)
+    weights = feedback.annotator_weights(metrics, fast_penalty=fast_penalty)
+    result = feedback.weighted_vote(items, annotators, labels, annotator_weights=weights, **common)
+  elif method == "dawid_skene":
+    result = feedback.dawid_skene(items, annotators, labels, num_annotators=m, smoothing=0.01, **common)
+  elif method == "mace":
+    result = feedback.mace(items, annotators, labels, num_annotators=m, key=jax.random.key(seed), **common)
+  elif method == "glad":
+    result = feedback.glad(items, annotators, labels, num_annotators=m, **common)
+  else:
+    raise ValueError(f"aggregation method: expected one of {AGGREGATORS}, got {method!r}.")
+  posteriors = np.asarray(result.posteriors, np.float64)
+  return np.asarray(result.labels, np.int32), posteriors[:, feedback.A_PREFERRED]
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+  return np.stack(arrays, axis=0)
+
+
+def _train_rm(params: dict[str, Any], seeds: list[int], train: list[graded.Pairs], target: list[np.ndarray],
+              weight: list[np.ndarray], annotator: list[np.ndarray] | None = None,
+              num_annotators: int = 0) -> np.ndarray:
+  world_key = _key(params["world"])
+  evals = [_pairs(s, world_key, params["eval_pairs"], "eval") for s in seeds]
+  out = models.train_reward_model(
+      np.asarray(seeds), _stack([p.tokens for p in train]), _stack([p.lengths for p in train]), _stack(target),
+      _stack(weight), _stack([e.tokens for e in evals]), _stack([e.lengths for e in evals]),
+      _stack([e.gold_prefers_a for e in evals]), vocab_size=params["world"]["vocab_size"],
+      config=models.RewardModelConfig(**params["reward_model"]),
+      annotator=None if annotator is None else _stack(annotator), num_annotators=num_annotators)
+  return out["accuracy"]
+
+
+def _label_accuracy(labels: np.ndarray, pairs: graded.Pairs) -> float:
+  truth = np.where(pairs.gold_prefers_a, feedback.A_PREFERRED, feedback.B_PREFERRED)
+  return float(np.mean(labels == truth))
+
+
+def gold_baseline(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """The calibration cell: a reward model on `num_pairs` noise-free gold preferences."""
+  world_key = _key(params["world"])
+  train = [_pairs(s, world_key, params["num_pairs"], "train") for s in seeds]
+  target = [p.gold_prefers_a.astype(np.float32) for p in train]
+  accuracy = _train_rm(params, seeds, train, target, [np.ones_like(t) for t in target])
+  return [{"rm_accuracy": float(a), "label_accuracy": 1.0, "training_pairs": float(params["num_pairs"])}
+          for a in accuracy]
+
+
+def redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 1: `budget` crowd labels as `annotations_per_item` labels on budget / r pairs.
+
+  `target`: hard (majority vote label, weight 1), soft (Dawid-Skene posterior P(a) as the
+  target, weight 1), weighted (Dawid-Skene label, weight = its posterior confidence), or
+  gold (the noise-free gold preference of the same pairs: the ceiling of that volume).
+  """
+  r = int(params["annotations_per_item"])
+  num_pairs = int(params["budget"]) // r
+  world_key = _key(params["world"])
+  crowd_key = _key({**params["crowd"], "annotations_per_item": r})
+  train, target, weight, label_acc = [], [], [], []
+  for s in seeds:
+    pairs = _pairs(s, world_key, int(params["budget"]), "train").take(np.arange(num_pairs))
+    train.append(pairs)
+    if params["target"] == "gold":
+      labels = np.where(pairs.gold_prefers_a, 0, 1)
+      target.append(pairs.gold_prefers_a.astype(np.float32))
+      weight.append(np.ones(num_pairs, np.float32))
+    else:
+      crowd = _crowd_cached(s, world_key, int(params["budget"]), num_pairs, crowd_key)
+      method = "majority_vote" if params["target"] == "hard" else "dawid_skene"
+      labels, prob_a = aggregate(method, crowd, num_pairs, seed=s)
+      if params["target"] == "soft":
+        target.append(prob_a.astype(np.float32))
+        weight.append(np.ones(num_pairs, np.float32))
+      else:
+        target.append((labels == feedback.A_PREFERRED).astype(np.float32))
+        confidence = np.where(labels == feedback.A_PREFERRED, prob_a, 1.0 - prob_a)
+        weight.append((confidence if params["target"] == "weighted" else np.ones(num_pairs)).astype(np.float32))
+    label_acc.append(_label_accuracy(labels, pairs))
+  accuracy = _train_rm(params, seeds, train, target, weight)
+  return [{"rm_accuracy": float(a), "label_accuracy": la, "training_pairs": float(num_pairs),
+           "cost": float(params["budget"]) * params["costs"]["crowd"]} for a, la in zip(accuracy, label_acc)]
+
+
+@functools.lru_cache(maxsize=64)
+def _crowd_cached(seed: int, world_key: str, budget: int, num_pairs: int, crowd_key: str) -> annotate.CrowdLabels:
+  pairs = _pairs(seed, world_key, budget, "train").take(np.arange(num_pairs))
+  config = annotate.CrowdConfig(**_tuples(json.loads(crowd_key)))
+  return annotate.simulate_crowd(seed, pairs.difference, pairs.lengths, config)
+
+
+def _bad_shares(bad_share: float, kind: str) -> dict[str, float]:
+  kinds = ("spammer", "adversary", "position_biased") if kind == "mixed" else (kind,)
+  shares = {f"{name}_share": 0.0 for name in feedback.ANNOTATOR_TYPES}
+  for name in kinds:
+    shares[f"{name}_share"] = bad_share / len(kinds)
+  shares["good_share"] = 1.0 - bad_share
+  return shares
+
+
+def bad_annotators(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 3: a share `bad_share` of bad annotators (`bad_kind`: spammer, adversary,
+  position_biased or mixed thirds) and one aggregation `method` (AGGREGATORS, or
+  crowd_bt_joint: the reward model trained on the raw annotations with Crowd-BT and a
+  learned reliability per annotator). Experts label `expert_rate` of the pairs (for the
+  weighted formula's expert agreement)."""
+  num_pairs = int(params["num_pairs"])
+  shares = _bad_shares(float(params["bad_share"]), params["bad_kind"])
+  train, target, weight, label_acc, annotator = [], [], [], [], []
+  world_key = _key(params["world"])
+  for s in seeds:
+    pairs = _pairs(s, world_key, num_pairs, "train")
+    crowd = _crowd_cached(s, world_key, num_pairs, num_pairs, _key({**params["crowd"], **shares}))
+    rng = np.random.default_rng([s, 0xE1])
+    expert = np.where(rng.random(num_pairs) < params["expert_rate"],
+                      annotate.expert_labels(s, pairs.difference, params["crowd"].get("expert_temperature", annotate.CrowdConfig.expert_temperature)), -1)
+    if params["method"] == "crowd_bt_joint":
+      train.append(pairs.take(crowd.items))
+      target.append((crowd.labels == feedback.A_PREFERRED).astype(np.float32))
+      weight.append(np.ones(crowd.num_annotations, np.float32))
+      annotator.append(crowd.annotators)
+      label_acc.append(np.nan)
+      continue
+    labels, _ = aggregate(params["method"], crowd, num_pairs, expert=expert, seed=s)
+    train.append(pairs)
+    target.append((labels == feedback.A_PREFERRED).astype(np.float32))
+    weight.append(np.ones(num_pairs, np.float32))
+    label_acc.append(_label_accuracy(labels, pairs))
+  if params["method"] == "crowd_bt_joint":
+    accuracy = _train_rm(params, seeds, train, target, weight, annotator=annotator,
+                         num_annotators=int(params["crowd"].get("num_annotators", annotate.CrowdConfig.num_annotators)))
+  else:
+    accuracy = _train_rm(params, seeds, train, target, weight)
+  return [{"rm_accuracy": float(a), "label_accuracy": float(la)} for a, la in zip(accuracy, label_acc)]
+
+
+def speed_penalty(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 5: the weighted formula with the speed penalty (`fast_penalty` < 1) or
+  without (1.0), with a share `fast_share` of fast random clickers in the pool."""
+  num_pairs = int(params["num_pairs"])
+  fast = float(params["fast_share"])
+  shares = {f"{name}_share": 0.0 for name in feedback.ANNOTATOR_TYPES}
+  shares.update(good_share=1.0 - fast, fast_share=fast)
+  world_key = _key(params["world"])
+  train, target, weight, label_acc = [], [], [], []
+  for s in seeds:
+    pairs = _pairs(s, world_key, num_pairs, "train")
+    crowd = _crowd_cached(s, world_key, num_pairs, num_pairs, _key({**params["crowd"], **shares}))
+    labels, _ = aggregate("weighted_formula", crowd, num_pairs, fast_penalty=float(params["fast_penalty"]), seed=s)
+    train.append(pairs)
+    target.append((labels == feedback.A_PREFERRED).astype(np.float32))
+    weight.append(np.ones(num_pairs, np.float32))
+    label_acc.append(_label_accuracy(labels, pairs))
+  accuracy = _train_rm(params, seeds, train, target, weight)
+  return [{"rm_accuracy": float(a), "label_accuracy": float(la)} for a, la in zip(accuracy, label_acc)]
+
+
+def expert_review(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 2: `num_pairs` pairs with `annotations_per_item` crowd labels, Dawid-Skene;
+  items whose confidence is below `threshold` go to the expert (price `costs.expert`),
+  whose label replaces the crowd's. `threshold` 0 is no review. The `volume` strategy
+  instead spends the same money on more crowd-labelled pairs (`extra_pairs` computed from
+  the review cost of the `threshold` cell it matches, given as `match_threshold`)."""
+  num_pairs = int(params["num_pairs"])
+  r = int(params["crowd"]["annotations_per_item"])
+  world_key = _key(params["world"])
+  costs = params["costs"]
+  pool = int(params["pool_pairs"])
+  rows, train, target, weight = [], [], [], []
+  for s in seeds:
+    pairs = _pairs(s, world_key, pool, "train").take(np.arange(num_pairs))
+    crowd = _crowd_cached(s, world_key, pool, num_pairs, _key(params["crowd"]))
+    labels, prob_a = aggregate("dawid_skene", crowd, num_pairs, seed=s)
+    confidence = np.maximum(prob_a, 1.0 - prob_a)
+    threshold = float(params["threshold"] if params["strategy"] == "review" else params["match_threshold"])
+    reviewed = confidence < threshold
+    cost = num_pairs * r * costs["crowd"]
+    if params["strategy"] == "review":
+      expert = annotate.expert_labels(s, pairs.difference, params["crowd"].get("expert_temperature", annotate.CrowdConfig.expert_temperature))
+      labels = np.where(reviewed, expert, labels)
+      cost += reviewed.sum() * costs["expert"]
+      used = pairs
+    else:
+      extra = int(reviewed.sum() * costs["expert"] // (r * costs["crowd"]))
+      total = min(num_pairs + extra, pool)
+      used = _pairs(s, world_key, pool, "train").take(np.arange(total))
+      crowd = _crowd_cached(s, world_key, pool, total, _key(params["crowd"]))
+      labels, _ = aggregate("dawid_skene", crowd, total, seed=s)
+      cost = total * r * costs["crowd"]
+    train.append(used)
+    target.append((labels == feedback.A_PREFERRED).astype(np.float32))
+    weight.append(np.ones(len(used), np.float32))
+    rows.append({"label_accuracy": _label_accuracy(labels, used), "cost": float(cost),
+                 "reviewed_share": float(reviewed.mean()), "training_pairs": float(len(used))})
+  # Pad to a common number of pairs (weight 0) so that the seeds train in one program.
+  width = max(len(p) for p in train)
+  for i, p in enumerate(train):
+    missing = width - len(p)
+    if missing:
+      filler = p.take(np.zeros(missing, np.int64))
+      train[i] = graded.Pairs(*(np.concatenate([a, b]) for a, b in zip(
+          (p.tokens, p.lengths, p.gold, p.edited, p.raw_difference),
+          (filler.tokens, filler.lengths, filler.gold, filler.edited, filler.raw_difference))))
+      target[i] = np.concatenate([target[i], np.zeros(missing, np.float32)])
+      weight[i] = np.concatenate([weight[i], np.zeros(missing, np.float32)])
+  accuracy = _train_rm(params, seeds, train, target, weight)
+  for row, a in zip(rows, accuracy):
+    row["rm_accuracy"] = float(a)
+  return rows
+
+
+def dpo_noise(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 6: each pair gets `labels_per_pair` labels, each the gold preference flipped
+  independently with probability `flip_rate` (symmetric noise). dpo, cdpo, robust and ipo
+  train on the majority label; cdpo and robust are told its true flip rate
+  eps = P(majority wrong) = sum_{k > r/2} C(r, k) flip^k (1 - flip)^(r - k) (the noise rate
+  these losses assume known). dpo_soft trains DPO on the Dawid-Skene posterior P(a)."""
+  from math import comb  # pylint: disable=import-outside-toplevel
+  num_pairs = int(params["num_pairs"])
+  r = int(params["labels_per_pair"])
+  flip = float(params["flip_rate"])
+  world_key = _key(params["world"])
+  majority_flip = sum(comb(r, k) * flip**k * (1 - flip) ** (r - k) for k in range(r // 2 + 1, r + 1))
+  train, target, label_acc, evals = [], [], [], []
+  for s in seeds:
+    pairs = _pairs(s, world_key, num_pairs, "train")
+    rng = np.random.default_rng([s, 0xF11B])
+    truth = np.where(pairs.gold_prefers_a, 0, 1)
+    flips = rng.random((num_pairs, r)) < flip
+    labels = np.where(flips, 1 - truth[:, None], truth[:, None])
+    items = np.repeat(np.arange(num_pairs), r)
+    annotators = rng.integers(0, int(params["num_annotators"]), num_pairs * r)
+    if params["loss"] == "dpo_soft":
+      result = feedback.dawid_skene(items, annotators, labels.reshape(-1), num_classes=2, num_items=num_pairs,
+                                    num_annotators=int(params["num_annotators"]), smoothing=0.01)
+      prob_a = np.asarray(result.posteriors)[:, 0]
+      majority = np.asarray(result.labels)
+    else:
+      majority = (labels.sum(axis=1) * 2 > r).astype(np.int32)  # r odd: no ties
+      prob_a = (majority == 0).astype(np.float64)
+    train.append(pairs)
+    target.append(prob_a.astype(np.float32))
+    label_acc.append(float(np.mean(majority == truth)))
+    evals.append(_pairs(s, world_key, params["eval_pairs"], "eval"))
+  loss = "dpo" if params["loss"] == "dpo_soft" else params["loss"]
+  smoothing = majority_flip if loss in ("cdpo", "robust") else 0.0
+  config = models.PolicyConfig(loss=loss, beta=float(params["beta"]), label_smoothing=min(smoothing, 0.49),
+                               steps=int(params["steps"]), learning_rate=float(params["learning_rate"]))
+  # Each seed's world has its own word frequencies, hence its own reference policy.
+  out = models.train_policy(_stack([_world(s, world_key).word_probs for s in seeds]),
+                            _stack([p.tokens for p in train]), _stack([p.lengths for p in train]), _stack(target),
+                            _stack([e.tokens for e in evals]), _stack([e.lengths for e in evals]),
+                            _stack([e.gold_prefers_a for e in evals]), config=config)
+  accuracy = [float(a) for a in out["accuracy"]]
+  return [{"implicit_reward_accuracy": a, "label_accuracy": la, "majority_flip_rate": majority_flip}
+          for a, la in zip(accuracy, label_acc)]
