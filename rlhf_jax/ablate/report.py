@@ -81,16 +81,23 @@ def results_table(experiment: Experiment, cells: list[dict[str, Any]], rows: lis
     lines.append("| " + " | ".join(key_values + [str(len(ok))] + values) + " |")
   text = "\n".join(lines)
   if experiment.baseline is not None and metrics:
-    base_rows = grouped.get(cell_id(experiment.baseline), [])
+    all_ids = {cell_id(o) for o in cells}
+    whole = cell_id(experiment.baseline) in all_ids
     shown = metrics[:3]
-    lines = [f"Paired differences against the baseline cell `{cell_id(experiment.baseline)}` (same seeds; "
-             "mean ± 95% t-interval; * the interval excludes 0):", "",
+    if whole:
+      intro = f"Paired differences against the baseline cell `{cell_id(experiment.baseline)}`"
+    else:
+      intro = (f"Paired differences against the cell with the same other settings and "
+               f"`{cell_id(experiment.baseline)}`")
+    lines = [intro + " (same seeds; mean ± 95% t-interval; * the interval excludes 0):", "",
              "| " + " | ".join(keys + ["pairs"] + [f"Δ {m}" for m in shown]) + " |",
              "|" + "---|" * (len(keys) + 1 + len(shown))]
     for overrides in cells:
-      if cell_id(overrides) == cell_id(experiment.baseline):
+      base_id = cell_id(experiment.baseline) if whole else cell_id({**overrides, **experiment.baseline})
+      if cell_id(overrides) == base_id or base_id not in all_ids:
         continue
       cell_rows = grouped.get(cell_id(overrides), [])
+      base_rows = grouped.get(base_id, [])
       diffs = [stats.paired_difference(cell_values(cell_rows, m), cell_values(base_rows, m)) for m in shown]
       n = max((d.n for d in diffs), default=0)
       cells_text = [d.format() + (" *" if d.excludes_zero() else "") for d in diffs]

@@ -15,7 +15,9 @@ ConfigDict with
               lacks is an error). A ConfigDict {key: [values]} works too, but ConfigDict
               sorts its keys, so the axes then come in alphabetical order.
   cells       list of extra override dicts, appended after the grid (may be empty)
-  baseline    override dict of the cell the paired differences compare against (or None)
+  baseline    override dict: a whole cell, which every cell is compared with by paired
+              differences, or part of one ({"method": "majority_vote"}): each cell is
+              compared with the cell that has its other settings and these (or None)
   seeds       default number of seeds (0 .. seeds - 1, shared by every cell: paired)
   metrics     the metrics shown in the table (every metric is kept in results.jsonl)
   plots       list of dicts {metric, x, series (or ""), file, xlabel, ylabel, title}

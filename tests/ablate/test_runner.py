@@ -131,3 +131,10 @@ def test_bad_config_fields_named():
     ablate.Experiment.from_config({"name": "x"})
   with pytest.raises(ValueError, match="grid.x"):
     ablate.Experiment.from_config({"name": "x", "question": "q", "function": "m:f", "base": {}, "grid": [("x", [])]})
+
+
+def test_partial_baseline_compares_within_each_group(tmp_path, counter):
+  summary = ablate.run(_config(baseline={"mode": "add"}, cells=[]), tmp_path, progress=False)
+  # x=2: mul gives 2, 4, 6 and add gives 2, 3, 4 -> differences 0, 1, 2: 1.000 ± 2.484.
+  assert "| 2 | mul | 3 | 1.000 ± 2.484 |" in summary.table.split("Paired differences")[1].splitlines()
+  assert "same other settings" in summary.table
