@@ -17,6 +17,7 @@ Metrics: `rm_accuracy` (held-out accuracy of the reward model against gold),
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from typing import Any
@@ -27,10 +28,24 @@ import numpy as np
 from rlhf_jax import feedback
 from rlhf_jax.worlds import annotate, graded, models
 
-__all__ = ["AGGREGATORS", "aggregate", "bad_annotators", "dpo_noise", "expert_review", "redundancy",
+__all__ = ["AGGREGATORS", "aggregate", "base_params", "bad_annotators", "dpo_noise", "expert_review", "redundancy",
            "speed_penalty"]
 
 AGGREGATORS = ("one_label", "majority_vote", "weighted_formula", "dawid_skene", "mace", "glad", "crowd_bt")
+
+
+def base_params(**extra: Any) -> dict[str, Any]:
+  """The parameters every experiment starts from (the world, crowd and learners at their
+  defaults, written out so that results.jsonl fingerprints them), plus `extra`."""
+  crowd = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(annotate.CrowdConfig()).items()}
+  return {
+      "world": dataclasses.asdict(graded.WorldConfig()),
+      "crowd": crowd,
+      "reward_model": dataclasses.asdict(models.RewardModelConfig()),
+      "costs": dataclasses.asdict(annotate.Costs()),
+      "eval_pairs": 1000,
+      **extra,
+  }
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +194,15 @@ def _crowd_cached(seed: int, world_key: str, budget: int, num_pairs: int, crowd_
   return annotate.simulate_crowd(seed, pairs.difference, pairs.lengths, config)
 
 
+def _first_items(crowd: annotate.CrowdLabels, num_items: int) -> annotate.CrowdLabels:
+  """The annotations of items 0 .. num_items - 1 (a crowd over a prefix of the pool)."""
+  keep = crowd.items < num_items
+  per_annotation = ("items", "annotators", "labels", "timestamps", "response_ms", "is_golden", "golden_labels",
+                    "after_drift", "probability_a")
+  changes = {name: getattr(crowd, name)[keep] for name in per_annotation}
+  return dataclasses.replace(crowd, truth=crowd.truth[:num_items], **changes)
+
+
 def _bad_shares(bad_share: float, kind: str) -> dict[str, float]:
   kinds = ("spammer", "adversary", "position_biased") if kind == "mixed" else (kind,)
   shares = {f"{name}_share": 0.0 for name in feedback.ANNOTATOR_TYPES}
@@ -249,8 +273,8 @@ def expert_review(params: dict[str, Any], seeds: list[int]) -> list[dict[str, fl
   """Ablation 2: `num_pairs` pairs with `annotations_per_item` crowd labels, Dawid-Skene;
   items whose confidence is below `threshold` go to the expert (price `costs.expert`),
   whose label replaces the crowd's. `threshold` 0 is no review. The `volume` strategy
-  instead spends the same money on more crowd-labelled pairs (`extra_pairs` computed from
-  the review cost of the `threshold` cell it matches, given as `match_threshold`)."""
+  instead spends the money that review at `threshold` would cost the experts on more
+  crowd-labelled pairs (3 labels each, from the same pool of `pool_pairs`)."""
   num_pairs = int(params["num_pairs"])
   r = int(params["crowd"]["annotations_per_item"])
   world_key = _key(params["world"])
@@ -259,10 +283,11 @@ def expert_review(params: dict[str, Any], seeds: list[int]) -> list[dict[str, fl
   rows, train, target, weight = [], [], [], []
   for s in seeds:
     pairs = _pairs(s, world_key, pool, "train").take(np.arange(num_pairs))
-    crowd = _crowd_cached(s, world_key, pool, num_pairs, _key(params["crowd"]))
+    pool_crowd = _crowd_cached(s, world_key, pool, pool, _key(params["crowd"]))
+    crowd = _first_items(pool_crowd, num_pairs)
     labels, prob_a = aggregate("dawid_skene", crowd, num_pairs, seed=s)
     confidence = np.maximum(prob_a, 1.0 - prob_a)
-    threshold = float(params["threshold"] if params["strategy"] == "review" else params["match_threshold"])
+    threshold = float(params["threshold"])
     reviewed = confidence < threshold
     cost = num_pairs * r * costs["crowd"]
     if params["strategy"] == "review":
@@ -274,7 +299,7 @@ def expert_review(params: dict[str, Any], seeds: list[int]) -> list[dict[str, fl
       extra = int(reviewed.sum() * costs["expert"] // (r * costs["crowd"]))
       total = min(num_pairs + extra, pool)
       used = _pairs(s, world_key, pool, "train").take(np.arange(total))
-      crowd = _crowd_cached(s, world_key, pool, total, _key(params["crowd"]))
+      crowd = _first_items(pool_crowd, total)
       labels, _ = aggregate("dawid_skene", crowd, total, seed=s)
       cost = total * r * costs["crowd"]
     train.append(used)
