@@ -124,9 +124,10 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 def _train_rm(params: dict[str, Any], seeds: list[int], train: list[graded.Pairs], target: list[np.ndarray],
               weight: list[np.ndarray], annotator: list[np.ndarray] | None = None,
-              num_annotators: int = 0) -> np.ndarray:
-  world_key = _key(params["world"])
-  evals = [_pairs(s, world_key, params["eval_pairs"], "eval") for s in seeds]
+              num_annotators: int = 0, evals: list[graded.Pairs] | None = None) -> np.ndarray:
+  if evals is None:
+    world_key = _key(params["world"])
+    evals = [_pairs(s, world_key, params["eval_pairs"], "eval") for s in seeds]
   out = models.train_reward_model(
       np.asarray(seeds), _stack([p.tokens for p in train]), _stack([p.lengths for p in train]), _stack(target),
       _stack(weight), _stack([e.tokens for e in evals]), _stack([e.lengths for e in evals]),
@@ -151,6 +152,58 @@ def gold_baseline(params: dict[str, Any], seeds: list[int]) -> list[dict[str, fl
           for a in accuracy]
 
 
+@functools.lru_cache(maxsize=4)
+def _hh_data(path: str, vocab_size: int, max_length: int):
+  from rlhf_jax.worlds import hh  # pylint: disable=import-outside-toplevel
+  return hh.load(path or hh.DEFAULT_PATH, vocab_size=vocab_size, max_length=max_length)
+
+
+def _targets(method: str, crowd: annotate.CrowdLabels, pairs: graded.Pairs, seed: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(labels, target P(a), weight) for target hard | soft | weighted | gold."""
+  n = len(pairs)
+  if method == "gold":
+    return (np.where(pairs.gold_prefers_a, 0, 1), pairs.gold_prefers_a.astype(np.float32),
+            np.ones(n, np.float32))
+  labels, prob_a = aggregate("majority_vote" if method == "hard" else "dawid_skene", crowd, n, seed=seed)
+  if method == "soft":
+    return labels, prob_a.astype(np.float32), np.ones(n, np.float32)
+  confidence = np.where(labels == feedback.A_PREFERRED, prob_a, 1.0 - prob_a)
+  weight = confidence if method == "weighted" else np.ones(n)
+  return labels, (labels == feedback.A_PREFERRED).astype(np.float32), weight.astype(np.float32)
+
+
+def hh_redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 1 on the semi-real HH-RLHF world (`worlds.hh`): `budget` crowd labels as
+  `annotations_per_item` labels per pair, targets as in `redundancy`; the reward model is
+  scored on `eval_pairs` held-out pairs against the data set's own label."""
+  hh_params = params["hh"]
+  data = _hh_data(hh_params["path"], int(hh_params["vocab_size"]), int(hh_params["max_length"]))
+  from rlhf_jax.worlds import hh  # pylint: disable=import-outside-toplevel
+  r = int(params["annotations_per_item"])
+  num_pairs = int(params["budget"]) // r
+  num_eval = int(params["eval_pairs"])
+  if num_pairs + num_eval > len(data):
+    raise ValueError(f"hh_redundancy: budget / annotations_per_item + eval_pairs = {num_pairs + num_eval} "
+                     f"exceeds the {len(data)} HH pairs.")
+  config = annotate.CrowdConfig(**_tuples({**params["crowd"], "annotations_per_item": r}))
+  train, target, weight, label_acc, evals = [], [], [], [], []
+  for s in seeds:
+    pairs, _ = hh.to_pairs(data, s, margin_mean=float(hh_params["margin_mean"]))
+    used = pairs.take(np.arange(num_pairs))
+    crowd = annotate.simulate_crowd(s, used.difference, used.lengths, config)
+    labels, t, w = _targets(params["target"], crowd, used, s)
+    train.append(used)
+    target.append(t)
+    weight.append(w)
+    label_acc.append(_label_accuracy(labels, used))
+    evals.append(pairs.take(np.arange(len(data) - num_eval, len(data))))
+  params = {**params, "world": {"vocab_size": int(hh_params["vocab_size"])}}
+  accuracy = _train_rm(params, seeds, train, target, weight, evals=evals)
+  return [{"rm_accuracy": float(a), "label_accuracy": la, "training_pairs": float(num_pairs)}
+          for a, la in zip(accuracy, label_acc)]
+
+
 def redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
   """Ablation 1: `budget` crowd labels as `annotations_per_item` labels on budget / r pairs.
 
@@ -166,21 +219,11 @@ def redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float
   for s in seeds:
     pairs = _pairs(s, world_key, int(params["budget"]), "train").take(np.arange(num_pairs))
     train.append(pairs)
-    if params["target"] == "gold":
-      labels = np.where(pairs.gold_prefers_a, 0, 1)
-      target.append(pairs.gold_prefers_a.astype(np.float32))
-      weight.append(np.ones(num_pairs, np.float32))
-    else:
-      crowd = _crowd_cached(s, world_key, int(params["budget"]), num_pairs, crowd_key)
-      method = "majority_vote" if params["target"] == "hard" else "dawid_skene"
-      labels, prob_a = aggregate(method, crowd, num_pairs, seed=s)
-      if params["target"] == "soft":
-        target.append(prob_a.astype(np.float32))
-        weight.append(np.ones(num_pairs, np.float32))
-      else:
-        target.append((labels == feedback.A_PREFERRED).astype(np.float32))
-        confidence = np.where(labels == feedback.A_PREFERRED, prob_a, 1.0 - prob_a)
-        weight.append((confidence if params["target"] == "weighted" else np.ones(num_pairs)).astype(np.float32))
+    crowd = None if params["target"] == "gold" else _crowd_cached(s, world_key, int(params["budget"]), num_pairs,
+                                                                    crowd_key)
+    labels, t, w = _targets(params["target"], crowd, pairs, s)
+    target.append(t)
+    weight.append(w)
     label_acc.append(_label_accuracy(labels, pairs))
   accuracy = _train_rm(params, seeds, train, target, weight)
   return [{"rm_accuracy": float(a), "label_accuracy": la, "training_pairs": float(num_pairs),
