@@ -30,9 +30,9 @@ pipeline: setup
 	$(PY) scripts/run.py
 
 # Every ablation of experiments/ (results.jsonl, table, plots, README each); finished cells
-# are not rerun, FRESH=1 reruns everything. About 25 minutes on 2 cores (the runtime of each
+# are not rerun, FRESH=1 reruns everything. About 30 minutes on 2 cores (the runtime of each
 # is in its README). Not part of `make test`.
-ABLATIONS ?= world_calibration redundancy hh_redundancy expert_review bad_annotators speed_penalty dpo_noise
+ABLATIONS ?= world_calibration redundancy hh_redundancy expert_review bad_annotators speed_penalty dpo_noise golden_drift active_selection
 ablations: setup
 	set -e; for name in $(ABLATIONS); do \
 	  JAX_PLATFORMS=cpu $(PY) scripts/ablate.py --config=experiments/$$name/config.py $(if $(FRESH),--fresh,) --noprogress; \

@@ -118,6 +118,9 @@ def write_plots(experiment: Experiment, cells: list[dict[str, Any]], rows: list[
   grouped = _by_cell(rows)
   written = []
   for spec in experiment.plots:
+    if spec.get("metrics"):
+      written.append(_plot_metrics_as_x(experiment, cells, grouped, spec, output_dir, plt))
+      continue
     metric, x_key, series_key = spec["metric"], spec["x"], spec.get("series") or ""
     figure, axis = plt.subplots(figsize=(6.0, 4.0), dpi=110)
     series: dict[str, list[tuple[Any, stats.Interval]]] = {}
@@ -152,6 +155,29 @@ def write_plots(experiment: Experiment, cells: list[dict[str, Any]], rows: list[
     plt.close(figure)
     written.append(path)
   return written
+
+
+def _plot_metrics_as_x(experiment, cells, grouped, spec, output_dir: Path, plt) -> Path:
+  """A line per cell (labelled by `series`) over several metrics placed at `x_values`
+  (e.g. accuracy_at_200 .. accuracy_at_1000 against labels bought)."""
+  figure, axis = plt.subplots(figsize=(6.0, 4.0), dpi=110)
+  for overrides in cells:
+    cell_rows = grouped.get(cell_id(overrides), [])
+    intervals = [stats.t_interval(list(cell_values(cell_rows, m).values())) for m in spec["metrics"]]
+    label = _format_value(overrides.get(spec.get("series") or "", cell_id(overrides)))
+    axis.errorbar(spec["x_values"], [i.mean for i in intervals],
+                  yerr=[0.0 if not np.isfinite(i.half_width) else i.half_width for i in intervals],
+                  marker="o", capsize=3, label=label)
+  axis.set_xlabel(spec.get("xlabel") or "")
+  axis.set_ylabel(spec.get("ylabel") or "")
+  axis.set_title(spec.get("title") or experiment.title, fontsize=10)
+  axis.grid(alpha=0.3)
+  axis.legend(title=spec.get("series") or None, fontsize=8)
+  figure.tight_layout()
+  path = output_dir / spec["file"]
+  figure.savefig(path)
+  plt.close(figure)
+  return path
 
 
 def _kept_conclusion(readme: Path) -> str:

@@ -412,3 +412,146 @@ def dpo_noise(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]
   accuracy = [float(a) for a in out["accuracy"]]
   return [{"implicit_reward_accuracy": a, "label_accuracy": la, "majority_flip_rate": majority_flip}
           for a, la in zip(accuracy, label_acc)]
+
+
+def _leave_one_out_agreement(items: np.ndarray, labels: np.ndarray, num_items: int
+                             ) -> tuple[np.ndarray, np.ndarray]:
+  """(agrees [N], usable [N]): the label equals the majority of the other labels of its
+  item; unusable when the others tie or there are none."""
+  votes_a = np.bincount(items, weights=labels == feedback.A_PREFERRED, minlength=num_items)
+  votes = np.bincount(items, minlength=num_items).astype(np.float64)
+  others_a = votes_a[items] - (labels == feedback.A_PREFERRED)
+  others = votes[items] - 1
+  usable = (others > 0) & (2 * others_a != others)
+  majority_a = 2 * others_a > others
+  return (majority_a == (labels == feedback.A_PREFERRED)), usable
+
+
+def golden_drift(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 4: annotators whose quality drops at a change point (`drifting_share`),
+  golden items at `golden_rate`, and a Bernoulli CUSUM (`feedback.detect_annotator_drift`,
+  in-control accuracy `p0`, out-of-control `p1`, decision interval `threshold`) on each
+  annotator's stream of golden correctness (`detection` = golden) or of agreement with the
+  leave-one-out majority of its item (consensus), or none (off). An alarm acts on the
+  weights: the annotator's labels after its alarm time get weight 0 in the vote.
+
+  Metrics: label_accuracy (all pairs), late_label_accuracy (pairs labelled, on average, in
+  the last third of the time span, after most change points), detection_rate (drifting
+  annotators with an alarm after their change), false_alarms (annotators with an alarm
+  before any change: the good ones, or a drifting one before its change), delay_days
+  (mean alarm time - change time over detected drifting annotators; NaN when none).
+  """
+  num_pairs = int(params["num_pairs"])
+  world_key = _key(params["world"])
+  drifting = float(params["drifting_share"])
+  shares = {f"{name}_share": 0.0 for name in feedback.ANNOTATOR_TYPES}
+  shares.update(good_share=1.0 - drifting, drifting_share=drifting, golden_rate=float(params["golden_rate"]))
+  rows = []
+  m = int(params["crowd"]["num_annotators"])
+  for s in seeds:
+    pairs = _pairs(s, world_key, num_pairs, "train")
+    crowd = _crowd_cached(s, world_key, num_pairs, num_pairs, _key({**params["crowd"], **shares}))
+    alarm_time = np.full(m, np.nan)
+    if params["detection"] == "golden":
+      signal = crowd.labels == crowd.golden_labels
+      usable = crowd.is_golden
+    elif params["detection"] == "consensus":
+      signal, usable = _leave_one_out_agreement(crowd.items, crowd.labels, num_pairs)
+    else:
+      signal, usable = None, np.zeros(crowd.num_annotations, bool)
+    if usable.any():
+      result, _ = feedback.detect_annotator_drift(
+          crowd.annotators[usable], signal[usable].astype(np.float32), crowd.timestamps[usable], num_annotators=m,
+          method="cusum", p0=float(params["p0"]), p1=float(params["p1"]), threshold=float(params["threshold"]))
+      alarm_time = np.asarray(result.alarm_time, np.float64)
+    excluded = crowd.timestamps >= np.where(np.isnan(alarm_time), np.inf, alarm_time)[crowd.annotators]
+    kept = ~excluded
+    # Items whose every label was excluded fall back to all their labels.
+    has_kept = np.bincount(crowd.items, weights=kept, minlength=num_pairs) > 0
+    use = kept | ~has_kept[crowd.items]
+    votes_a = np.bincount(crowd.items[use], weights=crowd.labels[use] == feedback.A_PREFERRED, minlength=num_pairs)
+    votes = np.bincount(crowd.items[use], minlength=num_pairs)
+    labels = np.where(2 * votes_a >= votes, feedback.A_PREFERRED, feedback.B_PREFERRED)  # ties -> a
+    truth = np.where(pairs.gold_prefers_a, feedback.A_PREFERRED, feedback.B_PREFERRED)
+    mean_time = np.bincount(crowd.items, weights=crowd.timestamps - crowd.timestamps.min(), minlength=num_pairs)
+    mean_time /= np.maximum(np.bincount(crowd.items, minlength=num_pairs), 1)
+    late = mean_time > (2.0 / 3.0) * (crowd.timestamps.max() - crowd.timestamps.min())
+    change = crowd.simulation.change_times
+    is_drifting = np.isfinite(change)
+    detected = is_drifting & np.isfinite(alarm_time) & (alarm_time >= np.nan_to_num(change, nan=np.inf))
+    false_alarm = np.isfinite(alarm_time) & ~(is_drifting & (alarm_time >= np.nan_to_num(change, nan=np.inf)))
+    delays = (alarm_time - change)[detected] / 86400.0
+    rows.append({
+        "label_accuracy": float(np.mean(labels == truth)),
+        "late_label_accuracy": float(np.mean(labels[late] == truth[late])),
+        "detection_rate": float(detected.sum() / max(is_drifting.sum(), 1)),
+        "false_alarms": float(false_alarm.sum()),
+        "delay_days": float(delays.mean()) if delays.size else float("nan"),
+    })
+  return rows
+
+
+def active_selection(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+  """Ablation 7: from a pool of `pool_pairs`, pairs are bought in rounds of `batch` (each
+  labelled by `annotations_per_item` crowd labels, majority vote) up to `budget` pairs.
+  The first batch is random; later ones by `strategy`: random, disagreement (largest
+  standard deviation of r(a) - r(b) across an ensemble of `ensemble` reward models with
+  different initialisations and bootstrap weights) or margin (smallest |mean r(a) - r(b)|).
+  After each round the ensemble is retrained from scratch on all pairs bought; metric
+  accuracy_at_N is the held-out accuracy of the ensemble's mean reward with N pairs
+  bought (the unlabelled pool is padded in with weight 0, so every round has the same
+  shapes and one compiled program)."""
+  pool = int(params["pool_pairs"])
+  budget, batch, k = int(params["budget"]), int(params["batch"]), int(params["ensemble"])
+  num_eval = int(params["eval_pairs"])
+  world_key = _key(params["world"])
+  crowd_key = _key(params["crowd"])
+  config = models.RewardModelConfig(**params["reward_model"])
+  data = []
+  for s in seeds:
+    pairs = _pairs(s, world_key, pool, "train")
+    crowd = _crowd_cached(s, world_key, pool, pool, crowd_key)
+    labels, _ = aggregate("majority_vote", crowd, pool, seed=s)
+    evals = _pairs(s, world_key, num_eval, "eval")
+    data.append((pairs, labels, evals))
+  # Scored set: held-out pairs first (accuracy), then the pool (selection).
+  score_tokens = np.concatenate([[np.concatenate([e.tokens, p.tokens])] * k for p, _, e in data])
+  score_lengths = np.concatenate([[np.concatenate([e.lengths, p.lengths])] * k for p, _, e in data])
+  score_prefers = np.concatenate([[np.concatenate([e.gold_prefers_a, p.gold_prefers_a])] * k for p, _, e in data])
+  tokens = np.concatenate([[p.tokens] * k for p, _, _ in data])
+  lengths = np.concatenate([[p.lengths] * k for p, _, _ in data])
+  target = np.concatenate([[(l == feedback.A_PREFERRED).astype(np.float32)] * k for _, l, _ in data])
+  model_seeds = np.arange(len(seeds) * k) + 1000 * int(params["ensemble_seed_offset"])
+  bootstrap = np.stack([np.random.default_rng([int(x), 0xB007]).poisson(1.0, pool) for x in model_seeds])
+  bought = np.zeros((len(seeds), pool), bool)
+  for i, s in enumerate(seeds):
+    bought[i, np.random.default_rng([s, 0xAC7]).permutation(pool)[:batch]] = True
+  rows = [dict() for _ in seeds]
+  while True:
+    weight = np.repeat(bought, k, axis=0).astype(np.float32) * np.where(k > 1, bootstrap, 1.0).astype(np.float32)
+    out = models.train_reward_model(model_seeds, tokens, lengths, target, weight, score_tokens, score_lengths,
+                                    score_prefers, vocab_size=params["world"]["vocab_size"], config=config)
+    diff = out["eval_rewards"][..., 0] - out["eval_rewards"][..., 1]  # [S * k, E + pool]
+    diff = diff.reshape(len(seeds), k, -1)
+    mean = diff.mean(axis=1)
+    num_bought = int(bought[0].sum())
+    for i in range(len(seeds)):
+      correct = (mean[i, :num_eval] > 0) == data[i][2].gold_prefers_a
+      rows[i][f"accuracy_at_{num_bought}"] = float(np.mean(correct))
+    if num_bought >= budget:
+      break
+    for i, s in enumerate(seeds):
+      if params["strategy"] == "random":
+        score = np.random.default_rng([s, num_bought, 0x5E1]).random(pool)
+      elif params["strategy"] == "disagreement":
+        score = diff[i, :, num_eval:].std(axis=0)
+      elif params["strategy"] == "margin":
+        score = -np.abs(mean[i, num_eval:])
+      else:
+        raise ValueError(f"active_selection strategy: expected random, disagreement or margin, got "
+                         f"{params['strategy']!r}.")
+      score = np.where(bought[i], -np.inf, score)
+      bought[i, np.argsort(-score, kind="stable")[:batch]] = True
+  for i, s in enumerate(seeds):
+    rows[i]["rm_accuracy"] = rows[i][f"accuracy_at_{budget}"]
+  return rows
