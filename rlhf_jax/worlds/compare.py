@@ -107,8 +107,8 @@ def format_report(result: dict[str, Any]) -> str:
       f"  gold labels (ceiling)        {interval('rm_gold')}",
       "  " + reading("Confidence weighting", "hard labels", paired("rm_confidence_weighted", "rm_hard"),
                      "accuracy"),
-      "  " + reading("Gold labels", "Dawid-Skene hard labels", paired("rm_gold", "rm_hard"),
-                     "accuracy (the cost of label noise)"),
+      "  " + reading("Training on gold labels", "Dawid-Skene hard labels", paired("rm_gold", "rm_hard"),
+                     "accuracy"),
       "",
       f"Total {result['seconds']:.0f} s. The ablations behind these claims: experiments/*/README.md.",
   ]
