@@ -2,9 +2,9 @@ r"""Ablation 7, active selection of the pairs to label.
 
   python scripts/ablate.py --config=experiments/active_selection/config.py --seeds=3
 
-A pool of 3,000 pairs; 200 random pairs are bought first (3 crowd labels each, majority
+A pool of 2,000 pairs; 200 random pairs are bought first (3 crowd labels each, majority
 vote), then 200 per round up to 1,000, chosen at random, by the disagreement of an
-ensemble of 4 reward models (bootstrap weights, different initialisations), or by the
+ensemble of 3 reward models (bootstrap weights, different initialisations), or by the
 smallest margin of the ensemble's mean reward. Result: experiments/active_selection/README.md.
 """
 
@@ -22,7 +22,7 @@ def get_config(arg=None):
                      "disagreement or margin) beat choosing them at random?")
   config.function = "rlhf_jax.worlds.experiments:active_selection"
   config.base = ml_collections.ConfigDict(experiments.base_params(
-      pool_pairs=3000, budget=1000, batch=200, ensemble=4, ensemble_seed_offset=0, strategy="random"))
+      pool_pairs=2000, budget=1000, batch=200, ensemble=3, ensemble_seed_offset=0, strategy="random"))
   config.grid = [("strategy", ["random", "disagreement", "margin"])]
   config.cells = []
   config.baseline = {"strategy": "random"}
