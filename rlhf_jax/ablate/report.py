@@ -213,9 +213,10 @@ def write_readme(experiment: Experiment, output_dir: Path, *, table: str, rows: 
 
     {command}
 
-**Runtime.** {runtime_seconds(rows):.0f} s of compute for {cells} cells × {num_seeds} seeds
-(the sum of the recorded cell times, including compilation; {machine}). Every line of
-`results.jsonl` holds a cell's overrides, its seed and every metric.
+**Runtime.** {runtime_seconds(rows):.0f} s for {cells} cells × {num_seeds} seeds: the sum of the
+recorded wall-clock times of the cells, compilation included ({machine}, shared with other
+jobs when measured, so an idle machine is faster). Every line of `results.jsonl` holds a
+cell's overrides, its seed and every metric.
 
 ## Results
 
