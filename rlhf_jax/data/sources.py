@@ -14,7 +14,7 @@ that each bad line is reported with its number instead of failing the whole file
 Locations: JSON Lines rows are named by their 1-based physical line number (`"line"`;
 blank lines are skipped and not counted, but count for numbering); Parquet and CSV rows
 by their 1-based data row (`"row"`; the CSV header is not a row), as in
-`rlhf_jax.feedback.records`.
+`rlhf_jax.feedback.io.records`.
 """
 
 from __future__ import annotations
