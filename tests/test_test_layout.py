@@ -58,7 +58,6 @@ NOT_YET_MIRRORED = {
     "worlds/models.py": "tests/worlds/test_experiments.py (through worlds.experiments, which trains them)",
     "train/objectives/kto.py": "tests/train/test_train_loop.py (KTO runs), tests/losses/test_preference.py",
     "train/objectives/logps.py": "tests/train/test_shared_prompt.py, tests/train/test_padding_free.py",
-    "train/objectives/sft.py": "tests/train/test_train_loop.py (SFT runs), tests/train/test_padding_free.py",
 }
 
 
