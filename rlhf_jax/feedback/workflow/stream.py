@@ -1031,10 +1031,17 @@ def _annotation_lines(annotation_ids: Sequence[str], path: Path) -> list[Any]:
 def _batch_files(directory: Path, fmt: str) -> list[Path]:
   """Complete batch files in `directory`, oldest first (hidden, .tmp and .part skipped)."""
   suffixes = _SUFFIXES[fmt]
-  files = [p for p in directory.iterdir()
-           if p.is_file() and not p.name.startswith(".")
-           and not p.name.endswith((".tmp", ".part")) and p.name.endswith(suffixes)]
-  return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+  files = []
+  for p in directory.iterdir():
+    if (p.name.startswith(".") or p.name.endswith((".tmp", ".part"))
+        or not p.name.endswith(suffixes)):
+      continue
+    try:
+      if p.is_file():
+        files.append((p.stat().st_mtime_ns, p.name, p))
+    except OSError:
+      continue  # vanished between the listing and the stat
+  return [p for _, _, p in sorted(files)]
 
 
 def follow(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
@@ -1060,11 +1067,16 @@ def follow(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]
   while True:
     fed = False
     for path in _batch_files(input_dir, config.format):
-      stat = path.stat()
-      signature = (stat.st_size, stat.st_mtime_ns)
-      if seen.get(path.name) == signature:
-        continue
-      result = aggregator.feed(path)
+      try:
+        stat = path.stat()
+        signature = (stat.st_size, stat.st_mtime_ns)
+        if seen.get(path.name) == signature:
+          continue
+        with open(path, "rb"):
+          pass
+      except OSError:
+        continue  # moved away or unreadable right now: looked at again on the next scan
+      result = aggregator.feed(path)  # an error while writing outputs stops the job
       seen[path.name] = signature
       fed = True
       labels_current = False
