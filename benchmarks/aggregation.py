@@ -20,6 +20,9 @@ Three cases (`--case`):
   `--scratch_points` batch counts spread over the stream; its rate sums the latencies
   interpolated linearly over every batch. The final `converge()` (EM from the vote shares
   over everything, what `--follow` runs when its folder is idle) is timed on its own.
+  JAX's persistent compilation cache is on, as in the scripts (`--no_compile_cache`
+  turns it off): the first run on a machine compiles each padded size, later runs load
+  the programs.
 * `process`: whole processes on both sides, imports, reading the file and writing the
   labels included, as a user pays them; each side runs in a fresh process
   (`benchmarks/_aggregation_worker.py`) at the library's DEFAULT settings. Dawid-Skene on
@@ -204,7 +207,9 @@ def bench_crowd_bt(args, crowdkit) -> None:
 def bench_stream(args) -> dict:
   import tempfile  # pylint: disable=g-import-not-at-top
   from pathlib import Path  # pylint: disable=g-import-not-at-top
-  from rlhf_jax import feedback  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import cli, feedback  # pylint: disable=g-import-not-at-top
+  if not args.no_compile_cache:
+    cli.enable_compilation_cache()
   total, batch = args.total, args.batch
   config = simulate.SimulationConfig(num_items=max(total // 3, 1), num_annotators=args.annotators,
                                      annotations_per_item=3)
@@ -405,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
                       default=[1_000_000], help="--case=process: annotation counts.")
   parser.add_argument("--process_comparisons", type=int, default=50_000,
                       help="--case=process: Crowd-BT comparisons.")
+  parser.add_argument("--no_compile_cache", action="store_true",
+                      help="--case=stream: without JAX's persistent compilation cache.")
   parser.add_argument("--work_dir", default="", help="Data files (default: a temporary folder).")
   parser.add_argument("--json_out", default="", help="Also write the figures as JSON here.")
   parser.add_argument("--annotations", type=int, default=1_000_000)
