@@ -26,7 +26,10 @@ every annotation, so labels.csv then equals `dawid_skene` on all annotations at 
 float rounding: 1e-5 on posteriors in the tests). The per-batch labels are those of the
 incremental fit; EM has local optima, and the tests measure how often a purely
 warm-started fit ends with other labels (under 2% of items on a small simulated crowd
-with spammers). `method="majority_vote"` keeps the vote counts [I, K] (its sufficient
+with spammers). `method="one_coin_dawid_skene"` is the same machinery with the M-step of
+`feedback.one_coin_dawid_skene` (one accuracy per annotator: the correct mass is the
+trace of n[a], so the same statistics serve). `method="majority_vote"` keeps the vote
+counts [I, K] (its sufficient
 statistics) and is exact after every batch.
 
 State (what a checkpoint holds; npz + json, never pickle):
@@ -94,7 +97,7 @@ __all__ = [
     "follow",
 ]
 
-STREAM_METHODS = ("dawid_skene", "majority_vote")
+STREAM_METHODS = ("dawid_skene", "one_coin_dawid_skene", "majority_vote")
 _SUFFIXES = {
     "jsonl": (".jsonl", ".jsonl.gz", ".json"),
     "csv": (".csv", ".csv.gz"),
@@ -234,8 +237,24 @@ def _normalized_log(pseudo_counts, floor):
   return jnp.log(floored) - jnp.log(jnp.sum(floored, axis=-1, keepdims=True))
 
 
+def _one_coin_log_confusion(correct, wrong, smoothing, num_classes: int, xp=jnp):
+  """One-coin M-step from the expected correct and wrong answer mass per annotator, as
+  `feedback.one_coin_dawid_skene`: p_a = (correct + s) / (answers + 2 s), off-diagonal
+  (1 - p_a) / (K - 1), floored at 1e-10; 1 / K without evidence."""
+  denominator = correct + wrong + 2.0 * smoothing
+  has_evidence = denominator > 0
+  scale = xp.where(has_evidence, 1.0 / xp.maximum(denominator, _PROB_FLOOR), 0.0)
+  accuracy = xp.where(has_evidence, (correct + smoothing) * scale, 1.0 / num_classes)
+  error = xp.where(has_evidence, (wrong + smoothing) * scale, 1.0 - 1.0 / num_classes)
+  log_accuracy = xp.log(xp.maximum(accuracy, _PROB_FLOOR))
+  log_error = xp.log(xp.maximum(error / (num_classes - 1), _PROB_FLOOR))
+  eye = xp.eye(num_classes, dtype=bool)
+  return xp.where(eye, log_accuracy[:, None, None], log_error[:, None, None])
+
+
 def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_prior,
-             smoothing, tol, num_items: int, num_classes: int, num_iters: int, warm: bool):
+             smoothing, tol, num_items: int, num_classes: int, num_iters: int, warm: bool,
+             one_coin: bool = False):
   """Dawid-Skene EM on padded annotations, from the vote shares or from old parameters.
 
   items, annotators, labels, weight: [N_cap] (weight 1 on annotations, 0 on padding);
@@ -247,7 +266,8 @@ def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_pri
        rho[k] ∝ sum_{annotated i} q[i, k];
     E: q[i, k] ∝ rho[k] prod_n confusion[a_n, k, y_n]^{w_n};
 
-  stopping after the first iteration in which no posterior moved by `tol`. Returns
+  stopping after the first iteration in which no posterior moved by `tol`. `one_coin`:
+  the M-step of `feedback.one_coin_dawid_skene` instead (one accuracy per annotator). Returns
   posteriors [I_cap, K], log confusion, log class prior (the M-step on the returned
   posteriors), expected confusion counts [A_cap, K, K], class counts [K], iterations.
   """
@@ -264,7 +284,14 @@ def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_pri
     counts = jax.ops.segment_sum(posteriors[items] * weight[:, None], segments,
                                  num_segments=num_annotators * k)
     counts = counts.reshape(num_annotators, k, k).transpose(0, 2, 1)  # [A, true, observed]
-    log_confusion = _normalized_log(counts + smoothing, label_floor)
+    if one_coin:
+      agreeing = posteriors[items, labels] * weight
+      # The wrong mass summed directly: 1 - correct rounds to 0 in float32 for the best.
+      correct = jax.ops.segment_sum(agreeing, annotators, num_segments=num_annotators)
+      wrong = jax.ops.segment_sum(weight - agreeing, annotators, num_segments=num_annotators)
+      log_confusion = _one_coin_log_confusion(correct, wrong, smoothing, k)
+    else:
+      log_confusion = _normalized_log(counts + smoothing, label_floor)
     class_counts = jnp.sum(jnp.where(annotated[:, None], posteriors, 0.0), axis=0)
     log_prior = _normalized_log(jnp.maximum(class_counts, 0.0), _PROB_FLOOR)
     return log_confusion, log_prior, counts, class_counts
@@ -302,7 +329,7 @@ def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_pri
 
 
 _fit_dawid_skene = jax.jit(
-    _em_core, static_argnames=("num_items", "num_classes", "num_iters", "warm"))
+    _em_core, static_argnames=("num_items", "num_classes", "num_iters", "warm", "one_coin"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -758,9 +785,10 @@ class StreamingAggregator:
         padded(self._items, n_cap), padded(self._annotators, n_cap), padded(self._labels, n_cap),
         weight, init_log_confusion, init_log_prior, np.float32(self.config.smoothing),
         np.float32(self.config.tol), num_items=i_cap, num_classes=k,
-        num_iters=num_iters or self.config.num_iters, warm=self._has_fit)
+        num_iters=num_iters or self.config.num_iters, warm=self._has_fit,
+        one_coin=self.config.method == "one_coin_dawid_skene")
     posteriors, _, _, counts, class_counts, iters = jax.device_get(outputs)
-    self.posteriors = np.asarray(posteriors[:num_items], np.float32)
+    self.posteriors = np.array(posteriors[:num_items], np.float32)  # a writable copy
     self.confusion_counts = np.asarray(counts[:num_annotators], np.float64)
     self.class_counts = np.asarray(class_counts, np.float64)
     self._has_fit = True
@@ -770,6 +798,11 @@ class StreamingAggregator:
   def _log_confusion(self) -> np.ndarray:
     """M-step from the sufficient statistics: log confusion [A, K, K] (floors as
     `feedback.dawid_skene`: 1e-10, and 1e-30 for labels the annotator never gave)."""
+    if self.config.method == "one_coin_dawid_skene":
+      correct = np.trace(self.confusion_counts, axis1=1, axis2=2)
+      wrong = self.confusion_counts.sum((1, 2)) - correct
+      return _one_coin_log_confusion(correct, np.maximum(wrong, 0.0), self.config.smoothing,
+                                     self.num_classes, xp=np)
     floor = np.where(self.label_counts[:, None, :] > 0, _PROB_FLOOR, _UNUSED_LABEL_FLOOR)
     floored = np.maximum(self.confusion_counts + self.config.smoothing, floor)
     return np.log(floored) - np.log(floored.sum(-1, keepdims=True))

@@ -76,6 +76,28 @@ def test_dawid_skene_stream_equals_all_at_once(tmp_path):
   assert np.allclose(aggregator.confusion.sum(-1), 1.0)
 
 
+def test_one_coin_stream_equals_all_at_once(tmp_path):
+  records = _records(num_items=600, num_annotators=20, seed=1)
+  config = feedback.StreamConfig(format="jsonl", method="one_coin_dawid_skene", tol=1e-6,
+                                 num_iters=300)
+  aggregator = feedback.StreamingAggregator(tmp_path / "out", config)
+  for b in range(0, len(records), 300):
+    aggregator.feed(records[b:b + 300])
+  item_ids, posteriors, labels = _all_at_once(tmp_path, records, "one_coin_dawid_skene",
+                                              tol=1e-6, num_iters=300)
+  aggregator.converge(warm=True)
+  _, warm_labels = _by_item(aggregator, item_ids)
+  assert np.mean(warm_labels == labels) >= 0.98
+  aggregator.converge()
+  stream_posteriors, stream_labels = _by_item(aggregator, item_ids)
+  np.testing.assert_allclose(stream_posteriors, posteriors, atol=1e-5)
+  np.testing.assert_array_equal(stream_labels, labels)
+  # One accuracy per annotator: every confusion row has one value off the diagonal.
+  confusion = aggregator.confusion
+  off = confusion[:, ~np.eye(3, dtype=bool)]
+  np.testing.assert_allclose(off, off[:, :1] * np.ones_like(off), rtol=1e-6)
+
+
 def test_majority_vote_stream_is_exact_and_writes_changes(tmp_path):
   records = _records(num_items=300, num_annotators=12)
   aggregator = feedback.StreamingAggregator(
