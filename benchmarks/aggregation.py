@@ -79,7 +79,8 @@ import numpy as np
 # Allow `python benchmarks/aggregation.py` from the repository root without installation.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlhf_jax.feedback import aggregation, pairwise, simulate  # noqa: E402
+from rlhf_jax.feedback import simulate  # noqa: E402
+from rlhf_jax.feedback.models import crowd_bt as pairwise, dawid_skene as aggregation  # noqa: E402
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -5,7 +5,15 @@ r"""Aggregates a file of human annotations into labels with a confidence, and re
       --config.method=dawid_skene --config.output_dir=/tmp/duck
 
 Writes DIR/labels.csv, DIR/annotators.csv, DIR/rejects.jsonl, DIR/report.md (with PNG
-plots) and DIR/summary.json, and prints a summary. Every field of configs/aggregate.py
+plots) and DIR/summary.json, and prints a summary. For pairwise preferences (classes a, b,
+tie) also the training file DIR/train.jsonl (texts, soft target, confidence as weight,
+annotation ids; expert decisions included), which
+
+  python scripts/train.py --config=configs/reward_model.py --config.data.train=DIR/train.jsonl
+
+reads unchanged, DIR/awaiting_review.jsonl (items routed to expert review without a
+decision yet) and DIR/train_rejects.jsonl (items the trainer would refuse, with the
+reason): every item is in exactly one of the three. Every field of configs/aggregate.py
 can be overridden with `--config.<field>=<value>`; an unknown field is an error.
 `--config.classes=0,1` declares the classes: an answer outside them (a typo such as `O`
 or `yes`) goes to rejects.jsonl with its line instead of becoming a class.
@@ -81,7 +89,7 @@ def main(argv: list[str]) -> None:
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news.
-  from rlhf_jax.feedback import pipeline  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.workflow import pipeline  # pylint: disable=g-import-not-at-top
 
   try:
     outputs = pipeline.run(_CONFIG.value)
