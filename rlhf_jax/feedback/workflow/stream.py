@@ -34,8 +34,8 @@ statistics) and is exact after every batch.
 
 State (what a checkpoint holds; npz + json, never pickle):
 * `checkpoint/segments/NNNNNN.npz`: each batch's accepted annotations as global indices
-  (items, annotators, labels) with the item and annotator ids first seen in it and the
-  annotation ids: the sufficient statistics of the exact refit, appended once, never
+  (items, annotators, labels) with the item and annotator ids first seen in it, the
+  annotation ids and guideline versions, and the new items' texts (JSON strings): the sufficient statistics of the exact refit, appended once, never
   rewritten.
 * `checkpoint/state-NNNNNN.npz`: posteriors [I, K], confusion [A, K, K], expected
   confusion counts n[a, k, l] and class counts (the M-step's sufficient statistics),
@@ -55,8 +55,12 @@ new or whose label or confidence moved by at least `change_threshold`: item, lab
 confidence, previous label and confidence, posteriors, annotations), `rejects/NNNNNN.jsonl`
 (rows of the batch that were not used, with file, line, field and reason;
 accepted + rejected = read), `annotators.csv` (current annotator metrics, rewritten).
-`write_labels()` writes `labels.csv` for every item; `follow` does so whenever the
-folder has no unread batch left.
+`write_labels()` writes `labels.csv` for every item, and `write_training()` the training
+file of the data layer (`feedback.write_training_file`: train.jsonl with texts, soft
+target, confidence as weight and lineage; awaiting_review.jsonl for items below
+`review_threshold`; train_rejects.jsonl), so every item is in exactly one; `follow` writes
+both whenever the folder has no unread batch left (the training file for pairwise
+formats).
 
 Batches. A batch is a file in one of `rlhf_jax.feedback.FORMATS` read by
 `rlhf_jax.feedback.read_annotations` (one validation path: its rejects are this batch's
@@ -125,6 +129,8 @@ class StreamConfig:
     duplicate_policy: within one batch, as `feedback.read_annotations`.
     change_threshold: a confidence move at least this large puts an item in the batch's
       changes file (new items and changed labels always are).
+    review_threshold: in the training file, items whose confidence is below this await
+      expert review instead of training (as `configs/aggregate.py` routing).
     local_iters: incremental EM steps on a batch's items (when no full EM runs).
     refit_growth: a full warm-started EM over all annotations runs once they grew by
       this share since the last one (0: after every batch; the total work stays linear
@@ -145,6 +151,7 @@ class StreamConfig:
   smoothing: float = 0.0
   duplicate_policy: str = "keep_last"
   change_threshold: float = 0.01
+  review_threshold: float = 0.7
   local_iters: int = 3
   refit_growth: float = 0.25
   refit_iters: int = 20
@@ -410,6 +417,9 @@ class StreamingAggregator:
     self.annotator_ids: list[str] = []
     self.annotator_index: dict[str, int] = {}
     self.annotation_ids: set[str] = set()
+    self.annotation_order: list[str] = []  # annotation ids in stream order (lineage)
+    self.guideline_versions: list[str] = []  # per annotation, "" when absent
+    self.item_payloads: list[dict[str, Any]] = []  # per item: prompt, response_a, response_b
     self.pairs: set[int] = set()  # item * 2**32 + annotator, for cross-batch repeats
     self._items = np.zeros((0,), np.int32)
     self._annotators = np.zeros((0,), np.int32)
@@ -480,6 +490,7 @@ class StreamingAggregator:
     accepted, rejects, num_read = self._read(path, rejects_path)
     read_seconds = time.perf_counter() - read_start
     new_items_start, new_annotators_start = self.num_items, self.num_annotators
+    annotations_start = self.num_annotations
     self.num_items_before = old_size = self.posteriors.shape[0]
     assert old_size == new_items_start or True
     items, annotators, labels, kept_ids, golden = self._encode(accepted, rejects, path)
@@ -505,7 +516,10 @@ class StreamingAggregator:
         items=items, annotators=annotators, labels=labels,
         new_item_ids=_str_array(self.item_ids[new_items_start:]),
         new_annotator_ids=_str_array(self.annotator_ids[new_annotators_start:]),
-        annotation_ids=_str_array(kept_ids))
+        annotation_ids=_str_array(kept_ids),
+        guideline_versions=_str_array(self.guideline_versions[annotations_start:]),
+        new_item_payloads=_str_array([json.dumps(p, ensure_ascii=False)
+                                      for p in self.item_payloads[new_items_start:]]))
     state_file = self._state_file_name(index)
     self._save_state(self.checkpoint_dir / state_file)
     record = {"index": index, "name": path.name, "hash": content_hash, "num_read": num_read,
@@ -547,6 +561,32 @@ class StreamingAggregator:
                                              current["posteriors"])])
     _atomic_write_bytes(path, ("\n".join(lines) + "\n" + rows).encode("utf-8"))
     return path
+
+  def write_training(self, output_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Writes train.jsonl, awaiting_review.jsonl and train_rejects.jsonl
+    (`feedback.write_training_file`) for a pairwise stream: every item is in exactly one.
+
+    An item whose confidence is below `review_threshold` awaits review (label source
+    "pending"); the others train with their current label, the posterior as soft target
+    (vote shares for majority_vote) and the confidence as weight, with their lineage.
+    Returns the `TrainingFileReport`.
+    """
+    if self.config.format == "crowd_csv":
+      raise ValueError("a training file needs pairwise records (prompt, response_a, response_b).")
+    enc = feedback.EncodedAnnotations(
+        items=self._items, annotators=self._annotators, labels=self._labels,
+        item_ids=tuple(self.item_ids), annotator_ids=tuple(self.annotator_ids),
+        class_names=tuple(self.class_names), annotation_ids=tuple(self.annotation_order),
+        guideline_versions=tuple(self.guideline_versions),
+        item_payloads=tuple(self.item_payloads))
+    current = self.labels()
+    source = ["pending" if c < self.config.review_threshold else "crowd"
+              for c in current["confidence"]]
+    return feedback.write_training_file(
+        Path(output_dir) if output_dir is not None else self.output_dir, enc,
+        labels=current["label"], confidence=current["confidence"],
+        soft_labels=current["posteriors"], label_source=source,
+        lineage=feedback.item_lineage(enc))
 
   def annotator_rows(self) -> list[dict[str, Any]]:
     """Current annotator metrics, one dict per annotator (the rows of annotators.csv)."""
@@ -670,6 +710,14 @@ class StreamingAggregator:
       raise ValueError(f"{path}: a class outside {self.class_names} reached the stream.")
     kept_ids = [enc.annotation_ids[n] for n in kept]
     self.annotation_ids.update(kept_ids)
+    self.annotation_order.extend(kept_ids)
+    versions = enc.guideline_versions
+    self.guideline_versions.extend((versions[n] or "") if versions is not None else ""
+                                   for n in kept)
+    batch_item = {item_id: j for j, item_id in enumerate(enc.item_ids)}
+    for item_id in self.item_ids[len(self.item_payloads):]:
+      payload = enc.item_payloads[batch_item[item_id]] if enc.item_payloads is not None else None
+      self.item_payloads.append(dict(payload or {}))
     self.pairs.update(batch_pairs)
     golden = None
     if enc.is_golden is not None and enc.golden_labels is not None:
@@ -1004,6 +1052,9 @@ class StreamingAggregator:
         self.annotator_index[annotator_id] = len(self.annotator_ids)
         self.annotator_ids.append(annotator_id)
       self.annotation_ids.update(segment["annotation_ids"].tolist())
+      self.annotation_order.extend(segment["annotation_ids"].tolist())
+      self.guideline_versions.extend(segment["guideline_versions"].tolist())
+      self.item_payloads.extend(json.loads(p) for p in segment["new_item_payloads"].tolist())
       items.append(segment["items"])
       annotators.append(segment["annotators"])
       labels.append(segment["labels"])
@@ -1120,6 +1171,8 @@ def follow(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]
     if not labels_current and aggregator.num_batches:
       aggregator.converge()  # idle: run EM to convergence before writing every label
       aggregator.write_labels()
+      if config.format != "crowd_csv":
+        aggregator.write_training()
       labels_current = True
     if idle_exit_seconds is not None and time.monotonic() - last_activity >= idle_exit_seconds:
       return aggregator
@@ -1142,7 +1195,8 @@ def config_from_aggregate(config: Any) -> StreamConfig:
   return StreamConfig(format=config.format, method=config.method, classes=classes,
                       num_iters=int(config.num_iters), tol=float(config.tol),
                       smoothing=float(config.smoothing),
-                      duplicate_policy=config.duplicate_policy)
+                      duplicate_policy=config.duplicate_policy,
+                      review_threshold=float(config.routing.confidence_threshold))
 
 
 def run_follow(config: Any, input_dir: str, *, poll_seconds: float = 2.0,
