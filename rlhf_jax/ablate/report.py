@@ -83,7 +83,7 @@ def results_table(experiment: Experiment, cells: list[dict[str, Any]], rows: lis
   if experiment.baseline is not None and metrics:
     all_ids = {cell_id(o) for o in cells}
     whole = cell_id(experiment.baseline) in all_ids
-    shown = metrics[:3]
+    shown = metrics[:5]
     if whole:
       intro = f"Paired differences against the baseline cell `{cell_id(experiment.baseline)}`"
     else:
