@@ -499,7 +499,8 @@ def active_selection(params: dict[str, Any], seeds: list[int]) -> list[dict[str,
   different initialisations and bootstrap weights) or margin (smallest |mean r(a) - r(b)|).
   After each round the ensemble is retrained from scratch on all pairs bought; metric
   accuracy_at_N is the held-out accuracy of the ensemble's mean reward with N pairs
-  bought (the unlabelled pool is padded in with weight 0, so every round has the same
+  bought; bought_label_accuracy and bought_abs_difference describe the pairs bought in
+  the end (their majority labels against gold, their mean |gold difference|) (the unlabelled pool is padded in with weight 0, so every round has the same
   shapes and one compiled program)."""
   pool = int(params["pool_pairs"])
   budget, batch, k = int(params["budget"]), int(params["batch"]), int(params["ensemble"])
@@ -553,5 +554,9 @@ def active_selection(params: dict[str, Any], seeds: list[int]) -> list[dict[str,
       score = np.where(bought[i], -np.inf, score)
       bought[i, np.argsort(-score, kind="stable")[:batch]] = True
   for i, s in enumerate(seeds):
+    pairs, labels, _ = data[i]
+    truth = np.where(pairs.gold_prefers_a, feedback.A_PREFERRED, feedback.B_PREFERRED)
     rows[i]["rm_accuracy"] = rows[i][f"accuracy_at_{budget}"]
+    rows[i]["bought_label_accuracy"] = float(np.mean(labels[bought[i]] == truth[bought[i]]))
+    rows[i]["bought_abs_difference"] = float(np.mean(np.abs(pairs.difference[bought[i]])))
   return rows
