@@ -435,8 +435,9 @@ def golden_drift(params: dict[str, Any], seeds: list[int]) -> list[dict[str, flo
   leave-one-out majority of its item (consensus), or none (off). An alarm acts on the
   weights: the annotator's labels after its alarm time get weight 0 in the vote.
 
-  Metrics: label_accuracy (all pairs), late_label_accuracy (pairs labelled, on average, in
-  the last third of the time span, after most change points), detection_rate (drifting
+  Metrics: label_accuracy (all pairs), label_accuracy_third_1..3 (pairs by the mean time
+  of their labels, in thirds of the span; late_label_accuracy is the last third, after most
+  change points), detection_rate (drifting
   annotators with an alarm after their change), false_alarms (annotators with an alarm
   before any change: the good ones, or a drifting one before its change), delay_days
   (mean alarm time - change time over detected drifting annotators; NaN when none).
@@ -475,7 +476,9 @@ def golden_drift(params: dict[str, Any], seeds: list[int]) -> list[dict[str, flo
     truth = np.where(pairs.gold_prefers_a, feedback.A_PREFERRED, feedback.B_PREFERRED)
     mean_time = np.bincount(crowd.items, weights=crowd.timestamps - crowd.timestamps.min(), minlength=num_pairs)
     mean_time /= np.maximum(np.bincount(crowd.items, minlength=num_pairs), 1)
-    late = mean_time > (2.0 / 3.0) * (crowd.timestamps.max() - crowd.timestamps.min())
+    span = crowd.timestamps.max() - crowd.timestamps.min()
+    third = np.minimum((3 * mean_time / span).astype(int), 2)  # 0, 1, 2: early, middle, late
+    late = third == 2
     change = crowd.simulation.change_times
     is_drifting = np.isfinite(change)
     detected = is_drifting & np.isfinite(alarm_time) & (alarm_time >= np.nan_to_num(change, nan=np.inf))
@@ -484,6 +487,7 @@ def golden_drift(params: dict[str, Any], seeds: list[int]) -> list[dict[str, flo
     rows.append({
         "label_accuracy": float(np.mean(labels == truth)),
         "late_label_accuracy": float(np.mean(labels[late] == truth[late])),
+        **{f"label_accuracy_third_{t + 1}": float(np.mean(labels[third == t] == truth[third == t])) for t in range(3)},
         "detection_rate": float(detected.sum() / max(is_drifting.sum(), 1)),
         "false_alarms": float(false_alarm.sum()),
         "delay_days": float(delays.mean()) if delays.size else float("nan"),
