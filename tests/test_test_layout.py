@@ -47,7 +47,6 @@ NO_MIRROR = {
 # split out. The test below fails when one of these gains its mirror (take it off the
 # list) and when any other module lacks one.
 NOT_YET_MIRRORED = {
-    "data/packing.py": "tests/train/test_padding_free.py, tests/benchmarks/test_packing_shapes.py",
     "feedback/models/em.py": "tests/feedback/models/test_dawid_skene.py and the other EM models' tests",
     "feedback/models/registry.py": "tests/feedback/models/test_aggregation_registry.py",
     "feedback/types.py": "tests/feedback/* (every model and metric builds them)",
