@@ -51,7 +51,6 @@ NOT_YET_MIRRORED = {
     "feedback/models/registry.py": "tests/feedback/models/test_aggregation_registry.py",
     "feedback/types.py": "tests/feedback/* (every model and metric builds them)",
     "feedback/workflow/report.py": "tests/feedback/workflow/test_pipeline.py, test_workflow_plan.py",
-    "train/objectives/logps.py": "tests/train/test_shared_prompt.py, tests/train/test_padding_free.py",
 }
 
 
