@@ -19,7 +19,8 @@ def test_prepare_grpo_and_rloo_group_baselines():
   rollout, _ = synthetic_rollout(rows=8, group_size=4)
   r = as_numpy(rollout)
   mask = r["completion_mask"]
-  grpo = fast_jit(lambda x: objectives.get("grpo").prepare(x, objectives.GRPOSettings(missing_eos_penalty=1.0)))(rollout)
+  settings = objectives.GRPOSettings(missing_eos_penalty=1.0)
+  grpo = fast_jit(lambda x: objectives.get("grpo").prepare(x, settings))(rollout)
   scores = (r["scores"] - 1.0 * (~r["stopped"])).reshape(2, 4)
   expected = (scores - scores.mean(1, keepdims=True)) / (scores.std(1, ddof=1, keepdims=True) + 1e-4)
   np.testing.assert_allclose(grpo["advantages"], np.where(mask, expected.reshape(-1)[:, None], 0), rtol=1e-5,
