@@ -203,11 +203,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force_new: bo
   """
   check_config(config)
   workdir = rundir.prepare(workdir)
-  rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME, force_new=force_new, entries=ENTRIES)
+  rundir.check_resume(workdir, config.to_dict(), may_change=MAY_CHANGE_ON_RESUME, force_new=force_new,
+                      entries=ENTRIES)
   # A summary describes a finished run: the one of an earlier start goes now, and the
   # new one is written once every stage has finished.
   (workdir / "summary.json").unlink(missing_ok=True)
-  rundir.write_config(workdir, config)
+  rundir.write_config(workdir, config.to_dict())
   start = time.time()
   task = make_task(config.task.num_pairs + config.task.num_eval, config.seed)
   train_task, eval_task = task[: config.task.num_pairs], task[config.task.num_pairs:]

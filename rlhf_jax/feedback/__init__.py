@@ -116,3 +116,24 @@ from rlhf_jax.feedback.types import (
     AggregationResult,
     EncodedAnnotations,
 )
+
+# The campaign workflow (issue 20): streaming aggregation, task planning, label audits.
+from rlhf_jax.feedback.workflow.stream import (  # pylint: disable=wrong-import-position
+    STREAM_METHODS,
+    BatchResult,
+    StreamConfig,
+    StreamingAggregator,
+    follow,
+)
+from rlhf_jax.feedback.workflow.plan import (  # pylint: disable=wrong-import-position
+    PlanConfig,
+    TaskPlan,
+    guideline_breakdown,
+    plan_tasks,
+    read_label_studio_export,
+)
+from rlhf_jax.feedback.workflow.audit import (  # pylint: disable=wrong-import-position
+    AuditResult,
+    audit_labels,
+    dataset_balance,
+)

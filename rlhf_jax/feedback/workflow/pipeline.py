@@ -925,6 +925,11 @@ def run(config: Any, *, progress: bool | None = None) -> AggregateOutputs:
         "seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "files": files,
     }
+    # Agreement and accuracy per guideline version (issue 20): a guideline change shows.
+    from rlhf_jax.feedback.workflow import plan as plan_lib  # pylint: disable=g-import-not-at-top
+    summary["by_guideline"] = plan_lib.guideline_breakdown(
+        enc, final_labels, {i: int(t) for i, t in enumerate(truth_labels) if t != -1}
+        if truth is not None else None)
     if crowd_bt_info is not None:
       summary["crowd_bt"] = {
           "num_responses": int(crowd_bt_info["response_ids"].size),

@@ -486,6 +486,19 @@ def write_report_md(
               f"{s['crowd_bt']['num_comparisons']} comparisons (`scores.csv`); a comparison's "
               "posterior is sigmoid(score_a - score_b)."]
 
+  if s.get("by_guideline"):
+    lines += ["", "## By guideline version", "",
+              "Percent agreement among the answers given under each version, agreement of "
+              "those answers with the final label, golden accuracy, and accuracy of the final "
+              "labels of the items annotated under it (where a gold label is known):", ""]
+    lines += _markdown_table(
+        ["version", "annotations", "annotators", "items", "percent agreement",
+         "agreement with label", "golden accuracy", "accuracy"],
+        [[r["guideline_version"], r["num_annotations"], r["num_annotators"], r["num_items"],
+          format_number(r["percent_agreement"], 4), format_number(r["agreement_with_label"], 4),
+          format_number(r["golden_accuracy"], 4), format_number(r["accuracy"], 4)]
+         for r in s["by_guideline"]])
+
   lines += ["", "## Annotators", ""]
   calibration = s["calibration"]
   if calibration["num_with_golden"]:

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from rlhf_jax import cli, data, host_memory
-from rlhf_jax.train import checkpoint, inputs, loop, networks, rundir
+from rlhf_jax.train import checkpoint, loop, networks, rundir
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
 
-from train_testlib import numpy_sequence_logps, tiny_config
+from train_testlib import load_datasets, numpy_sequence_logps, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 HH_RLHF = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test-head1500.jsonl.gz"
@@ -30,7 +31,7 @@ def _short(objective, **overrides):
 
 def _forward(config, kind, vocab_size=32):
   """The raw model outputs (logits or rewards) as a jitted function of (params, tokens, mask)."""
-  model = networks.build_model(config, vocab_size, kind)
+  model = networks.build_model(config_lib.model_settings(config), vocab_size, kind)
   return jax.jit(lambda p, t, m: model.apply({"params": p}, t, m), compiler_options=FAST_COMPILE_OPTIONS)
 
 
@@ -42,7 +43,7 @@ def test_dpo_drives_implicit_reward_accuracy_to_one(tmp_path):
   # Independent check: implicit rewards beta * (log pi - log pi_ref), the policy's from its
   # raw logits, the reference's from the run's cache (checked against the reference
   # model's logits in test_train_step.py).
-  pairs = inputs.load_datasets(config, tmp_path / "data").eval
+  pairs = load_datasets(config, tmp_path / "data").eval
   (cache,) = (tmp_path / "reference_cache").glob("reference_eval_*.npz")
   with np.load(cache) as stored:
     np.testing.assert_array_equal(stored["example_index"], pairs["example_index"])
@@ -74,7 +75,7 @@ def test_reward_model_learns_the_planted_rule(tmp_path):
   assert results["eval/accuracy"] == 1.0
   assert results["eval/ece"] < 0.1
   # Independent check of the accuracy from the model's raw rewards on held-out pairs.
-  pairs = inputs.load_datasets(config, tmp_path / "data").eval
+  pairs = load_datasets(config, tmp_path / "data").eval
   apply = _forward(config, "reward")
   params = jax.device_get(results["state"].params)
   chosen = np.asarray(apply(params, pairs["chosen_tokens"], pairs["chosen_attention_mask"]))[:, 0]
@@ -116,7 +117,7 @@ def test_bad_rows_go_to_the_rejects_file(tmp_path):
   path = tmp_path / "train.jsonl"
   path.write_text("\n".join(lines) + "\n")
   config = tiny_config("reward_model", data__train=str(path), data__tokenizer_vocab_size=300)
-  datasets = inputs.load_datasets(config, tmp_path / "run")
+  datasets = load_datasets(config, tmp_path / "run")
   assert len(datasets.train["chosen_tokens"]) == 4 and datasets.eval is None
   assert datasets.info.vocab_size == 300  # a tokenizer trained on the file, in the workdir
   assert (tmp_path / "run" / "tokenizer" / "spm.model").is_file()
