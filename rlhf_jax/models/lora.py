@@ -29,8 +29,11 @@ value head of a model that has one (a new head has no pretrained value to keep).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Mapping
+import zlib
+from typing import Any, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -39,12 +42,28 @@ import jax.numpy as jnp
 from rlhf_jax.models.config import LORA_TARGETS, TransformerConfig
 
 __all__ = ["ADAPTER_SUFFIXES", "HEAD_NAMES", "LORA_TARGETS", "adapter", "adapter_params", "base_config",
-           "base_model", "base_params", "combine", "enabled", "is_adapter", "merge", "param_counts", "scale",
+           "base_model", "base_params", "combine", "dropout_key", "enabled", "is_adapter", "is_trainable", "merge", "param_counts", "scale",
            "trainable_mask", "trainable_params"]
 
 ADAPTER_SUFFIXES = ("_lora_a", "_lora_b")
 # Heads a LoRA run trains in full alongside the adapters (as PEFT's `modules_to_save`).
 HEAD_NAMES = ("reward_head", "value_head")
+
+
+# The trainer's dropout key (`dropout_key`), read while its step is traced.
+_DROPOUT_KEY: contextvars.ContextVar[jax.Array | None] = contextvars.ContextVar("lora_dropout_key", default=None)
+
+
+@contextlib.contextmanager
+def dropout_key(key: jax.Array | None) -> Iterator[None]:
+  """Adapters apply dropout with `key` (folded with each adapter's module path and name)
+  inside this context: how a train step switches LoRA dropout on without threading
+  `rngs` through every objective's `apply`. Explicit `rngs={"dropout": ...}` win."""
+  token = _DROPOUT_KEY.set(key)
+  try:
+    yield
+  finally:
+    _DROPOUT_KEY.reset(token)
 
 
 def enabled(config: TransformerConfig) -> bool:
@@ -65,7 +84,8 @@ def adapter(module: nn.Module, name: str, x: jax.Array, shape: tuple[int, ...], 
   `config` is a `TransformerConfig`), where the projection's kernel has `shape` = in +
   out (`contract` input axes) and logical axis names `axes`; the rank axis is unsharded.
   `x` [..., *in] is the projection's input. Dropout (rate `lora_dropout`, inverted
-  scaling) runs only when the caller passed a "dropout" PRNG key to `apply`.
+  scaling) runs only when the caller passed a "dropout" PRNG key to `apply`, or inside
+  `dropout_key(key)` (the train step's).
   Returns [..., *out] in the compute dtype.
   """
   from rlhf_jax.models.layers import project  # pylint: disable=g-import-not-at-top (layers imports this module)
@@ -84,9 +104,16 @@ def adapter(module: nn.Module, name: str, x: jax.Array, shape: tuple[int, ...], 
       nn.initializers.zeros_init(), (None,) + tuple(axes[contract:])), (rank,) + outer, cfg.params_dtype)
   dtype = cfg.compute_dtype
   x = x.astype(dtype)
-  if cfg.lora_dropout > 0 and module.has_rng("dropout"):
+  key = None
+  if cfg.lora_dropout > 0:
+    if module.has_rng("dropout"):
+      key = module.make_rng("dropout")
+    elif _DROPOUT_KEY.get() is not None:
+      where = "/".join(map(str, module.path)) + f"/{name}"
+      key = jax.random.fold_in(_DROPOUT_KEY.get(), zlib.crc32(where.encode()) & 0x7FFFFFFF)
+  if key is not None:
     keep = 1.0 - cfg.lora_dropout
-    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+    mask = jax.random.bernoulli(key, keep, x.shape)
     x = jnp.where(mask, x / jnp.asarray(keep, dtype), jnp.zeros((), dtype))
   low = project(x, lora_a.astype(dtype), contract)  # [..., r]
   return project(low, lora_b.astype(dtype)) * jnp.asarray(scale(cfg), dtype)
@@ -124,6 +151,11 @@ def _is_head(path: tuple[Any, ...]) -> bool:
   return any(_key_name(k) in HEAD_NAMES for k in path)
 
 
+def is_trainable(path: tuple[Any, ...]) -> bool:
+  """True for what a LoRA run trains: an adapter, or a leaf of a reward / value head."""
+  return is_adapter(path) or _is_head(path)
+
+
 def _filter(tree: Mapping[str, Any], keep, prefix: tuple[str, ...] = ()) -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
@@ -149,12 +181,12 @@ def base_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def trainable_params(params: Mapping[str, Any]) -> dict[str, Any]:
   """What a LoRA run trains and saves: the adapters and any reward or value head."""
-  return _filter(params, lambda path: is_adapter(path) or _is_head(path))
+  return _filter(params, is_trainable)
 
 
 def trainable_mask(params: Any) -> Any:
   """A tree of bools like `params`: true on adapters and on reward / value heads."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: is_adapter(path) or _is_head(path), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: is_trainable(path), params)
 
 
 def combine(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import padding_free
+from rlhf_jax.train import pretrained
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import shared_prompt
 from rlhf_jax.train import state as state_lib
@@ -188,6 +189,9 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
         f"{model.config.max_len} (preset {config.model.preset!r}).")
   total_steps = int(config.train.steps)
   tx = optim.make_optimizer(config.optim, total_steps)
+  if models.lora.enabled(model.config):
+    # LoRA: the optimizer (and its state) covers the adapters and heads only.
+    tx = pretrained.optimizer(tx)
   schedule = optim.learning_rate_schedule(config.optim, total_steps)
   rules = axis_rules(mesh)
 
@@ -216,11 +220,13 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
   reference_cached = reference_on_the_fly = None
   if objective.reference:
     groups = reference_lib.reference_groups(info.kind, tuple(device_batch_layout(config, info, packed=False)))
+    # LoRA: the reference is the same parameters with the adapters off (the frozen base).
+    reference_model = models.lora.base_model(model)
     reference_cached = MeshFunction(reference_lib.make_reference_fn(
-        model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options,
+        reference_model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options,
         shared_layout=layout.shared_prompt), mesh, rules)
     reference_on_the_fly = MeshFunction(reference_lib.make_reference_fn(
-        model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options,
+        reference_model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options,
         shared_layout=layout.shared_prompt), mesh, rules)
   return Components(
       config=config, info=info, objective=objective, settings=settings, layout=layout, model=model, tx=tx, schedule=schedule, mesh=mesh,

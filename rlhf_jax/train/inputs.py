@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import data as data_lib
+from rlhf_jax.train import pretrained
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import reference as reference_lib
 
@@ -224,6 +225,9 @@ def _sync(name: str) -> None:
 def _tokenizer(config: Any, workdir: Path, train_records) -> data_lib.Tokenizer:
   if config.data.tokenizer:
     return data_lib.Tokenizer.load(config.data.tokenizer)
+  if pretrained.is_pretrained(config.model.get("init_from")):
+    # A pretrained model reads the ids of its own tokenizer.
+    return pretrained.tokenizer(config.model.init_from)
   prefix = workdir / "tokenizer" / "spm"
   model_path = prefix.with_suffix(".model")
   if not model_path.is_file():

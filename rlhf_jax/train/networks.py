@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax import models
+from rlhf_jax.train import pretrained
 
 __all__ = [
     "ENSEMBLE_AXIS",
@@ -43,15 +44,27 @@ def model_config(config: Any, vocab_size: int, **preset_overrides: Any) -> model
   """The TransformerConfig of `config.model` with the data's vocabulary size (and any
   `TransformerConfig` fields in `preset_overrides`, e.g. `n_layers` for planning)."""
   overrides: dict[str, Any] = {"param_dtype": config.model.param_dtype, **preset_overrides}
+  overrides.update(pretrained.lora_fields(config.model.get("lora")))
+  if config.model.get("dtype") is not None:
+    overrides["dtype"] = config.model.dtype
+  if config.model.get("remat") is not None:
+    overrides["remat"] = bool(config.model.remat)
+  if pretrained.is_pretrained(config.model.get("init_from")):
+    # The checkpoint's architecture (and vocabulary: the data uses its tokenizer).
+    cfg = pretrained.model_config(config.model.init_from, **overrides)
+    if cfg.vocab_size < vocab_size:
+      raise ValueError(f"model.init_from={config.model.init_from}: the checkpoint's vocabulary ({cfg.vocab_size} "
+                       f"ids) is smaller than the data's ({vocab_size} ids); use the checkpoint's tokenizer "
+                       "(data.tokenizer='').")
+    return cfg
   vocab = int(config.model.vocab_size) or int(vocab_size)
   if vocab < vocab_size:
     raise ValueError(
         f"model.vocab_size {vocab} is smaller than the data's vocabulary ({vocab_size} ids).")
   overrides["vocab_size"] = vocab
-  if config.model.get("dtype") is not None:
-    overrides["dtype"] = config.model.dtype
-  if config.model.get("remat") is not None:
-    overrides["remat"] = bool(config.model.remat)
+  if config.model.preset not in models.PRESETS:
+    raise ValueError(f"model.preset {config.model.preset!r} is not a model shape ({', '.join(models.PRESETS)}); "
+                     "a pretrained preset needs model.init_from=hf:... (its architecture comes from there).")
   return models.get_preset(config.model.preset, **overrides)
 
 

@@ -50,6 +50,7 @@ from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import evaluate as evaluate_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
+from rlhf_jax.train import pretrained
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import state as state_lib
 
@@ -117,11 +118,15 @@ def _run_config(workdir: Path) -> ml_collections.ConfigDict:
 
 def run_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> data_lib.Tokenizer:
   """The tokenizer the run trained with, checked against the fingerprint in run.json."""
-  path = Path(config.data.tokenizer) if config.data.tokenizer else workdir / "tokenizer" / "spm.model"
-  if not path.is_file():
-    raise ScoreError(f"{workdir}: the run's tokenizer {path} is missing (data.tokenizer in config.json, or "
-                     "the tokenizer/spm.model the run trained into its workdir).")
-  tokenizer = data_lib.Tokenizer.load(path)
+  if not config.data.tokenizer and pretrained.is_pretrained(config.model.get("init_from")):
+    path = config.model.init_from
+    tokenizer = pretrained.tokenizer(config.model.init_from)  # the pretrained checkpoint's own
+  else:
+    path = Path(config.data.tokenizer) if config.data.tokenizer else workdir / "tokenizer" / "spm.model"
+    if not path.is_file():
+      raise ScoreError(f"{workdir}: the run's tokenizer {path} is missing (data.tokenizer in config.json, or "
+                       "the tokenizer/spm.model the run trained into its workdir).")
+    tokenizer = data_lib.Tokenizer.load(path)
   run_path = workdir / "run.json"
   recorded = None
   if run_path.is_file():
@@ -162,6 +167,16 @@ def restore_params(step_dir: Path, abstract: Any) -> Any:
 def _restore_item_params(step_dir: Path, abstract: Any) -> Any:
   checkpointer = ocp.PyTreeCheckpointer()
   stored = checkpointer.metadata(step_dir / "state").item_metadata["params"]
+  run_dir = step_dir.parent.parent
+  if (run_dir / "config.json").is_file() and pretrained.uses_lora(_read_json(run_dir / "config.json")):
+    # A LoRA run's checkpoint holds its adapters and heads; the base is its model.init_from.
+    trainable = pretrained.checkpoint_params(abstract)
+    restored = _restore_item_params_exact(checkpointer, step_dir, stored, trainable)
+    return pretrained.fill_base(run_dir, restored, abstract)
+  return _restore_item_params_exact(checkpointer, step_dir, stored, abstract)
+
+
+def _restore_item_params_exact(checkpointer: Any, step_dir: Path, stored: Any, abstract: Any) -> Any:
   stored = {k: v for k, v in stored.items() if k in abstract}
   if _shapes(stored) != _shapes(abstract):
     differ = sorted(set(_shapes(stored).items()) ^ set(_shapes(abstract).items()))[:6]
