@@ -82,6 +82,7 @@ def test_lora_dpo_changes_only_adapters_and_checkpoints_only_them(checkpoint, tm
   assert stored_names == sorted(k for k in params if "_lora_" in k)
 
 
+@pytest.mark.slow
 def test_lora_resume_reads_the_base_again_and_is_exact(checkpoint, tmp_path):
   directory, _ = checkpoint
   config = lora_dpo(directory)
