@@ -181,7 +181,7 @@ def fill_base(run_dir: Path, restored: Any, template: Any) -> Any:
   arch = model_config(init_from, param_dtype=model_fields.get("param_dtype"), dtype=model_fields.get("dtype"),
                       **lora_fields(model_fields.get("lora")))
   # Only the shardings of `template`'s base are read; its adapters and heads are replaced.
-  if "policy" in template:  # a policy with a critic (PPO): each part from the checkpoint
+  if set(template) <= {"policy", "value"}:  # a policy with a critic (PPO): each part from the checkpoint
     full = {name: load_into(init_from, part, arch) for name, part in template.items()}
   else:
     full = load_into(init_from, template, arch)
