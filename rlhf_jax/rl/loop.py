@@ -262,7 +262,8 @@ def _cached_build(config: Any, mesh: Mesh, info: PromptInfo, value_config) -> On
   for name in ("log_every", "progress_bar", "samples_every", "samples_per_write"):
     compiled["train"].pop(name, None)
   for name in ("init_from", "value_init"):  # the critic's shape is `value_config`
-    compiled["model"].pop(name, None)
+    if not (name == "init_from" and pretrained.is_pretrained(compiled["model"].get(name))):  # hf: is the shape
+      compiled["model"].pop(name, None)
   compiled["optim"].pop("max_consecutive_skips", None)
   # The KL coefficient is state (it starts the controller), never compiled in: the
   # objectives read it from the rollout.

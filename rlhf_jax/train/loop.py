@@ -147,7 +147,9 @@ _BUILD_CACHE_SIZE = 4
 def _compiled_settings(config: Any) -> dict[str, Any]:
   """The config fields that change what is compiled (batch sizes only change shapes,
   which jit handles by itself; seeds, paths, cadences change nothing compiled)."""
-  model = {k: v for k, v in config.model.to_dict().items() if k != "init_from"}
+  # A pretrained checkpoint (hf:...) is the model's architecture; a run directory is only values.
+  model = {k: v for k, v in config.model.to_dict().items()
+           if k != "init_from" or pretrained.is_pretrained(v)}
   shared = {k: config.data.get(k) for k in ("share_prompt", "shared_length", "shared_targets",
                                             "padding_free", "document_width")}
   return {"objective": config.objective, "model": model, "shared_prompt": shared, "optim": config.optim.to_dict(),
