@@ -321,6 +321,8 @@ def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
   policy = params["policy"] if parts.objective.value_model else params
   if pretrained.is_pretrained(config.model.init_from):
     policy = pretrained.load_into(config.model.init_from, policy, parts.model.config)
+  elif config.model.init_from and models.lora.enabled(parts.model.config):
+    policy = pretrained.load_base(config.model.init_from, policy, parts.model.config)
   elif config.model.init_from:
     policy = load_policy(config.model.init_from, policy, "model.init_from")
   if not parts.objective.value_model:

@@ -110,6 +110,12 @@ def check_config(config: Any, where: str = "") -> None:
   if config.train.batch_size % config.train.microbatches:
     raise ValueError(f"{where}train.batch_size {config.train.batch_size} must be divisible by "
                      f"{where}train.microbatches {config.train.microbatches}.")
+  try:  # LoRA settings (model.lora.*), checked as the model will read them.
+    from rlhf_jax.models import TransformerConfig  # pylint: disable=g-import-not-at-top
+    TransformerConfig(vocab_size=1, d_model=2, n_layers=1, n_heads=1, n_kv_heads=1, d_ff=1, max_len=1,
+                      **pretrained.lora_fields(config.model.get("lora")))
+  except ValueError as error:
+    raise ValueError(f"{where}model.lora: {error}".replace("TransformerConfig.lora_", "")) from None
   if config.reference.mode not in ("cached", "on_the_fly"):
     raise ValueError(f"{where}reference.mode must be 'cached' or 'on_the_fly', got {config.reference.mode!r}.")
   try:  # The optimizer's own checks (learning rate, warmup within train.steps, ...).
@@ -289,8 +295,8 @@ def _initial_params(parts: components_lib.Components, config: Any, init_key, tra
   """The run's starting parameters (also the frozen reference): a fresh sharded init, or
   `model.init_from`'s latest checkpoint, or its pretrained checkpoint ("hf:...")."""
   state = parts.init_state(init_key, train_key)
-  if pretrained.is_pretrained(config.model.init_from):
-    return state.replace(params=pretrained.load_into(config.model.init_from, state.params, parts.model.config))
+  if pretrained.is_pretrained(config.model.init_from) or models.lora.enabled(parts.model.config):
+    return state.replace(params=pretrained.load_base(config.model.init_from, state.params, parts.model.config))
   if config.model.init_from:
     return state.replace(params=checkpoint_lib.load_params(config.model.init_from, state.params))
   return state

@@ -33,7 +33,7 @@ from rlhf_jax import models
 from rlhf_jax.models import lora
 
 __all__ = ["HF_PREFIX", "SMOLLM2", "SMOLLM2_FILE", "checkpoint_params", "checkpoint_path", "fill_base",
-           "freeze", "is_pretrained", "load_into", "lora_fields", "model_config", "optimizer", "smollm2_path",
+           "freeze", "is_pretrained", "load_base", "load_into", "lora_fields", "model_config", "optimizer", "smollm2_path",
            "tokenizer", "uses_lora"]
 
 _log = logging.getLogger(__name__)
@@ -144,6 +144,19 @@ def load_into(init_from: str, params: Any, config: models.TransformerConfig) -> 
   return lora.combine(loaded, lora.adapter_params(params))
 
 
+def load_base(init_from: str, params: Any, config: models.TransformerConfig) -> Any:
+  """`params` with their base from `init_from`: a pretrained checkpoint ("hf:...",
+  `load_into`) or an earlier run's newest checkpoint (its parameters, adapters and a new
+  head kept as in `params`); unchanged for "". Leaves of `params` may be abstract (only
+  their shardings are read) where the result replaces them."""
+  if is_pretrained(init_from):
+    return load_into(init_from, params, config)
+  if not init_from:
+    return params
+  from rlhf_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  return lora.combine(checkpoint_lib.load_params(init_from, lora.base_params(params)), lora.adapter_params(params))
+
+
 def trainable(params: Any) -> Any:
   """True on what a LoRA run trains (adapters, reward / value heads)."""
   return lora.trainable_mask(params)
@@ -174,15 +187,17 @@ def fill_base(run_dir: Path, restored: Any, template: Any) -> Any:
   config_path = Path(run_dir) / "config.json"
   config = json.loads(config_path.read_text(encoding="utf-8"))
   init_from = config["model"].get("init_from", "")
-  if not is_pretrained(init_from):
+  if not init_from:
     raise ValueError(f"{config_path}: a LoRA run's checkpoint holds only its adapters, and its base comes from "
-                     f"model.init_from, which must be 'hf:PATH' (got {init_from!r}).")
-  model_fields = config["model"]
-  arch = model_config(init_from, param_dtype=model_fields.get("param_dtype"), dtype=model_fields.get("dtype"),
-                      **lora_fields(model_fields.get("lora")))
+                     "model.init_from, which is empty (the run's random initialisation cannot be rebuilt here).")
+  arch = None
+  if is_pretrained(init_from):
+    model_fields = config["model"]
+    arch = model_config(init_from, param_dtype=model_fields.get("param_dtype"), dtype=model_fields.get("dtype"),
+                        **lora_fields(model_fields.get("lora")))
   # Only the shardings of `template`'s base are read; its adapters and heads are replaced.
   if set(template) <= {"policy", "value"}:  # a policy with a critic (PPO): each part from the checkpoint
-    full = {name: load_into(init_from, part, arch) for name, part in template.items()}
+    full = {name: load_base(init_from, part, arch) for name, part in template.items()}
   else:
-    full = load_into(init_from, template, arch)
+    full = load_base(init_from, template, arch)
   return lora.combine(full, restored)

@@ -75,3 +75,28 @@ def test_lora_grpo_from_a_pretrained_checkpoint(tmp_path):
   assert any(np.abs(v).max() > 0 for k, v in params.items() if "_lora_b" in k)
   policy = sample_toy(tmp_path / "grpo", tmp_path)
   assert_same(policy._params, results["state"].train.params)
+
+
+@pytest.mark.slow
+def test_lora_ppo_trains_adapters_of_policy_and_critic(tmp_path):
+  """PPO with LoRA: the critic starts from the policy (adapters included); only the
+  adapters and the value head change, and the checkpoint samples back."""
+  arch = models.TransformerConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
+                                  max_len=64, norm_eps=1e-5)
+  model = models.Transformer(arch)
+  base = ref.random_params(nn.unbox(models.abstract_params(model)), seed=6)
+  hf.save(tmp_path / "base", model, base, tokenizer=hf.load_tokenizer(TOKENIZER))
+  config = tiny_online_config("ppo", train__steps=1, rollout__prompts=4, rollout__epochs=1, rollout__minibatches=1,
+                              optim__learning_rate=1e-2, model__init_from=f"hf:{tmp_path / 'base'}",
+                              model__lora__rank=2)
+  results = rl_loop.train(config, tmp_path / "ppo")
+  params = flat(results["state"].train.params)
+  expected = flat(base)
+  for name, value in params.items():
+    if "_lora_" in name or "value_head" in name:
+      continue
+    key = name.replace("['policy']", "").replace("['value']['backbone']", "")
+    np.testing.assert_array_equal(value, expected[key], err_msg=name)
+  assert any(np.abs(v).max() > 0 for k, v in params.items() if "['value']" in k and "_lora_b" in k)
+  policy = sample_toy(tmp_path / "ppo", tmp_path)
+  assert_same(policy._params, results["state"].train.params["policy"])

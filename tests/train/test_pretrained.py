@@ -134,3 +134,43 @@ def test_smollm2_missing_is_a_clear_error(monkeypatch):
     pretrained.checkpoint_path("hf:smollm2")
   with pytest.raises(FileNotFoundError, match="no such checkpoint"):
     pretrained.checkpoint_path("hf:/no/such/dir")
+
+
+def test_reward_model_takes_a_classifier_checkpoints_score_head(tmp_path):
+  """A *ForSequenceClassification checkpoint: the reward head is its score head (no
+  bias); full fine-tuning (lora.rank 0) with a zero learning rate keeps every weight."""
+  fixture = Path(__file__).parents[1] / "models" / "fixtures" / "hf" / "llama_reward"
+  config = tiny_config("reward_model", train__steps=1, train__batch_size=8, optim__warmup_steps=0,
+                       optim__learning_rate=0.0, eval__every=0, checkpoint__every=0, data__toy__num_train=16,
+                       data__toy__num_eval=0, data__max_length=32, data__max_prompt_length=16,
+                       model__init_from=f"hf:{fixture}",
+                       model__reward_heads=hf.open_checkpoint(fixture).shape("score.weight")[0])
+  results = loop.train(config, tmp_path)
+  _, expected = hf.load(fixture, kind="reward")
+  got, want = flat(results["state"].params), flat(expected)
+  assert got.keys() == want.keys()
+  for name in got:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_lora_on_an_sft_run_and_its_checkpoint_read_back(tmp_path):
+  """LoRA DPO from an earlier run's checkpoint: the base is that run's parameters, and a
+  reader of the LoRA run (sampling) rebuilds base + adapters from it."""
+  from rlhf_jax.train import sampling
+  quick = dict(train__steps=2, train__batch_size=8, optim__warmup_steps=0, eval__every=0, checkpoint__every=0,
+               data__toy__num_train=16, data__toy__num_eval=0)
+  sft = loop.train(tiny_config("sft", **quick), tmp_path / "sft")
+  dpo = loop.train(tiny_config("dpo", **quick, optim__learning_rate=1e-2, model__init_from=str(tmp_path / "sft"),
+                               model__lora__rank=2), tmp_path / "dpo")
+  got, base = flat(dpo["state"].params), flat(sft["state"].params)
+  for name, value in got.items():
+    if "_lora_" not in name:
+      np.testing.assert_array_equal(value, base[name], err_msg=name)
+  assert any(np.abs(v).max() > 0 for k, v in got.items() if "_lora_b" in k)
+  policy = sampling.load_policy(tmp_path / "dpo")
+  restored = flat(policy._params)  # pylint: disable=protected-access
+  assert restored.keys() == got.keys()
+  for name in got:
+    np.testing.assert_array_equal(restored[name], got[name], err_msg=name)
+  with pytest.raises(ValueError, match="model.lora: rank must be"):
+    loop.check_config(tiny_config("dpo", model__lora__rank=-1))
