@@ -174,3 +174,39 @@ def test_lora_on_an_sft_run_and_its_checkpoint_read_back(tmp_path):
     np.testing.assert_array_equal(restored[name], got[name], err_msg=name)
   with pytest.raises(ValueError, match="model.lora: rank must be"):
     loop.check_config(tiny_config("dpo", model__lora__rank=-1))
+
+
+def test_lora_dropout_is_drawn_in_train_steps_only():
+  """The train step runs the adapters' dropout (from its key): its loss differs from the
+  same step without dropout; evaluation (no key) equals the dropout-free loss; with B = 0
+  dropout cannot change anything."""
+  import optax
+  from rlhf_jax.train import objectives, step as step_lib, state as state_lib
+  objective = objectives.get("sft")
+  settings = objectives.settings_from(objective, tiny_config("sft").loss)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 32, (4, 12)).astype(np.int32)
+  batch = {"tokens": tokens, "attention_mask": np.ones(tokens.shape, bool),
+           "loss_mask": np.broadcast_to(np.arange(12) >= 4, tokens.shape).copy()}
+  config = models.get_preset("tiny", vocab_size=32, lora_rank=4, lora_targets=("query", "value", "up"))
+  losses = {}
+  for rate in (0.0, 0.5):
+    model = models.Transformer(config.replace(lora_dropout=rate))
+    params = ref.random_params(nn.unbox(models.abstract_params(model)), seed=1)
+    tx = pretrained.optimizer(optax.apply_if_finite(optax.sgd(0.0), 10))
+    state = state_lib.TrainState(step=np.zeros((), np.int32), params=params, opt_state=tx.init(params),
+                                 rng=jax.random.key_data(jax.random.key(0)))
+    train = jax.jit(step_lib.train_step_fn(objective, model, tx, settings=settings))
+    _, metrics = train(state, batch, jax.random.key_data(jax.random.key(1)))
+    evaluate = jax.jit(lambda p: objective.fn(p, dict(batch, loss_denominator=objective.denominator(
+        batch, settings), loss_rows=np.float32(4)), jax.random.key(0), model=model,
+        settings=settings, layout=objectives.Layout())[0])
+    losses[rate] = (float(metrics["loss"]), float(evaluate(params)))
+    zero = jax.tree_util.tree_map_with_path(
+        lambda path, x: np.zeros_like(x) if "_lora_b" in str(path[-1]) else x, params)
+    _, zero_metrics = train(state.replace(params=zero), batch, jax.random.key_data(jax.random.key(1)))
+    losses[(rate, "zero")] = float(zero_metrics["loss"])
+  assert losses[0.0][0] == pytest.approx(losses[0.0][1], abs=1e-6)
+  assert abs(losses[0.5][0] - losses[0.0][0]) > 1e-4        # dropout drawn in the step
+  assert losses[0.5][1] == pytest.approx(losses[0.0][1], abs=1e-6)  # not at evaluation
+  assert losses[(0.5, "zero")] == pytest.approx(losses[(0.0, "zero")], abs=1e-6)
