@@ -188,7 +188,7 @@ def test_lora_dropout_is_drawn_in_train_steps_only():
   tokens = rng.integers(3, 32, (4, 12)).astype(np.int32)
   batch = {"tokens": tokens, "attention_mask": np.ones(tokens.shape, bool),
            "loss_mask": np.broadcast_to(np.arange(12) >= 4, tokens.shape).copy()}
-  config = models.get_preset("tiny", vocab_size=32, lora_rank=4, lora_targets=("query", "value", "up"))
+  config = models.get_preset("tiny", vocab_size=32, n_layers=1, lora_rank=4, lora_targets=("query", "value", "up"))
   losses = {}
   for rate in (0.0, 0.5):
     model = models.Transformer(config.replace(lora_dropout=rate))
