@@ -1,11 +1,12 @@
 # Two commands: `make run` and `make test`. Both create .venv when it is missing.
+# `make ablations` reruns every experiments/*/ ablation (not part of `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow bench clean smollm2
+.PHONY: setup run pipeline ablations test test-slow clean smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +17,26 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on its embedded default configuration.
+# The main job: feedback methods compared on the graded world (rlhf_jax/worlds/compare.py):
+# label accuracy of majority vote, Dawid-Skene, Crowd-BT; hard vs confidence-weighted
+# reward model; mean and 95% interval over 3 seeds. About a minute on 2 cores
+# (experiments/make_run/README.md).
 run: setup
+	JAX_PLATFORMS=cpu $(PY) scripts/run_world.py
+
+# The end-to-end pipeline on the keyword task: records -> aggregation report -> training
+# file -> transformer reward model and DPO (configs/pipeline.py).
+pipeline: setup
 	$(PY) scripts/run.py
+
+# Every ablation of experiments/ (results.jsonl, table, plots, README each); finished cells
+# are not rerun, FRESH=1 reruns everything. About 30 minutes on 2 cores (the runtime of each
+# is in its README). Not part of `make test`.
+ABLATIONS ?= world_calibration redundancy hh_redundancy expert_review bad_annotators speed_penalty dpo_noise golden_drift active_selection
+ablations: setup
+	set -e; for name in $(ABLATIONS); do \
+	  JAX_PLATFORMS=cpu $(PY) scripts/ablate.py --config=experiments/$$name/config.py $(if $(FRESH),--fresh,) --noprogress; \
+	done
 
 # The whole suite except tests marked slow (budget: under 15 minutes on 2 cores).
 test: setup

@@ -2,6 +2,39 @@
 
     .venv/bin/python benchmarks/aggregation.py
     .venv/bin/python benchmarks/aggregation.py --skip_crowdkit      # ours only
+    .venv/bin/python benchmarks/aggregation.py --case=stream        # streaming, 1M annotations
+    .venv/bin/python benchmarks/aggregation.py --case=stream --total=20000   # a quick run
+    .venv/bin/python benchmarks/aggregation.py --case=process --sizes=1000000,10000000,100000000
+
+Three cases (`--case`):
+
+* `in_process` (default): the two algorithms timed inside one process, described below.
+* `stream`: `--total` annotations (default 1,000,000; 3 per item, `feedback.simulate_
+  annotations`' default population, K = 3) arrive as JSONL files of `--batch` annotations
+  (1,000) in timestamp order, written before the clock starts. Streaming: each file is fed
+  to `feedback.StreamingAggregator` (read, validated, incremental Dawid-Skene, changes,
+  rejects, annotators.csv and the checkpoint written); its latency is from the call to
+  the committed checkpoint, and the sustained rate is total annotations over the summed
+  latencies. From scratch: `feedback.dawid_skene` (default tol, 50 iterations) on all
+  annotations so far, timed warm (compiled beforehand, reading excluded: both favour it) at
+  `--scratch_points` batch counts spread over the stream; its rate sums the latencies
+  interpolated linearly over every batch. The final `converge()` (EM from the vote shares
+  over everything, what `--follow` runs when its folder is idle) is timed on its own.
+* `process`: whole processes on both sides, imports, reading the file and writing the
+  labels included, as a user pays them; each side runs in a fresh process
+  (`benchmarks/_aggregation_worker.py`) at the library's DEFAULT settings. Dawid-Skene on
+  simulated crowds of 3 answers per item and 2 classes at each of `--sizes` annotations
+  (CSV `question,worker,answer`); Crowd-BT against crowd-kit's `NoisyBradleyTerry` on
+  `--process_comparisons` comparisons (CSV `worker,left,right,label`). Ours runs twice:
+  first with an empty persistent compilation cache (a fresh folder), then again with
+  the cache it filled (`rlhf_jax.cli.enable_compilation_cache`), which is what every run
+  after the first on a machine sees. Peak memory is each process's maximum resident set
+  (the child's VmHWM). Accuracy against the simulated truth; Spearman correlation for scores.
+  The data files are written before any clock starts, in `--work_dir` (a temporary
+  folder by default; 100M annotations take about 2.5 GB of CSV).
+
+`--json_out=PATH` writes every figure as JSON as well. Figures are recorded only in
+docs/benchmarks.md, with the command.
 
 What is measured (on simulated data, so the truth is known):
 
@@ -31,6 +64,7 @@ the same comparisons for the ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -42,7 +76,8 @@ import numpy as np
 # Allow `python benchmarks/aggregation.py` from the repository root without installation.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlhf_jax.feedback import aggregation, pairwise, simulate  # noqa: E402
+from rlhf_jax.feedback import simulate  # noqa: E402
+from rlhf_jax.feedback.models import crowd_bt as pairwise, dawid_skene as aggregation  # noqa: E402
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -163,8 +198,216 @@ def bench_crowd_bt(args, crowdkit) -> None:
         f"Spearman {rho:.4f} vs {ck_rho:.4f}")
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------------------
+# --case=stream
+
+
+def bench_stream(args) -> dict:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import feedback  # pylint: disable=g-import-not-at-top
+  total, batch = args.total, args.batch
+  config = simulate.SimulationConfig(num_items=max(total // 3, 1), num_annotators=args.annotators,
+                                     annotations_per_item=3)
+  sim = simulate.simulate_annotations(jax.random.key(args.seed), config)
+  order = np.argsort(np.asarray(sim.timestamps), kind="stable")
+  work = Path(args.work_dir or tempfile.mkdtemp(prefix="stream_bench_"))
+  inbox = work / "inbox"
+  inbox.mkdir(parents=True, exist_ok=True)
+  records = simulate.to_records(sim, with_text=False)
+  files = []
+  for b, start in enumerate(range(0, len(order), batch)):
+    path = inbox / f"{b:06d}.jsonl"
+    path.write_text("".join(json.dumps(records[i]) + "\n" for i in order[start:start + batch]))
+    files.append(path)
+  del records
+  print(f"\nStreaming Dawid-Skene: {sim.num_annotations:,} annotations in {len(files)} batches "
+        f"of {batch:,} ({config.num_items:,} items, {args.annotators:,} annotators, K = 3)")
+  aggregator = feedback.StreamingAggregator(work / "out", feedback.StreamConfig(format="jsonl"))
+  latencies, read_seconds, full_fits = [], [], 0
+  for path in files:
+    fitted_before = aggregator._full_fit_size  # pylint: disable=protected-access
+    start = time.perf_counter()
+    result = aggregator.feed(path)
+    latencies.append(time.perf_counter() - start)
+    read_seconds.append(result.read_seconds)
+    full_fits += aggregator._full_fit_size != fitted_before  # pylint: disable=protected-access
+  latencies = np.asarray(latencies)
+  start = time.perf_counter()
+  aggregator.converge()
+  converge_s = time.perf_counter() - start
+  stream_rate = sim.num_annotations / latencies.sum()
+
+  # From scratch at a few points of the stream (warm: compiled before the clock).
+  items = np.asarray(sim.items)[order]
+  annotators = np.asarray(sim.annotators)[order]
+  labels = np.asarray(sim.labels)[order]
+  points = np.unique(np.linspace(1, len(files), min(args.scratch_points, len(files))).astype(int))
+  scratch = []
+  for count in points:
+    n = min(count * batch, sim.num_annotations)
+    arrays = (items[:n], annotators[:n], labels[:n])
+    fit = lambda: aggregation.dawid_skene(*arrays, num_classes=3, num_items=config.num_items,  # noqa: E731
+                                          num_annotators=args.annotators)
+    jax.block_until_ready(fit())
+    start = time.perf_counter()
+    jax.block_until_ready(fit())
+    scratch.append(time.perf_counter() - start)
+  scratch = np.asarray(scratch)
+  every_batch = np.interp(np.arange(1, len(files) + 1), points, scratch)
+  scratch_rate = sim.num_annotations / every_batch.sum()
+  out = {
+      "annotations": int(sim.num_annotations), "batches": len(files), "batch": batch,
+      "stream_seconds": float(latencies.sum()), "stream_rate": float(stream_rate),
+      "stream_latency_median": float(np.median(latencies)),
+      "stream_latency_p95": float(np.percentile(latencies, 95)),
+      "stream_latency_max": float(latencies.max()), "stream_full_fits": int(full_fits),
+      "stream_read_seconds": float(np.sum(read_seconds)),
+      "converge_seconds": converge_s,
+      "scratch_points": [int(p) for p in points], "scratch_latency": scratch.tolist(),
+      "scratch_seconds": float(every_batch.sum()), "scratch_rate": float(scratch_rate),
+      "scratch_latency_last": float(scratch[-1]),
+  }
+  print(f"{'':<34}{'annotations/s':>14}{'median s':>10}{'p95 s':>10}{'max s':>10}")
+  print(f"{'streaming (feed per batch)':<34}{stream_rate:14,.0f}{np.median(latencies):10.3f}"
+        f"{out['stream_latency_p95']:10.3f}{latencies.max():10.3f}")
+  print(f"{'from scratch each batch':<34}{scratch_rate:14,.0f}{np.median(every_batch):10.3f}"
+        f"{np.percentile(every_batch, 95):10.3f}{every_batch.max():10.3f}")
+  print(f"streaming sustains {stream_rate / scratch_rate:.2f}x the rate of re-aggregating from "
+        f"scratch; {full_fits} of {len(files)} batches ran a full warm EM (compilations "
+        f"included); reading and validating the files took {np.sum(read_seconds):.1f} of "
+        f"streaming's {latencies.sum():.1f} s (from scratch is timed without reading); "
+        f"converge() over everything at the end: {converge_s:.2f} s")
+  out["speedup"] = float(stream_rate / scratch_rate)
+  return out
+
+
+# ----------------------------------------------------------------------------------------
+# --case=process
+
+
+def _run_process(command: list[str], env: dict[str, str]) -> dict:
+  """Wall seconds and peak RSS (MB) of one child process, and its JSON line."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  stdout, stderr = process.communicate()
+  seconds = time.perf_counter() - start
+  if process.returncode != 0:
+    raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+  # Peak RSS comes from the child's own report of its high-water mark (VmHWM): rusage of a
+  # child on Linux also counts the parent's resident memory at fork.
+  inner = json.loads(stdout.strip().splitlines()[-1])
+  return {"seconds": seconds, **inner}
+
+
+def _worker_command(side: str, task: str, data, out) -> list[str]:
+  worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_aggregation_worker.py")
+  return [sys.executable, worker, side, task, str(data), str(out)]
+
+
+def bench_process(args, crowdkit) -> dict:
+  import csv  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  from pyarrow import csv as pa_csv  # pylint: disable=g-import-not-at-top
+  work = Path(args.work_dir or tempfile.mkdtemp(prefix="process_bench_"))
+  work.mkdir(parents=True, exist_ok=True)
+  cache = Path(tempfile.mkdtemp(prefix="jax_cache_", dir=work))
+  env = {**os.environ, "RLHF_JAX_COMPILATION_CACHE": str(cache)}
+  results: dict = {"dawid_skene": [], "crowd_bt": None}
+  sides = ["ours (empty compile cache)", "ours (warm compile cache)"]
+  if crowdkit is not None:
+    sides.append(f"crowd-kit {crowdkit['version']}")
+  header = f"{'':<34}{'wall s':>9}{'import s':>10}{'fit s':>8}{'peak MB':>9}   quality"
+
+  def run(side_name, task, data, out):
+    side = "crowdkit" if side_name.startswith("crowd-kit") else "ours"
+    return _run_process(_worker_command(side, task, data, out), env)
+
+  def row(name, r, quality, label):
+    return (f"{name:<34}{r['seconds']:9.2f}{r['import_s']:10.2f}{r['fit_s']:8.2f}"
+            f"{r['peak_rss_mb']:9.0f}   {label} {quality:.4f}")
+
+  for size in args.sizes:
+    num_items = size // 3
+    config = simulate.SimulationConfig(num_items=num_items, num_annotators=args.annotators,
+                                       annotations_per_item=3, num_classes=2)
+    sim = simulate.simulate_annotations(jax.random.key(args.seed), config)
+    data = work / f"crowd_{size}.csv"
+    pa_csv.write_csv(pa.table({"question": np.asarray(sim.items), "worker": np.asarray(sim.annotators),
+                               "answer": np.asarray(sim.labels)}), data)
+    truth = np.asarray(sim.true_labels)
+    print(f"\nDawid-Skene, whole processes: {sim.num_annotations:,} annotations "
+          f"({num_items:,} items, {args.annotators:,} annotators, 3 per item, 2 classes)")
+    print(header)
+    entry = {"annotations": int(sim.num_annotations)}
+    for side_name in sides:
+      out = work / f"labels_{size}_{len(entry)}.csv"
+      r = run(side_name, "dawid_skene", data, out)
+      with open(out, encoding="utf-8") as handle:
+        predicted = {int(row_["question"]): int(row_["label"]) for row_ in csv.DictReader(handle)}
+      r["accuracy"] = float(np.mean([predicted.get(i, -1) == truth[i] for i in range(num_items)]))
+      entry[side_name] = r
+      print(row(side_name, r, r["accuracy"], "accuracy"))
+    _print_ratios(entry, sides)
+    results["dawid_skene"].append(entry)
+
+  data_bt = pairwise.simulate_comparisons(
+      jax.random.key(args.seed + 1), num_items=args.bt_items, num_annotators=args.bt_annotators,
+      num_comparisons=args.process_comparisons)
+  left, right = np.asarray(data_bt.left), np.asarray(data_bt.right)
+  winner = np.where(np.asarray(data_bt.left_wins), left, right)
+  data = work / f"comparisons_{args.process_comparisons}.csv"
+  pa_csv.write_csv(pa.table({"worker": np.asarray(data_bt.annotators), "left": left,
+                             "right": right, "label": winner}), data)
+  true_scores = np.asarray(data_bt.scores)
+  print(f"\nCrowd-BT, whole processes: {args.process_comparisons:,} comparisons "
+        f"({args.bt_items:,} items, {args.bt_annotators:,} annotators)")
+  print(header)
+  entry = {"comparisons": args.process_comparisons}
+  for side_name in sides:
+    out = work / f"scores_{len(entry)}.csv"
+    r = run(side_name, "crowd_bt", data, out)
+    scores = np.full(args.bt_items, np.nan)
+    with open(out, encoding="utf-8") as handle:
+      for row_ in csv.DictReader(handle):
+        scores[int(row_["item"])] = float(row_["score"])
+    scores = np.where(np.isnan(scores), np.nanmedian(scores), scores)  # items never compared
+    r["spearman"] = _spearman(scores, true_scores)
+    entry[side_name] = r
+    print(row(side_name, r, r["spearman"], "Spearman"))
+  _print_ratios(entry, sides)
+  results["crowd_bt"] = entry
+  return results
+
+
+def _print_ratios(entry: dict, sides: list[str]) -> None:
+  """crowd-kit's wall time over ours (each cache state), as printed and stored."""
+  if len(sides) < 3:
+    return
+  theirs = entry[sides[2]]["seconds"]
+  for side in sides[:2]:
+    entry[side]["speedup"] = theirs / entry[side]["seconds"]
+  print(f"speed-up over crowd-kit (whole process): {entry[sides[0]]['speedup']:.2f}x with an "
+        f"empty compile cache, {entry[sides[1]]['speedup']:.2f}x with a warm one")
+
+
+def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--case", choices=("in_process", "stream", "process"), default="in_process")
+  parser.add_argument("--total", type=int, default=1_000_000, help="--case=stream: annotations.")
+  parser.add_argument("--batch", type=int, default=1_000, help="--case=stream: per batch.")
+  parser.add_argument("--scratch_points", type=int, default=8,
+                      help="--case=stream: batch counts at which from-scratch is timed.")
+  parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
+                      default=[1_000_000], help="--case=process: annotation counts.")
+  parser.add_argument("--process_comparisons", type=int, default=50_000,
+                      help="--case=process: Crowd-BT comparisons.")
+  parser.add_argument("--work_dir", default="", help="Data files (default: a temporary folder).")
+  parser.add_argument("--json_out", default="", help="Also write the figures as JSON here.")
   parser.add_argument("--annotations", type=int, default=1_000_000)
   parser.add_argument("--items", type=int, default=100_000)
   parser.add_argument("--annotators", type=int, default=2_000)
@@ -177,7 +420,17 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--skip_crowdkit", action="store_true")
   parser.add_argument("--only", choices=("dawid_skene", "crowd_bt"), default=None)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if args.case != "in_process":
+    crowdkit = None if args.skip_crowdkit or args.case == "stream" else _crowdkit()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
+          f"load average {load}" + (f"; crowd-kit {crowdkit['version']}" if crowdkit else ""))
+    results = bench_stream(args) if args.case == "stream" else bench_process(args, crowdkit)
+    if args.json_out:
+      with open(args.json_out, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1)
+    return
   if args.annotations % args.items:
     parser.error("--annotations must be a multiple of --items (annotations per item).")
   crowdkit = None if args.skip_crowdkit else _crowdkit()

@@ -118,8 +118,9 @@ else:
 PAD, BOS, EOS = 0, 1, 2
 OBJECTIVES = ("dpo", "reward_model")
 # XLA:CPU (jax 0.10) sends every dot to YNNPACK by default; taking dots out of the YNNPACK
-# fusions leaves them to XLA's Eigen kernels, which were 10-20% faster on this step here
-# (float32 either way: the kernels differ, not the precision). See docs/benchmarks.md.
+# fusions leaves them to XLA's Eigen kernels, which were faster on this step here
+# (float32 either way: the kernels differ, not the precision; the measurements are in
+# docs/benchmarks.md, "Kernels of a train step").
 DOT_FLAGS = {"eigen": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot", "ynnpack": ""}
 
 

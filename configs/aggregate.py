@@ -11,7 +11,7 @@ and the PNG plots that report.md shows, with the accuracy against the truth.csv 
 next to answers.csv. Its result (counts, agreement, accuracy, time) is recorded in
 docs/benchmarks.md ("Demo runs: the configs and make run"); every method's accuracy on the three crowd data sets in docs/feedback.md.
 
-Pairwise preference records (JSONL/CSV/Parquet, schema in rlhf_jax/feedback/records.py):
+Pairwise preference records (JSONL/CSV/Parquet, schema in rlhf_jax/feedback/io/records.py):
 
   python scripts/aggregate.py --config=configs/aggregate.py --config.input=prefs.jsonl \
     --config.format=jsonl --config.method=dawid_skene --config.output_dir=runs/labels
@@ -20,8 +20,9 @@ Declare the classes when you know them: `--config.classes=0,1` rejects an answer
 them (a typo such as `O` or `yes`) into rejects.jsonl with its line, instead of making it
 a class of its own; for pairwise records `--config.classes=a,b` says the task has no ties.
 
-`--config.method` is one of majority_vote, weighted_vote, dawid_skene (default),
-one_coin_dawid_skene, bayesian_dawid_skene, mace, glad, and crowd_bt (item-level
+`--config.method` is one of majority_vote, weighted_vote, wawa, zero_based_skill, kos (two
+classes; `num_iters` rounds), mmsr, dawid_skene (default), one_coin_dawid_skene,
+bayesian_dawid_skene, mace, glad, and crowd_bt (item-level
 Crowd-BT over the responses of arena-style comparisons, which need `response_a_id` /
 `response_b_id` or the response texts). `configs/aggregate.py:method=glad` sets the
 method from the config argument. Any field below can be overridden with

@@ -24,8 +24,9 @@ end, one row per data-parallel shard, without padding (`rlhf_jax/data/packing.py
 attention runs per sequence, logits only at completion tokens, the log-probs are the
 same. With `data.share_prompt=true` as well each pair is one [prompt | chosen | rejected]
 document. Row lengths and completion-token counts are rounded up to one of
-`data.buckets_per_octave` sizes per octave (8: about 4% padding); the step compiles once
-per size met, and the log names each new one. To keep compiled steps across runs and
+`data.buckets_per_octave` sizes per octave (at most 1/k padding; measured padding and
+shape counts in docs/benchmarks.md, "Step shapes of padding-free batches"); the step
+compiles once per size met, and the log names each new one. To keep compiled steps across runs and
 resumes, set JAX's own disk cache before launching, in a directory only you can write
 (its entries are executable code): `export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`.
 
@@ -49,7 +50,7 @@ from rlhf_jax.train import config as config_lib
 
 def get_config(arg=None):
   """`arg`: "preset=tiny|125m|1b|7b|smollm2,variant=<losses.DPO_VARIANTS>"."""
-  args = config_lib.parse_arg(arg, preset="tiny", variant="sigmoid")
+  args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET, variant=config_lib.loss_default("dpo", "variant"))
   config = config_lib.base_config("dpo", args.preset)
   config.loss.variant = args.variant
   return config

@@ -40,7 +40,7 @@ VARIANTS = ("grpo", "dr_grpo")
 
 def get_config(arg=None):
   """`arg`: "preset=tiny|125m|1b|7b|smollm2,variant=grpo|dr_grpo"."""
-  args = config_lib.parse_arg(arg, preset="tiny", variant="grpo")
+  args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET, variant="grpo")
   if args.variant not in VARIANTS:
     raise ValueError(f"unknown GRPO variant {args.variant!r}; expected one of {', '.join(VARIANTS)}.")
   config = config_lib.base_config("grpo", args.preset)

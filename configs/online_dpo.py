@@ -32,7 +32,7 @@ from rlhf_jax.train import config as config_lib
 
 def get_config(arg=None):
   """`arg`: "preset=tiny|125m|1b|7b|smollm2,variant=<losses.DPO_VARIANTS>"."""
-  args = config_lib.parse_arg(arg, preset="tiny", variant="sigmoid")
+  args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET, variant=config_lib.loss_default("online_dpo", "variant"))
   config = config_lib.base_config("online_dpo", args.preset)
   config.loss.variant = args.variant
   return config

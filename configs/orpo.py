@@ -33,5 +33,5 @@ from rlhf_jax.train import config as config_lib
 
 def get_config(arg=None):
   """`arg`: "preset=tiny|125m|1b|7b|smollm2"."""
-  args = config_lib.parse_arg(arg, preset="tiny")
+  args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET)
   return config_lib.base_config("orpo", args.preset)

@@ -47,7 +47,7 @@ from rlhf_jax.train import config as config_lib
 
 def get_config(arg=None):
   """`arg`: "preset=tiny|125m|1b|7b|smollm2,loss=bradley_terry|bradley_terry_soft|bradley_terry_ties|crowd_bt"."""
-  args = config_lib.parse_arg(arg, preset="tiny", loss="bradley_terry")
+  args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET, loss=config_lib.loss_default("reward_model", "name"))
   config = config_lib.base_config("reward_model", args.preset)
   config.loss.name = args.loss
   return config

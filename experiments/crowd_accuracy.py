@@ -1,7 +1,7 @@
 """Accuracy of every class-level aggregation method on the crowd data sets with gold truth.
 
 Reads `../shared/data/crowd/{duck,product,dog}/answers.csv` (`question,worker,answer`) and
-`truth.csv` (`question,truth`), runs each method of `rlhf_jax.feedback.aggregation`, and
+`truth.csv` (`question,truth`), runs each method of `rlhf_jax.feedback (models.voting, models.dawid_skene)`, and
 prints a Markdown table of accuracies against the gold labels (items with a gold label
 and at least one answer), next to crowd-kit 1.4.2's published numbers. The table in
 `docs/feedback.md` is this script's output:
@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rlhf_jax.feedback import aggregation
+from rlhf_jax import feedback as aggregation
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "crowd"
 DATASETS = ("duck", "product", "dog")

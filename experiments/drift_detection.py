@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
 from rlhf_jax import cli, feedback  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rlhf_jax.feedback import drift  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rlhf_jax.feedback.metrics import drift  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 20, "make-run populations in part 3.")
 

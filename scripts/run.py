@@ -7,7 +7,7 @@ r"""The main job behind `make run`: feedback -> labels -> reward model and DPO, 
 The workdir knows what it is: rerunning with the config of the run it holds resumes it
 (finished training stages report their recorded numbers); another config is refused
 before any work, with the fields that differ (old -> new), except the fields that may
-change on resume (`rlhf_jax.pipeline.MAY_CHANGE_ON_RESUME`: a training stage's steps,
+change on resume (`experiments.pipeline.MAY_CHANGE_ON_RESUME`: a training stage's steps,
 cadences and layout). `--force_new` moves the earlier run's files to
 <workdir>/superseded/<time>/ and runs every stage afresh; or choose another --workdir.
 
@@ -27,7 +27,8 @@ from ml_collections import config_flags
 # Runnable from a checkout without installation.
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-from rlhf_jax import cli, demo, host_memory, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import demo, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rlhf_jax import cli, host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline.py"
 USER_ERROR = 2

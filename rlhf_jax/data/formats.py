@@ -22,7 +22,7 @@ naming the field and what was expected. The formats:
   preferred)), `confidence` (becomes the example weight), `annotator_ids`,
   `annotation_ids` (lists, or strings joined with ";"), `item` (the comparison id),
   `expert_review` (true: the item awaits expert review and is kept out of training).
-  Raw annotation records of `rlhf_jax.feedback.records` (`item_id`, `annotator_id`,
+  Raw annotation records of `rlhf_jax.feedback.io.records` (`item_id`, `annotator_id`,
   `choice`, `annotation_id`) read the same way, one pair per annotation with its
   annotator, which is what Crowd-BT training needs.
   The chosen response is the one the label prefers (a for `a` and `tie`, b for `b`) and

@@ -61,8 +61,9 @@ SEQUENCE_KEYS = ("tokens", "attention_mask", "loss_mask")
 PACKED_SEQUENCE_KEYS = tuple(k for k in PACKED_KEYS if k != "reward_slots") + ("sequence_ends",)
 # The [R, M] keys of the completion tokens (log-probs); a reward model reads none of them.
 TARGET_KEYS = ("target_tokens", "target_slots", "target_owners")
-# Sizes per octave of the row lengths and target counts: at most 1/8 padding (about 4%
-# on average) for about half the compiled shapes of 16 per octave (2% padding).
+# Sizes per octave of the row lengths and target counts: at most 1/8 padding for about
+# half the compiled shapes of 16 per octave (measured padding and shape counts:
+# docs/benchmarks.md, "Step shapes of padding-free batches").
 BUCKETS_PER_OCTAVE = 8
 
 

@@ -14,7 +14,7 @@ that each bad line is reported with its number instead of failing the whole file
 Locations: JSON Lines rows are named by their 1-based physical line number (`"line"`;
 blank lines are skipped and not counted, but count for numbering); Parquet and CSV rows
 by their 1-based data row (`"row"`; the CSV header is not a row), as in
-`rlhf_jax.feedback.records`.
+`rlhf_jax.feedback.io.records`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ __all__ = [
     "Reject",
     "RecordError",
     "Row",
+    "describe_first_reject",
     "fingerprint",
     "load_records",
     "read_rows",
+    "write_json_lines",
     "write_rejects",
 ]
 
@@ -334,15 +336,31 @@ def read_rows(
   return [Row("row", i, r) for i, r in enumerate(records, start=1)]
 
 
-def write_rejects(path: str | os.PathLike[str], rejects: Sequence[Reject]) -> None:
-  """Writes rejects as JSON Lines (atomically: a temporary file renamed into place)."""
+def write_json_lines(path: str | os.PathLike[str], records: Sequence[Mapping[str, Any]]) -> None:
+  """Writes one JSON object per line, atomically (a temporary file renamed into place);
+  NaN and infinities are refused (they are not JSON)."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
   with open(tmp, "w", encoding="utf-8") as f:
-    for reject in rejects:
-      f.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
   os.replace(tmp, path)
+
+
+def write_rejects(path: str | os.PathLike[str], rejects: Sequence[Reject]) -> None:
+  """Writes rejects as JSON Lines (atomically), one `Reject.to_json()` per line."""
+  write_json_lines(path, [reject.to_json() for reject in rejects])
+
+
+def describe_first_reject(path: str | os.PathLike[str]) -> str:
+  """The first row of a rejects file, worded as `Reject.describe` words it (for one-line
+  summaries of a command's output)."""
+  with open(path, encoding="utf-8") as f:
+    first = json.loads(f.readline())
+  location = "line" if "line" in first else "row"
+  return Reject(file=first["file"], location=location, number=first[location], field=first.get("field"),
+                code=first.get("code", ""), reason=first["reason"]).describe()
 
 
 def load_records(

@@ -5,10 +5,10 @@ their true class a / b / tie, response lengths, golden and expert-labelled items
 population of annotators of known types, then every annotation, all as flat arrays
 (`rlhf_jax.feedback.types`) with the truth behind them: true labels, per-annotator
 confusion matrices (before and after drift), annotator types and drift change points.
-`to_records` / `write_jsonl` emit the same records `rlhf_jax.feedback.records` reads, and
+`to_records` / `write_jsonl` emit the same records `rlhf_jax.feedback.io.records` reads, and
 `write_annotator_truth` the truth about the annotators (type, drift change time) that
 `records.read_annotator_truth` reads, so any experiment can run the full pipeline and
-measure how much of the truth it recovers (`feedback.pipeline` finds
+measure how much of the truth it recovers (`feedback.workflow.pipeline` finds
 `annotator_truth.csv` next to the records and reports its drift detection rate).
 
 Annotator types (shares set in `SimulationConfig`):
@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.feedback.annotators import _affine_distinct_from_uniforms, _uniform_index
+from rlhf_jax.feedback.workflow.golden import _affine_distinct_from_uniforms, _uniform_index
 from rlhf_jax.feedback.types import A_PREFERRED, B_PREFERRED, PAIRWISE_CLASS_NAMES, EncodedAnnotations
 
 __all__ = [
@@ -492,7 +492,7 @@ def _annotator_id(a: int) -> str:
 
 
 def iter_records(simulation: Simulation, *, with_text: bool = True) -> Iterator[dict[str, Any]]:
-  """Yields one record per annotation in the schema of `rlhf_jax.feedback.records`.
+  """Yields one record per annotation in the schema of `rlhf_jax.feedback.io.records`.
 
   Fields: `annotation_id` ("sim-N"), `item_id` ("item-I"), `prompt`, `response_a`,
   `response_b` (with `with_text`; placeholder texts whose word counts are the simulated

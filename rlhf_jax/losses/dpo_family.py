@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax import _checks
+from rlhf_jax.losses.logistic import smoothed_logistic_loss
 from rlhf_jax.registry import Registry
 
 __all__ = [
@@ -98,12 +99,6 @@ def _length_pair(
   return chosen, rejected
 
 
-def _smoothed_sigmoid_loss(logits: jax.Array, label_smoothing: Any) -> jax.Array:
-  """Cross-entropy of sigmoid(logits) against the soft label (1 - eps, eps)."""
-  return (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits)
-          - label_smoothing * jax.nn.log_sigmoid(-logits))
-
-
 # ---------------------------------------------------------------------------------------
 # The variants. Notation: c, r the chosen / rejected log-ratios, z = beta * (c - r),
 # ls = log_sigmoid, eps = label_smoothing. Each returns [B] float32 losses (float64 for
@@ -139,7 +134,7 @@ def dpo_sigmoid_loss(
   _check_label_smoothing(label_smoothing)
   # A difference of log-ratios (not of policy and reference margins), so a tie between
   # policy and reference gives exactly z = 0.
-  return _smoothed_sigmoid_loss(beta * (chosen - rejected), label_smoothing)
+  return smoothed_logistic_loss(beta * (chosen - rejected), label_smoothing)
 
 
 def cdpo_loss(
@@ -451,7 +446,7 @@ def aot_loss(
   _check_label_smoothing(label_smoothing)
   policy_margins = jnp.sort(logps["policy_chosen_logps"] - logps["policy_rejected_logps"])
   ref_margins = jnp.sort(logps["ref_chosen_logps"] - logps["ref_rejected_logps"])
-  return _smoothed_sigmoid_loss(beta * (policy_margins - ref_margins), label_smoothing)
+  return smoothed_logistic_loss(beta * (policy_margins - ref_margins), label_smoothing)
 
 
 def aot_unpaired_loss(
@@ -482,7 +477,7 @@ def aot_unpaired_loss(
   _check_beta(beta)
   _check_label_smoothing(label_smoothing)
   quantile_diff = jnp.sort(chosen) - jnp.sort(rejected)
-  return _smoothed_sigmoid_loss(beta * quantile_diff, label_smoothing)
+  return smoothed_logistic_loss(beta * quantile_diff, label_smoothing)
 
 
 def apo_zero_loss(
@@ -734,7 +729,8 @@ def dpo(
       out-of-range hyper-parameter, an unknown variant, or missing lengths.
   """
   # Every argument is checked whatever the variant, so a bad config fails at once.
-  _checks.check_choice(variant, "variant", DPO_VARIANTS)
+  if variant not in DPO_VARIANT_LOSSES:
+    raise ValueError(f"`variant`: {DPO_VARIANT_LOSSES.unknown_message(variant)}")
   _check_beta(beta)
   _check_label_smoothing(label_smoothing)
   _checks.check_scalar_range(

@@ -25,6 +25,7 @@ from rlhf_jax._checks import (
     check_same_shape,
     check_scalar_range,
 )
+from rlhf_jax.losses.logistic import smoothed_logistic_loss
 
 __all__ = ["simpo", "orpo", "kto", "kto_reference_kl"]
 
@@ -81,10 +82,7 @@ def simpo(
   check_scalar_range(label_smoothing, "label_smoothing", low=0.0, high=0.5)
 
   logits = beta * (chosen_avg_logps - rejected_avg_logps) - gamma
-  losses = (
-      -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits)
-      - label_smoothing * jax.nn.log_sigmoid(-logits)
-  )
+  losses = smoothed_logistic_loss(logits, label_smoothing)
   chosen_rewards = jax.lax.stop_gradient(beta * chosen_avg_logps)
   rejected_rewards = jax.lax.stop_gradient(beta * rejected_avg_logps)
   return losses, chosen_rewards, rejected_rewards

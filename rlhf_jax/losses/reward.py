@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from rlhf_jax import _checks
+from rlhf_jax.losses.logistic import smoothed_logistic_loss
 
 __all__ = [
     "bradley_terry",
@@ -80,11 +81,7 @@ def bradley_terry(
   chosen_rewards, rejected_rewards = _pair(chosen_rewards, rejected_rewards)
   margin = _as_float_param(margin, "margin", chosen_rewards, "chosen_rewards")
   _checks.check_scalar_range(label_smoothing, "label_smoothing", low=0.0, high=0.5)
-  logits = chosen_rewards - rejected_rewards - margin
-  return (
-      -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits)
-      - label_smoothing * jax.nn.log_sigmoid(-logits)
-  )
+  return smoothed_logistic_loss(chosen_rewards - rejected_rewards - margin, label_smoothing)
 
 
 def bradley_terry_soft(

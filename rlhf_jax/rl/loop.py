@@ -34,7 +34,6 @@ objective's settings dataclass).
 
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 import json
@@ -61,6 +60,7 @@ from rlhf_jax.rl.rollout import make_rollout_fn
 from rlhf_jax.rl.update import OnlineState, make_update_fn
 from rlhf_jax.train import checkpoint as checkpoint_lib
 from rlhf_jax.train import components as components_lib
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
@@ -69,7 +69,7 @@ from rlhf_jax.train import score as score_lib
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train.loop import TrainingError
 
-__all__ = ["OnlineComponents", "PromptInfo", "RolloutSettings", "build", "train"]
+__all__ = ["OnlineComponents", "PromptInfo", "RolloutSettings", "build", "read_reward_settings", "train"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,17 +78,18 @@ VALUE_INITS = ("policy", "reward_model", "scratch")
 
 @dataclasses.dataclass(frozen=True)
 class RolloutSettings:
-  """Plain values of `config.rollout` (see `rlhf_jax/train/config.py`)."""
+  """Plain values of `config.rollout` (defaults and comments live in
+  `rlhf_jax/train/config.py`)."""
 
   prompts: int
   num_samples: int
   max_new_tokens: int
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  cache_segments: int = 4
-  epochs: int = 1
-  minibatches: int = 1
+  temperature: float
+  top_k: int
+  top_p: float
+  cache_segments: int
+  epochs: int
+  minibatches: int
 
   def __post_init__(self):
     for name in ("prompts", "num_samples", "max_new_tokens", "epochs", "minibatches", "cache_segments"):
@@ -102,6 +103,15 @@ class RolloutSettings:
   @classmethod
   def from_config(cls, section: Any) -> "RolloutSettings":
     return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
+
+
+def read_reward_settings(config: Any) -> rewards_lib.RewardSettings:
+  """`config.reward` (checkpoints a comma-separated string)."""
+  section = config.reward
+  checkpoints = tuple(p.strip() for p in str(section.checkpoints or "").split(",") if p.strip())
+  return rewards_lib.RewardSettings(
+      checkpoints=checkpoints, combine=str(section.combine), std_coef=float(section.std_coef),
+      function=str(section.function or ""), batch_size=int(section.batch_size))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,13 +186,13 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
           value_config: models.TransformerConfig | None = None) -> OnlineComponents:
   """Model, optimizer, shardings and the jitted init / rollout / update for `config`."""
   objective = objectives_lib.get(config.objective)
-  settings = objectives_lib.settings_from(objective, config.loss)
+  settings = config_lib.loss_settings(config)
   rollout = RolloutSettings.from_config(config.rollout)
   layout = objectives_lib.Layout(rollout=objectives_lib.RolloutLayout(
       prompt_length=info.prompt_length, completion_length=rollout.max_new_tokens,
       temperature=float(rollout.temperature)))
-  model = networks.build_model(config, info.vocab_size, "policy_value" if objective.value_model else "policy",
-                               value_config=value_config)
+  model = networks.build_model(config_lib.model_settings(config), info.vocab_size,
+                               "policy_value" if objective.value_model else "policy", value_config=value_config)
   length = info.prompt_length + rollout.max_new_tokens
   for name, cfg in (("policy", model.config), ("critic", value_config)):
     if cfg is not None and length > cfg.max_len:
@@ -193,11 +203,12 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
   microbatches = int(config.train.microbatches)
   update_rows = _check_shapes(objective, settings, layout.rollout, rollout, dp, microbatches)
   total_steps = int(config.train.steps) * rollout.epochs * rollout.minibatches
-  tx = optim.make_optimizer(config.optim, total_steps)
+  optimizer = config_lib.optimizer_settings(config)
+  tx = optim.make_optimizer(optimizer, total_steps)
   if models.lora.enabled(model.config):
     # LoRA: the optimizer (and its state) covers the adapters and heads only.
     tx = pretrained.optimizer(tx)
-  schedule = optim.learning_rate_schedule(config.optim, total_steps)
+  schedule = optim.learning_rate_schedule(optimizer, total_steps)
   rules = components_lib.axis_rules(mesh)
   init_params = state_lib.init_params_fn(model, batch_size=dp, length=min(8, model.config.max_len))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -208,7 +219,7 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
   shardings = OnlineState(train=train_shardings, kl_coef=replicated)
   abstract = OnlineState(train=abstract_train,
                          kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated))
-  options = components_lib.compiler_options(config)
+  options = components_lib.compiler_options(bool(config.train.fast_compile))
   init_state = components_lib.MeshFunction(
       state_lib.make_init_state(init_params, tx, train_shardings, compiler_options=options), mesh, rules)
   sampling = models.SamplingConfig(
@@ -251,8 +262,7 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
 
 # The compiled pieces of recent runs: a resumed run (or a test) in the same process
 # with the same config, mesh and prompts reuses them instead of compiling again.
-_BUILD_CACHE: "collections.OrderedDict[str, OnlineComponents]" = collections.OrderedDict()
-_BUILD_CACHE_SIZE = 4
+_BUILD_CACHE: components_lib.BuildCache[OnlineComponents] = components_lib.BuildCache()
 # Config fields that change nothing compiled.
 _NOT_COMPILED = ("seed", "checkpoint", "data", "reward", "reference")
 
@@ -268,16 +278,8 @@ def _cached_build(config: Any, mesh: Mesh, info: PromptInfo, value_config) -> On
   # The KL coefficient is state (it starts the controller), never compiled in: the
   # objectives read it from the rollout.
   compiled["loss"].pop("kl_coef", None)
-  key = json.dumps({"config": compiled, "mesh": {"shape": dict(mesh.shape), "devices": [d.id for d in mesh.devices.flat]},
-                    "info": dataclasses.asdict(info), "value": repr(value_config)}, sort_keys=True, default=str)
-  if key in _BUILD_CACHE:
-    _BUILD_CACHE.move_to_end(key)
-    return _BUILD_CACHE[key]
-  parts = build(config, mesh, info, value_config)
-  _BUILD_CACHE[key] = parts
-  while len(_BUILD_CACHE) > _BUILD_CACHE_SIZE:
-    _BUILD_CACHE.popitem(last=False)
-  return parts
+  return _BUILD_CACHE.get({"config": compiled, "info": info, "value": repr(value_config)}, mesh,
+                          lambda: build(config, mesh, info, value_config))
 
 
 # ----------------------------------------------------------------------------- state
@@ -363,7 +365,7 @@ def _run_tokenizer(workdir: str | os.PathLike[str]) -> data_lib.Tokenizer | None
   config = _run(workdir)
   if config is None or not config.get("data", {}).get("train"):
     return None
-  return score_lib.run_tokenizer(Path(workdir), config)
+  return score_lib.run_tokenizer(Path(workdir), score_lib.tokenizer_source(config))
 
 
 def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib.RewardSettings
@@ -393,7 +395,8 @@ def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib
     raise ValueError(f"model.value_init='reward_model': the critic reads the policy's tokens, so the policy must "
                      f"use the tokenizer of {rm_dir} ({getattr(rm_tokenizer, 'name', 'none')}); set data.tokenizer "
                      "to it (or leave it empty to take it), or use value_init='policy'.")
-  return networks.model_config(rm_config, prompts.vocab_size), int(rm_config.model.reward_heads)
+  return (networks.model_config(config_lib.model_settings(rm_config), prompts.vocab_size),
+          int(rm_config.model.reward_heads))
 
 
 # ----------------------------------------------------------------------------- host side
@@ -446,7 +449,7 @@ def _check_config(config: Any) -> objectives_lib.Objective:
   objective = objectives_lib.get(config.objective)
   if not objective.online:
     raise ValueError(f"objective {config.objective!r} is trained offline (rlhf_jax.train.train), not by rlhf_jax.rl.")
-  objectives_lib.settings_from(objective, config.loss)
+  config_lib.loss_settings(config)
   for section, name in (("train", "steps"), ("train", "log_every"), ("train", "microbatches")):
     value = config[section][name]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -533,7 +536,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   objective = _check_config(config)
   config = _resolve(config)
   start_time = time.time()
-  reward_settings = rewards_lib.RewardSettings.from_config(config.reward)
+  reward_settings = read_reward_settings(config)
   rollout_settings = RolloutSettings.from_config(config.rollout)
   prompt_settings = prompts_lib.PromptSettings(
       train=str(config.data.train), format=str(config.data.format), tokenizer=str(config.data.tokenizer),
@@ -543,7 +546,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
       seed=int(config.seed))
   workdir = rundir.prepare(workdir)
   inputs = _input_fingerprints(config, reward_settings)
-  resume = rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME, inputs=inputs,
+  resume = rundir.check_resume(workdir, config.to_dict(), may_change=MAY_CHANGE_ON_RESUME, inputs=inputs,
                                force_new=force_new)
   fallback = None  # The starting policy's tokenizer, else the (first) reward model's.
   for run in ([config.model.init_from] if config.model.init_from else []) + list(reward_settings.checkpoints[:1]):
@@ -571,7 +574,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
           f"train.steps {config.train.steps} is below the iteration {latest} of the checkpoint in "
           f"{checkpointer.directory}; give train.steps >= {latest} to resume, or --force_new to start afresh.")
     reward_source = rewards_lib.make_reward_source(reward_settings, mesh=mesh)
-    rundir.write_config(workdir, config)
+    rundir.write_config(workdir, config.to_dict())
     changed = {}
     if resume.changed:
       _log.info("resuming %s with changed %s", workdir, rundir.describe(resume.changed))
@@ -604,7 +607,7 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
     initial = _initial_state(parts, config, init_key, train_key, reward_settings, reward_heads)
   if latest is None:
     # From this config (a cached build may have been made with another coefficient).
-    settings = objectives_lib.settings_from(parts.objective, config.loss)
+    settings = config_lib.loss_settings(config)
     train_state, kl_coef = initial, np.float32(getattr(settings, "kl_coef", 0.0))
   elif adapters:
     # A LoRA checkpoint holds the adapters and heads; the base comes again from model.init_from.

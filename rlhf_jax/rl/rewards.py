@@ -80,13 +80,6 @@ class RewardSettings:
     if self.batch_size < 0:
       raise ValueError(f"config reward.batch_size must be >= 0, got {self.batch_size}.")
 
-  @classmethod
-  def from_config(cls, section: Any) -> "RewardSettings":
-    """From `config.reward` (checkpoints a comma-separated string)."""
-    checkpoints = tuple(p.strip() for p in str(section.checkpoints or "").split(",") if p.strip())
-    return cls(checkpoints=checkpoints, combine=str(section.combine), std_coef=float(section.std_coef),
-               function=str(section.function or ""), batch_size=int(section.batch_size))
-
 
 def combine(members: np.ndarray, method: str, std_coef: float = 1.0) -> np.ndarray:
   """float32 [N]: the members' scores [N, K] combined by `method` (see the module docstring)."""

@@ -1,20 +1,22 @@
-"""Everything a run compiles, built from (config, mesh, data description) alone.
+"""Everything a run compiles, built from (settings, mesh, data description) alone.
 
-    parts = build(config, mesh, info)
+    parts = build(settings, mesh, info)                   # settings: BuildSettings
     state = parts.init_state(init_key, train_key)         # sharded from birth
     state, metrics = parts.train_step(state, batch, key)  # jitted, donated
 
 Nothing here reads data or allocates parameters except `init_state`, so the same
 `build` serves ahead-of-time planning: `parts.train_step.lower(parts.abstract_state,
-abstract_batch(config, info), key_shape)` compiles the step for any mesh with abstract
+abstract_batch(settings, info, batch_size), key_shape)` compiles the step for any mesh with abstract
 shapes only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-from typing import Any, Callable
+import json
+from typing import Any, Callable, Generic, TypeVar
 
 import flax.linen as nn
 import jax
@@ -30,13 +32,15 @@ from rlhf_jax.train import optim
 from rlhf_jax.train import padding_free
 from rlhf_jax.train import pretrained
 from rlhf_jax.train import reference as reference_lib
-from rlhf_jax.train import shared_prompt
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import step as step_lib
+from rlhf_jax.train import inputs as inputs_lib
 from rlhf_jax.train.inputs import DataInfo
 
 __all__ = [
     "FAST_COMPILE_OPTIONS",
+    "BuildCache",
+    "BuildSettings",
     "Components",
     "MeshFunction",
     "abstract_batch",
@@ -48,14 +52,68 @@ __all__ = [
 
 
 # XLA options of `train.fast_compile`: no backend (LLVM) optimisation. Compilation is
-# 2-4x faster, steps slower; right for tests and the tiny CPU preset, where compiling
-# takes longer than training.
+# faster, steps slower; right for tests and the tiny CPU preset, where compiling takes
+# longer than training.
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def compiler_options(config: Any) -> dict[str, Any] | None:
-  """The XLA compiler options of `config.train.fast_compile` (None: XLA's defaults)."""
-  return dict(FAST_COMPILE_OPTIONS) if config.train.get("fast_compile", False) else None
+def compiler_options(fast_compile: bool) -> dict[str, Any] | None:
+  """The XLA compiler options of `train.fast_compile` (None: XLA's defaults)."""
+  return dict(FAST_COMPILE_OPTIONS) if fast_compile else None
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+  """What `build` compiles from: the config's values that change the compiled steps
+  (batch sizes only change shapes; seeds, paths and cadences change nothing compiled).
+  The config layer reads them (`rlhf_jax.train.config.build_settings`).
+
+  Attributes:
+    objective: the objective's registry name (`objective`).
+    loss: the objective's settings dataclass (`loss`).
+    model: `model` section.
+    optim: `optim` section.
+    packing: prompt sharing and padding-free rows (`data`), sizes resolved.
+    steps: `train.steps` (the learning-rate schedule's length).
+    microbatches: `train.microbatches` (gradient accumulation).
+    fast_compile: `train.fast_compile`.
+  """
+
+  objective: str
+  loss: Any
+  model: networks.ModelSettings
+  optim: optim.OptimizerSettings
+  packing: padding_free.PackingSettings
+  steps: int
+  microbatches: int
+  fast_compile: bool
+
+
+_Built = TypeVar("_Built")
+
+
+class BuildCache(Generic[_Built]):
+  """The compiled pieces of the last `size` builds, by what they were built from, so that
+  a loop called again in the same process with the same settings, mesh and data layout
+  (a resumed run, a sweep over data seeds, tests) reuses the compiled steps."""
+
+  def __init__(self, size: int = 4):
+    self.size = size
+    self._entries: "collections.OrderedDict[str, _Built]" = collections.OrderedDict()
+
+  def get(self, what: Any, mesh: Mesh, build: Callable[[], _Built]) -> _Built:
+    """The entry built from `what` (a JSON-able description; dataclasses are turned into
+    dicts) on `mesh`; `build()` makes it when there is none."""
+    key = json.dumps({"what": what, "mesh": {"shape": dict(mesh.shape),
+                                            "devices": [d.id for d in mesh.devices.flat]}},
+                     sort_keys=True, default=lambda x: dataclasses.asdict(x) if dataclasses.is_dataclass(x) else str(x))
+    if key in self._entries:
+      self._entries.move_to_end(key)
+      return self._entries[key]
+    built = self._entries[key] = build()
+    while len(self._entries) > self.size:
+      self._entries.popitem(last=False)
+    return built
 
 
 def axis_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
@@ -91,10 +149,10 @@ class MeshFunction:
 class Components:
   """The compiled pieces of a run (see the module docstring)."""
 
-  config: Any
+  build_settings: BuildSettings
   info: DataInfo
   objective: objectives_lib.Objective
-  # The objective's hyper-parameters (`config.loss` read once) and the batch layout.
+  # The objective's hyper-parameters (`build_settings.loss`) and the batch layout.
   settings: Any
   layout: objectives_lib.Layout
   model: nn.Module
@@ -119,7 +177,7 @@ class Components:
     return self.shardings.params
 
 
-def device_batch_layout(config: Any, info: DataInfo, *, packed: bool | None = None,
+def device_batch_layout(settings: BuildSettings, info: DataInfo, *, packed: bool | None = None,
                         ) -> dict[str, tuple[tuple[int, ...], Any]]:
   """The arrays a training batch carries to the devices: {name: (per-example shape, dtype)}.
 
@@ -138,61 +196,60 @@ def device_batch_layout(config: Any, info: DataInfo, *, packed: bool | None = No
     keys.update(sequence("rejected_"))
     keys.update(target_prob=((), jnp.float32), weight=((), jnp.float32), is_tie=((), jnp.bool_),
                 annotator=((), jnp.int32))
-    if config.objective == "reward_model" and config.loss.get("name") == "crowd_bt" and \
-        config.loss.get("reliabilities") != "learn":
+    if inputs_lib.fixed_reliabilities(settings.objective, settings.loss) is not None:
       keys["reliability"] = ((), jnp.float32)
   elif info.kind == "sequences":
     keys.update(sequence(""))
   else:
     keys.update(sequence(""))
     keys["is_desirable"] = ((), jnp.bool_)
-    if config.loss.get("reference_point") == "mismatched":
+    if inputs_lib.uses_mismatched_pairs(settings.loss):
       keys.update(sequence("kl_"))
-  objective = objectives_lib.get(config.objective)
+  objective = objectives_lib.get(settings.objective)
   if objective.reference:
     for group in reference_lib.reference_groups(info.kind, tuple(keys)):
       keys[group[3]] = ((), jnp.float32)
   if packed is None:
-    packed = bool(config.data.get("padding_free", False)) and info.kind in padding_free.PACKED_DATA
+    packed = bool(settings.packing.padding_free) and info.kind in padding_free.PACKED_DATA
   if packed:
     sequences = info.kind == "sequences"
     replaced = packing.SEQUENCE_KEYS if sequences else packing.PAIR_SEQUENCE_KEYS
     keys = {k: v for k, v in keys.items() if k not in replaced}
     keys.update({k: (None, None) for k in padding_free.packed_keys(
-        config, targets=objective.model != "reward", sequences=sequences)})
+        settings.packing.share_prompt, targets=objective.model != "reward", sequences=sequences)})
   return keys
 
 
-def abstract_batch(config: Any, info: DataInfo, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-  """ShapeDtypeStructs of one global training batch (reference columns included).
+def abstract_batch(settings: BuildSettings, info: DataInfo, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs of one global training batch of `batch_size` examples (reference
+  columns included).
 
   Padding-free batches have data-dependent shapes; this is the two-row layout, an upper
   bound of their size.
   """
-  size = int(config.train.batch_size if batch_size is None else batch_size)
-  return {name: jax.ShapeDtypeStruct((size, *shape), dtype)
-          for name, (shape, dtype) in device_batch_layout(config, info, packed=False).items()}
+  return {name: jax.ShapeDtypeStruct((int(batch_size), *shape), dtype)
+          for name, (shape, dtype) in device_batch_layout(settings, info, packed=False).items()}
 
 
-def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> Components:
+def build(build_settings: BuildSettings, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> Components:
   """Builds model, optimizer, shardings and the jitted init / train / eval / reference
-  functions for `config` on `mesh` (see the module docstring). `preset_overrides` change
-  fields of the model preset (`TransformerConfig`), e.g. `n_layers` when planning."""
-  objective = objectives_lib.get(config.objective)
-  settings = objectives_lib.settings_from(objective, config.loss)
+  functions for `build_settings` on `mesh` (see the module docstring). `preset_overrides`
+  change fields of the model preset (`TransformerConfig`), e.g. `n_layers` when planning."""
+  objective = objectives_lib.get(build_settings.objective)
+  settings = build_settings.loss
   layout = objectives_lib.Layout(
-      shared_prompt=shared_prompt.from_config(config) if info.kind == "pairs" else None)
-  model = networks.build_model(config, info.vocab_size, objective.model, **preset_overrides)
+      shared_prompt=build_settings.packing.shared_layout if info.kind == "pairs" else None)
+  model = networks.build_model(build_settings.model, info.vocab_size, objective.model, **preset_overrides)
   if info.max_length > model.config.max_len:
     raise ValueError(
         f"sequences of length {info.max_length} (data.max_length) exceed the model's max_len "
-        f"{model.config.max_len} (preset {config.model.preset!r}).")
-  total_steps = int(config.train.steps)
-  tx = optim.make_optimizer(config.optim, total_steps)
+        f"{model.config.max_len} (preset {build_settings.model.preset!r}).")
+  total_steps = int(build_settings.steps)
+  tx = optim.make_optimizer(build_settings.optim, total_steps)
   if models.lora.enabled(model.config):
     # LoRA: the optimizer (and its state) covers the adapters and heads only.
     tx = pretrained.optimizer(tx)
-  schedule = optim.learning_rate_schedule(config.optim, total_steps)
+  schedule = optim.learning_rate_schedule(build_settings.optim, total_steps)
   rules = axis_rules(mesh)
 
   extra = None
@@ -205,12 +262,12 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
     boxed = jax.eval_shape(init_params, jax.random.key(0))
     shardings = state_lib.state_shardings(boxed, tx, mesh, rules)
     abstract = state_lib.abstract_state(init_params, tx, shardings)
-  options = compiler_options(config)
+  options = compiler_options(build_settings.fast_compile)
   init_state = MeshFunction(
       state_lib.make_init_state(init_params, tx, shardings, compiler_options=options), mesh, rules)
   train_step = MeshFunction(step_lib.make_train_step(
       objective, model, tx, mesh, shardings, settings=settings, layout=layout,
-      microbatches=int(config.train.microbatches), schedule=schedule, compiler_options=options),
+      microbatches=int(build_settings.microbatches), schedule=schedule, compiler_options=options),
       mesh, rules)
   eval_step = MeshFunction(step_lib.make_eval_step(
       objective, model, mesh, shardings.params, settings=settings, layout=layout,
@@ -219,7 +276,8 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
   groups: tuple = ()
   reference_cached = reference_on_the_fly = None
   if objective.reference:
-    groups = reference_lib.reference_groups(info.kind, tuple(device_batch_layout(config, info, packed=False)))
+    groups = reference_lib.reference_groups(
+        info.kind, tuple(device_batch_layout(build_settings, info, packed=False)))
     # LoRA: the reference is the same parameters with the adapters off (the frozen base).
     reference_model = models.lora.base_model(model)
     reference_cached = MeshFunction(reference_lib.make_reference_fn(
@@ -229,7 +287,8 @@ def build(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any) -> C
         reference_model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options,
         shared_layout=layout.shared_prompt), mesh, rules)
   return Components(
-      config=config, info=info, objective=objective, settings=settings, layout=layout, model=model, tx=tx, schedule=schedule, mesh=mesh,
+      build_settings=build_settings, info=info, objective=objective, settings=settings, layout=layout,
+      model=model, tx=tx, schedule=schedule, mesh=mesh,
       rules=rules, init_params=init_params, shardings=shardings, abstract_state=abstract,
       init_state=init_state, train_step=train_step, eval_step=eval_step,
       reference_cached=reference_cached, reference_on_the_fly=reference_on_the_fly,

@@ -29,19 +29,32 @@ eval.* and no offline data or reference fields; instead:
   train.steps          counts iterations (rollout, score, update), not optimizer steps
 
 `parse_arg("preset=tiny,variant=ipo")` reads the `get_config(arg)` string.
+
+The loops read a config here, once, into the frozen dataclasses the modules below them
+take (`build_settings`, `data_settings`, `model_settings`, `optimizer_settings`, ...):
+no module below a loop sees a ConfigDict, and each settings class names the fields it
+reads. The readers take a ConfigDict or the plain dict of a run's stored config.json.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Any, Mapping, TypeVar
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from rlhf_jax.data import packing
+from rlhf_jax.train import components
+from rlhf_jax.train import inputs
+from rlhf_jax.train import networks
+from rlhf_jax.train import optim
+from rlhf_jax.train import padding_free
+from rlhf_jax.train import pretrained
 
-__all__ = ["OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config", "parse_arg",
-           "to_dict"]
+__all__ = ["DEFAULT_PRESET", "OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config",
+           "build_settings", "data_settings", "loss_default", "loss_settings", "model_settings", "optimizer_settings",
+           "packing_settings", "parse_arg", "to_dict"]
 
 OFFLINE_OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
 ONLINE_OBJECTIVES = ("ppo", "grpo", "rloo", "online_dpo")
@@ -49,6 +62,8 @@ OBJECTIVES = OFFLINE_OBJECTIVES + ONLINE_OBJECTIVES
 PRESETS = ("tiny", "125m", "1b", "7b", "smollm2")
 # Presets that start from a pretrained checkpoint (`model.init_from`), with LoRA.
 PRETRAINED_PRESETS = {"smollm2": "hf:smollm2"}
+# The preset of a config file's `get_config()` without an argument.
+DEFAULT_PRESET = "tiny"
 
 # Learning rates for the accelerator presets, from the papers' recipes: SFT and reward
 # models as in Ouyang et al. 2022 (arXiv 2203.02155) and TRL's examples, DPO 5e-7
@@ -59,13 +74,14 @@ PRETRAINED_PRESETS = {"smollm2": "hf:smollm2"}
 # 2024 / TRL), online DPO 5e-7 (Guo et al. 2024 as DPO).
 _LEARNING_RATES = {"sft": 2e-5, "reward_model": 1e-5, "dpo": 5e-7, "simpo": 5e-7,
                    "orpo": 8e-6, "kto": 5e-7, "ppo": 3e-6, "grpo": 1e-6, "rloo": 3e-6, "online_dpo": 5e-7}
-# The tiny CPU demo: a fresh 2-layer model learns the planted toy rule in ~200 steps
-# (online: raises the toy reward within the preset's iterations).
 # LoRA on a pretrained model (preset smollm2): adapters take larger steps than full
 # fine-tuning (Hu et al. 2021 use 2e-4 to 5e-4 for GPT-2 / RoBERTa; TRL's LoRA DPO
 # examples 5e-5 to 5e-6).
 _LORA_LEARNING_RATES = {"sft": 2e-4, "reward_model": 1e-4, "dpo": 5e-5, "simpo": 5e-5,
                         "orpo": 1e-4, "kto": 5e-5, "ppo": 1e-5, "grpo": 1e-5, "rloo": 1e-5, "online_dpo": 5e-6}
+# The tiny CPU demo: a fresh 2-layer model learns the planted toy rule within the
+# preset's steps (online: raises the toy reward within its iterations); the recorded
+# results are in docs/benchmarks.md ("Demo runs: the configs and make run").
 _TINY_LEARNING_RATES = {"sft": 3e-3, "reward_model": 1e-3, "dpo": 1e-3, "simpo": 1e-3,
                         "orpo": 3e-3, "kto": 1e-3, "ppo": 1e-3, "grpo": 1e-3, "rloo": 1e-3, "online_dpo": 1e-3}
 
@@ -106,6 +122,19 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
+def _field_default(cls: type, name: str) -> Any:
+  """The default of field `name` of the settings dataclass `cls` (its one home)."""
+  return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def loss_default(objective: str, field: str) -> Any:
+  """The default of `loss.<field>` of `objective`: its settings dataclass's, which for a
+  loss hyper-parameter is the loss function's own signature default (the one home a
+  config file reads it from, e.g. the DPO variant a `get_config` argument falls back to)."""
+  from rlhf_jax.train import objectives  # pylint: disable=g-import-not-at-top
+  return _field_default(objectives.get(objective).settings, field)
+
+
 def _loss_config(objective: str) -> ml_collections.ConfigDict:
   """The `loss` section: the fields of the objective's settings dataclass with their
   defaults (`objectives.config_defaults`; the fields are documented there), so a typo
@@ -114,7 +143,7 @@ def _loss_config(objective: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(objectives.config_defaults(objectives.get(objective)))
 
 
-def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDict:
+def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
   """The full default config of `objective` at size `preset` (see the module docstring).
 
   Args:
@@ -150,9 +179,9 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   # keeps the preset's choice.
   config.model.remat = placeholder(bool)
   # Reward models: number of scalar heads on one backbone (an ensemble of K heads).
-  config.model.reward_heads = 1
+  config.model.reward_heads = _field_default(networks.ModelSettings, "reward_heads")
   # Reward models: number of independent models trained together (ensemble of K models).
-  config.model.ensemble_models = 1
+  config.model.ensemble_models = _field_default(networks.ModelSettings, "ensemble_models")
   # Start from the parameters of an earlier run's latest checkpoint (its workdir), e.g.
   # an SFT run for DPO; or from a pretrained model, "hf:PATH" (a Hugging Face checkpoint
   # directory or a GGUF file; "hf:smollm2" is the file of `make smollm2`), whose
@@ -214,7 +243,8 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   config.data.padding_free = False
   # Padding-free rows: row lengths and completion-token counts are rounded up to one of
   # this many sizes per octave (a power of two): at most 1/k padding, and the step
-  # compiles once per size met. 8: about 4% padding; 16 halves it for twice the shapes.
+  # compiles once per size met; 16 halves the padding for about twice the shapes
+  # (measured: docs/benchmarks.md, "Step shapes of padding-free batches").
   config.data.buckets_per_octave = packing.BUCKETS_PER_OCTAVE
   # Slots per document (the longest sequence, or packed pair with share_prompt); 0
   # measures the training and evaluation data (rounded up to a multiple of 8).
@@ -267,8 +297,9 @@ def base_config(objective: str, preset: str = "tiny") -> ml_collections.ConfigDi
   config.train.log_every = 10 if tiny else 20
   # Show a tqdm progress bar (process 0 only).
   config.train.progress_bar = True
-  # Compile without XLA backend optimisation: 2-4x faster compilation, slower steps.
-  # On for the tiny CPU preset, where compiling takes longer than training.
+  # Compile without XLA backend optimisation (`components.FAST_COMPILE_OPTIONS`): faster
+  # compilation, slower steps. On for the tiny CPU preset, where compiling takes longer
+  # than training.
   config.train.fast_compile = tiny
 
   config.eval = ml_collections.ConfigDict()
@@ -317,6 +348,8 @@ _NUM_SAMPLES = {"ppo": 1, "grpo": 4, "rloo": 4, "online_dpo": 2}
 
 def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) -> None:
   """Turns the offline layout built above into an online run's (see the module docstring)."""
+  # The reward section's defaults are `RewardSettings`'; rl imports train, so here.
+  from rlhf_jax.rl import rewards  # pylint: disable=g-import-not-at-top
   for section, names in _OFFLINE_ONLY.items():
     for name in names:
       del config[section][name]
@@ -379,14 +412,14 @@ def _make_online(config: ml_collections.ConfigDict, objective: str, tiny: bool) 
   config.reward.checkpoints = ""
   # Ensemble members (every head of every model) -> one score: "mean", "min" (worst
   # case) or "mean_minus_std" (mean - std_coef * std; Coste et al. 2023).
-  config.reward.combine = "mean"
-  config.reward.std_coef = 1.0
+  config.reward.combine = _field_default(rewards.RewardSettings, "combine")
+  config.reward.std_coef = _field_default(rewards.RewardSettings, "std_coef")
   # Or a Python function "module:function" of (prompts, completions) -> floats. With
   # neither and toy prompts (no data.train), the toy task's reward
   # `rlhf_jax.rl.toy:good_marker_count` (the count of the toy GOOD marker).
-  config.reward.function = ""
+  config.reward.function = _field_default(rewards.RewardSettings, "function")
   # Rows per reward-model forward pass; 0 uses each run's eval.batch_size.
-  config.reward.batch_size = 0
+  config.reward.batch_size = _field_default(rewards.RewardSettings, "batch_size")
 
   config.reference = ml_collections.ConfigDict()
   # The frozen reference of the KL: "" is the starting policy (`model.init_from`, or
@@ -399,3 +432,58 @@ def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
   if isinstance(config, ml_collections.ConfigDict):
     return config.to_dict()
   return dict(config)
+
+
+# ----------------------------------------------------------------------------- readers
+
+_Settings = TypeVar("_Settings")
+Config = ml_collections.ConfigDict | Mapping[str, Any]
+
+
+def _read(cls: type[_Settings], section: Config, **values: Any) -> _Settings:
+  """An instance of the settings dataclass `cls` from a config section: its fields of
+  the same names (a field the section lacks takes the dataclass default, or fails when
+  there is none), plus `values`."""
+  names = [f.name for f in dataclasses.fields(cls) if f.name not in values]
+  return cls(**{name: section[name] for name in names if name in section}, **values)
+
+
+def model_settings(config: Config) -> networks.ModelSettings:
+  """The network's shape of `config.model` (its `lora` section included)."""
+  model = config["model"]
+  lora = model.get("lora") if hasattr(model, "get") else None
+  return _read(networks.ModelSettings, model, **pretrained.lora_fields(lora))
+
+
+def optimizer_settings(config: Config) -> optim.OptimizerSettings:
+  """`config.optim`."""
+  return _read(optim.OptimizerSettings, config["optim"])
+
+
+def packing_settings(config: Config) -> padding_free.PackingSettings:
+  """Prompt sharing and padding-free rows of `config.data` (an offline config)."""
+  return _read(padding_free.PackingSettings, config["data"])
+
+
+def data_settings(config: Config) -> inputs.DataSettings:
+  """What an offline run reads and how it tokenizes it (`config.data`)."""
+  data = config["data"]
+  init_from = config["model"].get("init_from", "") if hasattr(config["model"], "get") else ""
+  return _read(inputs.DataSettings, data, toy=_read(inputs.ToyDataSettings, data["toy"]),
+               pretrained_tokenizer=init_from if pretrained.is_pretrained(init_from) else "")
+
+
+def loss_settings(config: Config) -> Any:
+  """The objective's settings dataclass from `config.loss` (`objectives.settings_from`:
+  an unknown field or a bad value fails naming `loss.<field>`)."""
+  from rlhf_jax.train import objectives  # pylint: disable=g-import-not-at-top
+  return objectives.settings_from(objectives.get(config["objective"]), dict(config["loss"]))
+
+
+def build_settings(config: Config) -> components.BuildSettings:
+  """What an offline run compiles (`components.build`), read from `config`."""
+  train = config["train"]
+  return components.BuildSettings(
+      objective=str(config["objective"]), loss=loss_settings(config), model=model_settings(config),
+      optim=optimizer_settings(config), packing=packing_settings(config), steps=int(train["steps"]),
+      microbatches=int(train["microbatches"]), fast_compile=bool(train["fast_compile"]))

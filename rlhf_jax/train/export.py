@@ -71,7 +71,7 @@ def _tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> Any:
     return pretrained.tokenizer(init_from) if pretrained.is_pretrained(init_from) else None
   if "rollout" in config:
     return sampling._online_tokenizer(workdir, config)  # pylint: disable=protected-access
-  return score_lib.run_tokenizer(workdir, config)
+  return score_lib.run_tokenizer(workdir, score_lib.tokenizer_source(config))
 
 
 def _vocab_size(config: ml_collections.ConfigDict, tokenizer: Any) -> int:

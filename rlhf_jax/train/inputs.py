@@ -1,4 +1,5 @@
-"""From `config.data` to tokenized training and evaluation sets (through `rlhf_jax.data`).
+"""From `DataSettings` (a config's `data` section) to tokenized training and evaluation
+sets (through `rlhf_jax.data`).
 
 - `data.train == ""`: the synthetic toy set of the objective's layout (`data.toy_*`):
   no file, no tokenizer, no download.
@@ -34,9 +35,53 @@ from rlhf_jax.train import pretrained
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import reference as reference_lib
 
-__all__ = ["DataInfo", "Datasets", "load_datasets", "mismatched_pairs", "split_by_prompt"]
+__all__ = ["DataInfo", "DataSettings", "Datasets", "ToyDataSettings", "fixed_reliabilities", "load_datasets",
+           "mismatched_pairs", "split_by_prompt", "uses_mismatched_pairs"]
 
 _log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyDataSettings:
+  """The synthetic toy data set (`data.toy` of a config, used when `data.train` is empty)."""
+
+  num_train: int
+  num_eval: int
+  vocab_size: int
+  max_length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """The values of a config's `data` section that say what to read and how to tokenize
+  it (defaults and comments live in `rlhf_jax/train/config.py`)."""
+
+  train: str
+  eval: str
+  eval_fraction: float
+  eval_split_seed: int
+  format: str
+  tokenizer: str
+  tokenizer_vocab_size: int
+  max_length: int
+  max_prompt_length: int
+  toy: ToyDataSettings
+  # `model.init_from` when it is a pretrained checkpoint ("hf:..."): its tokenizer is the
+  # default (no `tokenizer` file given).
+  pretrained_tokenizer: str = ""
+
+
+def fixed_reliabilities(objective: str, loss: Any) -> str | None:
+  """The reliability file of a Crowd-BT reward model with given (not learned)
+  reliabilities (`loss.reliabilities`), else None; `loss` the objective's settings."""
+  if objective == "reward_model" and loss.name == "crowd_bt" and loss.reliabilities != "learn":
+    return str(loss.reliabilities)
+  return None
+
+
+def uses_mismatched_pairs(loss: Any) -> bool:
+  """KTO with the mismatched-pairs reference point (`loss.reference_point`)."""
+  return getattr(loss, "reference_point", None) == "mismatched"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,38 +219,37 @@ def _subset(records: Any, indices: np.ndarray) -> Any:
   return type(records)(**values)
 
 
-def _check_split(config: Any) -> float:
+def _check_split(data: DataSettings) -> float:
   """`data.eval_fraction` as a float (0: no split), refused where it cannot apply."""
-  fraction = config.data.get("eval_fraction", 0.0)
+  fraction = data.eval_fraction
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
     raise ValueError(f"data.eval_fraction must be a number in (0, 1) or 0 (off), got {fraction!r}.")
   if fraction == 0:
     return 0.0
   if not 0.0 < fraction < 1.0:
     raise ValueError(f"data.eval_fraction must lie in (0, 1) (0 turns the split off), got {fraction!r}.")
-  if config.data.eval:
-    raise ValueError(f"data.eval ({config.data.eval}) and data.eval_fraction ({fraction}) are both set; give "
+  if data.eval:
+    raise ValueError(f"data.eval ({data.eval}) and data.eval_fraction ({fraction}) are both set; give "
                      "an evaluation file or a share of data.train to hold out, not both.")
-  if not config.data.train:
+  if not data.train:
     raise ValueError("data.eval_fraction holds out a share of data.train, which is empty (the synthetic toy "
                      "data sets its evaluation size with data.toy.num_eval).")
   return float(fraction)
 
 
-def _toy(kind: str, config: Any, *, num: int, seed: int):
-  toy = config.data.toy
+def _toy(kind: str, toy: ToyDataSettings, *, num: int, seed: int):
   maker = {"pairs": data_lib.toy_preference_data, "sequences": data_lib.toy_sft_data,
            "unpaired": data_lib.toy_unpaired_data}[kind]
   return maker(num, seed=seed, vocab_size=int(toy.vocab_size), max_length=int(toy.max_length))
 
 
-def _load_records(kind: str, path: str, config: Any, rejects_path: Path):
+def _load_records(kind: str, path: str, data_format: str, rejects_path: Path):
   if kind == "pairs":
-    return data_lib.load_preference_data(path, format=config.data.format, rejects_path=rejects_path)
+    return data_lib.load_preference_data(path, format=data_format, rejects_path=rejects_path)
   if kind == "sequences":
-    return data_lib.load_sft_data(path, format=config.data.format, rejects_path=rejects_path)
-  if config.data.format not in ("auto", "unpaired"):
-    raise ValueError(f"data.format {config.data.format!r}: KTO data has one format; use 'auto'.")
+    return data_lib.load_sft_data(path, format=data_format, rejects_path=rejects_path)
+  if data_format not in ("auto", "unpaired"):
+    raise ValueError(f"data.format {data_format!r}: KTO data has one format; use 'auto'.")
   return data_lib.load_unpaired_data(path, rejects_path=rejects_path)
 
 
@@ -222,29 +266,28 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _tokenizer(config: Any, workdir: Path, train_records) -> data_lib.Tokenizer:
-  if config.data.tokenizer:
-    return data_lib.Tokenizer.load(config.data.tokenizer)
-  if pretrained.is_pretrained(config.model.get("init_from")):
+def _tokenizer(data: DataSettings, workdir: Path, train_records) -> data_lib.Tokenizer:
+  if data.tokenizer:
+    return data_lib.Tokenizer.load(data.tokenizer)
+  if data.pretrained_tokenizer:
     # A pretrained model reads the ids of its own tokenizer.
-    return pretrained.tokenizer(config.model.init_from)
+    return pretrained.tokenizer(data.pretrained_tokenizer)
   prefix = workdir / "tokenizer" / "spm"
   model_path = prefix.with_suffix(".model")
   if not model_path.is_file():
     if jax.process_index() == 0:
-      _log.info("training a %d-piece sentencepiece tokenizer on %s", config.data.tokenizer_vocab_size,
-                config.data.train)
-      data_lib.train_tokenizer(None, prefix, vocab_size=int(config.data.tokenizer_vocab_size),
+      _log.info("training a %d-piece sentencepiece tokenizer on %s", data.tokenizer_vocab_size, data.train)
+      data_lib.train_tokenizer(None, prefix, vocab_size=int(data.tokenizer_vocab_size),
                                texts=_texts(train_records))
     _sync("tokenizer")
   return data_lib.Tokenizer.load(model_path)
 
 
-def _tokenize(kind: str, records, tokenizer, config: Any, cache_dir: Path, rejects_path: Path):
+def _tokenize(kind: str, records, tokenizer, data: DataSettings, cache_dir: Path, rejects_path: Path):
   function = {"pairs": data_lib.tokenize_pairs, "sequences": data_lib.tokenize_sft,
               "unpaired": data_lib.tokenize_unpaired}[kind]
-  return function(records, tokenizer, max_length=int(config.data.max_length),
-                  max_prompt_length=int(config.data.max_prompt_length), cache_dir=cache_dir,
+  return function(records, tokenizer, max_length=int(data.max_length),
+                  max_prompt_length=int(data.max_prompt_length), cache_dir=cache_dir,
                   rejects_path=rejects_path)
 
 
@@ -255,55 +298,63 @@ def _report(report) -> dict[str, Any]:
                                           "rejects_path") if hasattr(report, k)}
 
 
-def load_datasets(config: Any, workdir: str | os.PathLike[str]) -> Datasets:
-  """Reads, tokenizes and augments the training and evaluation sets of `config`.
+def load_datasets(data: DataSettings, workdir: str | os.PathLike[str], *, objective: str, loss: Any,
+                  seed: int) -> Datasets:
+  """Reads, tokenizes and augments the training and evaluation sets of `data`.
+
+  Args:
+    data: what to read (`DataSettings`).
+    workdir: the run directory (rejects, tokenizer and tokenization cache go there).
+    objective: the objective's name; its data kind sets the layout.
+    loss: the objective's settings (KTO's reference point and Crowd-BT's reliability
+      file add arrays).
+    seed: the run's seed (the toy data's).
 
   Raises `rlhf_jax.data.DataError` (naming file, line, field and reason) for unusable
   files; unusable rows go to the rejects files under `<workdir>/rejects/`.
   """
-  objective = objectives_lib.get(config.objective)
-  kind = objective.data
+  kind = objectives_lib.get(objective).data
   workdir = Path(workdir)
   provenance: dict[str, Any] = {}
   annotator_names: tuple[str, ...] = ()
-  eval_fraction = _check_split(config)
-  if not config.data.train:
-    if config.data.eval:
+  eval_fraction = _check_split(data)
+  if not data.train:
+    if data.eval:
       raise ValueError("data.eval is set but data.train is empty; give both files (or neither "
                        "for the synthetic toy data).")
-    train = _toy(kind, config, num=int(config.data.toy.num_train), seed=int(config.seed))
+    train = _toy(kind, data.toy, num=int(data.toy.num_train), seed=int(seed))
     # Another seed: evaluation prompts and completions differ from the training ones.
-    evaluation = (_toy(kind, config, num=int(config.data.toy.num_eval), seed=int(config.seed) + 1_000_003)
-                  if int(config.data.toy.num_eval) > 0 else None)
-    vocab_size, pad_id = int(config.data.toy.vocab_size), int(train.pad_id)
+    evaluation = (_toy(kind, data.toy, num=int(data.toy.num_eval), seed=int(seed) + 1_000_003)
+                  if int(data.toy.num_eval) > 0 else None)
+    vocab_size, pad_id = int(data.toy.vocab_size), int(train.pad_id)
     provenance["data"] = {"train": "toy", "eval": "toy" if evaluation is not None else None,
-                          **config.data.toy.to_dict()}
+                          **dataclasses.asdict(data.toy)}
   else:
     rejects = workdir / "rejects"
     rejects.mkdir(parents=True, exist_ok=True)
     cache_dir = workdir / "cache" / "tokenized"
-    train_records = _load_records(kind, config.data.train, config, rejects / "train.jsonl")
-    eval_records = (_load_records(kind, config.data.eval, config, rejects / "eval.jsonl")
-                    if config.data.eval else None)
+    train_records = _load_records(kind, data.train, data.format, rejects / "train.jsonl")
+    eval_records = (_load_records(kind, data.eval, data.format, rejects / "eval.jsonl")
+                    if data.eval else None)
     split = None
     if eval_fraction:
-      seed = int(config.data.get("eval_split_seed", 0))
-      train_index, eval_index = split_by_prompt(train_records.prompts, eval_fraction, seed)
+      split_seed = int(data.eval_split_seed)
+      train_index, eval_index = split_by_prompt(train_records.prompts, eval_fraction, split_seed)
       whole = train_records
       train_records, eval_records = _subset(whole, train_index), _subset(whole, eval_index)
       split = {
-          "eval_fraction": eval_fraction, "seed": seed, "grouped_by": "prompt",
-          "file": config.data.train, "file_fingerprint": whole.report.fingerprint,
+          "eval_fraction": eval_fraction, "seed": split_seed, "grouped_by": "prompt",
+          "file": data.train, "file_fingerprint": whole.report.fingerprint,
           "examples": {"train": len(train_index), "eval": len(eval_index)},
           "prompts": {"train": _prompt_groups(train_records.prompts), "eval": _prompt_groups(eval_records.prompts)},
           # Content fingerprints of the two sides (as the tokenization cache keys them).
           "fingerprints": {"train": train_records.fingerprint, "eval": eval_records.fingerprint},
       }
       _log.info("held out %d of %d examples of %s for evaluation (data.eval_fraction %g, seed %d, whole "
-                "prompts)", len(eval_index), len(whole), config.data.train, eval_fraction, seed)
-    tokenizer = _tokenizer(config, workdir, train_records)
-    train = _tokenize(kind, train_records, tokenizer, config, cache_dir, rejects / "train_tokenize.jsonl")
-    evaluation = (_tokenize(kind, eval_records, tokenizer, config, cache_dir, rejects / "eval_tokenize.jsonl")
+                "prompts)", len(eval_index), len(whole), data.train, eval_fraction, split_seed)
+    tokenizer = _tokenizer(data, workdir, train_records)
+    train = _tokenize(kind, train_records, tokenizer, data, cache_dir, rejects / "train_tokenize.jsonl")
+    evaluation = (_tokenize(kind, eval_records, tokenizer, data, cache_dir, rejects / "eval_tokenize.jsonl")
                   if eval_records is not None else None)
     vocab_size, pad_id = tokenizer.vocab_size, tokenizer.pad_id
     annotator_names = tuple(getattr(train_records, "annotator_names", ()))
@@ -317,25 +368,25 @@ def load_datasets(config: Any, workdir: str | os.PathLike[str]) -> Datasets:
     }
     if split is not None:
       # The evaluation side is part of the training file: its read report is the file's.
-      provenance["data"]["eval"] = {"split_of": config.data.train, "examples": split["examples"]["eval"]}
+      provenance["data"]["eval"] = {"split_of": data.train, "examples": split["examples"]["eval"]}
       provenance["data"]["split"] = split
     for name, report in (("train", train.report), ("eval", evaluation.report if evaluation else None)):
       if report is not None:
         _log.info("%s: %s", name, report.summary())
     if eval_records is not None and getattr(eval_records, "annotator_names", ()) != annotator_names:
-      if config.objective == "reward_model" and config.loss.get("name") == "crowd_bt":
+      if objective == "reward_model" and loss.name == "crowd_bt":
         raise ValueError("crowd_bt: the evaluation file's annotators differ from the training file's; "
                          "annotator ids must index the same reliabilities.")
 
   train_arrays = dict(train.arrays)
   eval_arrays = dict(evaluation.arrays) if evaluation is not None else None
-  if kind == "unpaired" and config.loss.get("reference_point") == "mismatched":
+  if kind == "unpaired" and uses_mismatched_pairs(loss):
     train_arrays.update(mismatched_pairs(train_arrays, pad_id))
     if eval_arrays is not None:
       eval_arrays.update(mismatched_pairs(eval_arrays, pad_id))
-  if (config.objective == "reward_model" and config.loss.get("name") == "crowd_bt"
-      and config.loss.reliabilities != "learn"):
-    table = objectives_lib.reliability_table(config.loss.reliabilities, annotator_names)
+  reliabilities = fixed_reliabilities(objective, loss)
+  if reliabilities is not None:
+    table = objectives_lib.reliability_table(reliabilities, annotator_names)
     for arrays in (train_arrays, eval_arrays):
       if arrays is not None:
         index = np.asarray(arrays["annotator"], np.int64)

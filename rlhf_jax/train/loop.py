@@ -1,12 +1,12 @@
 """`train(config, workdir)`: the whole run, from data files to checkpoints and metrics.
 
-  1. data      read and tokenize (`inputs.py`), or the toy set when `data.train` is empty
-  2. mesh      devices arranged as (data, fsdp, tensor) from `config.mesh`
-  3. build     model, optimizer, shardings, jitted steps (`build.py`)
   0. run dir   `<workdir>` checked before any work (`rundir.check_resume`): a stored
                config.json that differs from `config` outside `MAY_CHANGE_ON_RESUME`,
                or input files whose contents changed, refuse the start with the fields
                that differ; `force_new` moves the earlier run aside
+  1. data      read and tokenize (`inputs.py`), or the toy set when `data.train` is empty
+  2. mesh      devices arranged as (data, fsdp, tensor) from `config.mesh`
+  3. build     model, optimizer, shardings, jitted steps (`components.py`)
   4. state     restored from the newest checkpoint in `<workdir>`, else initialised
                (already sharded) or loaded from `model.init_from`
   5. reference DPO/KTO reference log-probs, cached per data set or on the fly
@@ -14,6 +14,9 @@
                checkpoints every `checkpoint.every`; SIGTERM (or `stop_at_step`) saves
                and stops at the next step boundary (`preempted`: resumable)
   7. end       final evaluation and checkpoint; returns the final metrics
+
+The config is read here only: the modules below take plain values and the frozen
+settings dataclasses of `rlhf_jax.train.config` (`build_settings`, `data_settings`).
 
 Rerunning the same command on the same workdir resumes exactly: parameters, optimizer,
 step, key and data position come from the checkpoint, and `metrics.jsonl` keeps the
@@ -24,9 +27,7 @@ evaluates nothing and returns its recorded final metrics.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import json
+import copy
 import logging
 import os
 import time
@@ -40,6 +41,7 @@ from rlhf_jax import data as data_lib
 from rlhf_jax import host_memory, models
 from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import checkpoint as checkpoint_lib
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import evaluate as evaluate_lib
 from rlhf_jax.train import inputs as inputs_lib
 from rlhf_jax.train import mesh as mesh_lib
@@ -91,7 +93,7 @@ def check_config(config: Any, where: str = "") -> None:
   prefixes the field names (a section of a larger config, e.g. "reward_model.")."""
   # An unknown objective lists the valid ones; a bad loss setting fails before any work.
   try:
-    objectives_lib.settings_from(objectives_lib.get(config.objective), config.loss)
+    config_lib.loss_settings(config)
   except ValueError as error:
     if not where:
       raise
@@ -119,7 +121,7 @@ def check_config(config: Any, where: str = "") -> None:
   if config.reference.mode not in ("cached", "on_the_fly"):
     raise ValueError(f"{where}reference.mode must be 'cached' or 'on_the_fly', got {config.reference.mode!r}.")
   try:  # The optimizer's own checks (learning rate, warmup within train.steps, ...).
-    optim_lib.make_optimizer(config.optim, int(config.train.steps))
+    optim_lib.make_optimizer(config_lib.optimizer_settings(config), int(config.train.steps))
   except ValueError as error:
     raise ValueError(f"{where}{error}") from None
 
@@ -143,40 +145,14 @@ def _input_fingerprints(config: Any) -> dict[str, str]:
   return inputs
 
 
-# The compiled pieces of recent runs, so that calling `train` again in the same process
-# with the same config, mesh and data layout (a resumed run, a sweep over seeds of the
-# data only, tests) reuses the compiled steps instead of compiling them again.
-_BUILD_CACHE: "collections.OrderedDict[str, components_lib.Components]" = collections.OrderedDict()
-_BUILD_CACHE_SIZE = 4
+# The compiled pieces of recent runs (a rerun in the same process compiles nothing).
+_BUILD_CACHE: components_lib.BuildCache[components_lib.Components] = components_lib.BuildCache()
 
 
-def _compiled_settings(config: Any) -> dict[str, Any]:
-  """The config fields that change what is compiled (batch sizes only change shapes,
-  which jit handles by itself; seeds, paths, cadences change nothing compiled)."""
-  # A pretrained checkpoint (hf:...) is the model's architecture; a run directory is only values.
-  model = {k: v for k, v in config.model.to_dict().items()
-           if k != "init_from" or pretrained.is_pretrained(v)}
-  shared = {k: config.data.get(k) for k in ("share_prompt", "shared_length", "shared_targets",
-                                            "padding_free", "document_width")}
-  return {"objective": config.objective, "model": model, "shared_prompt": shared, "optim": config.optim.to_dict(),
-          "loss": config.loss.to_dict(), "steps": config.train.steps,
-          "microbatches": config.train.microbatches, "fast_compile": config.train.get("fast_compile", False)}
-
-
-def _cached_build(config: Any, mesh: Any, info: inputs_lib.DataInfo) -> components_lib.Components:
-  key = json.dumps({
-      "config": _compiled_settings(config),
-      "mesh": {"shape": dict(mesh.shape), "devices": [d.id for d in mesh.devices.flat]},
-      "info": dataclasses.asdict(info),
-  }, sort_keys=True, default=str)
-  if key in _BUILD_CACHE:
-    _BUILD_CACHE.move_to_end(key)
-    return _BUILD_CACHE[key]
-  parts = components_lib.build(config, mesh, info)
-  _BUILD_CACHE[key] = parts
-  while len(_BUILD_CACHE) > _BUILD_CACHE_SIZE:
-    _BUILD_CACHE.popitem(last=False)
-  return parts
+def _cached_build(settings: components_lib.BuildSettings, mesh: Any,
+                  info: inputs_lib.DataInfo) -> components_lib.Components:
+  return _BUILD_CACHE.get({"settings": settings, "info": info}, mesh,
+                          lambda: components_lib.build(settings, mesh, info))
 
 
 @jax.jit
@@ -190,11 +166,11 @@ def _host(tree: Any) -> Any:
 
 
 def _device_batch(host_batch: Mapping[str, np.ndarray], layout: Mapping[str, Any], mesh,
-                  config: Any = None, microbatches: int = 1) -> dict[str, jax.Array]:
+                  packing: padding_free.PackingSettings, microbatches: int = 1) -> dict[str, jax.Array]:
   """The arrays of `layout` placed on the mesh; with `data.padding_free` (a layout of
   packed rows) the pairs or sequences are packed first (`padding_free.pack_batch`)."""
-  if config is not None and "packed_tokens" in layout and "packed_tokens" not in host_batch:
-    host_batch = padding_free.pack_batch(host_batch, config, data_parallel=mesh_lib.data_parallel_size(mesh),
+  if "packed_tokens" in layout and "packed_tokens" not in host_batch:
+    host_batch = padding_free.pack_batch(host_batch, packing, data_parallel=mesh_lib.data_parallel_size(mesh),
                                          microbatches=microbatches)
   missing = [k for k in layout if k not in host_batch]
   if missing:
@@ -205,29 +181,29 @@ def _device_batch(host_batch: Mapping[str, np.ndarray], layout: Mapping[str, Any
 class _Reference:
   """Adds reference log-probs to batches: from cached tables or a forward pass."""
 
-  def __init__(self, parts: components_lib.Components, config: Any, workdir: Path, ref_params: Any,
-               datasets: inputs_lib.Datasets):
+  def __init__(self, parts: components_lib.Components, workdir: Path, ref_params: Any,
+               datasets: inputs_lib.Datasets, *, mode: str, cache_dir: str, batch_size: int):
     self.parts = parts
-    self.mode = config.reference.mode
+    self.mode = mode
     self.tables: dict[str, reference_lib.ReferenceTable] = {}
     self.ref_params = None
     if self.mode == "on_the_fly":
       self.ref_params = ref_params
       return
-    cache_dir = Path(config.reference.cache_dir) if config.reference.cache_dir else workdir / "reference_cache"
+    cache_path = Path(cache_dir) if cache_dir else workdir / "reference_cache"
     params_fp = reference_lib.params_fingerprint(ref_params)
     description = {"model": repr(parts.model.config), "kind": parts.objective.model,
-                   "shared_prompt": repr(shared_prompt.from_config(config))}
+                   "shared_prompt": repr(parts.build_settings.packing.shared_layout)}
 
     def compute(arrays):
       return reference_lib.compute_reference_logps(
           parts.reference_cached, ref_params, arrays, parts.reference_groups,
-          batch_size=int(config.reference.batch_size), mesh=parts.mesh)
+          batch_size=int(batch_size), mesh=parts.mesh)
 
     for name, arrays in (("train", datasets.train), ("eval", datasets.eval)):
       if arrays is not None:
         self.tables[name] = reference_lib.load_or_compute(
-            cache_dir=cache_dir, name=name, arrays=arrays, groups=parts.reference_groups,
+            cache_dir=cache_path, name=name, arrays=arrays, groups=parts.reference_groups,
             params_fp=params_fp, model_description=description, compute=compute)
 
   def host(self, split: str, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -275,30 +251,35 @@ def evaluate_dataset(
     arrays: Mapping[str, np.ndarray],
     reference: _Reference | None,
     split: str = "eval",
+    *,
+    batch_size: int,
+    ece_bins: int,
 ) -> dict[str, float]:
-  """Metrics of `params` on a whole data set (in order; the last batch padded)."""
-  config = parts.config
-  layout = _device_keys(components_lib.device_batch_layout(config, parts.info), reference)
+  """Metrics of `params` on a whole data set (in order, `batch_size` examples at a time,
+  the last batch padded); `ece_bins` bins of the calibration error."""
+  settings = parts.build_settings
+  layout = _device_keys(components_lib.device_batch_layout(settings, parts.info), reference)
   outputs = []
-  for batch, valid in reference_lib.padded_batches(arrays, list(arrays), int(config.eval.batch_size)):
+  for batch, valid in reference_lib.padded_batches(arrays, list(arrays), int(batch_size)):
     if reference is not None:
       batch = reference.host(split, batch)
-    device = _device_batch(batch, layout, parts.mesh, config)
+    device = _device_batch(batch, layout, parts.mesh, settings.packing)
     if reference is not None:
       device = reference.device(device, params=params)
     result = _host(parts.eval_step(params, device))
     outputs.append({k: v[:valid] for k, v in result.items()})
-  return evaluate_lib.summarize(parts.objective, evaluate_lib.concatenate(outputs), int(config.eval.ece_bins))
+  return evaluate_lib.summarize(parts.objective, evaluate_lib.concatenate(outputs), int(ece_bins))
 
 
-def _initial_params(parts: components_lib.Components, config: Any, init_key, train_key) -> Any:
+def _initial_params(parts: components_lib.Components, init_from: str, init_key, train_key) -> Any:
   """The run's starting parameters (also the frozen reference): a fresh sharded init, or
-  `model.init_from`'s latest checkpoint, or its pretrained checkpoint ("hf:...")."""
+  the latest checkpoint of the run `init_from` (`model.init_from`), or a pretrained
+  checkpoint ("hf:..."); a LoRA model keeps its fresh adapters over the loaded base."""
   state = parts.init_state(init_key, train_key)
-  if pretrained.is_pretrained(config.model.init_from) or models.lora.enabled(parts.model.config):
-    return state.replace(params=pretrained.load_base(config.model.init_from, state.params, parts.model.config))
-  if config.model.init_from:
-    return state.replace(params=checkpoint_lib.load_params(config.model.init_from, state.params))
+  if pretrained.is_pretrained(init_from) or models.lora.enabled(parts.model.config):
+    return state.replace(params=pretrained.load_base(init_from, state.params, parts.model.config))
+  if init_from:
+    return state.replace(params=checkpoint_lib.load_params(init_from, state.params))
   return state
 
 
@@ -306,6 +287,26 @@ def _checkpointed(state: Any) -> Any:
   """What a LoRA run's checkpoint holds: the state with only its adapters and heads as
   parameters (the optimizer state covers only those already)."""
   return state.replace(params=pretrained.checkpoint_params(state.params))
+
+
+def _resolve_measured(config: Any, datasets: inputs_lib.Datasets, data_kind: str) -> Any:
+  """`config` with the sizes measured on the data filled in (a copy; `config` itself
+  when nothing is measured): `data.shared_length` / `data.shared_targets` of prompt
+  sharing and `data.document_width` of padding-free rows, when 0 (set ones are checked)."""
+  data = config.data
+  if not (data.share_prompt or data.padding_free):
+    return config
+  splits = {"train": datasets.train, "eval": datasets.eval}
+  config = copy.deepcopy(config)
+  if data.share_prompt:
+    layout = shared_prompt.resolve(splits, data_kind=data_kind, objective=config.objective,
+                                   length=data.shared_length, num_targets=data.shared_targets)
+    config.data.shared_length, config.data.shared_targets = layout.length, layout.num_targets
+  if data.padding_free:
+    config.data.document_width = padding_free.resolve(
+        splits, data_kind=data_kind, objective=config.objective, share_prompt=bool(data.share_prompt),
+        buckets_per_octave=data.buckets_per_octave, document_width=data.document_width)
+  return config
 
 
 def _format(metrics: Mapping[str, float], names: tuple[str, ...]) -> str:
@@ -350,7 +351,7 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
   start_time = time.time()
   workdir = rundir.prepare(workdir)
   inputs = _input_fingerprints(config)
-  resume = rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME, ignore=_MEASURED_FIELDS,
+  resume = rundir.check_resume(workdir, config.to_dict(), may_change=MAY_CHANGE_ON_RESUME, ignore=_MEASURED_FIELDS,
                                inputs=inputs, force_new=force_new)
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
@@ -370,13 +371,12 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
            checkpointer: checkpoint_lib.Checkpointer, latest: int | None, start_time: float,
            stop_at_step: int | None) -> dict[str, Any]:
   """`train` once the run directory is checked and the checkpointer is open."""
-  datasets = inputs_lib.load_datasets(config, workdir)
+  datasets = inputs_lib.load_datasets(config_lib.data_settings(config), workdir, objective=config.objective,
+                                      loss=config_lib.loss_settings(config), seed=int(config.seed))
   objective = objectives_lib.get(config.objective)
   # Packed-pair sizes are measured on the data and become part of the resolved config.
-  config = shared_prompt.resolve(config, {"train": datasets.train, "eval": datasets.eval},
-                                 data_kind=objective.data)
-  config = padding_free.resolve(config, {"train": datasets.train, "eval": datasets.eval},
-                                data_kind=objective.data)
+  config = _resolve_measured(config, datasets, objective.data)
+  settings = config_lib.build_settings(config)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   dp = mesh_lib.data_parallel_size(mesh)
   for name, size in (("train.batch_size", config.train.batch_size // config.train.microbatches),
@@ -386,10 +386,10 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
                        f"shards of the mesh {dict(mesh.shape)}.")
   if not resume.new:
     # The measured fields, now that the data is read (the rest was compared up front).
-    rundir.check_resume(workdir, config, may_change=MAY_CHANGE_ON_RESUME)
-  parts = _cached_build(config, mesh, datasets.info)
-  layout = components_lib.device_batch_layout(config, datasets.info)
-  rundir.write_config(workdir, config)
+    rundir.check_resume(workdir, config.to_dict(), may_change=MAY_CHANGE_ON_RESUME)
+  parts = _cached_build(settings, mesh, datasets.info)
+  layout = components_lib.device_batch_layout(settings, datasets.info)
+  rundir.write_config(workdir, config.to_dict())
   changed = {}
   if resume.changed:
     _log.info("resuming %s with changed %s", workdir, rundir.describe(resume.changed))
@@ -403,11 +403,11 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   initial = None
   adapters = models.lora.enabled(parts.model.config)
   if latest is None:
-    state = initial = _initial_params(parts, config, init_key, train_key)
+    state = initial = _initial_params(parts, config.model.init_from, init_key, train_key)
   elif adapters:
     # A LoRA checkpoint holds the adapters (and heads) only: the base comes again from
     # model.init_from.
-    initial = _initial_params(parts, config, init_key, train_key)
+    initial = _initial_params(parts, config.model.init_from, init_key, train_key)
     restored, data_state = checkpointer.restore(latest, _checkpointed(parts.abstract_state))
     state = restored.replace(params=models.lora.combine(initial.params, restored.params))
     iterator.restore(data_state)
@@ -420,16 +420,18 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   reference = None
   if parts.objective.reference:
     if initial is None:
-      initial = _initial_params(parts, config, init_key, train_key)
+      initial = _initial_params(parts, config.model.init_from, init_key, train_key)
+    reference_options = dict(mode=config.reference.mode, cache_dir=config.reference.cache_dir,
+                             batch_size=int(config.reference.batch_size))
     if adapters:
       # LoRA: the reference is the base under the adapters, read from the current
       # parameters (cached: the starting ones, before any step donates them).
-      reference = _Reference(parts, config, workdir, initial.params, datasets)
+      reference = _Reference(parts, workdir, initial.params, datasets, **reference_options)
       reference.ref_params = None
     else:
       # A copy: the state's buffers are donated to the first step.
       ref_params = _copy(initial.params)
-      reference = _Reference(parts, config, workdir, ref_params, datasets)
+      reference = _Reference(parts, workdir, ref_params, datasets, **reference_options)
       if reference.mode == "cached":
         del ref_params
   if initial is not None and initial is not state:
@@ -460,7 +462,8 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   def run_eval(at_step: int) -> None:
     if datasets.eval is None:
       return
-    metrics = evaluate_dataset(parts, state.params, datasets.eval, reference)
+    metrics = evaluate_dataset(parts, state.params, datasets.eval, reference,
+                               batch_size=int(config.eval.batch_size), ece_bins=int(config.eval.ece_bins))
     writer.write(at_step, metrics, split="eval")
     results.update({f"eval/{k}": v for k, v in metrics.items()})
     _log.info("step %d eval: %s", at_step, _format(metrics, tuple(metrics)))
@@ -486,7 +489,7 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
         host_batch = iterator.next()
         if reference is not None:
           host_batch = reference.host("train", host_batch)
-        batch = _device_batch(host_batch, train_layout, mesh, config, int(config.train.microbatches))
+        batch = _device_batch(host_batch, train_layout, mesh, settings.packing, int(config.train.microbatches))
         if "packed_tokens" in batch:
           _note_packed_shape(batch, packed_shapes, results)
         if reference is not None:

@@ -13,16 +13,15 @@ axis of every input is split over ("data", "fsdp").
 
 from __future__ import annotations
 
-import logging
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlhf_jax import models
+# The parameters' shardings are the models' (the checkpoint loader uses them too).
+from rlhf_jax.models.sharding import param_shardings, unbox_values
 
 __all__ = [
     "BATCH_AXES",
@@ -37,7 +36,6 @@ __all__ = [
     "unbox_values",
 ]
 
-_log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension of every input is split over both data-parallel axes.
@@ -87,64 +85,6 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = N
 def replicated(mesh: Mesh) -> NamedSharding:
   """The sharding of a value every device holds whole (scalars, step counters)."""
   return NamedSharding(mesh, PartitionSpec())
-
-
-def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, name: str) -> PartitionSpec:
-  """Drops mesh axes from dimensions they do not divide (e.g. 2 kv heads, tensor=4).
-
-  jit needs every sharded dimension to be divisible by its mesh axes; such a dimension
-  is replicated instead, with a log message, rather than failing the run.
-  """
-  fitted = []
-  for dim, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
-    if axes is None:
-      fitted.append(None)
-      continue
-    axes_tuple = axes if isinstance(axes, tuple) else (axes,)
-    size = math.prod(mesh.shape[a] for a in axes_tuple)
-    if shape[dim] % size:
-      _log.info("parameter %s: dimension %d (size %d) is not divisible by mesh axes %s (%d); "
-                "replicating it.", name, dim, shape[dim], axes_tuple, size)
-      fitted.append(None)
-    else:
-      fitted.append(axes)
-  return PartitionSpec(*fitted)
-
-
-def unbox_values(tree: Any) -> Any:
-  """The values inside `nn.LogicallyPartitioned` boxes, without applying any sharding
-  constraint (`nn.unbox` constrains when a mesh is active, which abstract shapes outside
-  a trace cannot take)."""
-  return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
-                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
-
-
-def param_shardings(
-    boxed_params: Any,
-    mesh: Mesh,
-    rules: Sequence[tuple[str, Any]] | None = None,
-) -> Any:
-  """NamedShardings for a tree of boxed (`nn.LogicallyPartitioned`) parameters.
-
-  Args:
-    boxed_params: parameters or their abstract shapes (from `jax.eval_shape(init)`), with
-      the logical axis names the models attach; unboxed leaves are replicated.
-    mesh: the device mesh.
-    rules: logical-name -> mesh-axes rules; default `models.logical_axis_rules()`.
-
-  Returns:
-    A tree with the structure of `nn.unbox(boxed_params)` whose leaves are NamedShardings.
-  """
-  rules = models.logical_axis_rules(mesh.axis_names) if rules is None else rules
-  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_params), mesh, rules)
-  shapes = unbox_values(boxed_params)
-  flat_shapes, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  flat_shardings = treedef.flatten_up_to(shardings)
-  fitted = []
-  for (path, leaf), sharding in zip(flat_shapes, flat_shardings):
-    name = jax.tree_util.keystr(path)
-    fitted.append(NamedSharding(mesh, _fit_spec(sharding.spec, tuple(leaf.shape), mesh, name)))
-  return treedef.unflatten(fitted)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

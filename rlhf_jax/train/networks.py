@@ -1,9 +1,9 @@
 """The Flax model an objective trains: a language model (policy) or a reward model.
 
-`build_model(config, vocab_size)` reads `config.model` (preset and options) and
-`config.objective` (through the objective's `model` kind). A reward model is
-`rlhf_jax.models.RewardModel` with `config.model.reward_heads` heads, and with
-`config.model.ensemble_models > 1` that many independent models, vmapped over a leading
+`build_model(settings, vocab_size, kind)` builds the module from `ModelSettings` (the
+values of a config's `model` section) and the objective's `model` kind. A reward model
+is `rlhf_jax.models.RewardModel` with `reward_heads` heads, and with
+`ensemble_models > 1` that many independent models, vmapped over a leading
 parameter axis named "ensemble" (replicated by the sharding rules), so the K models of
 an ensemble train in one step (Coste et al. 2023, arXiv 2310.02743, train K reward
 models with different seeds; here each member has its own initialisation).
@@ -17,6 +17,7 @@ policy and a separate value network (`models.ValueModel`) side by side, paramete
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +29,7 @@ from rlhf_jax.train import pretrained
 
 __all__ = [
     "ENSEMBLE_AXIS",
+    "ModelSettings",
     "PolicyWithValue",
     "apply_policy",
     "apply_reward",
@@ -40,32 +42,57 @@ __all__ = [
 ENSEMBLE_AXIS = "ensemble"
 
 
-def model_config(config: Any, vocab_size: int, **preset_overrides: Any) -> models.TransformerConfig:
-  """The TransformerConfig of `config.model` with the data's vocabulary size (and any
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """The values of a config's `model` section that shape the network (defaults and
+  comments live in `rlhf_jax/train/config.py`)."""
+
+  preset: str
+  vocab_size: int  # 0: the data's
+  param_dtype: str
+  dtype: str | None  # None: the preset's
+  remat: bool | None  # None: the preset's
+  # Reward models only (an online run's config has no such fields): heads on one
+  # backbone and independent models trained together.
+  reward_heads: int = 1
+  ensemble_models: int = 1
+  # A pretrained checkpoint ("hf:PATH") gives the architecture; other values (a run
+  # directory, "") do not change the network.
+  init_from: str = ""
+  # LoRA adapters (`models.lora`; config `model.lora.*`): rank 0 is off.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: str = "query,value"
+
+
+def model_config(settings: ModelSettings, vocab_size: int, **preset_overrides: Any) -> models.TransformerConfig:
+  """The TransformerConfig of `settings` with the data's vocabulary size (and any
   `TransformerConfig` fields in `preset_overrides`, e.g. `n_layers` for planning)."""
-  overrides: dict[str, Any] = {"param_dtype": config.model.param_dtype, **preset_overrides}
-  overrides.update(pretrained.lora_fields(config.model.get("lora")))
-  if config.model.get("dtype") is not None:
-    overrides["dtype"] = config.model.dtype
-  if config.model.get("remat") is not None:
-    overrides["remat"] = bool(config.model.remat)
-  if pretrained.is_pretrained(config.model.get("init_from")):
+  overrides: dict[str, Any] = {"param_dtype": settings.param_dtype, **preset_overrides}
+  overrides.update(lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                   lora_targets=settings.lora_targets)
+  if settings.dtype is not None:
+    overrides["dtype"] = settings.dtype
+  if settings.remat is not None:
+    overrides["remat"] = bool(settings.remat)
+  if pretrained.is_pretrained(settings.init_from):
     # The checkpoint's architecture (and vocabulary: the data uses its tokenizer).
-    cfg = pretrained.model_config(config.model.init_from, **overrides)
+    cfg = pretrained.model_config(settings.init_from, **overrides)
     if cfg.vocab_size < vocab_size:
-      raise ValueError(f"model.init_from={config.model.init_from}: the checkpoint's vocabulary ({cfg.vocab_size} "
+      raise ValueError(f"model.init_from={settings.init_from}: the checkpoint's vocabulary ({cfg.vocab_size} "
                        f"ids) is smaller than the data's ({vocab_size} ids); use the checkpoint's tokenizer "
                        "(data.tokenizer='').")
     return cfg
-  vocab = int(config.model.vocab_size) or int(vocab_size)
+  vocab = int(settings.vocab_size) or int(vocab_size)
   if vocab < vocab_size:
     raise ValueError(
         f"model.vocab_size {vocab} is smaller than the data's vocabulary ({vocab_size} ids).")
   overrides["vocab_size"] = vocab
-  if config.model.preset not in models.PRESETS:
-    raise ValueError(f"model.preset {config.model.preset!r} is not a model shape ({', '.join(models.PRESETS)}); "
+  if settings.preset not in models.PRESETS:
+    raise ValueError(f"model.preset {settings.preset!r} is not a model shape ({', '.join(models.PRESETS)}); "
                      "a pretrained preset needs model.init_from=hf:... (its architecture comes from there).")
-  return models.get_preset(config.model.preset, **overrides)
+  return models.get_preset(settings.preset, **overrides)
 
 
 class _RewardEnsemble(nn.Module):
@@ -131,19 +158,19 @@ def policy_part(model: nn.Module, params: Any) -> tuple[models.Transformer, Any]
   return model, params
 
 
-def build_model(config: Any, vocab_size: int, kind: str, *, value_config: models.TransformerConfig | None = None,
-                **preset_overrides: Any) -> nn.Module:
+def build_model(settings: ModelSettings, vocab_size: int, kind: str, *,
+                value_config: models.TransformerConfig | None = None, **preset_overrides: Any) -> nn.Module:
   """The module for `kind` "policy" (a `Transformer`), "policy_value" (a
   `PolicyWithValue`, the critic shaped by `value_config`, default the policy's shape)
   or "reward" (reward model/ensemble)."""
-  cfg = model_config(config, vocab_size, **preset_overrides)
+  cfg = model_config(settings, vocab_size, **preset_overrides)
   if kind == "policy":
     return models.Transformer(cfg)
   if kind == "policy_value":
     return PolicyWithValue(cfg, cfg if value_config is None else value_config)
   if kind == "reward":
-    heads = int(config.model.reward_heads)
-    members = int(config.model.ensemble_models)
+    heads = int(settings.reward_heads)
+    members = int(settings.ensemble_models)
     if heads < 1 or members < 1:
       raise ValueError(
           f"model.reward_heads and model.ensemble_models must be >= 1, got {heads} and {members}.")

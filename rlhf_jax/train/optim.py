@@ -1,6 +1,6 @@
 """The optimizer: optax AdamW with warmup-cosine, global-norm clipping and a NaN/Inf guard.
 
-    tx = make_optimizer(config.optim, total_steps=config.train.steps)
+    tx = make_optimizer(OptimizerSettings(...), total_steps=steps)   # train.config.optimizer_settings
 
   apply_if_finite(                        skip an update whose gradient is not finite
     chain(clip_by_global_norm(c),         Pascanu et al. 2013
@@ -14,6 +14,7 @@ optimizer state (moments, schedule count) unchanged and adds one to the skip cou
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
+    "OptimizerSettings",
     "consecutive_skips",
     "learning_rate_schedule",
     "make_optimizer",
@@ -32,11 +34,23 @@ __all__ = [
 _NEVER_APPLY_NONFINITE = 2**30
 
 
-def _get(config: Any, name: str, default: Any = None) -> Any:
-  return config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """The values of a config's `optim` section (defaults and comments live there:
+  `rlhf_jax/train/config.py`)."""
+
+  learning_rate: float
+  warmup_steps: int
+  end_learning_rate_factor: float
+  b1: float
+  b2: float
+  eps: float
+  weight_decay: float
+  clip_norm: float  # 0 disables clipping
+  max_consecutive_skips: int  # read by the loops, not by the optimizer
 
 
-def learning_rate_schedule(config: Any, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(settings: OptimizerSettings, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to `learning_rate`, then cosine decay to `end_learning_rate_factor`
   times it at `total_steps`:
 
@@ -45,9 +59,9 @@ def learning_rate_schedule(config: Any, total_steps: int) -> optax.Schedule:
 
   with W = warmup_steps, T = total_steps, a = end_learning_rate_factor (constant after T).
   """
-  peak = float(_get(config, "learning_rate"))
-  warmup = int(_get(config, "warmup_steps", 0))
-  factor = float(_get(config, "end_learning_rate_factor", 0.0))
+  peak = float(settings.learning_rate)
+  warmup = int(settings.warmup_steps)
+  factor = float(settings.end_learning_rate_factor)
   if peak < 0:
     raise ValueError(f"optim.learning_rate must be >= 0, got {peak}.")
   if not 0 <= factor <= 1:
@@ -66,23 +80,19 @@ def _matrices(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
-  """AdamW + schedule + clipping inside a NaN/Inf guard, all from `config` (config.optim).
-
-  Fields read: learning_rate, warmup_steps, end_learning_rate_factor, b1, b2, eps,
-  weight_decay, clip_norm (0 disables clipping).
-  """
-  clip_norm = float(_get(config, "clip_norm", 0.0))
-  weight_decay = float(_get(config, "weight_decay", 0.0))
+def make_optimizer(settings: OptimizerSettings, total_steps: int) -> optax.GradientTransformation:
+  """AdamW + schedule + clipping inside a NaN/Inf guard, all from `settings`."""
+  clip_norm = float(settings.clip_norm)
+  weight_decay = float(settings.weight_decay)
   if clip_norm < 0:
     raise ValueError(f"optim.clip_norm must be >= 0 (0 disables clipping), got {clip_norm}.")
   if weight_decay < 0:
     raise ValueError(f"optim.weight_decay must be >= 0, got {weight_decay}.")
   adamw = optax.adamw(
-      learning_rate_schedule(config, total_steps),
-      b1=float(_get(config, "b1", 0.9)),
-      b2=float(_get(config, "b2", 0.999)),
-      eps=float(_get(config, "eps", 1e-8)),
+      learning_rate_schedule(settings, total_steps),
+      b1=float(settings.b1),
+      b2=float(settings.b2),
+      eps=float(settings.eps),
       weight_decay=weight_decay,
       mask=_matrices,
   )

@@ -7,14 +7,14 @@ slots `sequence_ends` [R, P]); their shapes change from batch to batch within a 
 buckets, so `jax.jit` compiles one step per bucket. Per-pair (per-sequence) outputs
 come back in batch order, [B] = [R * P], as from the two-row layout.
 
-Host side (`config.data.padding_free`): `resolve` measures the document width on the
-data sets, `pack_batch` packs each training or evaluation batch before it goes to the
-devices.
+Host side (`data.padding_free` of a config, read into `PackingSettings`): `resolve`
+measures the document width on the data sets, `pack_batch` packs each training or
+evaluation batch before it goes to the devices.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -24,12 +24,32 @@ import numpy as np
 from rlhf_jax import losses
 from rlhf_jax.data import packing
 from rlhf_jax.train import networks
+from rlhf_jax.train import shared_prompt
 
-__all__ = ["PACKED_DATA", "batch_order", "pack_batch", "packed_keys", "packed_pair_logps", "packed_pair_rewards",
-           "packed_sequence_logps", "resolve"]
+__all__ = ["PACKED_DATA", "PackingSettings", "batch_order", "pack_batch", "packed_keys", "packed_pair_logps",
+           "packed_pair_rewards", "packed_sequence_logps", "resolve"]
 
 # The data kinds (`objectives.Objective.data`) that padding-free rows can hold.
 PACKED_DATA = ("pairs", "sequences")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingSettings:
+  """How examples are laid out in rows: the values of a config's `data` section for
+  prompt sharing (`shared_prompt`) and padding-free rows (this module). Defaults and
+  comments live in `rlhf_jax/train/config.py`; a 0 size is measured on the data."""
+
+  share_prompt: bool
+  shared_length: int
+  shared_targets: int
+  padding_free: bool
+  buckets_per_octave: int
+  document_width: int
+
+  @property
+  def shared_layout(self) -> "shared_prompt.SharedPromptLayout | None":
+    """The prompt-sharing layout (None when sharing is off; sizes must be resolved)."""
+    return shared_prompt.layout_of(self.share_prompt, self.shared_length, self.shared_targets)
 
 
 def _pairs_per_row(batch: Mapping[str, jax.Array]) -> int:
@@ -92,35 +112,34 @@ def packed_pair_rewards(model: Any, params: Any, batch: Mapping[str, jax.Array])
 # Host side: the trainer's batches.
 
 
-def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None], *, data_kind: str) -> Any:
-  """`config` itself when `data.padding_free` is off, else a copy whose
-  `data.document_width` is measured on `datasets` (when 0) or checked against them.
+def resolve(datasets: Mapping[str, Mapping[str, np.ndarray] | None], *, data_kind: str, objective: str,
+            share_prompt: bool, buckets_per_octave: int, document_width: int) -> int:
+  """The document width of padding-free rows for `datasets`: `document_width` (the
+  config's `data.document_width`) measured on the data when 0, else checked against it.
 
-  Raises ValueError when the objective trains on neither pairs nor sequences, or a pair
-  or sequence is wider than a user-set width.
+  Raises ValueError when `objective` trains on neither pairs nor sequences (`data_kind`),
+  `buckets_per_octave` is not a power of two, or a pair or sequence is wider than a
+  user-set width.
   """
-  if not config.data.get("padding_free", False):
-    return config
   if data_kind not in PACKED_DATA:
     raise ValueError(f"data.padding_free applies to objectives on pairs (dpo, simpo, orpo, reward_model) or "
-                     f"sequences (sft); objective {config.objective!r} trains on {data_kind}.")
-  per_octave = config.data.get("buckets_per_octave", packing.BUCKETS_PER_OCTAVE)
-  if not packing.is_power_of_two(per_octave):
-    raise ValueError(f"data.buckets_per_octave must be a power of two (1, 2, 4, 8, 16, ...), got {per_octave!r}.")
-  share = bool(config.data.get("share_prompt", False)) and data_kind == "pairs"
+                     f"sequences (sft); objective {objective!r} trains on {data_kind}.")
+  if not packing.is_power_of_two(buckets_per_octave):
+    raise ValueError(f"data.buckets_per_octave must be a power of two (1, 2, 4, 8, 16, ...), "
+                     f"got {buckets_per_octave!r}.")
+  share = bool(share_prompt) and data_kind == "pairs"
   needed = packing.document_width(datasets, share)
-  config = copy.deepcopy(config)
-  if not config.data.document_width:
-    config.data.document_width = needed
-  elif needed > config.data.document_width:
+  if not document_width:
+    return needed
+  if needed > document_width:
     longest, where = packing.widest_document(datasets, share)
     raise ValueError(f"data.padding_free: the data has {'packed pairs' if share else 'sequences'} that need "
-                     f"data.document_width >= {needed}, got {config.data.document_width} (the longest, "
+                     f"data.document_width >= {needed}, got {document_width} (the longest, "
                      f"{longest} tokens, is {where}); raise it or set it to 0 (measured on the data).")
-  return config
+  return int(document_width)
 
 
-def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: int,
+def pack_batch(batch: Mapping[str, np.ndarray], settings: PackingSettings, *, data_parallel: int,
                microbatches: int = 1) -> dict[str, np.ndarray]:
   """The host batch with its pairs packed (`data.packing.pack_pairs`), or its sequences
   (`pack_sequences`, a batch of `SEQUENCE_KEYS`), the keys of `packed_keys`, in place of
@@ -135,11 +154,11 @@ def pack_batch(batch: Mapping[str, np.ndarray], config: Any, *, data_parallel: i
   `batch_order` restores the batch's order.
   """
   sequences = "tokens" in batch
-  share = bool(config.data.get("share_prompt", False)) and not sequences
+  share = bool(settings.share_prompt) and not sequences
   replaced = packing.SEQUENCE_KEYS if sequences else packing.PAIR_SEQUENCE_KEYS
   # Unresolved (0): this batch's widest document, the same for all its microbatches.
-  width = int(config.data.document_width) or packing.document_width({"batch": batch}, share)
-  per_octave = int(config.data.get("buckets_per_octave", packing.BUCKETS_PER_OCTAVE))
+  width = int(settings.document_width) or packing.document_width({"batch": batch}, share)
+  per_octave = int(settings.buckets_per_octave)
   if sequences:
     pack = lambda part: packing.pack_sequences(part, rows=data_parallel, width=width, per_octave=per_octave)
   else:
@@ -165,11 +184,11 @@ def batch_order(per_example: jax.Array, batch: Mapping[str, jax.Array], microbat
   return per_example.reshape(rows, microbatches, per_row).transpose(0, 2, 1).reshape(-1)
 
 
-def packed_keys(config: Any, *, targets: bool = True, sequences: bool = False) -> tuple[str, ...]:
-  """The arrays of `pack_batch` under `config` that go to the devices: those of packed
+def packed_keys(share_prompt: bool, *, targets: bool = True, sequences: bool = False) -> tuple[str, ...]:
+  """The arrays of `pack_batch` that go to the devices: those of packed
   pairs, or with `sequences` of packed sequences; without `targets` (a reward model)
   not the completion tokens, so that the step's shapes change with the row length only."""
   if sequences:
     return packing.PACKED_SEQUENCE_KEYS
   keys = packing.PACKED_KEYS if targets else tuple(k for k in packing.PACKED_KEYS if k not in packing.TARGET_KEYS)
-  return keys + (("packed_segments",) if config.data.get("share_prompt", False) else ())
+  return keys + (("packed_segments",) if share_prompt else ())

@@ -44,6 +44,7 @@ from jax.sharding import Mesh
 
 from rlhf_jax.data import packing
 from rlhf_jax.train import components as components_lib
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
@@ -129,10 +130,12 @@ class Plan:
     return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
 
-def _compile(config: Any, mesh: Mesh, info: DataInfo, **preset_overrides: Any):
-  parts = components_lib.build(config, mesh, info, **preset_overrides)
+def _compile(settings: components_lib.BuildSettings, batch_size: int, mesh: Mesh, info: DataInfo,
+             **preset_overrides: Any):
+  parts = components_lib.build(settings, mesh, info, **preset_overrides)
   key = jax.ShapeDtypeStruct((2,), np.uint32)
-  compiled = parts.train_step.lower(parts.abstract_state, components_lib.abstract_batch(config, info), key).compile()
+  batch = components_lib.abstract_batch(settings, info, batch_size)
+  compiled = parts.train_step.lower(parts.abstract_state, batch, key).compile()
   return parts, compiled
 
 
@@ -166,21 +169,23 @@ def plan(config: Any, mesh: Mesh, info: DataInfo | None = None, *, correct_scan_
     width = info.max_length
     config.data.shared_length = config.data.shared_length or 2 * width
     config.data.shared_targets = config.data.shared_targets or 2 * width - 2
+  settings = config_lib.build_settings(config)
+  batch_size = int(config.train.batch_size)
   start = time.time()
-  parts, compiled = _compile(config, mesh, info, **preset_overrides)
+  parts, compiled = _compile(settings, batch_size, mesh, info, **preset_overrides)
   memory = compiled.memory_analysis()
   if memory is None:
     raise RuntimeError("XLA gave no memory analysis for this backend.")
-  model_config = networks.model_config(config, info.vocab_size, **preset_overrides)
+  model_config = networks.model_config(settings.model, info.vocab_size, **preset_overrides)
   xla_flops = _flops(compiled)
   flops = xla_flops
   if model_config.scan_layers and correct_scan_flops and model_config.n_layers > 1:
     unscanned = dict(preset_overrides, scan_layers=False)
-    one = _flops(_compile(config, mesh, info, **dict(unscanned, n_layers=1))[1])
-    two = _flops(_compile(config, mesh, info, **dict(unscanned, n_layers=2))[1])
+    one = _flops(_compile(settings, batch_size, mesh, info, **dict(unscanned, n_layers=1))[1])
+    two = _flops(_compile(settings, batch_size, mesh, info, **dict(unscanned, n_layers=2))[1])
     flops = one + (model_config.n_layers - 1) * (two - one)
   state = parts.abstract_state
-  batch = components_lib.abstract_batch(config, info)
+  batch = components_lib.abstract_batch(settings, info, batch_size)
   sequences = sum(1 for name in batch if name.endswith("tokens"))
   return Plan(
       mesh=dict(mesh.shape),
@@ -196,7 +201,7 @@ def plan(config: Any, mesh: Mesh, info: DataInfo | None = None, *, correct_scan_
       temp_bytes=int(memory.temp_size_in_bytes),
       flops=flops,
       xla_flops=xla_flops,
-      tokens_per_step=int(config.train.batch_size) * sequences * int(info.max_length),
+      tokens_per_step=batch_size * sequences * int(info.max_length),
       layers=int(model_config.n_layers),
       scan_layers=bool(model_config.scan_layers),
       compile_seconds=time.time() - start,

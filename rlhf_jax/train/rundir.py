@@ -168,10 +168,9 @@ def prepare(workdir: str | os.PathLike[str]) -> Path:
   return path
 
 
-def _plain(config: Any) -> dict[str, Any]:
-  """A config (ConfigDict or mapping) as the JSON that `config.json` holds."""
-  payload = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return json.loads(dumps(payload))
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+  """A config's plain values (nested dicts) as the JSON that `config.json` holds."""
+  return json.loads(dumps(dict(config)))
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -196,7 +195,7 @@ _ABSENT = "(absent)"
 Differences = dict[str, tuple[Any, Any]]
 
 
-def config_differences(stored: Mapping[str, Any], config: Any, *, may_change: Sequence[str] = (),
+def config_differences(stored: Mapping[str, Any], config: Mapping[str, Any], *, may_change: Sequence[str] = (),
                        ignore: Sequence[str] = ()) -> tuple[Differences, Differences]:
   """The fields of `config` that differ from the `stored` (config.json) config.
 
@@ -279,7 +278,7 @@ def supersede(workdir: str | os.PathLike[str], entries: Sequence[str] = RUN_ENTR
 
 def check_resume(
     workdir: str | os.PathLike[str],
-    config: Any,
+    config: Mapping[str, Any],
     *,
     may_change: Sequence[str] = (),
     ignore: Sequence[str] = (),
@@ -298,7 +297,7 @@ def check_resume(
 
   Args:
     workdir: the run directory (`prepare` it first).
-    config: the new config (ConfigDict or mapping).
+    config: the new config's plain values (`ConfigDict.to_dict()`).
     may_change: dotted fields free to change on resume ("section.*": a whole section).
     ignore: dotted fields not compared.
     inputs: {name: fingerprint} of the run's input files, compared with `run.json`.
@@ -341,12 +340,12 @@ def check_resume(
   return Resume(workdir=workdir, stored=stored, changed=allowed)
 
 
-def write_config(workdir: str | os.PathLike[str], config: Any) -> None:
-  """Writes `config.json` (the resolved config, overrides applied)."""
+def write_config(workdir: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
+  """Writes `config.json`: the resolved config's plain values (nested dicts,
+  `ConfigDict.to_dict()`), overrides applied."""
   if jax.process_index() != 0:
     return
-  payload = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  _write_json(Path(workdir) / "config.json", payload)
+  _write_json(Path(workdir) / "config.json", dict(config))
 
 
 def write_run_info(workdir: str | os.PathLike[str], **info: Any) -> None:

@@ -45,7 +45,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
@@ -53,6 +52,7 @@ from rlhf_jax import data as data_lib
 from rlhf_jax import models
 from rlhf_jax.data import sources as sources_lib
 from rlhf_jax.train import components as components_lib
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
 from rlhf_jax.train import pretrained
@@ -279,43 +279,46 @@ class Policy:
     return self._samplers[config]
 
 
-def _run_config(workdir: Path) -> ml_collections.ConfigDict:
+def _run_config(workdir: Path) -> dict[str, Any]:
+  """The plain values of a language-model run's stored config.json."""
   if not workdir.is_dir():
     raise SampleError(f"{workdir}: no such run directory (expected the --workdir of a run of scripts/train.py).")
   path = workdir / "config.json"
   if not path.is_file():
     raise SampleError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
   try:
-    config = ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
+    config = json.loads(path.read_text(encoding="utf-8"))
   except (OSError, json.JSONDecodeError) as error:
     raise SampleError(f"{path}: cannot read it as JSON ({error}).") from None
+  if not isinstance(config, dict):
+    raise SampleError(f"{path}: does not hold a config (a JSON object).")
   try:
     kind = objectives_lib.get(config.get("objective")).model
   except (KeyError, ValueError) as error:
     raise SampleError(f"{path}: {error}") from None
   if kind != "policy":
-    raise SampleError(f"{path}: the run trained objective {config.objective!r}, a {kind} model; sampling needs "
+    raise SampleError(f"{path}: the run trained objective {config['objective']!r}, a {kind} model; sampling needs "
                       "a language model (sft, dpo, simpo, orpo, kto, ppo, grpo, rloo, online_dpo).")
   return config
 
 
-def _online_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> Any:
+def _online_tokenizer(workdir: Path, config: Any) -> Any:
   """The tokenizer of an online run's prompts: `data.tokenizer`, the one it trained into
   its workdir, or the one it took from `model.init_from` (a pretrained checkpoint or a
   run) or its first reward model, checked against the fingerprint in its run.json."""
-  if config.data.tokenizer or (workdir / "tokenizer" / "spm.model").is_file():
-    return score_lib.run_tokenizer(workdir, config)
-  sources = [config.model.get("init_from", "")] + [
+  if config["data"].get("tokenizer") or (workdir / "tokenizer" / "spm.model").is_file():
+    return score_lib.run_tokenizer(workdir, config["data"].get("tokenizer", ""))
+  sources = [config["model"].get("init_from", "")] + [
       p.strip() for p in str(config.get("reward", {}).get("checkpoints", "")).split(",") if p.strip()]
   for source in [s for s in sources if s]:
     if pretrained.is_pretrained(source):
       tokenizer = pretrained.tokenizer(source)
     else:
-      source_config = ml_collections.ConfigDict(json.loads((Path(source) / "config.json").read_text()))
-      if not source_config.data.train:
+      source_config = json.loads((Path(source) / "config.json").read_text())
+      if not source_config["data"].get("train"):
         continue
       tokenizer = (_online_tokenizer(Path(source), source_config) if "rollout" in source_config
-                   else score_lib.run_tokenizer(Path(source), source_config))
+                   else score_lib.run_tokenizer(Path(source), score_lib.tokenizer_source(source_config)))
     recorded = json.loads((workdir / "run.json").read_text()).get("data", {}).get("tokenizer", {}) \
         if (workdir / "run.json").is_file() else {}
     if recorded.get("fingerprint") not in (None, tokenizer.fingerprint):
@@ -342,21 +345,23 @@ def load_policy(workdir: str | os.PathLike[str], *, mesh: Mesh | None = None,
   """
   workdir = Path(workdir)
   config = _run_config(workdir)
+  data = config["data"]
   online = "rollout" in config
-  if config.data.train:
-    tokenizer = _online_tokenizer(workdir, config) if online else score_lib.run_tokenizer(workdir, config)
+  if data["train"]:
+    tokenizer = (_online_tokenizer(workdir, config) if online
+                 else score_lib.run_tokenizer(workdir, score_lib.tokenizer_source(config)))
   else:
-    tokenizer = ToyIds(int(config.data.toy.vocab_size))
+    tokenizer = ToyIds(int(data["toy"]["vocab_size"]))
   if online:  # an online run (ppo, grpo, rloo, online_dpo): its rollouts' lengths
-    default_new_tokens = int(config.rollout.max_new_tokens)
-  elif config.data.train:
-    default_new_tokens = int(config.data.max_length) - int(config.data.max_prompt_length)
+    default_new_tokens = int(config["rollout"]["max_new_tokens"])
+  elif data["train"]:
+    default_new_tokens = int(data["max_length"]) - int(data["max_prompt_length"])
   else:
-    default_new_tokens = int(config.data.toy.max_length)
+    default_new_tokens = int(data["toy"]["max_length"])
   step, step_dir = score_lib.latest_checkpoint(workdir)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   dp = mesh_lib.data_parallel_size(mesh)
-  model = networks.build_model(config, tokenizer.vocab_size, "policy")
+  model = networks.build_model(config_lib.model_settings(config), tokenizer.vocab_size, "policy")
   rules = components_lib.axis_rules(mesh)
   init = state_lib.init_params_fn(model, batch_size=dp, length=min(8, model.config.max_len))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -364,20 +369,20 @@ def load_policy(workdir: str | os.PathLike[str], *, mesh: Mesh | None = None,
   shardings = mesh_lib.param_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           mesh_lib.unbox_values(boxed), shardings)
-  if online and objectives_lib.get(config.objective).value_model:
+  if online and objectives_lib.get(config["objective"]).value_model:
     # A policy trained with a critic: its parameters sit under "policy".
     params = score_lib.restore_params(step_dir, {"policy": abstract})["policy"]
   else:
     params = score_lib.restore_params(step_dir, abstract)
   _log.info("policy of %s, checkpoint step %d", workdir, step)
-  size = int(batch_size or (config.rollout.prompts if online else config.eval.batch_size))
+  size = int(batch_size or (config["rollout"]["prompts"] if online else config["eval"]["batch_size"]))
   if size < 1:
     raise SampleError(f"batch size must be a positive int, got {size}.")
-  max_prompt_length = min(int(config.data.max_prompt_length), model.config.max_len - 1)
+  max_prompt_length = min(int(data["max_prompt_length"]), model.config.max_len - 1)
   return Policy(workdir=workdir, step=step, tokenizer=tokenizer, model=model, params=params, mesh=mesh,
                 param_shardings=shardings, max_prompt_length=max_prompt_length,
                 default_new_tokens=max(1, default_new_tokens), batch_size=math.ceil(size / dp) * dp,
-                compiler_options=components_lib.compiler_options(config))
+                compiler_options=components_lib.compiler_options(bool(config["train"].get("fast_compile"))))
 
 
 # --- files ----------------------------------------------------------------------------
@@ -457,15 +462,6 @@ def read_prompts(path: str | os.PathLike[str], *, rejects_path: str | os.PathLik
   return accepted, report
 
 
-def _write_lines(path: Path, records: list[dict[str, Any]]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  with open(temporary, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-  os.replace(temporary, path)
-
-
 def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
                 rejects_path: str | os.PathLike[str], config: models.SamplingConfig, seed: int = 0
                 ) -> dict[str, Any]:
@@ -513,7 +509,7 @@ def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path:
     earlier = [json.loads(line) for line in rejects_path.read_text(encoding="utf-8").splitlines()] \
         if rejects_path.exists() else []
     merged = earlier + [reject.to_json() for reject in unusable]
-    _write_lines(rejects_path, sorted(merged, key=lambda r: r.get("line", r.get("row", 0))))
+    sources_lib.write_json_lines(rejects_path, sorted(merged, key=lambda r: r.get("line", r.get("row", 0))))
   if not usable:
     raise data_lib.DataError(f"{input_path}: none of its {report.read} prompts can be sampled; see {rejects_path}.")
   samples = policy.sample_ids([ids for _, _, ids, _ in usable], config, seed=seed,
@@ -527,17 +523,11 @@ def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path:
                     "finished": completion.finished, "logprob": completion.logprob,
                     "sampling_logprob": completion.sampling_logprob,
                     "prompt_truncated": completion.prompt_truncated})
-  _write_lines(output_path, records)
+  sources_lib.write_json_lines(output_path, records)
   rejected = report.rejected + len(unusable)
   if report.read != len(usable) + rejected:
     raise AssertionError(f"read {report.read} != sampled {len(usable)} + rejected {rejected}")
-  first_reject = None
-  if rejected:
-    with open(rejects_path, encoding="utf-8") as f:
-      first = json.loads(f.readline())
-    location = "line" if "line" in first else "row"
-    field = f" field '{first['field']}'" if first.get("field") else ""
-    first_reject = f"{first['file']} {location} {first[location]}{field}: {first['reason']}"
+  first_reject = sources_lib.describe_first_reject(rejects_path) if rejected else None
   return {
       "input": os.fspath(input_path), "output": os.fspath(output_path),
       "rejects": os.fspath(rejects_path) if rejected else None, "first_reject": first_reject,

@@ -38,7 +38,6 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
@@ -47,6 +46,7 @@ from rlhf_jax import data as data_lib
 from rlhf_jax.data import formats as formats_lib
 from rlhf_jax.data import sources as sources_lib
 from rlhf_jax.train import components as components_lib
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import evaluate as evaluate_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
@@ -99,30 +99,35 @@ def _read_json(path: Path) -> Any:
     raise ScoreError(f"{path}: cannot read it as JSON ({error}).") from None
 
 
-def _run_config(workdir: Path) -> ml_collections.ConfigDict:
+def _run_config(workdir: Path) -> dict[str, Any]:
+  """The plain values of a reward-model run's stored config.json."""
   if not workdir.is_dir():
     raise ScoreError(f"{workdir}: no such run directory (expected the --workdir of a reward-model run of "
                      "scripts/train.py).")
   path = workdir / "config.json"
   if not path.is_file():
     raise ScoreError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
-  config = ml_collections.ConfigDict(_read_json(path))
-  if config.get("objective") != "reward_model":
-    raise ScoreError(f"{path}: the run trained objective {config.get('objective')!r}; scoring needs a "
+  config = _read_json(path)
+  if not isinstance(config, dict) or config.get("objective") != "reward_model":
+    objective = config.get("objective") if isinstance(config, dict) else None
+    raise ScoreError(f"{path}: the run trained objective {objective!r}; scoring needs a "
                      "reward model (configs/reward_model.py).")
-  if not config.data.train:
+  if not config["data"]["train"]:
     raise ScoreError(f"{workdir}: the run trained on the synthetic toy data (token ids, no tokenizer), so it "
                      "cannot score text; train the reward model on a data file (--config.data.train=...).")
   return config
 
 
-def run_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> data_lib.Tokenizer:
-  """The tokenizer the run trained with, checked against the fingerprint in run.json."""
-  if not config.data.tokenizer and pretrained.is_pretrained(config.model.get("init_from")):
-    path = config.model.init_from
-    tokenizer = pretrained.tokenizer(config.model.init_from)  # the pretrained checkpoint's own
+def run_tokenizer(workdir: Path, tokenizer_path: str) -> data_lib.Tokenizer:
+  """The tokenizer the run in `workdir` trained with (`tokenizer_path`, its
+  `data.tokenizer`, or "" for the one it trained into its workdir, or "hf:..." for a
+  pretrained checkpoint's own: `tokenizer_source`), checked against the fingerprint in
+  run.json."""
+  if pretrained.is_pretrained(tokenizer_path):
+    path = tokenizer_path
+    tokenizer = pretrained.tokenizer(tokenizer_path)
   else:
-    path = Path(config.data.tokenizer) if config.data.tokenizer else workdir / "tokenizer" / "spm.model"
+    path = Path(tokenizer_path) if tokenizer_path else workdir / "tokenizer" / "spm.model"
     if not path.is_file():
       raise ScoreError(f"{workdir}: the run's tokenizer {path} is missing (data.tokenizer in config.json, or "
                        "the tokenizer/spm.model the run trained into its workdir).")
@@ -138,6 +143,15 @@ def run_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> data_lib.
     raise ScoreError(f"{path}: this tokenizer (sha256 {tokenizer.fingerprint[:12]}...) is not the one the run "
                      f"trained with (run.json records {recorded[:12]}...); the model would see other token ids.")
   return tokenizer
+
+
+def tokenizer_source(config: Any) -> str:
+  """What `run_tokenizer` reads for a run's config: its `data.tokenizer`, else its
+  pretrained `model.init_from` ("hf:..."), else "" (the one trained into the workdir)."""
+  if config["data"].get("tokenizer"):
+    return str(config["data"]["tokenizer"])
+  init_from = config["model"].get("init_from", "")
+  return init_from if pretrained.is_pretrained(init_from) else ""
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -350,12 +364,13 @@ def load_reward_model(workdir: str | os.PathLike[str], *, mesh: Mesh | None = No
   """
   workdir = Path(workdir)
   config = _run_config(workdir)
-  tokenizer = run_tokenizer(workdir, config)
+  data, model_settings = config["data"], config_lib.model_settings(config)
+  tokenizer = run_tokenizer(workdir, tokenizer_source(config))
   step, step_dir = latest_checkpoint(workdir)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   dp = mesh_lib.data_parallel_size(mesh)
-  model = networks.build_model(config, tokenizer.vocab_size, "reward")
-  max_length = int(config.data.max_length)
+  model = networks.build_model(model_settings, tokenizer.vocab_size, "reward")
+  max_length = int(data["max_length"])
   if max_length > model.config.max_len:
     raise ScoreError(f"{workdir}: data.max_length {max_length} exceeds the model's max_len {model.config.max_len}.")
   rules = components_lib.axis_rules(mesh)
@@ -373,16 +388,16 @@ def load_reward_model(workdir: str | os.PathLike[str], *, mesh: Mesh | None = No
 
   jitted = jax.jit(apply, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                    out_shardings=mesh_lib.replicated(mesh),
-                   compiler_options=components_lib.compiler_options(config))
-  size = int(batch_size or config.eval.batch_size)
+                   compiler_options=components_lib.compiler_options(bool(config["train"].get("fast_compile"))))
+  size = int(batch_size or config["eval"]["batch_size"])
   if size < 1:
     raise ScoreError(f"batch size must be a positive int, got {size}.")
   size = math.ceil(size / dp) * dp
   return RewardScorer(
       workdir=workdir, step=step, tokenizer=tokenizer, max_length=max_length,
-      max_prompt_length=int(config.data.max_prompt_length),
-      num_outputs=int(config.model.reward_heads) * int(config.model.ensemble_models), batch_size=size,
-      ece_bins=int(config.eval.ece_bins), params=params,
+      max_prompt_length=int(data["max_prompt_length"]),
+      num_outputs=int(model_settings.reward_heads) * int(model_settings.ensemble_models), batch_size=size,
+      ece_bins=int(config["eval"]["ece_bins"]), params=params,
       apply=components_lib.MeshFunction(jitted, mesh, rules), mesh=mesh)
 
 
@@ -421,15 +436,6 @@ def _detector(kind: str, format_name: str, path: str, chosen: dict[str, str]):
 def _finite(value: float) -> float | None:
   value = float(value)
   return value if math.isfinite(value) else None
-
-
-def _write_lines(path: Path, records: list[dict[str, Any]]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  with open(temporary, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-  os.replace(temporary, path)
 
 
 def score_file(
@@ -543,17 +549,11 @@ def score_file(
             file=os.fspath(input_path), location=rows[i].location, number=rows[i].number, field=field,
             code="empty_after_truncation", reason=reason, record=rows[i].record)
         f.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
-  _write_lines(output_path, records)
+  sources_lib.write_json_lines(output_path, records)
   rejected = report.rejected + len(unscored)
   if report.read != len(records) + rejected:
     raise AssertionError(f"read {report.read} != scored {len(records)} + rejected {rejected}")
-  first_reject = None
-  if rejected:
-    with open(rejects_path, encoding="utf-8") as f:
-      first = json.loads(f.readline())
-    location = "line" if "line" in first else "row"
-    field = f" field '{first['field']}'" if first.get("field") else ""
-    first_reject = f"{first['file']} {location} {first[location]}{field}: {first['reason']}"
+  first_reject = sources_lib.describe_first_reject(rejects_path) if rejected else None
   return {
       "input": os.fspath(input_path), "output": os.fspath(output_path),
       "rejects": os.fspath(rejects_path) if rejected else None, "first_reject": first_reject,

@@ -31,7 +31,6 @@ pair fits by construction; the packing itself happens inside the jitted step.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any, Mapping
 
@@ -46,8 +45,8 @@ from rlhf_jax.train import networks
 __all__ = [
     "SharedPromptLayout",
     "check_layout",
-    "from_config",
     "layout_for",
+    "layout_of",
     "pack_pairs",
     "pair_extents",
     "resolve",
@@ -110,39 +109,36 @@ def check_layout(layout: SharedPromptLayout, datasets: Mapping[str, Mapping[str,
             f"but {field} = {limit}; raise it or set it to 0 (measured on the data).")
 
 
-def from_config(config: Any) -> SharedPromptLayout | None:
-  """The layout of `config.data` (resolved sizes), or None when sharing is off."""
-  data = config.data
-  if not data.get("share_prompt", False):
+def layout_of(share_prompt: bool, length: int, num_targets: int) -> SharedPromptLayout | None:
+  """The layout of resolved sizes (`data.shared_length`, `data.shared_targets`), or None
+  when sharing is off."""
+  if not share_prompt:
     return None
-  if not data.shared_length or not data.shared_targets:
+  if not length or not num_targets:
     raise ValueError("data.share_prompt is on but data.shared_length / data.shared_targets are "
                      "unresolved (0); the trainer measures them on the data before building the steps.")
-  return SharedPromptLayout(int(data.shared_length), int(data.shared_targets))
+  return SharedPromptLayout(int(length), int(num_targets))
 
 
-def resolve(config: Any, datasets: Mapping[str, Mapping[str, np.ndarray] | None], *,
-            data_kind: str) -> Any:
-  """`config` itself when sharing is off, else a copy whose `data.shared_length` and
-  `data.shared_targets` are measured on `datasets` (when 0) or checked against them.
+def resolve(datasets: Mapping[str, Mapping[str, np.ndarray] | None], *, data_kind: str, objective: str,
+            length: int, num_targets: int) -> SharedPromptLayout:
+  """The layout of prompt sharing for `datasets`: `length` and `num_targets` (the
+  config's `data.shared_length`, `data.shared_targets`) measured on the data when 0,
+  else checked against it.
 
-  Raises ValueError when the objective does not train on pairs or when a pair does not
-  fit user-set sizes.
+  Raises ValueError when `objective` does not train on pairs (`data_kind`) or when a pair
+  does not fit user-set sizes.
   """
-  if not config.data.get("share_prompt", False):
-    return config
   if data_kind != "pairs":
     raise ValueError(
         f"data.share_prompt applies to objectives on pairs (dpo, simpo, orpo, reward_model); "
-        f"objective {config.objective!r} trains on {data_kind}.")
+        f"objective {objective!r} trains on {data_kind}.")
   measured = layout_for(datasets)
-  config = copy.deepcopy(config)
-  if not config.data.shared_length:
-    config.data.shared_length = measured.length
-  if not config.data.shared_targets:
-    config.data.shared_targets = min(measured.num_targets, int(config.data.shared_length) - 1)
-  check_layout(from_config(config), datasets)
-  return config
+  length = int(length) or measured.length
+  num_targets = int(num_targets) or min(measured.num_targets, length - 1)
+  layout = SharedPromptLayout(length, num_targets)
+  check_layout(layout, datasets)
+  return layout
 
 
 def pack_pairs(batch: Mapping[str, jax.Array], layout: SharedPromptLayout) -> dict[str, jax.Array]:

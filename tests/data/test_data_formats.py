@@ -293,7 +293,7 @@ def test_feedback_labels_from_csv_with_joined_ids(tmp_path):
 
 
 def test_raw_feedback_annotations_give_one_pair_per_annotator(tmp_path):
-  # The per-annotation schema of rlhf_jax.feedback.records (`choice`, `annotator_id`).
+  # The per-annotation schema of rlhf_jax.feedback.io.records (`choice`, `annotator_id`).
   rows = [
       {"annotation_id": "x1", "item_id": "c1", "prompt": "P", "response_a": " A",
        "response_b": " B", "annotator_id": "ann-2", "choice": "b"},

@@ -291,9 +291,7 @@ def test_records_follow_the_schema(tmp_path):
 
 
 def test_records_round_trip_through_the_reader(tmp_path):
-  records_module = pytest.importorskip("rlhf_jax.feedback.records")
-  if not hasattr(records_module, "read_annotations"):
-    pytest.skip("rlhf_jax.feedback.records.read_annotations is not available yet")
+  from rlhf_jax.feedback.io import records as records_module  # pylint: disable=g-import-not-at-top
   sim = simulate.simulate_annotations(jax.random.key(1), SMALL)
   path = tmp_path / "sim.jsonl"
   simulate.write_jsonl(sim, path)

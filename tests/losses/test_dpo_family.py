@@ -475,8 +475,16 @@ def test_label_smoothing_out_of_range_raises(eps):
 
 
 def test_unknown_variant_lists_valid_ones():
-  with pytest.raises(ValueError, match=r"`variant` must be one of 'sigmoid'.*'sigmoid_norm'"):
-    dpo(*_good(), variant="kto_pair")
+  with pytest.raises(ValueError, match=r"`variant`: unknown DPO variant 'not_a_loss'\. Valid DPO variant names: "
+                                       r"aot, .*sigmoid_norm, sppo_hard\."):
+    dpo(*_good(), variant="not_a_loss")
+
+
+def test_misspelt_variant_lists_the_close_matches():
+  with pytest.raises(ValueError, match=r"unknown DPO variant 'ipoo'; did you mean 'ipo'\?"):
+    dpo(*_good(), variant="ipoo")
+  with pytest.raises(ValueError, match=r"unknown DPO variant 'sigmod'; did you mean 'sigmoid'"):
+    dpo(*_good(), variant="sigmod")
 
 
 def test_sigmoid_norm_without_lengths_raises():

@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from rlhf_jax import models
+from rlhf_jax.models import sharding
 
 ALLOWED = {"vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers"}
 HEAD_PARAMS = {"reward_head", "value_head"}
@@ -86,6 +87,37 @@ def formula_count(vocab, d, layers, heads, kv_heads, ff, tied):
   attention = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
   block = 2 * d + attention + 3 * d * ff
   return vocab * d * (1 if tied else 2) + layers * block + d
+
+
+def test_non_divisible_dimensions_are_replicated():
+  mesh = jax.sharding.AbstractMesh((1, 2, 4), ("data", "fsdp", "tensor"))
+  # [embed 64, kv_heads 2, head_dim 16]: 2 kv heads cannot be split 4 ways.
+  assert sharding.fit_spec(P("fsdp", "tensor", None), (64, 2, 16), mesh, "key") == P("fsdp", None, None)
+  assert sharding.fit_spec(P(("data", "fsdp"), "tensor"), (6, 8), mesh, "w") == P(("data", "fsdp"), "tensor")
+  assert sharding.fit_spec(P("fsdp"), (3, 5), mesh, "b") == P(None, None)
+  # A spec shorter than the shape leaves the trailing dimensions replicated.
+  assert sharding.fit_spec(P("tensor"), (8, 3), mesh) == P("tensor", None)
+
+
+def test_param_shardings_follow_the_rules_and_fit_the_shapes():
+  mesh = jax.sharding.AbstractMesh((1, 2, 4), ("data", "fsdp", "tensor"))
+  model = models.Transformer(models.get_preset("tiny", vocab_size=30, n_kv_heads=2))
+  boxed = sharding.abstract_params(model)
+  shardings = sharding.param_shardings(boxed, mesh)
+  specs = {jax.tree_util.keystr(path): s.spec for path, s in jax.tree_util.tree_leaves_with_path(shardings)}
+  shapes = {jax.tree_util.keystr(path): x.shape
+            for path, x in jax.tree_util.tree_leaves_with_path(sharding.unbox_values(boxed))}
+  assert set(specs) == set(shapes)
+  for name, spec in specs.items():
+    for dim, axes in enumerate(spec):
+      names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+      size = 1
+      for axis in names:
+        size *= dict(mesh.shape)[axis]
+      assert shapes[name][dim] % size == 0, (name, spec, shapes[name])
+  # The embedding table [vocab 30, embed]: 30 rows do not split over tensor=4.
+  embed = next(name for name in specs if "embed" in name and len(shapes[name]) == 2)
+  assert specs[embed][0] is None
 
 
 @pytest.mark.parametrize("preset, shape, target, tolerance", [

@@ -29,6 +29,15 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
+def test_reward_settings_read_the_comma_separated_checkpoints():
+  config = train.base_config("ppo", "tiny")
+  config.reward.checkpoints = " runs/a, runs/b ,"
+  config.reward.combine = "min"
+  settings = rl.loop.read_reward_settings(config)
+  assert settings.checkpoints == ("runs/a", "runs/b")
+  assert (settings.combine, settings.std_coef, settings.function) == ("min", 1.0, "")
+
+
 def _records(workdir):
   return rundir.read_metrics(workdir, "train")
 

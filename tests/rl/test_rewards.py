@@ -7,8 +7,8 @@ import pytest
 
 from rlhf_jax import data
 from rlhf_jax.rl import rewards
-from rlhf_jax.train import networks
 from rlhf_jax.train import config as config_lib
+from rlhf_jax.train import networks
 from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
 
 from rl_testlib import MAX_LENGTH, MAX_PROMPT_LENGTH
@@ -35,9 +35,6 @@ def test_settings_need_exactly_one_source():
     rewards.RewardSettings()
   with pytest.raises(ValueError, match="reward.combine must be one of"):
     rewards.RewardSettings(function="m:f", combine="median")
-  config = config_lib.base_config("ppo", "tiny")
-  config.reward.checkpoints = " runs/a, runs/b ,"
-  assert rewards.RewardSettings.from_config(config.reward).checkpoints == ("runs/a", "runs/b")
 
 
 def test_function_source_and_its_errors():
@@ -70,7 +67,7 @@ def _direct_rewards(workdir, params, config, prompts, completions):
   mask = np.zeros(tokens.shape, bool)
   for i, ids in enumerate(rows):
     tokens[i, :len(ids)], mask[i, :len(ids)] = ids, True
-  model = networks.build_model(config, tokenizer.vocab_size, "reward")
+  model = networks.build_model(config_lib.model_settings(config), tokenizer.vocab_size, "reward")
   apply = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m), compiler_options=FAST_COMPILE_OPTIONS)
   return np.asarray(apply(params, tokens, mask))
 

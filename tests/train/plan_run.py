@@ -14,6 +14,7 @@ import sys
 
 import jax
 
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import plan as plan_lib
 
@@ -39,7 +40,7 @@ def main(mode: str) -> None:
   if mode == "bytes":
     from rlhf_jax.train import components  # pylint: disable=g-import-not-at-top
     result = plan_lib.plan(config, mesh, info)
-    state = components.build(config, mesh, info).abstract_state
+    state = components.build(config_lib.build_settings(config), mesh, info).abstract_state
     print(json.dumps({"plan": dataclasses.asdict(result), "params": _leaves(state.params),
                       "opt_state": _leaves(state.opt_state), "mesh": dict(mesh.shape)}))
   elif mode == "scan_flops":

@@ -12,22 +12,23 @@ import sys
 import jax
 import numpy as np
 
-from rlhf_jax.train import components, inputs, mesh as mesh_lib
+from rlhf_jax.train import components, mesh as mesh_lib
+from rlhf_jax.train import config as config_lib
 
-from train_testlib import tiny_config
+from train_testlib import load_datasets, tiny_config
 
 
 def main(output: str) -> None:
   assert jax.device_count() == 4, jax.devices()
   config = tiny_config("simpo", train__batch_size=8, optim__warmup_steps=0, data__toy__num_train=64,
                        data__toy__num_eval=0)
-  datasets = inputs.load_datasets(config, os.path.dirname(output))  # toy data: nothing is written
-  layout = components.device_batch_layout(config, datasets.info)
+  datasets = load_datasets(config, os.path.dirname(output))  # toy data: nothing is written
+  layout = components.device_batch_layout(config_lib.build_settings(config), datasets.info)
   arrays, specs, metrics = {}, {}, {}
   for name, sizes, devices in (("single", dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
                                ("sharded", dict(data=1, fsdp=2, tensor=2), jax.devices())):
     mesh = mesh_lib.make_mesh(sizes, devices)
-    parts = components.build(config, mesh, datasets.info)
+    parts = components.build(config_lib.build_settings(config), mesh, datasets.info)
     init_key, train_key = jax.random.split(jax.random.key(0))
     state = parts.init_state(init_key, train_key)
     initial = jax.device_get(state.params)

@@ -11,10 +11,19 @@ import pytest
 from rlhf_jax import models
 from rlhf_jax.data import packing
 from rlhf_jax.models import layers
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import components, inputs as inputs_lib, loop, networks, objectives, padding_free, step
 
 from test_shared_prompt import _pairs, _random_pairs
 from train_testlib import numpy_sequence_logps, tiny_config
+
+
+def _resolve(config, datasets, data_kind):
+  """`padding_free.resolve` with the config's data fields, as the trainer calls it."""
+  data = config.data
+  return padding_free.resolve(datasets, data_kind=data_kind, objective=config.objective,
+                              share_prompt=data.share_prompt, buckets_per_octave=data.buckets_per_octave,
+                              document_width=data.document_width)
 
 
 @pytest.mark.parametrize("per_octave,expected", [
@@ -37,7 +46,7 @@ def test_bucket_grid_is_a_power_of_two():
     packing.bucket_size(100, 6)
   config = tiny_config("dpo", data__padding_free=True, data__buckets_per_octave=6)
   with pytest.raises(ValueError, match=r"data.buckets_per_octave must be a power of two .* got 6"):
-    padding_free.resolve(config, {"train": _pairs([([1], [2], [2])], width=4)}, data_kind="pairs")
+    _resolve(config, {"train": _pairs([([1], [2], [2])], width=4)}, data_kind="pairs")
 
 
 def test_pack_batch_rounds_to_the_configured_grid():
@@ -46,7 +55,7 @@ def test_pack_batch_rounds_to_the_configured_grid():
   targets = int(batch["chosen_loss_mask"].sum() + batch["rejected_loss_mask"].sum())
   for per_octave in (1, 2, 16):
     config = tiny_config("dpo", data__padding_free=True, data__buckets_per_octave=per_octave)
-    packed = padding_free.pack_batch(batch, config, data_parallel=1)
+    packed = padding_free.pack_batch(batch, config_lib.packing_settings(config), data_parallel=1)
     assert packed["packed_tokens"].shape == (1, packing.bucket_size(real, per_octave))
     assert packed["target_tokens"].shape == (1, packing.bucket_size(targets, per_octave))
 
@@ -55,7 +64,8 @@ def test_reward_model_batches_carry_no_completion_tokens():
   # The reward model reads rewards only: its step's shapes follow the row length alone.
   info = inputs_lib.DataInfo(kind="pairs", vocab_size=32, pad_id=0, max_length=16)
   for objective, has_targets in (("reward_model", False), ("dpo", True), ("simpo", True), ("orpo", True)):
-    layout = components.device_batch_layout(tiny_config(objective, data__padding_free=True), info)
+    settings = config_lib.build_settings(tiny_config(objective, data__padding_free=True))
+    layout = components.device_batch_layout(settings, info)
     assert "packed_tokens" in layout and "chosen_tokens" not in layout
     assert all((k in layout) == has_targets for k in packing.TARGET_KEYS), objective
 
@@ -97,12 +107,12 @@ def test_pack_pairs_names_what_does_not_fit():
   assert packing.document_width({"train": batch}, True) == 8
   config = tiny_config("dpo", data__padding_free=True, data__share_prompt=True, data__document_width=4)
   with pytest.raises(ValueError, match=r"packed pairs that need data.document_width >= 8, got 4"):
-    padding_free.resolve(config, {"train": batch}, data_kind="pairs")
+    _resolve(config, {"train": batch}, data_kind="pairs")
   # The error names where the longest document is: the second pair of the eval data.
   narrow, wide = _pairs([([1], [2], [2])], width=4), _pairs([([1], [2], [2]), ([1, 5], [7, 2], [9, 8, 2])], width=6)
   assert packing.widest_document({"train": narrow, "eval": wide}, True) == (7, "eval row 1")
   with pytest.raises(ValueError, match=r"the longest, 7 tokens, is eval row 1\)"):
-    padding_free.resolve(config, {"train": narrow, "eval": wide}, data_kind="pairs")
+    _resolve(config, {"train": narrow, "eval": wide}, data_kind="pairs")
   with pytest.raises(ValueError, match=r"longer than the document width 6 \(batch row 1\)"):
     packing.pack_pairs(wide, rows=1, share_prompt=True, width=6)
   with pytest.raises(ValueError, match="3 pairs do not split into 2 rows"):
@@ -206,7 +216,7 @@ def test_packed_rewards_equal_the_two_row_rewards(members, heads):
   vocab, width = 40, 12
   batch = _random_pairs(np.random.default_rng(3), 4, width, vocab)
   config = tiny_config("reward_model", model__reward_heads=heads, model__ensemble_models=members)
-  model = networks.build_model(config, vocab, "reward")
+  model = networks.build_model(config_lib.model_settings(config), vocab, "reward")
   params = model.init(jax.random.key(0), jnp.asarray(batch["chosen_tokens"]),
                       jnp.asarray(batch["chosen_attention_mask"]))["params"]
   for share in (False, True):
@@ -222,7 +232,7 @@ def test_pack_batch_gives_each_microbatch_and_shard_its_own_pairs():
   batch = _random_pairs(np.random.default_rng(4), 8, 10, 30)
   batch["weight"] = np.arange(8, dtype=np.float32)
   config = tiny_config("dpo", data__padding_free=True)
-  packed = padding_free.pack_batch(batch, config, data_parallel=2, microbatches=2)
+  packed = padding_free.pack_batch(batch, config_lib.packing_settings(config), data_parallel=2, microbatches=2)
   assert "chosen_tokens" not in packed and packed["packed_tokens"].shape[0] == 4
   micro = step.split_microbatches(packed, 2)
   for m in range(2):
@@ -289,9 +299,9 @@ def test_pack_sequences_by_hand():
   config = tiny_config("sft", data__padding_free=True, data__document_width=2)
   with pytest.raises(ValueError, match=r"sequences that need data.document_width >= 8, got 2 \(the longest, 4 "
                                        r"tokens, is train row 0\)"):
-    padding_free.resolve(config, {"train": batch, "eval": None}, data_kind="sequences")
+    _resolve(config, {"train": batch, "eval": None}, data_kind="sequences")
   config.data.document_width = 0
-  assert padding_free.resolve(config, {"train": batch, "eval": None}, data_kind="sequences").data.document_width == 8
+  assert _resolve(config, {"train": batch, "eval": None}, data_kind="sequences") == 8
   with pytest.raises(ValueError, match="3 sequences do not split into 2 rows"):
     packing.pack_sequences({k: np.concatenate([v, v[:1]]) for k, v in batch.items()}, rows=2)
 
@@ -326,7 +336,7 @@ def test_pack_batch_of_sequences_gives_each_microbatch_and_shard_its_own_sequenc
   batch = {k: pairs[f"chosen_{k}"] for k in packing.SEQUENCE_KEYS}
   batch["example_index"] = np.arange(8)
   config = tiny_config("sft", data__padding_free=True)
-  packed = padding_free.pack_batch(batch, config, data_parallel=2, microbatches=2)
+  packed = padding_free.pack_batch(batch, config_lib.packing_settings(config), data_parallel=2, microbatches=2)
   assert "tokens" not in packed and packed["packed_tokens"].shape[0] == 4
   micro = step.split_microbatches(packed, 2)
   for m in range(2):

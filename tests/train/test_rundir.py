@@ -1,5 +1,5 @@
 """The run directory (`rundir`): what a workdir is a run of, resume checks, metrics that
-hold each step once, JSON without NaN. No training here (see test_train_runs.py)."""
+hold each step once, JSON without NaN. No training here (see test_train_loop.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import struct
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
@@ -17,13 +16,13 @@ from rlhf_jax.train import rundir
 
 
 def _config(**overrides):
-  config = ml_collections.ConfigDict({
+  config = {
       "seed": 0,
       "train": {"steps": 10, "log_every": 2},
       "optim": {"learning_rate": 1e-3, "b1": 0.9},
       "loss": {"name": "bradley_terry_soft"},
       "data": {"shared_length": 0},
-  })
+  }
   for path, value in overrides.items():
     node = config
     *parents, leaf = path.split(".")
@@ -62,7 +61,7 @@ def test_prepare_creates_the_directory_and_refuses_a_file(tmp_path):
 
 
 def test_config_differences_lists_old_and_new_values():
-  stored = _config().to_dict()
+  stored = _config()
   refused, allowed = rundir.config_differences(
       stored, _config(**{"loss.name": "bradley_terry", "optim.learning_rate": 0.5, "train.steps": 20}),
       may_change=("train.steps",))

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import data
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import loop, networks, score
 from rlhf_jax.train.components import FAST_COMPILE_OPTIONS
 
@@ -77,7 +78,8 @@ _ROWS = 48
 @functools.lru_cache(maxsize=None)
 def _direct_apply(vocab_size: int):
   """The model built from a fresh config (not the run's config.json), applied under jit."""
-  model = networks.build_model(tiny_config("reward_model", model__reward_heads=2), vocab_size, "reward")
+  model = networks.build_model(config_lib.model_settings(tiny_config("reward_model", model__reward_heads=2)),
+                               vocab_size, "reward")
   return jax.jit(lambda p, t, m: model.apply({"params": p}, t, m), compiler_options=FAST_COMPILE_OPTIONS)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import losses, models
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import loop, networks, objectives, shared_prompt
 from rlhf_jax.train.shared_prompt import SharedPromptLayout
 
@@ -152,7 +153,7 @@ def test_shared_rewards_equal_the_two_row_rewards(members, heads):
   vocab, width = 40, 12
   batch = _random_pairs(np.random.default_rng(3), 5, width, vocab)
   config = tiny_config("reward_model", model__reward_heads=heads, model__ensemble_models=members)
-  model = networks.build_model(config, vocab, "reward")
+  model = networks.build_model(config_lib.model_settings(config), vocab, "reward")
   params = model.init(jax.random.key(0), jnp.asarray(batch["chosen_tokens"]),
                       jnp.asarray(batch["chosen_attention_mask"]))["params"]
   layout = shared_prompt.layout_for({"train": batch})

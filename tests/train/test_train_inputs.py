@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_jax.train import inputs, rundir
 
-from train_testlib import tiny_config
+from train_testlib import load_datasets, tiny_config
 
 
 def _rank(seed, prompt):
@@ -90,7 +90,7 @@ def test_load_datasets_holds_out_whole_prompts_and_records_the_split(tmp_path):
   path, rows = _pairs_file(tmp_path / "pairs.jsonl")
   config = tiny_config("reward_model", data__train=str(path), data__tokenizer_vocab_size=300,
                        data__eval_fraction=0.25, data__eval_split_seed=7)
-  datasets = inputs.load_datasets(config, tmp_path / "run")
+  datasets = load_datasets(config, tmp_path / "run")
   split = datasets.provenance["data"]["split"]
   assert split["examples"] == {"train": 30, "eval": 10} and split["prompts"] == {"train": 15, "eval": 5}
   assert (split["eval_fraction"], split["seed"], split["grouped_by"]) == (0.25, 7, "prompt")
@@ -98,11 +98,11 @@ def test_load_datasets_holds_out_whole_prompts_and_records_the_split(tmp_path):
   assert len(datasets.train["chosen_tokens"]) == 30 and len(datasets.eval["chosen_tokens"]) == 10
   assert datasets.provenance["data"]["eval"] == {"split_of": str(path), "examples": 10}
   # The same file and seed give the same split (in a fresh run directory), another seed another.
-  again = inputs.load_datasets(config, tmp_path / "again")
+  again = load_datasets(config, tmp_path / "again")
   assert again.provenance["data"]["split"] == split
   assert again.provenance["arrays_sha256"] == datasets.provenance["arrays_sha256"]
   config.data.eval_split_seed = 8
-  other = inputs.load_datasets(config, tmp_path / "other")
+  other = load_datasets(config, tmp_path / "other")
   assert other.provenance["data"]["split"]["fingerprints"]["eval"] != split["fingerprints"]["eval"]
   # The held-out pairs are those of split_by_prompt, whole prompts.
   expected = inputs.split_by_prompt([r["prompt"] for r in rows], 0.25, seed=7)[1]
@@ -116,8 +116,8 @@ def test_eval_fraction_with_an_eval_file_or_toy_data_is_refused(tmp_path):
   path, _ = _pairs_file(tmp_path / "pairs.jsonl")
   both = tiny_config("reward_model", data__train=str(path), data__eval=str(path), data__eval_fraction=0.2)
   with pytest.raises(ValueError, match="data.eval .* and data.eval_fraction .* are both set"):
-    inputs.load_datasets(both, tmp_path / "run")
+    load_datasets(both, tmp_path / "run")
   with pytest.raises(ValueError, match="data.train, which is empty"):
-    inputs.load_datasets(tiny_config("reward_model", data__eval_fraction=0.2), tmp_path / "toy")
+    load_datasets(tiny_config("reward_model", data__eval_fraction=0.2), tmp_path / "toy")
   with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
-    inputs.load_datasets(tiny_config("reward_model", data__train=str(path), data__eval_fraction=1.0), tmp_path / "x")
+    load_datasets(tiny_config("reward_model", data__train=str(path), data__eval_fraction=1.0), tmp_path / "x")

@@ -29,14 +29,6 @@ def test_mesh_shape_errors(sizes, devices, message):
     mesh_lib.mesh_shape(sizes, devices)
 
 
-def test_non_divisible_dimensions_are_replicated():
-  mesh = jax.sharding.AbstractMesh((1, 2, 4), ("data", "fsdp", "tensor"))
-  # [embed 64, kv_heads 2, head_dim 16]: 2 kv heads cannot be split 4 ways.
-  assert mesh_lib._fit_spec(P("fsdp", "tensor", None), (64, 2, 16), mesh, "key") == P("fsdp", None, None)
-  assert mesh_lib._fit_spec(P(("data", "fsdp"), "tensor"), (6, 8), mesh, "w") == P(("data", "fsdp"), "tensor")
-  assert mesh_lib._fit_spec(P("fsdp"), (3, 5), mesh, "b") == P(None, None)
-
-
 def test_shard_batch_checks_divisibility():
   mesh = mesh_lib.make_mesh({"data": -1})
   batch = mesh_lib.shard_batch({"tokens": np.arange(6).reshape(3, 2)}, mesh)

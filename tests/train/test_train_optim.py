@@ -1,9 +1,10 @@
 """The optimizer against NumPy: warmup-cosine schedule, AdamW with clipping and masked decay,
 and the NaN/Inf guard."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -11,11 +12,10 @@ from rlhf_jax.train import optim
 
 
 def _config(**overrides):
-  config = ml_collections.ConfigDict(dict(
+  settings = optim.OptimizerSettings(
       learning_rate=0.01, warmup_steps=5, end_learning_rate_factor=0.1, b1=0.9, b2=0.98, eps=1e-8,
-      weight_decay=0.1, clip_norm=1.0, max_consecutive_skips=3))
-  config.update(overrides)
-  return config
+      weight_decay=0.1, clip_norm=1.0, max_consecutive_skips=3)
+  return dataclasses.replace(settings, **overrides)
 
 
 def _numpy_schedule(t, peak, warmup, total, factor):

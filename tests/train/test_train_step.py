@@ -5,9 +5,10 @@ import numpy as np
 import optax
 import pytest
 
-from rlhf_jax.train import components, inputs, mesh as mesh_lib, reference
+from rlhf_jax.train import components, mesh as mesh_lib, reference
+from rlhf_jax.train import config as config_lib
 
-from train_testlib import numpy_sequence_logps, tiny_config
+from train_testlib import load_datasets, numpy_sequence_logps, tiny_config
 
 
 def _config(microbatches=1):
@@ -19,9 +20,9 @@ def _config(microbatches=1):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   config = _config()
-  datasets = inputs.load_datasets(config, tmp_path_factory.mktemp("step"))
+  datasets = load_datasets(config, tmp_path_factory.mktemp("step"))
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-  parts = components.build(config, mesh, datasets.info)
+  parts = components.build(config_lib.build_settings(config), mesh, datasets.info)
   init_key, train_key = jax.random.split(jax.random.key(0))
   state = parts.init_state(init_key, train_key)
   ref_params = jax.tree.map(np.asarray, jax.device_get(state.params))
@@ -36,7 +37,7 @@ def _batch(setup, rows, **changes):
   host = {k: v[rows] for k, v in setup["datasets"].train.items()}
   host = setup["table"].lookup(host)
   host.update(changes)
-  layout = components.device_batch_layout(setup["config"], setup["datasets"].info)
+  layout = components.device_batch_layout(config_lib.build_settings(setup["config"]), setup["datasets"].info)
   return mesh_lib.shard_batch({k: host[k] for k in layout}, setup["mesh"])
 
 
@@ -53,7 +54,8 @@ def test_two_microbatches_equal_one_full_batch(setup):
   weight = np.array([1.0, 0.5, 2.0, 1.0, 0.0, 1.5, 1.0, 3.0], np.float32)
   batch = _batch(setup, np.arange(8), weight=weight)
   full_state, full = setup["parts"].train_step(_copy(setup["state"]), batch, setup["key"])
-  accumulating = components.build(_config(microbatches=2), setup["mesh"], setup["datasets"].info)
+  accumulating = components.build(config_lib.build_settings(_config(microbatches=2)), setup["mesh"],
+                                  setup["datasets"].info)
   micro_state, micro = accumulating.train_step(_copy(setup["state"]), batch, setup["key"])
   # (Accuracy is left out: at initialisation every margin is 0 up to rounding, so its
   # sign is noise.)
@@ -94,7 +96,7 @@ def test_cached_reference_equals_on_the_fly_and_numpy(setup):
   rows = np.array([5, 17, 2, 40, 33, 8, 61, 12])  # out of order: lookup is by example_index
   host = {k: v[rows] for k, v in datasets.train.items()}
   cached = setup["table"].lookup(host)
-  layout = components.device_batch_layout(setup["config"], datasets.info)
+  layout = components.device_batch_layout(config_lib.build_settings(setup["config"]), datasets.info)
   device = mesh_lib.shard_batch({k: host[k] for k in layout if not k.startswith("ref_")}, setup["mesh"])
   on_the_fly = jax.device_get(parts.reference_on_the_fly(setup["state"].params, device))
   apply = jax.jit(lambda p, t, m: parts.model.apply({"params": p}, t, m))

@@ -35,3 +35,10 @@ def numpy_sequence_logps(logits: np.ndarray, tokens: np.ndarray, loss_mask: np.n
 def log_sigmoid(x):
   x = np.asarray(x, np.float64)
   return -np.logaddexp(0.0, -x)
+
+
+def load_datasets(config, workdir):
+  """`inputs.load_datasets` of a config, read as the trainer reads it."""
+  from rlhf_jax.train import inputs  # pylint: disable=g-import-not-at-top
+  return inputs.load_datasets(config_lib.data_settings(config), workdir, objective=config.objective,
+                              loss=config_lib.loss_settings(config), seed=int(config.seed))

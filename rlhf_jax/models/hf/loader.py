@@ -17,7 +17,6 @@ holds one parameter at a time besides what the devices hold.
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -26,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
+from jax.sharding import Mesh, Sharding
 
 from rlhf_jax.models.config import DTYPES, TransformerConfig
 from rlhf_jax.models.heads import RewardModel, ValueModel
@@ -34,7 +33,7 @@ from rlhf_jax.models.hf.checkpoint import SafetensorsCheckpoint
 from rlhf_jax.models.hf.families import (KINDS, CheckpointError, Family, family_of_model_type,
                                          head_name)
 from rlhf_jax.models.hf.gguf_file import GGUFCheckpoint
-from rlhf_jax.models.sharding import abstract_params, logical_axis_rules
+from rlhf_jax.models.sharding import abstract_params, param_shardings
 from rlhf_jax.models.transformer import Transformer
 
 __all__ = ["load", "mesh_shardings", "model_for", "open_checkpoint", "place"]
@@ -115,27 +114,11 @@ def model_for(path: str | os.PathLike[str] | Checkpoint, kind: str = "policy", *
   return RewardModel(config, num_heads=num_heads or 1)
 
 
-def _check_dimension(spec: Any, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-  """Replicates the dimensions a spec's mesh axes do not divide (e.g. 3 kv heads on
-  tensor=2), as `rlhf_jax.train.mesh.param_shardings` does."""
-  fitted = []
-  for dim, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
-    size = math.prod(mesh.shape[a] for a in names)
-    fitted.append(axes if names and shape[dim] % size == 0 else None)
-  return PartitionSpec(*fitted)
-
-
 def mesh_shardings(model: nn.Module, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> Any:
   """NamedShardings of `model`'s parameters on `mesh` from their logical axis names
   (default rules: `models.logical_axis_rules(mesh.axis_names)`); a dimension its mesh
   axes do not divide is replicated."""
-  rules = logical_axis_rules(mesh.axis_names) if rules is None else rules
-  boxed = _abstract_params(model)
-  specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
-  shapes = nn.unbox(boxed)
-  return jax.tree.map(lambda s, leaf: NamedSharding(mesh, _check_dimension(s.spec, leaf.shape, mesh)),
-                      specs, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
+  return param_shardings(_abstract_params(model), mesh, rules)
 
 
 def place(host_value: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: Any,

@@ -1,7 +1,7 @@
 """Training objectives by name, offline and online alike: one contract (`contract.py`).
 
     objective = objectives.get("dpo")
-    settings = objectives.settings_from(objective, config.loss)      # at the top of a loop
+    settings = objectives.settings_from(objective, {"beta": 0.2})    # train.config.loss_settings(config)
     loss, outputs = objective.fn(params, batch, rng, model=model, settings=settings,
                                  layout=objectives.Layout())
 

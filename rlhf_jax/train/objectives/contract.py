@@ -275,10 +275,11 @@ def config_defaults(objective: Objective) -> dict[str, Any]:
   return dataclasses.asdict(objective.settings())
 
 
-def settings_from(objective: Objective, section: Mapping[str, Any] | Any) -> Any:
-  """The objective's settings from a config's `loss` section (a ConfigDict or a dict);
-  unknown or missing fields raise ValueError naming them."""
-  values = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+def settings_from(objective: Objective, section: Mapping[str, Any]) -> Any:
+  """The objective's settings from the plain values of a config's `loss` section
+  (`rlhf_jax.train.config.loss_settings` reads a config); unknown fields raise
+  ValueError naming them."""
+  values = dict(section)
   fields = {f.name for f in dataclasses.fields(objective.settings)}
   unknown = sorted(set(values) - fields)
   if unknown:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from rlhf_jax import losses
 from rlhf_jax.train import evaluate
-from rlhf_jax.train.objectives.contract import check_choice, loss_default, register, weighted_sum
+from rlhf_jax.train.objectives.contract import loss_default, register, weighted_sum
 from rlhf_jax.train.objectives.logps import pair_logps
 
 __all__ = ["DPOSettings", "ORPOSettings", "SimPOSettings", "dpo", "dpo_loss", "orpo", "pair_outputs", "simpo"]
@@ -48,7 +48,8 @@ class DPOSettings:
   bco_delta: float = loss_default(losses.dpo, "bco_delta")
 
   def __post_init__(self):
-    check_choice(self.variant, "variant", losses.DPO_VARIANTS)
+    if self.variant not in losses.DPO_VARIANT_LOSSES:
+      raise ValueError(f"config loss.variant: {losses.DPO_VARIANT_LOSSES.unknown_message(self.variant)}")
 
 
 @register("dpo", settings=DPOSettings, data="pairs", model="policy", reference=True, summary=_summary)
