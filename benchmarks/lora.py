@@ -98,28 +98,25 @@ def child(args: argparse.Namespace) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rlhf_jax import models  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train import components, mesh as mesh_lib, networks  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import components, mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train.inputs import DataInfo  # pylint: disable=g-import-not-at-top
 
   side = args.child
   config = dpo_config(args, side)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  settings = config_lib.build_settings(config)
+  overrides = {}
   if args.preset in SHAPES and not args.init_from:
-    shape = dict(SHAPES[args.preset], max_len=max(SHAPES[args.preset]["max_len"], args.max_length))
-    original = networks.model_config
-    # The smollm2 shapes are no models preset: build the model config from them.
-    networks.model_config = lambda cfg, vocab, **kw: models.TransformerConfig(
-        **shape, param_dtype="float32", remat=bool(args.remat),
-        **__import__("rlhf_jax.train.pretrained", fromlist=["x"]).lora_fields(cfg.model.get("lora")))
+    # The smollm2 shapes are no models preset: the 125m preset with its fields replaced.
+    overrides = dict(SHAPES[args.preset], max_len=max(SHAPES[args.preset]["max_len"], args.max_length))
   vocab = SHAPES.get(args.preset, {}).get("vocab_size", 32000)
   info = DataInfo(kind="pairs", vocab_size=vocab if args.preset != "tiny" else 512, pad_id=0,
                   max_length=args.max_length)
-  parts = components.build(config, mesh, info)
-  if args.preset in SHAPES and not args.init_from:
-    networks.model_config = original
+  parts = components.build(settings, mesh, info, **overrides)
   rng = np.random.default_rng(0)
   size, length = args.batch_size, args.max_length
-  layout = components.device_batch_layout(config, info)
+  layout = components.device_batch_layout(settings, info)
   batch = {}
   for name, (shape, dtype) in layout.items():
     full_shape = (size, *shape)

@@ -29,12 +29,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 
 from rlhf_jax import data as data_lib
 from rlhf_jax import hf, models
 from rlhf_jax.models import lora
 from rlhf_jax.train import components as components_lib
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks, pretrained
 from rlhf_jax.train import objectives as objectives_lib
@@ -54,36 +54,40 @@ class ExportError(ValueError):
   """A run that cannot be exported as asked (the message says why and what to do)."""
 
 
-def _run_config(workdir: Path) -> ml_collections.ConfigDict:
+def _run_config(workdir: Path) -> dict[str, Any]:
+  """The plain values of a run's stored config.json."""
   path = workdir / "config.json"
   if not path.is_file():
     raise ExportError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
+    values = json.loads(path.read_text(encoding="utf-8"))
   except (OSError, json.JSONDecodeError) as error:
     raise ExportError(f"{path}: cannot read it as JSON ({error}).") from None
+  if not isinstance(values, dict):
+    raise ExportError(f"{path}: does not hold a config (a JSON object).")
+  return values
 
 
-def _tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> Any:
+def _tokenizer(workdir: Path, config: dict[str, Any]) -> Any:
   """The run's tokenizer (a pretrained checkpoint's own), or None for a run on the toy data."""
-  if not config.data.train:
-    init_from = config.model.get("init_from", "")
+  if not config["data"].get("train"):
+    init_from = config["model"].get("init_from", "")
     return pretrained.tokenizer(init_from) if pretrained.is_pretrained(init_from) else None
   if "rollout" in config:
     return sampling._online_tokenizer(workdir, config)  # pylint: disable=protected-access
   return score_lib.run_tokenizer(workdir, score_lib.tokenizer_source(config))
 
 
-def _vocab_size(config: ml_collections.ConfigDict, tokenizer: Any) -> int:
-  return tokenizer.vocab_size if tokenizer is not None else int(config.data.toy.vocab_size)
+def _vocab_size(config: dict[str, Any], tokenizer: Any) -> int:
+  return tokenizer.vocab_size if tokenizer is not None else int(config["data"]["toy"]["vocab_size"])
 
 
-def _value_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.TransformerConfig | None:
+def _value_config(config: dict[str, Any], vocab_size: int) -> models.TransformerConfig | None:
   """The critic's shape of a PPO run: the reward model's with value_init "reward_model"."""
-  if config.model.get("value_init") != "reward_model":
+  if config["model"].get("value_init") != "reward_model":
     return None
-  reward_dir = Path(str(config.reward.checkpoints).split(",")[0].strip())
-  return networks.model_config(_run_config(reward_dir), vocab_size)
+  reward_dir = Path(str(config["reward"]["checkpoints"]).split(",")[0].strip())
+  return networks.model_config(config_lib.model_settings(_run_config(reward_dir)), vocab_size)
 
 
 def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Module, Any, Any, int]:
@@ -95,15 +99,15 @@ def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Mo
   if part not in PARTS:
     raise ExportError(f"part must be one of {', '.join(PARTS)}; got {part!r}.")
   config = _run_config(workdir)
-  objective = objectives_lib.get(config.objective)
+  objective = objectives_lib.get(config["objective"])
   kind = objective.model
   if part == "auto":
     part = "reward" if kind == "reward" else "policy"
   if (part == "reward") != (kind == "reward") or (part == "value" and not objective.value_model):
     has = "a reward model" if kind == "reward" else "a policy and a critic" if objective.value_model else "a policy"
-    raise ExportError(f"{workdir}: the run trained {config.objective!r} ({has}); it has no {part} model to export.")
-  if part == "reward" and int(config.model.get("ensemble_models", 1)) > 1:
-    raise ExportError(f"{workdir}: an ensemble of {config.model.ensemble_models} reward models has no Hugging Face "
+    raise ExportError(f"{workdir}: the run trained {config['objective']!r} ({has}); it has no {part} model to export.")
+  if part == "reward" and int(config["model"].get("ensemble_models", 1)) > 1:
+    raise ExportError(f"{workdir}: an ensemble of {config['model']['ensemble_models']} reward models has no Hugging Face "
                       "layout; export a run with model.ensemble_models=1 (heads are fine: num_labels).")
   tokenizer = _tokenizer(workdir, config)
   vocab = _vocab_size(config, tokenizer)
@@ -112,10 +116,10 @@ def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Mo
   rules = components_lib.axis_rules(mesh)
   if part == "value":
     value_config = _value_config(config, vocab)
-    full = networks.build_model(config, vocab, "policy_value", value_config=value_config)
+    full = networks.build_model(config_lib.model_settings(config), vocab, "policy_value", value_config=value_config)
     model = models.ValueModel(full.value_config)
   else:
-    model = networks.build_model(config, vocab, "reward" if part == "reward" else "policy")
+    model = networks.build_model(config_lib.model_settings(config), vocab, "reward" if part == "reward" else "policy")
   init = state_lib.init_params_fn(model, batch_size=mesh_lib.data_parallel_size(mesh),
                                   length=min(8, model.config.max_len))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -157,7 +161,7 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   counts = lora.param_counts(params)
   if adapters and lora_format == "peft":
     run_config = _run_config(workdir)
-    base = str(pretrained.checkpoint_path(run_config.model.init_from))
+    base = str(pretrained.checkpoint_path(run_config["model"]["init_from"]))
     hf.save_adapters(output, model, params, base_model_name_or_path=base, dtype=dtype or config.param_dtype)
     if tokenizer is not None and callable(getattr(tokenizer, "save", None)):
       tokenizer.save(output)

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import optax
@@ -80,20 +80,19 @@ def _architecture(path: str) -> models.TransformerConfig:
   return hf.model_for(path).config
 
 
-def lora_fields(section: Any) -> dict[str, Any]:
-  """`TransformerConfig` LoRA fields from a `model.lora` config section (None: off)."""
-  if section is None:
+def lora_fields(lora_values: Mapping[str, Any] | None) -> dict[str, Any]:
+  """`TransformerConfig` LoRA fields from the values of a `model.lora` section (None: off)."""
+  if lora_values is None:
     return {}
-  get = section.get if hasattr(section, "get") else lambda k, d=None: getattr(section, k, d)
+  get = lora_values.get
   return {"lora_rank": int(get("rank", 0)), "lora_alpha": float(get("alpha", 16.0)),
           "lora_dropout": float(get("dropout", 0.0)), "lora_targets": str(get("targets", "query,value"))}
 
 
-def uses_lora(config: Any) -> bool:
-  """True when a run config (`ConfigDict` or dict) trains LoRA adapters."""
-  model = config["model"] if isinstance(config, dict) else config.model
-  section = model.get("lora") if hasattr(model, "get") else None
-  return bool(section) and int(section.get("rank", 0) or 0) > 0
+def uses_lora(run_values: Mapping[str, Any]) -> bool:
+  """True when a run's stored config (config.json's values) trains LoRA adapters."""
+  lora_values = run_values["model"].get("lora")
+  return bool(lora_values) and int(lora_values.get("rank", 0) or 0) > 0
 
 
 def model_config(init_from: str, **overrides: Any) -> models.TransformerConfig:

@@ -302,7 +302,7 @@ def _run_config(workdir: Path) -> dict[str, Any]:
   return config
 
 
-def _online_tokenizer(workdir: Path, config: Any) -> Any:
+def _online_tokenizer(workdir: Path, config: dict[str, Any]) -> Any:
   """The tokenizer of an online run's prompts: `data.tokenizer`, the one it trained into
   its workdir, or the one it took from `model.init_from` (a pretrained checkpoint or a
   run) or its first reward model, checked against the fingerprint in its run.json."""

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -145,7 +145,7 @@ def run_tokenizer(workdir: Path, tokenizer_path: str) -> data_lib.Tokenizer:
   return tokenizer
 
 
-def tokenizer_source(config: Any) -> str:
+def tokenizer_source(config: Mapping[str, Any]) -> str:
   """What `run_tokenizer` reads for a run's config: its `data.tokenizer`, else its
   pretrained `model.init_from` ("hf:..."), else "" (the one trained into the workdir)."""
   if config["data"].get("tokenizer"):

@@ -16,6 +16,7 @@ import pytest
 from rlhf_jax import hf, models
 from rlhf_jax.models import lora
 from rlhf_jax.train import components, loop, networks, pretrained
+from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import inputs as inputs_lib
 from rlhf_jax.train import mesh as mesh_lib
 
@@ -103,8 +104,9 @@ def test_lora_reference_is_the_base_model(checkpoint, tmp_path):
   config = lora_dpo(directory, reference__mode="on_the_fly")
   results = loop.train(config, tmp_path)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-  datasets = inputs_lib.load_datasets(config, tmp_path)
-  parts = components.build(config, mesh, datasets.info)
+  datasets = inputs_lib.load_datasets(config_lib.data_settings(config), tmp_path, objective=config.objective,
+                                      loss=config_lib.loss_settings(config), seed=int(config.seed))
+  parts = components.build(config_lib.build_settings(config), mesh, datasets.info)
   rows = {k: np.asarray(v[:8]) for k, v in datasets.train.items()}
   keys = [k for group in parts.reference_groups for k in group[:3]]
   outputs = jax.device_get(parts.reference_on_the_fly(results["state"].params, mesh_lib.shard_batch(
@@ -123,9 +125,9 @@ def test_lora_reference_is_the_base_model(checkpoint, tmp_path):
 def test_tokenizer_and_architecture_come_from_the_checkpoint(checkpoint, tmp_path):
   directory, _ = checkpoint
   config = lora_dpo(directory)
-  assert inputs_lib._tokenizer(config, tmp_path, []).vocab_size == 320
-  assert networks.model_config(config, 32).n_layers == 3
-  assert networks.model_config(config, 32).lora_targets == ("query", "value", "down")
+  assert inputs_lib._tokenizer(config_lib.data_settings(config), tmp_path, []).vocab_size == 320
+  assert networks.model_config(config_lib.model_settings(config), 32).n_layers == 3
+  assert networks.model_config(config_lib.model_settings(config), 32).lora_targets == ("query", "value", "down")
 
 
 def test_smollm2_missing_is_a_clear_error(monkeypatch):
