@@ -20,11 +20,15 @@ Three cases (`--case`):
   `--scratch_points` batch counts spread over the stream; its rate sums the latencies
   interpolated linearly over every batch. The final `converge()` (EM from the vote shares
   over everything, what `--follow` runs when its folder is idle) is timed on its own.
+  JAX's persistent compilation cache is on, as in the scripts (`--no_compile_cache`
+  turns it off): the first run on a machine compiles each padded size, later runs load
+  the programs.
 * `process`: whole processes on both sides, imports, reading the file and writing the
   labels included, as a user pays them; each side runs in a fresh process
   (`benchmarks/_aggregation_worker.py`) at the library's DEFAULT settings. Dawid-Skene on
   simulated crowds of 3 answers per item and 2 classes at each of `--sizes` annotations
-  (CSV `question,worker,answer`); Crowd-BT against crowd-kit's `NoisyBradleyTerry` on
+  (CSV `question,worker,answer`; above `--chunk` = 10M annotations the crowd is simulated
+  in chunks, each its own population of `--annotators`); Crowd-BT against crowd-kit's `NoisyBradleyTerry` on
   `--process_comparisons` comparisons (CSV `worker,left,right,label`). Ours runs twice:
   first with an empty persistent compilation cache (a fresh folder), then again with
   the cache it filled (`rlhf_jax.cli.enable_compilation_cache`), which is what every run
@@ -205,7 +209,9 @@ def bench_crowd_bt(args, crowdkit) -> None:
 def bench_stream(args) -> dict:
   import tempfile  # pylint: disable=g-import-not-at-top
   from pathlib import Path  # pylint: disable=g-import-not-at-top
-  from rlhf_jax import feedback  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import cli, feedback  # pylint: disable=g-import-not-at-top
+  if not args.no_compile_cache:
+    cli.enable_compilation_cache()
   total, batch = args.total, args.batch
   config = simulate.SimulationConfig(num_items=max(total // 3, 1), num_annotators=args.annotators,
                                      annotations_per_item=3)
@@ -332,24 +338,19 @@ def bench_process(args, crowdkit) -> dict:
             f"{r['peak_rss_mb']:9.0f}   {label} {quality:.4f}")
 
   for size in args.sizes:
-    num_items = size // 3
-    config = simulate.SimulationConfig(num_items=num_items, num_annotators=args.annotators,
-                                       annotations_per_item=3, num_classes=2)
-    sim = simulate.simulate_annotations(jax.random.key(args.seed), config)
     data = work / f"crowd_{size}.csv"
-    pa_csv.write_csv(pa.table({"question": np.asarray(sim.items), "worker": np.asarray(sim.annotators),
-                               "answer": np.asarray(sim.labels)}), data)
-    truth = np.asarray(sim.true_labels)
-    print(f"\nDawid-Skene, whole processes: {sim.num_annotations:,} annotations "
-          f"({num_items:,} items, {args.annotators:,} annotators, 3 per item, 2 classes)")
+    truth, num_items, num_annotators = _write_crowd(data, size, args)
+    print(f"\nDawid-Skene, whole processes: {3 * num_items:,} annotations "
+          f"({num_items:,} items, {num_annotators:,} annotators, 3 per item, 2 classes)")
     print(header)
-    entry = {"annotations": int(sim.num_annotations)}
+    entry = {"annotations": 3 * num_items}
     for side_name in sides:
       out = work / f"labels_{size}_{len(entry)}.csv"
       r = run(side_name, "dawid_skene", data, out)
-      with open(out, encoding="utf-8") as handle:
-        predicted = {int(row_["question"]): int(row_["label"]) for row_ in csv.DictReader(handle)}
-      r["accuracy"] = float(np.mean([predicted.get(i, -1) == truth[i] for i in range(num_items)]))
+      table = pa_csv.read_csv(out)
+      predicted = np.full(num_items, -1, np.int64)
+      predicted[table["question"].to_numpy()] = table["label"].to_numpy()
+      r["accuracy"] = float(np.mean(predicted == truth))
       entry[side_name] = r
       print(row(side_name, r, r["accuracy"], "accuracy"))
     _print_ratios(entry, sides)
@@ -384,6 +385,34 @@ def bench_process(args, crowdkit) -> dict:
   return results
 
 
+def _write_crowd(path, size: int, args) -> tuple[np.ndarray, int, int]:
+  """Writes a simulated crowd of `size` annotations (3 per item, 2 classes) as CSV
+  `question,worker,answer`, in chunks of at most `--chunk` annotations so that 100M fit in
+  memory: each chunk is its own population of `--annotators` annotators (ids offset per
+  chunk) on its own items. Returns (true labels, items, annotators)."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  from pyarrow import csv as pa_csv  # pylint: disable=g-import-not-at-top
+  num_items = size // 3
+  per_chunk = max(args.chunk // 3, 1)
+  truth, writer = [], None
+  for c, start in enumerate(range(0, num_items, per_chunk)):
+    items = min(per_chunk, num_items - start)
+    config = simulate.SimulationConfig(num_items=items, num_annotators=args.annotators,
+                                       annotations_per_item=3, num_classes=2)
+    sim = simulate.simulate_annotations(jax.random.fold_in(jax.random.key(args.seed), c), config)
+    table = pa.table({"question": np.asarray(sim.items, np.int64) + start,
+                      "worker": np.asarray(sim.annotators, np.int64) + c * args.annotators,
+                      "answer": np.asarray(sim.labels)})
+    if writer is None:
+      writer = pa_csv.CSVWriter(str(path), table.schema)
+    writer.write_table(table)
+    truth.append(np.asarray(sim.true_labels))
+    del sim
+  writer.close()
+  num_chunks = len(truth)
+  return np.concatenate(truth), num_items, num_chunks * args.annotators
+
+
 def _print_ratios(entry: dict, sides: list[str]) -> None:
   """crowd-kit's wall time over ours (each cache state), as printed and stored."""
   if len(sides) < 3:
@@ -404,8 +433,12 @@ def main(argv: list[str] | None = None) -> None:
                       help="--case=stream: batch counts at which from-scratch is timed.")
   parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                       default=[1_000_000], help="--case=process: annotation counts.")
+  parser.add_argument("--chunk", type=int, default=10_000_000,
+                      help="--case=process: annotations simulated at a time (one population each).")
   parser.add_argument("--process_comparisons", type=int, default=50_000,
                       help="--case=process: Crowd-BT comparisons.")
+  parser.add_argument("--no_compile_cache", action="store_true",
+                      help="--case=stream: without JAX's persistent compilation cache.")
   parser.add_argument("--work_dir", default="", help="Data files (default: a temporary folder).")
   parser.add_argument("--json_out", default="", help="Also write the figures as JSON here.")
   parser.add_argument("--annotations", type=int, default=1_000_000)

@@ -1,6 +1,6 @@
-r"""The end-to-end job of `make run`: simulated human feedback -> labels -> reward model, DPO.
+r"""The end-to-end job of `make pipeline`: simulated human feedback -> labels -> reward model, DPO.
 
-Launch (what `make run` does):
+Launch (what `make pipeline` does):
 
   python scripts/run.py --config=configs/pipeline.py --workdir=runs/pipeline
 

@@ -1,4 +1,6 @@
-r"""The main job behind `make run`: feedback -> labels -> reward model and DPO, end to end.
+r"""The end-to-end job behind `make pipeline`: feedback -> labels -> reward model and DPO.
+
+(`make run` compares the feedback methods on the graded world: scripts/run_world.py.)
 
   python scripts/run.py                                   # configs/pipeline.py, runs/pipeline
   python scripts/run.py --config.aggregate.method=mace --workdir=/tmp/run

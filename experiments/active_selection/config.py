@@ -27,7 +27,8 @@ def get_config(arg=None):
   config.cells = []
   config.baseline = {"strategy": "random"}
   config.seeds = 3
-  config.metrics = ["accuracy_at_200", "accuracy_at_400", "accuracy_at_600", "accuracy_at_800", "accuracy_at_1000"]
+  config.metrics = ["accuracy_at_200", "accuracy_at_400", "accuracy_at_600", "accuracy_at_800", "accuracy_at_1000",
+                    "bought_label_accuracy", "bought_abs_difference"]
   config.plots = [{"metrics": ["accuracy_at_200", "accuracy_at_400", "accuracy_at_600", "accuracy_at_800",
                                "accuracy_at_1000"], "x_values": [200, 400, 600, 800, 1000],
                    "series": "strategy", "metric": "accuracy_at_1000", "x": "strategy",

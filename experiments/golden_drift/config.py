@@ -30,8 +30,14 @@ def get_config(arg=None):
   config.cells = []
   config.baseline = {"detection": "off"}
   config.seeds = 5
-  config.metrics = ["label_accuracy", "late_label_accuracy", "detection_rate", "false_alarms", "delay_days"]
-  config.plots = [{"metric": "late_label_accuracy", "x": "golden_rate", "series": "detection",
+  config.metrics = ["label_accuracy", "late_label_accuracy", "detection_rate", "false_alarms", "delay_days",
+                    "label_accuracy_third_1", "label_accuracy_third_2", "label_accuracy_third_3"]
+  config.plots = [{"metrics": ["label_accuracy_third_1", "label_accuracy_third_2", "label_accuracy_third_3"],
+                   "x_values": [1, 2, 3], "series": "detection", "fixed": {"golden_rate": 0.1},
+                   "metric": "label_accuracy_third_3", "x": "detection", "file": "label_accuracy_over_time.png",
+                   "xlabel": "third of the two-week span (golden items 10%)",
+                   "ylabel": "label accuracy against gold", "title": "Label accuracy over time"},
+                  {"metric": "late_label_accuracy", "x": "golden_rate", "series": "detection",
                    "file": "late_label_accuracy.png", "xlabel": "share of golden items",
                    "ylabel": "label accuracy, last third of the span"}]
   return config

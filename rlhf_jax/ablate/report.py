@@ -83,7 +83,7 @@ def results_table(experiment: Experiment, cells: list[dict[str, Any]], rows: lis
   if experiment.baseline is not None and metrics:
     all_ids = {cell_id(o) for o in cells}
     whole = cell_id(experiment.baseline) in all_ids
-    shown = metrics[:3]
+    shown = metrics[:5]
     if whole:
       intro = f"Paired differences against the baseline cell `{cell_id(experiment.baseline)}`"
     else:
@@ -159,9 +159,12 @@ def write_plots(experiment: Experiment, cells: list[dict[str, Any]], rows: list[
 
 def _plot_metrics_as_x(experiment, cells, grouped, spec, output_dir: Path, plt) -> Path:
   """A line per cell (labelled by `series`) over several metrics placed at `x_values`
-  (e.g. accuracy_at_200 .. accuracy_at_1000 against labels bought)."""
+  (e.g. accuracy_at_200 .. accuracy_at_1000 against labels bought); `fixed` {key: value}
+  keeps only the cells with those settings."""
   figure, axis = plt.subplots(figsize=(6.0, 4.0), dpi=110)
   for overrides in cells:
+    if any(overrides.get(k) != v for k, v in (spec.get("fixed") or {}).items()):
+      continue
     cell_rows = grouped.get(cell_id(overrides), [])
     intervals = [stats.t_interval(list(cell_values(cell_rows, m).values())) for m in spec["metrics"]]
     label = _format_value(overrides.get(spec.get("series") or "", cell_id(overrides)))

@@ -47,7 +47,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import ml_collections
 import numpy as np
 import tqdm
 
@@ -57,8 +56,10 @@ RESULTS_FILE = "results.jsonl"
 
 
 def _plain(value: Any) -> Any:
-  if isinstance(value, ml_collections.ConfigDict):
-    return {k: _plain(v) for k, v in value.items()}
+  """Plain Python values; a ConfigDict (anything with `to_dict`) becomes a dict, so that
+  this module needs no config library (the config stops at the script)."""
+  if hasattr(value, "to_dict") and callable(value.to_dict):
+    return _plain(value.to_dict())
   if isinstance(value, dict):
     return {k: _plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
@@ -85,7 +86,8 @@ class Experiment:
   plots: list[dict[str, Any]]
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict | dict[str, Any]) -> "Experiment":
+  def from_config(cls, config: Any) -> "Experiment":
+    """From the experiment config: a ConfigDict or a plain dict of the same fields."""
     c = _plain(config)
     missing = [k for k in ("name", "question", "function", "base", "grid") if k not in c]
     if missing:
@@ -199,13 +201,13 @@ class RunSummary:
   rows: list[dict[str, Any]]
 
 
-def run(config: ml_collections.ConfigDict | dict[str, Any], output_dir: str | Path, *, seeds: int | None = None,
+def run(config: Any, output_dir: str | Path, *, seeds: int | None = None,
         workers: int = 1, progress: bool = True, command: str | None = None, write_report: bool = True
         ) -> RunSummary:
   """Runs the unfinished cells of an experiment, then rewrites the table, plots and README.
 
   Args:
-    config: the experiment config (see the module docstring).
+    config: the experiment config (see the module docstring): a ConfigDict or a dict.
     output_dir: where results.jsonl, the plots and README.md live (the config's folder).
     seeds: number of seeds (default: the config's); seeds are 0 .. seeds - 1.
     workers: cells run in this many processes (spawned; 1 runs them here, in order).

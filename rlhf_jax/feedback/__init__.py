@@ -2,8 +2,9 @@
 
 Layers: `io` (reading and writing), `models` (annotator models and aggregation),
 `metrics` (agreement, calibration, drift) and `workflow` (golden items, routing, the
-aggregation pipeline and its report); `types` and `simulate` serve them all. Every
-public name is importable from here.
+aggregation pipeline and its report; a campaign's streaming aggregation
+`StreamingAggregator`, task planning `plan_tasks` and label audits `audit_labels`);
+`types` and `simulate` serve them all. Every public name is importable from here.
 
 Records (`read_annotations`) -> agreement (`fleiss_kappa`, `krippendorff_alpha`, ...) ->
 annotator calibration and drift (`annotator_metrics`, `annotator_weights`,

@@ -435,8 +435,9 @@ def golden_drift(params: dict[str, Any], seeds: list[int]) -> list[dict[str, flo
   leave-one-out majority of its item (consensus), or none (off). An alarm acts on the
   weights: the annotator's labels after its alarm time get weight 0 in the vote.
 
-  Metrics: label_accuracy (all pairs), late_label_accuracy (pairs labelled, on average, in
-  the last third of the time span, after most change points), detection_rate (drifting
+  Metrics: label_accuracy (all pairs), label_accuracy_third_1..3 (pairs by the mean time
+  of their labels, in thirds of the span; late_label_accuracy is the last third, after most
+  change points), detection_rate (drifting
   annotators with an alarm after their change), false_alarms (annotators with an alarm
   before any change: the good ones, or a drifting one before its change), delay_days
   (mean alarm time - change time over detected drifting annotators; NaN when none).
@@ -475,7 +476,9 @@ def golden_drift(params: dict[str, Any], seeds: list[int]) -> list[dict[str, flo
     truth = np.where(pairs.gold_prefers_a, feedback.A_PREFERRED, feedback.B_PREFERRED)
     mean_time = np.bincount(crowd.items, weights=crowd.timestamps - crowd.timestamps.min(), minlength=num_pairs)
     mean_time /= np.maximum(np.bincount(crowd.items, minlength=num_pairs), 1)
-    late = mean_time > (2.0 / 3.0) * (crowd.timestamps.max() - crowd.timestamps.min())
+    span = crowd.timestamps.max() - crowd.timestamps.min()
+    third = np.minimum((3 * mean_time / span).astype(int), 2)  # 0, 1, 2: early, middle, late
+    late = third == 2
     change = crowd.simulation.change_times
     is_drifting = np.isfinite(change)
     detected = is_drifting & np.isfinite(alarm_time) & (alarm_time >= np.nan_to_num(change, nan=np.inf))
@@ -484,6 +487,7 @@ def golden_drift(params: dict[str, Any], seeds: list[int]) -> list[dict[str, flo
     rows.append({
         "label_accuracy": float(np.mean(labels == truth)),
         "late_label_accuracy": float(np.mean(labels[late] == truth[late])),
+        **{f"label_accuracy_third_{t + 1}": float(np.mean(labels[third == t] == truth[third == t])) for t in range(3)},
         "detection_rate": float(detected.sum() / max(is_drifting.sum(), 1)),
         "false_alarms": float(false_alarm.sum()),
         "delay_days": float(delays.mean()) if delays.size else float("nan"),
@@ -499,7 +503,8 @@ def active_selection(params: dict[str, Any], seeds: list[int]) -> list[dict[str,
   different initialisations and bootstrap weights) or margin (smallest |mean r(a) - r(b)|).
   After each round the ensemble is retrained from scratch on all pairs bought; metric
   accuracy_at_N is the held-out accuracy of the ensemble's mean reward with N pairs
-  bought (the unlabelled pool is padded in with weight 0, so every round has the same
+  bought; bought_label_accuracy and bought_abs_difference describe the pairs bought in
+  the end (their majority labels against gold, their mean |gold difference|) (the unlabelled pool is padded in with weight 0, so every round has the same
   shapes and one compiled program)."""
   pool = int(params["pool_pairs"])
   budget, batch, k = int(params["budget"]), int(params["batch"]), int(params["ensemble"])
@@ -553,5 +558,9 @@ def active_selection(params: dict[str, Any], seeds: list[int]) -> list[dict[str,
       score = np.where(bought[i], -np.inf, score)
       bought[i, np.argsort(-score, kind="stable")[:batch]] = True
   for i, s in enumerate(seeds):
+    pairs, labels, _ = data[i]
+    truth = np.where(pairs.gold_prefers_a, feedback.A_PREFERRED, feedback.B_PREFERRED)
     rows[i]["rm_accuracy"] = rows[i][f"accuracy_at_{budget}"]
+    rows[i]["bought_label_accuracy"] = float(np.mean(labels[bought[i]] == truth[bought[i]]))
+    rows[i]["bought_abs_difference"] = float(np.mean(np.abs(pairs.difference[bought[i]])))
   return rows

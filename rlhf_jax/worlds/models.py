@@ -3,8 +3,8 @@
 Both train full-batch with optax Adam inside one jitted `lax.scan`, and `jax.vmap` over a
 leading seed axis: an ablation cell trains all its seeds in one compiled program (shapes
 are equal across seeds by construction). They are the instruments of the ablations, sized
-so that a cell of five seeds takes about a second; the project's transformer trainers
-(`rlhf_jax.train`) stay for real text.
+so that a cell of five seeds takes seconds (runtimes: experiments/*/README.md); the
+project's transformer trainers (`rlhf_jax.train`) stay for real text.
 
 Reward model (`RewardModelConfig`): a bag of token embeddings plus response features,
 

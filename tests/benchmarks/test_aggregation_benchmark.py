@@ -16,7 +16,8 @@ import aggregation  # noqa: E402
 def test_stream_case_rates_and_ratio(tmp_path, capsys):
   out = tmp_path / "stream.json"
   aggregation.main(["--case=stream", "--total=3000", "--batch=500", "--annotators=30",
-                    "--scratch_points=3", f"--work_dir={tmp_path}", f"--json_out={out}"])
+                    "--scratch_points=3", "--no_compile_cache", f"--work_dir={tmp_path}",
+                    f"--json_out={out}"])
   printed = capsys.readouterr().out
   r = json.loads(out.read_text())
   assert (r["annotations"], r["batches"]) == (3000, 6)

@@ -26,13 +26,16 @@ every annotation, so labels.csv then equals `dawid_skene` on all annotations at 
 float rounding: 1e-5 on posteriors in the tests). The per-batch labels are those of the
 incremental fit; EM has local optima, and the tests measure how often a purely
 warm-started fit ends with other labels (under 2% of items on a small simulated crowd
-with spammers). `method="majority_vote"` keeps the vote counts [I, K] (its sufficient
+with spammers). `method="one_coin_dawid_skene"` is the same machinery with the M-step of
+`feedback.one_coin_dawid_skene` (one accuracy per annotator: the correct mass is the
+trace of n[a], so the same statistics serve). `method="majority_vote"` keeps the vote
+counts [I, K] (its sufficient
 statistics) and is exact after every batch.
 
 State (what a checkpoint holds; npz + json, never pickle):
 * `checkpoint/segments/NNNNNN.npz`: each batch's accepted annotations as global indices
-  (items, annotators, labels) with the item and annotator ids first seen in it and the
-  annotation ids: the sufficient statistics of the exact refit, appended once, never
+  (items, annotators, labels) with the item and annotator ids first seen in it, the
+  annotation ids and guideline versions, and the new items' texts (JSON strings): the sufficient statistics of the exact refit, appended once, never
   rewritten.
 * `checkpoint/state-NNNNNN.npz`: posteriors [I, K], confusion [A, K, K], expected
   confusion counts n[a, k, l] and class counts (the M-step's sufficient statistics),
@@ -52,8 +55,12 @@ new or whose label or confidence moved by at least `change_threshold`: item, lab
 confidence, previous label and confidence, posteriors, annotations), `rejects/NNNNNN.jsonl`
 (rows of the batch that were not used, with file, line, field and reason;
 accepted + rejected = read), `annotators.csv` (current annotator metrics, rewritten).
-`write_labels()` writes `labels.csv` for every item; `follow` does so whenever the
-folder has no unread batch left.
+`write_labels()` writes `labels.csv` for every item, and `write_training()` the training
+file of the data layer (`feedback.write_training_file`: train.jsonl with texts, soft
+target, confidence as weight and lineage; awaiting_review.jsonl for items below
+`review_threshold`; train_rejects.jsonl), so every item is in exactly one; `follow` writes
+both whenever the folder has no unread batch left (the training file for pairwise
+formats).
 
 Batches. A batch is a file in one of `rlhf_jax.feedback.FORMATS` read by
 `rlhf_jax.feedback.read_annotations` (one validation path: its rejects are this batch's
@@ -94,7 +101,7 @@ __all__ = [
     "follow",
 ]
 
-STREAM_METHODS = ("dawid_skene", "majority_vote")
+STREAM_METHODS = ("dawid_skene", "one_coin_dawid_skene", "majority_vote")
 _SUFFIXES = {
     "jsonl": (".jsonl", ".jsonl.gz", ".json"),
     "csv": (".csv", ".csv.gz"),
@@ -122,6 +129,8 @@ class StreamConfig:
     duplicate_policy: within one batch, as `feedback.read_annotations`.
     change_threshold: a confidence move at least this large puts an item in the batch's
       changes file (new items and changed labels always are).
+    review_threshold: in the training file, items whose confidence is below this await
+      expert review instead of training (as `configs/aggregate.py` routing).
     local_iters: incremental EM steps on a batch's items (when no full EM runs).
     refit_growth: a full warm-started EM over all annotations runs once they grew by
       this share since the last one (0: after every batch; the total work stays linear
@@ -142,6 +151,7 @@ class StreamConfig:
   smoothing: float = 0.0
   duplicate_policy: str = "keep_last"
   change_threshold: float = 0.01
+  review_threshold: float = 0.7
   local_iters: int = 3
   refit_growth: float = 0.25
   refit_iters: int = 20
@@ -234,8 +244,24 @@ def _normalized_log(pseudo_counts, floor):
   return jnp.log(floored) - jnp.log(jnp.sum(floored, axis=-1, keepdims=True))
 
 
+def _one_coin_log_confusion(correct, wrong, smoothing, num_classes: int, xp=jnp):
+  """One-coin M-step from the expected correct and wrong answer mass per annotator, as
+  `feedback.one_coin_dawid_skene`: p_a = (correct + s) / (answers + 2 s), off-diagonal
+  (1 - p_a) / (K - 1), floored at 1e-10; 1 / K without evidence."""
+  denominator = correct + wrong + 2.0 * smoothing
+  has_evidence = denominator > 0
+  scale = xp.where(has_evidence, 1.0 / xp.maximum(denominator, _PROB_FLOOR), 0.0)
+  accuracy = xp.where(has_evidence, (correct + smoothing) * scale, 1.0 / num_classes)
+  error = xp.where(has_evidence, (wrong + smoothing) * scale, 1.0 - 1.0 / num_classes)
+  log_accuracy = xp.log(xp.maximum(accuracy, _PROB_FLOOR))
+  log_error = xp.log(xp.maximum(error / (num_classes - 1), _PROB_FLOOR))
+  eye = xp.eye(num_classes, dtype=bool)
+  return xp.where(eye, log_accuracy[:, None, None], log_error[:, None, None])
+
+
 def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_prior,
-             smoothing, tol, num_items: int, num_classes: int, num_iters: int, warm: bool):
+             smoothing, tol, num_items: int, num_classes: int, num_iters: int, warm: bool,
+             one_coin: bool = False):
   """Dawid-Skene EM on padded annotations, from the vote shares or from old parameters.
 
   items, annotators, labels, weight: [N_cap] (weight 1 on annotations, 0 on padding);
@@ -247,7 +273,8 @@ def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_pri
        rho[k] ∝ sum_{annotated i} q[i, k];
     E: q[i, k] ∝ rho[k] prod_n confusion[a_n, k, y_n]^{w_n};
 
-  stopping after the first iteration in which no posterior moved by `tol`. Returns
+  stopping after the first iteration in which no posterior moved by `tol`. `one_coin`:
+  the M-step of `feedback.one_coin_dawid_skene` instead (one accuracy per annotator). Returns
   posteriors [I_cap, K], log confusion, log class prior (the M-step on the returned
   posteriors), expected confusion counts [A_cap, K, K], class counts [K], iterations.
   """
@@ -264,7 +291,14 @@ def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_pri
     counts = jax.ops.segment_sum(posteriors[items] * weight[:, None], segments,
                                  num_segments=num_annotators * k)
     counts = counts.reshape(num_annotators, k, k).transpose(0, 2, 1)  # [A, true, observed]
-    log_confusion = _normalized_log(counts + smoothing, label_floor)
+    if one_coin:
+      agreeing = posteriors[items, labels] * weight
+      # The wrong mass summed directly: 1 - correct rounds to 0 in float32 for the best.
+      correct = jax.ops.segment_sum(agreeing, annotators, num_segments=num_annotators)
+      wrong = jax.ops.segment_sum(weight - agreeing, annotators, num_segments=num_annotators)
+      log_confusion = _one_coin_log_confusion(correct, wrong, smoothing, k)
+    else:
+      log_confusion = _normalized_log(counts + smoothing, label_floor)
     class_counts = jnp.sum(jnp.where(annotated[:, None], posteriors, 0.0), axis=0)
     log_prior = _normalized_log(jnp.maximum(class_counts, 0.0), _PROB_FLOOR)
     return log_confusion, log_prior, counts, class_counts
@@ -302,7 +336,7 @@ def _em_core(items, annotators, labels, weight, init_log_confusion, init_log_pri
 
 
 _fit_dawid_skene = jax.jit(
-    _em_core, static_argnames=("num_items", "num_classes", "num_iters", "warm"))
+    _em_core, static_argnames=("num_items", "num_classes", "num_iters", "warm", "one_coin"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -383,6 +417,9 @@ class StreamingAggregator:
     self.annotator_ids: list[str] = []
     self.annotator_index: dict[str, int] = {}
     self.annotation_ids: set[str] = set()
+    self.annotation_order: list[str] = []  # annotation ids in stream order (lineage)
+    self.guideline_versions: list[str] = []  # per annotation, "" when absent
+    self.item_payloads: list[dict[str, Any]] = []  # per item: prompt, response_a, response_b
     self.pairs: set[int] = set()  # item * 2**32 + annotator, for cross-batch repeats
     self._items = np.zeros((0,), np.int32)
     self._annotators = np.zeros((0,), np.int32)
@@ -453,6 +490,7 @@ class StreamingAggregator:
     accepted, rejects, num_read = self._read(path, rejects_path)
     read_seconds = time.perf_counter() - read_start
     new_items_start, new_annotators_start = self.num_items, self.num_annotators
+    annotations_start = self.num_annotations
     self.num_items_before = old_size = self.posteriors.shape[0]
     assert old_size == new_items_start or True
     items, annotators, labels, kept_ids, golden = self._encode(accepted, rejects, path)
@@ -478,7 +516,10 @@ class StreamingAggregator:
         items=items, annotators=annotators, labels=labels,
         new_item_ids=_str_array(self.item_ids[new_items_start:]),
         new_annotator_ids=_str_array(self.annotator_ids[new_annotators_start:]),
-        annotation_ids=_str_array(kept_ids))
+        annotation_ids=_str_array(kept_ids),
+        guideline_versions=_str_array(self.guideline_versions[annotations_start:]),
+        new_item_payloads=_str_array([json.dumps(p, ensure_ascii=False)
+                                      for p in self.item_payloads[new_items_start:]]))
     state_file = self._state_file_name(index)
     self._save_state(self.checkpoint_dir / state_file)
     record = {"index": index, "name": path.name, "hash": content_hash, "num_read": num_read,
@@ -520,6 +561,32 @@ class StreamingAggregator:
                                              current["posteriors"])])
     _atomic_write_bytes(path, ("\n".join(lines) + "\n" + rows).encode("utf-8"))
     return path
+
+  def write_training(self, output_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Writes train.jsonl, awaiting_review.jsonl and train_rejects.jsonl
+    (`feedback.write_training_file`) for a pairwise stream: every item is in exactly one.
+
+    An item whose confidence is below `review_threshold` awaits review (label source
+    "pending"); the others train with their current label, the posterior as soft target
+    (vote shares for majority_vote) and the confidence as weight, with their lineage.
+    Returns the `TrainingFileReport`.
+    """
+    if self.config.format == "crowd_csv":
+      raise ValueError("a training file needs pairwise records (prompt, response_a, response_b).")
+    enc = feedback.EncodedAnnotations(
+        items=self._items, annotators=self._annotators, labels=self._labels,
+        item_ids=tuple(self.item_ids), annotator_ids=tuple(self.annotator_ids),
+        class_names=tuple(self.class_names), annotation_ids=tuple(self.annotation_order),
+        guideline_versions=tuple(self.guideline_versions),
+        item_payloads=tuple(self.item_payloads))
+    current = self.labels()
+    source = ["pending" if c < self.config.review_threshold else "crowd"
+              for c in current["confidence"]]
+    return feedback.write_training_file(
+        Path(output_dir) if output_dir is not None else self.output_dir, enc,
+        labels=current["label"], confidence=current["confidence"],
+        soft_labels=current["posteriors"], label_source=source,
+        lineage=feedback.item_lineage(enc))
 
   def annotator_rows(self) -> list[dict[str, Any]]:
     """Current annotator metrics, one dict per annotator (the rows of annotators.csv)."""
@@ -643,6 +710,14 @@ class StreamingAggregator:
       raise ValueError(f"{path}: a class outside {self.class_names} reached the stream.")
     kept_ids = [enc.annotation_ids[n] for n in kept]
     self.annotation_ids.update(kept_ids)
+    self.annotation_order.extend(kept_ids)
+    versions = enc.guideline_versions
+    self.guideline_versions.extend((versions[n] or "") if versions is not None else ""
+                                   for n in kept)
+    batch_item = {item_id: j for j, item_id in enumerate(enc.item_ids)}
+    for item_id in self.item_ids[len(self.item_payloads):]:
+      payload = enc.item_payloads[batch_item[item_id]] if enc.item_payloads is not None else None
+      self.item_payloads.append(dict(payload or {}))
     self.pairs.update(batch_pairs)
     golden = None
     if enc.is_golden is not None and enc.golden_labels is not None:
@@ -758,9 +833,10 @@ class StreamingAggregator:
         padded(self._items, n_cap), padded(self._annotators, n_cap), padded(self._labels, n_cap),
         weight, init_log_confusion, init_log_prior, np.float32(self.config.smoothing),
         np.float32(self.config.tol), num_items=i_cap, num_classes=k,
-        num_iters=num_iters or self.config.num_iters, warm=self._has_fit)
+        num_iters=num_iters or self.config.num_iters, warm=self._has_fit,
+        one_coin=self.config.method == "one_coin_dawid_skene")
     posteriors, _, _, counts, class_counts, iters = jax.device_get(outputs)
-    self.posteriors = np.asarray(posteriors[:num_items], np.float32)
+    self.posteriors = np.array(posteriors[:num_items], np.float32)  # a writable copy
     self.confusion_counts = np.asarray(counts[:num_annotators], np.float64)
     self.class_counts = np.asarray(class_counts, np.float64)
     self._has_fit = True
@@ -770,6 +846,11 @@ class StreamingAggregator:
   def _log_confusion(self) -> np.ndarray:
     """M-step from the sufficient statistics: log confusion [A, K, K] (floors as
     `feedback.dawid_skene`: 1e-10, and 1e-30 for labels the annotator never gave)."""
+    if self.config.method == "one_coin_dawid_skene":
+      correct = np.trace(self.confusion_counts, axis1=1, axis2=2)
+      wrong = self.confusion_counts.sum((1, 2)) - correct
+      return _one_coin_log_confusion(correct, np.maximum(wrong, 0.0), self.config.smoothing,
+                                     self.num_classes, xp=np)
     floor = np.where(self.label_counts[:, None, :] > 0, _PROB_FLOOR, _UNUSED_LABEL_FLOOR)
     floored = np.maximum(self.confusion_counts + self.config.smoothing, floor)
     return np.log(floored) - np.log(floored.sum(-1, keepdims=True))
@@ -971,6 +1052,9 @@ class StreamingAggregator:
         self.annotator_index[annotator_id] = len(self.annotator_ids)
         self.annotator_ids.append(annotator_id)
       self.annotation_ids.update(segment["annotation_ids"].tolist())
+      self.annotation_order.extend(segment["annotation_ids"].tolist())
+      self.guideline_versions.extend(segment["guideline_versions"].tolist())
+      self.item_payloads.extend(json.loads(p) for p in segment["new_item_payloads"].tolist())
       items.append(segment["items"])
       annotators.append(segment["annotators"])
       labels.append(segment["labels"])
@@ -1031,10 +1115,17 @@ def _annotation_lines(annotation_ids: Sequence[str], path: Path) -> list[Any]:
 def _batch_files(directory: Path, fmt: str) -> list[Path]:
   """Complete batch files in `directory`, oldest first (hidden, .tmp and .part skipped)."""
   suffixes = _SUFFIXES[fmt]
-  files = [p for p in directory.iterdir()
-           if p.is_file() and not p.name.startswith(".")
-           and not p.name.endswith((".tmp", ".part")) and p.name.endswith(suffixes)]
-  return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+  files = []
+  for p in directory.iterdir():
+    if (p.name.startswith(".") or p.name.endswith((".tmp", ".part"))
+        or not p.name.endswith(suffixes)):
+      continue
+    try:
+      if p.is_file():
+        files.append((p.stat().st_mtime_ns, p.name, p))
+    except OSError:
+      continue  # vanished between the listing and the stat
+  return [p for _, _, p in sorted(files)]
 
 
 def follow(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
@@ -1060,11 +1151,16 @@ def follow(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]
   while True:
     fed = False
     for path in _batch_files(input_dir, config.format):
-      stat = path.stat()
-      signature = (stat.st_size, stat.st_mtime_ns)
-      if seen.get(path.name) == signature:
-        continue
-      result = aggregator.feed(path)
+      try:
+        stat = path.stat()
+        signature = (stat.st_size, stat.st_mtime_ns)
+        if seen.get(path.name) == signature:
+          continue
+        with open(path, "rb"):
+          pass
+      except OSError:
+        continue  # moved away or unreadable right now: looked at again on the next scan
+      result = aggregator.feed(path)  # an error while writing outputs stops the job
       seen[path.name] = signature
       fed = True
       labels_current = False
@@ -1075,6 +1171,8 @@ def follow(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]
     if not labels_current and aggregator.num_batches:
       aggregator.converge()  # idle: run EM to convergence before writing every label
       aggregator.write_labels()
+      if config.format != "crowd_csv":
+        aggregator.write_training()
       labels_current = True
     if idle_exit_seconds is not None and time.monotonic() - last_activity >= idle_exit_seconds:
       return aggregator
@@ -1097,7 +1195,8 @@ def config_from_aggregate(config: Any) -> StreamConfig:
   return StreamConfig(format=config.format, method=config.method, classes=classes,
                       num_iters=int(config.num_iters), tol=float(config.tol),
                       smoothing=float(config.smoothing),
-                      duplicate_policy=config.duplicate_policy)
+                      duplicate_policy=config.duplicate_policy,
+                      review_threshold=float(config.routing.confidence_threshold))
 
 
 def run_follow(config: Any, input_dir: str, *, poll_seconds: float = 2.0,

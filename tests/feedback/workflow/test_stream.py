@@ -76,6 +76,28 @@ def test_dawid_skene_stream_equals_all_at_once(tmp_path):
   assert np.allclose(aggregator.confusion.sum(-1), 1.0)
 
 
+def test_one_coin_stream_equals_all_at_once(tmp_path):
+  records = _records(num_items=600, num_annotators=20, seed=1)
+  config = feedback.StreamConfig(format="jsonl", method="one_coin_dawid_skene", tol=1e-6,
+                                 num_iters=300)
+  aggregator = feedback.StreamingAggregator(tmp_path / "out", config)
+  for b in range(0, len(records), 300):
+    aggregator.feed(records[b:b + 300])
+  item_ids, posteriors, labels = _all_at_once(tmp_path, records, "one_coin_dawid_skene",
+                                              tol=1e-6, num_iters=300)
+  aggregator.converge(warm=True)
+  _, warm_labels = _by_item(aggregator, item_ids)
+  assert np.mean(warm_labels == labels) >= 0.98
+  aggregator.converge()
+  stream_posteriors, stream_labels = _by_item(aggregator, item_ids)
+  np.testing.assert_allclose(stream_posteriors, posteriors, atol=1e-5)
+  np.testing.assert_array_equal(stream_labels, labels)
+  # One accuracy per annotator: every confusion row has one value off the diagonal.
+  confusion = aggregator.confusion
+  off = confusion[:, ~np.eye(3, dtype=bool)]
+  np.testing.assert_allclose(off, off[:, :1] * np.ones_like(off), rtol=1e-6)
+
+
 def test_majority_vote_stream_is_exact_and_writes_changes(tmp_path):
   records = _records(num_items=300, num_annotators=12)
   aggregator = feedback.StreamingAggregator(
@@ -199,3 +221,34 @@ def test_follow_killed_and_restarted_loses_and_double_counts_nothing(tmp_path):
                                     current["confidence"]):
     assert written[item]["label"] == name
     assert abs(float(written[item]["confidence"]) - confidence) < 1e-4
+
+
+def test_training_file_from_the_stream_keeps_every_item(tmp_path):
+  config = feedback.SimulationConfig(num_items=120, num_annotators=10, annotations_per_item=3)
+  records = feedback.to_records(feedback.simulate_annotations(jax.random.key(5), config))
+  records[0]["response_b"] = records[0]["response_a"]  # identical responses: rejected
+  for r in records:
+    if r["item_id"] == records[0]["item_id"]:
+      r["response_a"] = r["response_b"] = records[0]["response_a"]
+  stream_config = feedback.StreamConfig(format="jsonl", review_threshold=0.8)
+  aggregator = feedback.StreamingAggregator(tmp_path / "out", stream_config)
+  for b in range(0, len(records), 120):
+    aggregator.feed(records[b:b + 120])
+  aggregator.converge()
+  report = aggregator.write_training()
+  assert report.num_trained + report.num_awaiting + report.num_rejected == aggregator.num_items
+  assert report.num_rejected >= 1 and report.num_awaiting >= 1
+  rows = [json.loads(line) for line in (tmp_path / "out/train.jsonl").read_text().splitlines()]
+  waiting = [json.loads(line) for line in
+             (tmp_path / "out/awaiting_review.jsonl").read_text().splitlines()]
+  assert all(r["confidence"] >= 0.8 for r in rows)
+  by_id = {r["annotation_id"]: r for r in records}
+  for row in rows:  # lineage: the annotations behind each row are that item's
+    assert {by_id[a]["item_id"] for a in row["annotation_ids"]} == {row["item"]}
+    assert row["prompt"] == by_id[row["annotation_ids"][0]]["prompt"]
+  assert len(rows) + len(waiting) + report.num_rejected == 120
+  # Reopened from the checkpoint (texts and lineage restored): the same file.
+  first = (tmp_path / "out/train.jsonl").read_text()
+  reopened = feedback.StreamingAggregator(tmp_path / "out", stream_config)
+  reopened.write_training(tmp_path / "again")
+  assert (tmp_path / "again/train.jsonl").read_text() == first
