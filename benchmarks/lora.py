@@ -109,7 +109,8 @@ def child(args: argparse.Namespace) -> None:
   overrides = {}
   if args.preset in SHAPES and not args.init_from:
     # The smollm2 shapes are no models preset: the 125m preset with its fields replaced.
-    overrides = dict(SHAPES[args.preset], max_len=max(SHAPES[args.preset]["max_len"], args.max_length))
+    overrides = {k: v for k, v in SHAPES[args.preset].items() if k != "vocab_size"}  # the vocabulary: from info
+    overrides["max_len"] = max(overrides["max_len"], args.max_length)
   vocab = SHAPES.get(args.preset, {}).get("vocab_size", 32000)
   info = DataInfo(kind="pairs", vocab_size=vocab if args.preset != "tiny" else 512, pad_id=0,
                   max_length=args.max_length)
