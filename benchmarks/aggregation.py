@@ -48,7 +48,7 @@ What is measured (on simulated data, so the truth is known):
   biased, spamming, adversarial, fast and drifting annotators), exactly `--iters` EM
   iterations (50; the early stop is off). Accuracy = share of items whose label equals
   the simulated true class.
-* Crowd-BT (`rlhf_jax.feedback.pairwise.crowd_bt`, with position bias) on `--comparisons`
+* Crowd-BT (`rlhf_jax.feedback.models.crowd_bt.crowd_bt`, with position bias) on `--comparisons`
   comparisons (default 1,000,000 among 10,000 items by 2,000 annotators, from
   `pairwise.simulate_comparisons`: 10% spammers, 5% adversaries), run to its convergence
   test (at most 200 L-BFGS steps). Quality = Spearman rank correlation of the fitted

@@ -6,7 +6,8 @@ For duck, product and dog (`../shared/data/crowd/*/answers.csv`, `truth.csv`), r
 method of `rlhf_jax.feedback` and, when the `bench` extra is installed (crowd-kit), the
 crowd-kit class of the same name on the same answers, at both libraries' defaults, and
 prints a Markdown table: accuracy against the gold labels and seconds per call (ours:
-the first call, with its compilation, and a second call; crowd-kit: one call). GoldMV
+the first call, with its compilation, and a second call; crowd-kit: one call, in a
+forked child stopped after `--crowd_kit_timeout` seconds). GoldMV
 sees the gold label of every fifth gold item (by item order) and both libraries are
 scored on the other items. KOS is defined for two classes only: dog (4 classes) is
 skipped. Without crowd-kit its columns read "absent". The table in docs/feedback.md
@@ -16,6 +17,7 @@ is this script's output.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
@@ -63,6 +65,25 @@ def _crowd_kit(name: str, data: dict, gold_given: np.ndarray):
   return lambda: model.fit_predict(frame)
 
 
+def _crowd_kit_child(name, data, gold_given, queue):
+  labels, seconds = _timed(_crowd_kit(name, data, gold_given))
+  queue.put((labels.reindex(range(data["num_items"])).to_numpy(), seconds))
+
+
+def _crowd_kit_with_timeout(name, data, gold_given, timeout):
+  """crowd-kit's call in a forked child (it uses no JAX), stopped after `timeout` seconds."""
+  context = multiprocessing.get_context("fork")
+  queue = context.Queue()
+  child = context.Process(target=_crowd_kit_child, args=(name, data, gold_given, queue))
+  child.start()
+  child.join(timeout)
+  if child.is_alive():
+    child.terminate()
+    child.join()
+    return None, None
+  return queue.get()
+
+
 def _accuracy(labels, gold: np.ndarray, scored: np.ndarray) -> float:
   return float(np.mean(np.asarray(labels)[scored] == gold[scored]))
 
@@ -78,6 +99,8 @@ def _timed(call):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data_dir", type=Path, default=DATA_DIR)
+  parser.add_argument("--crowd_kit_timeout", type=float, default=900.0,
+                      help="Seconds after which a crowd-kit call is stopped (reported as such).")
   args = parser.parse_args()
   try:
     import crowdkit  # pylint: disable=g-import-not-at-top,unused-import
@@ -101,10 +124,11 @@ def main() -> None:
       _, second_seconds = _timed(_ours(name, data, gold_given))
       ours = _accuracy(ours_first.labels, gold, scored)
       if have_crowd_kit:
-        theirs_labels, theirs_seconds = _timed(_crowd_kit(name, data, gold_given))
-        theirs = theirs_labels.reindex(range(data["num_items"])).to_numpy()
-        theirs_text = f"{_accuracy(theirs, gold, scored):.4f}"
-        theirs_time = f"{theirs_seconds:.2f}"
+        theirs, theirs_seconds = _crowd_kit_with_timeout(name, data, gold_given, args.crowd_kit_timeout)
+        if theirs is None:
+          theirs_text, theirs_time = "stopped", f"> {args.crowd_kit_timeout:g}"
+        else:
+          theirs_text, theirs_time = f"{_accuracy(theirs, gold, scored):.4f}", f"{theirs_seconds:.2f}"
       else:
         theirs_text = theirs_time = "absent (pip install -e '.[bench]')"
       print(f"| {name} | {dataset} | {ours:.4f} | {theirs_text} | {first_seconds:.2f} / {second_seconds:.2f} "

@@ -42,7 +42,8 @@ def test_arguments_are_checked(capsys):
 
 @pytest.mark.slow
 def test_side_by_side_run_prints_both(tmp_path, capsys):
-  pytest.importorskip("transformers")
+  pytest.importorskip("torch", reason="the transformers side needs torch (pip install torch==2.13.0)")
+  pytest.importorskip("transformers", reason="the transformers side needs transformers")
   load.main(["--preset=tiny", f"--cache_dir={tmp_path}"])
   out = capsys.readouterr().out
   assert "rlhf_jax.hf.load" in out and "transformers from_pretrained" in out and "ratio" in out

@@ -52,6 +52,9 @@ from rlhf_jax.feedback.types import AggregationResult
 
 __all__ = ["agreement_matrix", "mmsr"]
 
+# Relative change of u v^T that float32 cannot resolve (a few ulps): counted as converged.
+_RESOLUTION = 4 * float(np.finfo(np.float32).eps)
+
 
 def agreement_matrix(items: np.ndarray, annotators: np.ndarray, labels: np.ndarray, *, num_items: int,
                      num_annotators: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -117,7 +120,11 @@ def _fit_skills(centred, shared, num_used, num_items_used, trim, key, *, num_ite
     u, v, iteration, _ = state
     new_v = _trimmed_means(magnitude / u[:, None], observed, v, trim, fallback_zero)
     new_u = _trimmed_means((magnitude / new_v[None, :]).T, observed.T, u, trim, fallback_zero)
-    loss = jnp.linalg.norm(jnp.outer(new_u, new_v) - jnp.outer(u, v))
+    product = jnp.outer(new_u, new_v)
+    loss = jnp.linalg.norm(product - jnp.outer(u, v))
+    # A change below float32's resolution of the product is no change: stop there too
+    # (crowd-kit's float64 reaches its 1e-10; float32 would run out the cap instead).
+    loss = jnp.where(loss <= _RESOLUTION * jnp.linalg.norm(product), 0.0, loss)
     return new_u, new_v, iteration + 1, loss
 
   u, v, iterations, loss = jax.lax.while_loop(cond, body, (start, start, 0, jnp.float32(jnp.inf)))
@@ -195,7 +202,8 @@ def mmsr(
     num_classes: K, static (the skills use the number of classes anyone answered).
     num_items, num_annotators: sizes, inferred when None.
     num_iters: most MSR sweeps (crowd-kit's default 10000); `tol`: stop once
-      ||u v^T - u' v'^T||_F < tol (float32 reaches ~1e-7, so the cap often ends it).
+      ||u v^T - u' v'^T||_F < tol, or once the change is below float32's resolution of
+      ||u v^T||_F (4 ulps; crowd-kit computes in float64).
     sign_iters: power iterations for the sign vector.
     key: PRNG key of the start of u = v ~ U(0, 1) and of the power iteration; None uses
       `jax.random.key(0)`.
