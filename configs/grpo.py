@@ -17,6 +17,18 @@ A rule-based or verifiable reward (a Python function of prompts and completions)
   python scripts/train.py --config=configs/grpo.py:preset=125m --workdir=runs/grpo \
     --config.data.train=prompts.jsonl --config.reward.function=my_rewards:exact_match
 
+From a pretrained model (`rlhf_jax/train/pretrained.py`): `preset=smollm2` is LoRA on
+SmolLM2-135M-Instruct (`make smollm2` installs the file; its architecture and tokenizer
+are used), or any Hugging Face checkpoint directory or GGUF file with LoRA:
+
+  python scripts/train.py --config=configs/grpo.py:preset=smollm2 --workdir=runs/grpo_smollm2 \
+    --config.data.train=train.jsonl.gz
+  python scripts/train.py --config=configs/grpo.py:preset=125m --workdir=runs/grpo_hf \
+    --config.model.init_from=hf:PATH --config.model.lora.rank=16 --config.data.train=train.jsonl.gz
+
+`model.lora.rank=0` trains every parameter instead. `scripts/export.py` writes the result
+as a Hugging Face checkpoint.
+
 Fields: see `rlhf_jax/train/config.py` (every field is commented) and
 `rlhf_jax/train/objectives/grpo.py` (`GRPOSettings`: the loss section).
 """
@@ -27,7 +39,7 @@ VARIANTS = ("grpo", "dr_grpo")
 
 
 def get_config(arg=None):
-  """`arg`: "preset=tiny|125m|1b|7b,variant=grpo|dr_grpo"."""
+  """`arg`: "preset=tiny|125m|1b|7b|smollm2,variant=grpo|dr_grpo"."""
   args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET, variant="grpo")
   if args.variant not in VARIANTS:
     raise ValueError(f"unknown GRPO variant {args.variant!r}; expected one of {', '.join(VARIANTS)}.")

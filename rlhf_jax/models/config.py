@@ -12,7 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-__all__ = ["ACTIVATIONS", "DTYPES", "NORMS", "POSITION_EMBEDDINGS", "PRESETS", "ROPE_SCALINGS",
+__all__ = ["ACTIVATIONS", "DTYPES", "LORA_TARGETS", "NORMS", "POSITION_EMBEDDINGS", "PRESETS", "ROPE_SCALINGS",
            "TransformerConfig", "get_preset"]
 
 DTYPES = ("float32", "bfloat16")
@@ -21,6 +21,9 @@ NORMS = ("rms", "layer")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 POSITION_EMBEDDINGS = ("rope", "learned")
 ROPE_SCALINGS = ("none", "linear", "llama3")
+# Projections LoRA adapters can be put on (`rlhf_jax.models.lora`): the attention's
+# query, key, value and output, the feed-forward's gate, up and down.
+LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,16 @@ class TransformerConfig:
       divided by the factor, high ones kept, a smooth ramp between, as in Llama 3.1;
       Grattafiori et al. 2024, arXiv 2407.21783), with `rope_low_freq_factor`,
       `rope_high_freq_factor` and `rope_original_max_len` (the pretraining context).
+
+  Low-rank adapters (LoRA; Hu et al. 2021, arXiv 2106.09685; `rlhf_jax.models.lora`):
+    lora_rank: r > 0 puts an adapter on every projection of `lora_targets`,
+      `y = x W + (lora_alpha / r) * dropout(x) A B` with A [in, r] and B [r, out]
+      (B starts at zero, so the adapted model starts as the base); 0 (default) is off.
+    lora_alpha: the numerator of the adapters' scale alpha / r.
+    lora_dropout: dropout rate on the adapters' input, applied only when the caller
+      passes a "dropout" PRNG key (`apply(..., rngs={"dropout": key})`, training).
+    lora_targets: names of the adapted projections, a subset of `LORA_TARGETS` (a
+      comma-separated string is accepted).
   """
 
   vocab_size: int
@@ -96,8 +109,19 @@ class TransformerConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_max_len: int = 8192
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple[str, ...] = ("query", "value")
 
   def __post_init__(self):
+    targets = self.lora_targets
+    if isinstance(targets, str):
+      targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+      raise ValueError(f"TransformerConfig.lora_targets must be names of projections, got {targets!r}.")
+    # A canonical tuple (a list from JSON would make the config unhashable).
+    object.__setattr__(self, "lora_targets", tuple(targets))
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,6 +170,22 @@ class TransformerConfig:
     value = self.rope_original_max_len
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"TransformerConfig.rope_original_max_len must be a positive int, got {value!r}.")
+    if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+      raise ValueError(f"TransformerConfig.lora_rank must be an int >= 0 (0: no adapters), got {self.lora_rank!r}.")
+    if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+      raise ValueError(f"TransformerConfig.lora_alpha must be a positive number, got {self.lora_alpha!r}.")
+    if (isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float))
+        or not 0 <= self.lora_dropout < 1):
+      raise ValueError(f"TransformerConfig.lora_dropout must lie in [0, 1), got {self.lora_dropout!r}.")
+    unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+    if unknown:
+      raise ValueError(f"TransformerConfig.lora_targets: unknown projection(s) {unknown}; valid: "
+                       f"{', '.join(LORA_TARGETS)}.")
+    if self.lora_rank and not self.lora_targets:
+      raise ValueError("TransformerConfig.lora_targets is empty while lora_rank > 0; name the adapted "
+                       f"projections ({', '.join(LORA_TARGETS)}).")
+    if self.lora_rank and "gate" in self.lora_targets and not self.gated_mlp:
+      raise ValueError("TransformerConfig.lora_targets names 'gate', but the model has no gated MLP.")
 
   @property
   def head_dim(self) -> int:

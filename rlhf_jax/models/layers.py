@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.models import lora
 from rlhf_jax.models.config import TransformerConfig
 
 __all__ = ["AXIS_NAMES", "Attention", "Block", "FeedForward", "LayerNorm", "RMSNorm", "apply_rope",
@@ -394,10 +395,22 @@ class Attention(nn.Module):
       )
       return value.astype(dtype)
 
-    query_kernel = kernel("query", (d, h, dh), ("embed", "heads", "head_dim"), 0, (1, 2))
-    key_kernel = kernel("key", (d, k, dh), ("embed", "kv_heads", "head_dim"), 0, (1, 2))
-    value_kernel = kernel("value", (d, k, dh), ("embed", "kv_heads", "head_dim"), 0, (1, 2))
-    out_kernel = kernel("out", (h, dh, d), ("heads", "head_dim", "embed"), (0, 1), 2)
+    shapes = {"query": ((d, h, dh), ("embed", "heads", "head_dim")),
+              "key": ((d, k, dh), ("embed", "kv_heads", "head_dim")),
+              "value": ((d, k, dh), ("embed", "kv_heads", "head_dim")),
+              "out": ((h, dh, d), ("heads", "head_dim", "embed"))}
+    query_kernel = kernel("query", *shapes["query"], 0, (1, 2))
+    key_kernel = kernel("key", *shapes["key"], 0, (1, 2))
+    value_kernel = kernel("value", *shapes["value"], 0, (1, 2))
+    out_kernel = kernel("out", *shapes["out"], (0, 1), 2)
+
+    def linear(name, inputs, kernel_value):
+      """inputs W, plus the LoRA adapter's term when `name` is a target."""
+      contract = 2 if name == "out" else 1
+      out = project(inputs, kernel_value, contract=contract)
+      if cfg.lora_rank and name in cfg.lora_targets:
+        out = out + lora.adapter(self, name, inputs, *shapes[name], contract=contract)
+      return out
 
     x = x.astype(dtype)
     length = x.shape[1]
@@ -414,9 +427,9 @@ class Attention(nn.Module):
       query_positions = gather_slots(positions, query_index)
       query_segments = None if segment_ids is None else gather_slots(segment_ids, query_index)
       query_documents = None if document_ids is None else gather_slots(document_ids, query_index)
-    query = project(query_input, query_kernel)  # [B, T or N, H, Dh]
-    key = project(x, key_kernel)  # [B, T, K, Dh]
-    value = project(x, value_kernel)
+    query = linear("query", query_input, query_kernel)  # [B, T or N, H, Dh]
+    key = linear("key", x, key_kernel)  # [B, T, K, Dh]
+    value = linear("value", x, value_kernel)
     if cfg.attention_qkv_bias:
       query, key, value = self._add_biases(query, key, value)
     query = _constrain(query, ("batch", "length", "heads", "head_dim"))
@@ -453,12 +466,12 @@ class Attention(nn.Module):
         slots = jnp.arange(cached_mask.value.shape[1])
         visible = (slots[None, :] <= index + key_slots[:, None])[None] & cached_mask.value[:, None, :]
         attended = cached_attention(query, cached_key.value, cached_value.value, visible)
-        out = project(attended, out_kernel, contract=2)
+        out = linear("out", attended, out_kernel)
         return _constrain(out, ("batch", "length", "embed"))
 
     if documents is not None and query_slots is None:
       attended = document_attention(query, key, value, *documents, segment_ids, key_mask)
-      out = project(attended, out_kernel, contract=2)
+      out = linear("out", attended, out_kernel)
       return _constrain(out, ("batch", "length", "embed"))
 
     per_query = lambda ids: None if ids is None else ids[:, :, None]
@@ -474,7 +487,7 @@ class Attention(nn.Module):
       attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
     else:
       attended = causal_attention(query, key, value, mask)
-    out = project(attended, out_kernel, contract=2)
+    out = linear("out", attended, out_kernel)
     return _constrain(out, ("batch", "length", "embed"))
 
   def _add_biases(self, query: jax.Array, key: jax.Array, value: jax.Array):
@@ -513,6 +526,8 @@ class FeedForward(nn.Module):
 
     def linear(name, inputs, shape, axes):
       out = project(inputs, kernel(name, shape, axes))
+      if cfg.lora_rank and name in cfg.lora_targets:
+        out = out + lora.adapter(self, name, inputs, shape, axes)
       if cfg.mlp_bias:
         out = out + self.param(
             f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),

@@ -64,7 +64,7 @@ from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
-from rlhf_jax.train import optim, rundir
+from rlhf_jax.train import optim, pretrained, rundir
 from rlhf_jax.train import score as score_lib
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train.loop import TrainingError
@@ -205,6 +205,9 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
   total_steps = int(config.train.steps) * rollout.epochs * rollout.minibatches
   optimizer = config_lib.optimizer_settings(config)
   tx = optim.make_optimizer(optimizer, total_steps)
+  if models.lora.enabled(model.config):
+    # LoRA: the optimizer (and its state) covers the adapters and heads only.
+    tx = pretrained.optimizer(tx)
   schedule = optim.learning_rate_schedule(optimizer, total_steps)
   rules = components_lib.axis_rules(mesh)
   init_params = state_lib.init_params_fn(model, batch_size=dp, length=min(8, model.config.max_len))
@@ -231,9 +234,11 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
     key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng), iteration), 0)
     return rollout_fn(params, ref_params, prompt_tokens, prompt_mask, prompt_ids, key)
 
+  # LoRA: no reference parameters (None), the reference is the base under the adapters.
+  reference_shardings = None if models.lora.enabled(model.config) else policy_shardings
   rollout_jit = jax.jit(
       rollout_step,
-      in_shardings=(train_shardings.params, policy_shardings, batch_sharding, batch_sharding, batch_sharding,
+      in_shardings=(train_shardings.params, reference_shardings, batch_sharding, batch_sharding, batch_sharding,
                     replicated, replicated),
       out_shardings=batch_sharding, compiler_options=options)
   update_fn = make_update_fn(
@@ -267,7 +272,8 @@ def _cached_build(config: Any, mesh: Mesh, info: PromptInfo, value_config) -> On
   for name in ("log_every", "progress_bar", "samples_every", "samples_per_write"):
     compiled["train"].pop(name, None)
   for name in ("init_from", "value_init"):  # the critic's shape is `value_config`
-    compiled["model"].pop(name, None)
+    if not (name == "init_from" and pretrained.is_pretrained(compiled["model"].get(name))):  # hf: is the shape
+      compiled["model"].pop(name, None)
   compiled["optim"].pop("max_consecutive_skips", None)
   # The KL coefficient is state (it starts the controller), never compiled in: the
   # objectives read it from the rollout.
@@ -315,7 +321,11 @@ def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
   state = parts.init_state(init_key, train_key)
   params = state.params
   policy = params["policy"] if parts.objective.value_model else params
-  if config.model.init_from:
+  if pretrained.is_pretrained(config.model.init_from):
+    policy = pretrained.load_into(config.model.init_from, policy, parts.model.config)
+  elif config.model.init_from and models.lora.enabled(parts.model.config):
+    policy = pretrained.load_base(config.model.init_from, policy, parts.model.config)
+  elif config.model.init_from:
     policy = load_policy(config.model.init_from, policy, "model.init_from")
   if not parts.objective.value_model:
     return state.replace(params=policy)
@@ -350,10 +360,12 @@ def _run(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict | None:
 def _run_tokenizer(workdir: str | os.PathLike[str]) -> data_lib.Tokenizer | None:
   """The tokenizer a run trained with (`score.run_tokenizer`, checked against its
   run.json), or None for a run on the toy data."""
+  if pretrained.is_pretrained(workdir):
+    return pretrained.tokenizer(workdir)
   config = _run(workdir)
   if config is None or not config.get("data", {}).get("train"):
     return None
-  return score_lib.run_tokenizer(Path(workdir), config.data.tokenizer)
+  return score_lib.run_tokenizer(Path(workdir), score_lib.tokenizer_source(config))
 
 
 def _value_config(config: Any, prompts: prompts_lib.Prompts, reward: rewards_lib.RewardSettings
@@ -490,7 +502,8 @@ def _input_fingerprints(config: Any, reward: rewards_lib.RewardSettings) -> dict
   for name, path in runs:
     if path:
       try:
-        inputs[name] = os.fspath(checkpoint_lib.latest_step_dir(path))
+        inputs[name] = os.fspath(pretrained.checkpoint_path(path) if pretrained.is_pretrained(path)
+                                 else checkpoint_lib.latest_step_dir(path))
       except FileNotFoundError:
         pass  # Reported when the parameters are loaded.
   return inputs
@@ -586,12 +599,25 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
        "prompt_index": np.arange(len(prompts), dtype=np.int32)},
       batch_size=rollout_settings.prompts, seed=int(config.seed))
   initial = None
+  adapters = models.lora.enabled(parts.model.config)
+  if adapters and config.reference.checkpoint:
+    raise ValueError("reference.checkpoint: a LoRA run's reference is its frozen base (the adapters off); "
+                     "leave reference.checkpoint empty.")
   if latest is None or not config.reference.checkpoint:
     initial = _initial_state(parts, config, init_key, train_key, reward_settings, reward_heads)
   if latest is None:
     # From this config (a cached build may have been made with another coefficient).
     settings = config_lib.loss_settings(config)
     train_state, kl_coef = initial, np.float32(getattr(settings, "kl_coef", 0.0))
+  elif adapters:
+    # A LoRA checkpoint holds the adapters and heads; the base comes again from model.init_from.
+    abstract = parts.abstract_state.train
+    restored, data_state = checkpointer.restore(
+        latest, abstract.replace(params=pretrained.checkpoint_params(abstract.params)))
+    train_state = restored.replace(params=models.lora.combine(initial.params, restored.params))
+    kl_coef = np.float32(data_state.pop(_KL_COEF))
+    iterator.restore(data_state)
+    _log.info("resumed from %s iteration %d (LoRA adapters)", checkpointer.directory, latest)
   else:
     train_state, data_state = checkpointer.restore(latest, parts.abstract_state.train)
     # The KL coefficient rides with the data position: a float32 is exact as a JSON number.
@@ -600,7 +626,9 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
     _log.info("resumed from %s iteration %d", checkpointer.directory, latest)
   state = OnlineState(train=train_state, kl_coef=jax.device_put(kl_coef, mesh_lib.replicated(mesh)))
   value_model = parts.objective.value_model
-  if config.reference.checkpoint:
+  if adapters:
+    ref_params = None  # the base under the adapters, read from the policy's own parameters
+  elif config.reference.checkpoint:
     template = state.train.params["policy"] if value_model else state.train.params
     ref_params = load_policy(config.reference.checkpoint, _copy(template), "reference.checkpoint")
   else:
@@ -638,7 +666,10 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
   def save() -> None:
     nonlocal last_saved
     if last_saved != step:
-      checkpointer.save(step, state.train, {**iterator.state(), _KL_COEF: float(jax.device_get(state.kl_coef))})
+      train_state = state.train
+      if adapters:  # only the adapters and heads: the base is model.init_from's
+        train_state = train_state.replace(params=pretrained.checkpoint_params(train_state.params))
+      checkpointer.save(step, train_state, {**iterator.state(), _KL_COEF: float(jax.device_get(state.kl_coef))})
       last_saved = step
 
   try:

@@ -7,7 +7,8 @@ A pure function (`make_rollout_fn`), jitted by the loop over the run's mesh:
 1. `models.sample` draws `num_samples` completions of every prompt with the KV cache
    (prompt-major rows), with the log-prob of each drawn token under the distribution it
    was drawn from: the "old" log-probs of the update, no second policy pass.
-2. The frozen reference scores the same tokens (`objectives.completion_forward`: logits
+2. The frozen reference (`ref_params`, or with None the policy's base under its LoRA
+   adapters, adapters off) scores the same tokens (`objectives.completion_forward`: logits
    at the N slots that predict completion tokens, divided by the temperature), for the
    KL (objectives with `reference`).
 3. PPO's critic gives the value of the state before every completion token.
@@ -49,6 +50,7 @@ def make_rollout_fn(
   is_pair = isinstance(model, networks.PolicyWithValue)
   policy_module = models.Transformer(model.policy_config) if is_pair else model
   value_module = models.ValueModel(model.value_config) if objective.value_model else None
+  reference_module = models.lora.base_model(policy_module)
 
   def rollout(params, ref_params, prompt_tokens, prompt_mask, prompt_ids, key):
     _, policy_params = networks.policy_part(model, params)
@@ -61,7 +63,11 @@ def make_rollout_fn(
         "lengths": samples.lengths,
     }
     if objective.reference:
-      logits, _ = objectives_lib.completion_forward(policy_module, ref_params, samples.tokens,
+      # ref_params None: the reference is the policy's frozen base, its LoRA adapters off
+      # (`models.lora.base_model`), read from the same parameters.
+      reference, reference_params = ((reference_module, policy_params) if ref_params is None
+                                     else (policy_module, ref_params))
+      logits, _ = objectives_lib.completion_forward(reference, reference_params, samples.tokens,
                                                     samples.attention_mask, layout)
       result["ref_logprobs"] = objectives_lib.completion_logps(logits, samples.tokens, mask, layout)
     if value_module is not None:

@@ -30,6 +30,7 @@ from rlhf_jax.train import networks
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import padding_free
+from rlhf_jax.train import pretrained
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import step as step_lib
@@ -245,6 +246,9 @@ def build(build_settings: BuildSettings, mesh: Mesh, info: DataInfo, **preset_ov
         f"{model.config.max_len} (preset {build_settings.model.preset!r}).")
   total_steps = int(build_settings.steps)
   tx = optim.make_optimizer(build_settings.optim, total_steps)
+  if models.lora.enabled(model.config):
+    # LoRA: the optimizer (and its state) covers the adapters and heads only.
+    tx = pretrained.optimizer(tx)
   schedule = optim.learning_rate_schedule(build_settings.optim, total_steps)
   rules = axis_rules(mesh)
 
@@ -274,11 +278,13 @@ def build(build_settings: BuildSettings, mesh: Mesh, info: DataInfo, **preset_ov
   if objective.reference:
     groups = reference_lib.reference_groups(
         info.kind, tuple(device_batch_layout(build_settings, info, packed=False)))
+    # LoRA: the reference is the same parameters with the adapters off (the frozen base).
+    reference_model = models.lora.base_model(model)
     reference_cached = MeshFunction(reference_lib.make_reference_fn(
-        model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options,
+        reference_model, groups, mesh, shardings.params, replicate_outputs=True, compiler_options=options,
         shared_layout=layout.shared_prompt), mesh, rules)
     reference_on_the_fly = MeshFunction(reference_lib.make_reference_fn(
-        model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options,
+        reference_model, groups, mesh, shardings.params, replicate_outputs=False, compiler_options=options,
         shared_layout=layout.shared_prompt), mesh, rules)
   return Components(
       build_settings=build_settings, info=info, objective=objective, settings=settings, layout=layout,

@@ -50,6 +50,7 @@ from rlhf_jax.train import inputs
 from rlhf_jax.train import networks
 from rlhf_jax.train import optim
 from rlhf_jax.train import padding_free
+from rlhf_jax.train import pretrained
 
 __all__ = ["DEFAULT_PRESET", "OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTIVES", "PRESETS", "base_config",
            "build_settings", "data_settings", "loss_default", "loss_settings", "model_settings", "optimizer_settings",
@@ -58,7 +59,9 @@ __all__ = ["DEFAULT_PRESET", "OBJECTIVES", "OFFLINE_OBJECTIVES", "ONLINE_OBJECTI
 OFFLINE_OBJECTIVES = ("sft", "reward_model", "dpo", "simpo", "orpo", "kto")
 ONLINE_OBJECTIVES = ("ppo", "grpo", "rloo", "online_dpo")
 OBJECTIVES = OFFLINE_OBJECTIVES + ONLINE_OBJECTIVES
-PRESETS = ("tiny", "125m", "1b", "7b")
+PRESETS = ("tiny", "125m", "1b", "7b", "smollm2")
+# Presets that start from a pretrained checkpoint (`model.init_from`), with LoRA.
+PRETRAINED_PRESETS = {"smollm2": "hf:smollm2"}
 # The preset of a config file's `get_config()` without an argument.
 DEFAULT_PRESET = "tiny"
 
@@ -71,6 +74,11 @@ DEFAULT_PRESET = "tiny"
 # 2024 / TRL), online DPO 5e-7 (Guo et al. 2024 as DPO).
 _LEARNING_RATES = {"sft": 2e-5, "reward_model": 1e-5, "dpo": 5e-7, "simpo": 5e-7,
                    "orpo": 8e-6, "kto": 5e-7, "ppo": 3e-6, "grpo": 1e-6, "rloo": 3e-6, "online_dpo": 5e-7}
+# LoRA on a pretrained model (preset smollm2): adapters take larger steps than full
+# fine-tuning (Hu et al. 2021 use 2e-4 to 5e-4 for GPT-2 / RoBERTa; TRL's LoRA DPO
+# examples 5e-5 to 5e-6).
+_LORA_LEARNING_RATES = {"sft": 2e-4, "reward_model": 1e-4, "dpo": 5e-5, "simpo": 5e-5,
+                        "orpo": 1e-4, "kto": 5e-5, "ppo": 1e-5, "grpo": 1e-5, "rloo": 1e-5, "online_dpo": 5e-6}
 # The tiny CPU demo: a fresh 2-layer model learns the planted toy rule within the
 # preset's steps (online: raises the toy reward within its iterations); the recorded
 # results are in docs/benchmarks.md ("Demo runs: the configs and make run").
@@ -141,13 +149,16 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   Args:
     objective: one of `OBJECTIVES`.
     preset: "tiny" (CPU demo on synthetic data, no file) or "125m" / "1b" / "7b"
-      (accelerator shapes; give `data.train` for a real run).
+      (accelerator shapes; give `data.train` for a real run), or "smollm2": LoRA on
+      the pretrained SmolLM2-135M-Instruct (`make smollm2`; model.init_from=hf:smollm2,
+      its architecture and tokenizer), sized for a CPU.
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
   tiny = preset == "tiny"
+  pretrained = preset in PRETRAINED_PRESETS
   config = ml_collections.ConfigDict()
   # Registry name of the objective (`rlhf_jax.train.objectives.names()`).
   config.objective = objective
@@ -155,7 +166,8 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
-  # `rlhf_jax.models.get_preset` name: "tiny", "125m", "1b", "7b".
+  # `rlhf_jax.models.get_preset` name: "tiny", "125m", "1b", "7b" (not read when
+  # `init_from` is a pretrained checkpoint, whose architecture it is).
   config.model.preset = preset
   # Vocabulary size; 0 takes it from the tokenizer (or the toy data).
   config.model.vocab_size = 0
@@ -171,8 +183,24 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   # Reward models: number of independent models trained together (ensemble of K models).
   config.model.ensemble_models = _field_default(networks.ModelSettings, "ensemble_models")
   # Start from the parameters of an earlier run's latest checkpoint (its workdir), e.g.
-  # an SFT run for DPO; "" initialises from `seed`. The reference model is this start.
-  config.model.init_from = ""
+  # an SFT run for DPO; or from a pretrained model, "hf:PATH" (a Hugging Face checkpoint
+  # directory or a GGUF file; "hf:smollm2" is the file of `make smollm2`), whose
+  # architecture and tokenizer the run then takes (`rlhf_jax.train.pretrained`); ""
+  # initialises from `seed`. The reference model is this start.
+  config.model.init_from = PRETRAINED_PRESETS.get(preset, "")
+  config.model.lora = ml_collections.ConfigDict()
+  # LoRA (Hu et al. 2021, arXiv 2106.09685; `rlhf_jax.models.lora`): rank r of the
+  # adapters, 0 trains every parameter. With r > 0 only the adapters (and a reward or
+  # value head) train, have optimizer state and are checkpointed; the base comes from
+  # `init_from` (again on resume), and the reference (DPO family, online KL) is the base
+  # with the adapters off.
+  config.model.lora.rank = 8 if pretrained else 0
+  # Scale alpha / r of the adapters' product.
+  config.model.lora.alpha = 16.0
+  # Dropout on the adapters' input during training steps.
+  config.model.lora.dropout = 0.05 if pretrained else 0.0
+  # Adapted projections, comma-separated: query, key, value, out, gate, up, down.
+  config.model.lora.targets = "query,key,value,out" if pretrained else "query,value"
 
   config.data = ml_collections.ConfigDict()
   # Training file (JSON Lines / Parquet / CSV, local); "" uses synthetic toy data.
@@ -189,14 +217,15 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   config.data.eval_split_seed = 0
   # Record format: "auto" or a format of `rlhf_jax.data` (e.g. "hh_rlhf", "explicit").
   config.data.format = "auto"
-  # sentencepiece model file; "" trains one on the training file into the workdir.
+  # sentencepiece model file; "" takes the checkpoint's own tokenizer when
+  # `model.init_from` is "hf:...", else trains one on the training file into the workdir.
   config.data.tokenizer = ""
   # Vocabulary size of a tokenizer trained here.
   config.data.tokenizer_vocab_size = 512 if tiny else 32000
   # Length of every tokenized sequence (prompt + completion + eos), padded / truncated.
-  config.data.max_length = 128 if tiny else 1024
+  config.data.max_length = 128 if tiny else 512 if pretrained else 1024
   # Longest prompt segment (bos included); longer prompts lose their oldest tokens.
-  config.data.max_prompt_length = 64 if tiny else 512
+  config.data.max_prompt_length = 64 if tiny else 256 if pretrained else 512
   # Pairs (dpo, simpo, orpo, reward_model): pack each pair as one row [prompt | chosen |
   # rejected] so the prompt goes through the model once; logits only where a completion
   # token is predicted, rewards at each completion's last token
@@ -233,15 +262,16 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   # Device mesh axis sizes; -1 fills with the remaining devices (at most one axis).
   # data: pure data parallelism; fsdp: data parallel with sharded parameters and
   # optimizer state (ZeRO-3); tensor: Megatron-style tensor parallelism.
-  config.mesh.data = -1 if preset in ("tiny", "125m") else 1
-  config.mesh.fsdp = 1 if preset in ("tiny", "125m") else -1
+  config.mesh.data = -1 if preset in ("tiny", "125m", "smollm2") else 1
+  config.mesh.fsdp = 1 if preset in ("tiny", "125m", "smollm2") else -1
   config.mesh.tensor = 1
 
   config.optim = ml_collections.ConfigDict()
   # Peak learning rate of the warmup-cosine schedule.
-  config.optim.learning_rate = (_TINY_LEARNING_RATES if tiny else _LEARNING_RATES)[objective]
+  config.optim.learning_rate = (_TINY_LEARNING_RATES if tiny else _LORA_LEARNING_RATES if pretrained
+                                else _LEARNING_RATES)[objective]
   # Linear warmup from 0 to the peak over this many steps.
-  config.optim.warmup_steps = 10 if tiny else 100
+  config.optim.warmup_steps = 10 if tiny else 20 if pretrained else 100
   # Final learning rate as a fraction of the peak (end of the cosine decay).
   config.optim.end_learning_rate_factor = 0.1
   # AdamW moments and epsilon.
@@ -258,9 +288,9 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
 
   config.train = ml_collections.ConfigDict()
   # Optimizer steps of the run (the schedule decays to its end at this step).
-  config.train.steps = 200 if tiny else 2000
+  config.train.steps = 200 if tiny or pretrained else 2000
   # Global batch: pairs (reward model, DPO family) or sequences (SFT, KTO) per step.
-  config.train.batch_size = 16 if tiny else 64
+  config.train.batch_size = 16 if tiny or pretrained else 64
   # Gradient accumulation: the batch is split into this many microbatches (lax.scan).
   config.train.microbatches = 1
   # Write metrics (metrics.jsonl, TensorBoard, progress bar) every this many steps.
@@ -274,15 +304,15 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
 
   config.eval = ml_collections.ConfigDict()
   # Evaluate every this many steps (and after the last one); 0 evaluates only at the end.
-  config.eval.every = 50 if tiny else 500
+  config.eval.every = 50 if tiny or pretrained else 500
   # Evaluation batch size; the eval set is read in order, the last partial batch padded.
-  config.eval.batch_size = 32 if tiny else 64
+  config.eval.batch_size = 32 if tiny or pretrained else 64
   # Equal-width bins of the expected calibration error (reward models).
   config.eval.ece_bins = 10
 
   config.checkpoint = ml_collections.ConfigDict()
   # Save every this many steps (and at the end); 0 saves only at the end.
-  config.checkpoint.every = 100 if tiny else 500
+  config.checkpoint.every = 100 if tiny or pretrained else 500
   # Keep the newest this many checkpoints.
   config.checkpoint.keep = 2
   # Write checkpoints in a background thread (orbax async checkpointing).
@@ -296,7 +326,7 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   # Folder of the reference cache; "" uses `<workdir>/reference_cache`.
   config.reference.cache_dir = ""
   # Batch size of the one-off reference pass.
-  config.reference.batch_size = 32 if tiny else 64
+  config.reference.batch_size = 32 if tiny or pretrained else 64
 
   # The objective's own hyper-parameters.
   config.loss = _loss_config(objective)
@@ -419,8 +449,10 @@ def _read(cls: type[_Settings], section: Config, **values: Any) -> _Settings:
 
 
 def model_settings(config: Config) -> networks.ModelSettings:
-  """The network's shape of `config.model`."""
-  return _read(networks.ModelSettings, config["model"])
+  """The network's shape of `config.model` (its `lora` section included)."""
+  model = config["model"]
+  lora = model.get("lora") if hasattr(model, "get") else None
+  return _read(networks.ModelSettings, model, **pretrained.lora_fields(lora))
 
 
 def optimizer_settings(config: Config) -> optim.OptimizerSettings:
@@ -436,7 +468,9 @@ def packing_settings(config: Config) -> padding_free.PackingSettings:
 def data_settings(config: Config) -> inputs.DataSettings:
   """What an offline run reads and how it tokenizes it (`config.data`)."""
   data = config["data"]
-  return _read(inputs.DataSettings, data, toy=_read(inputs.ToyDataSettings, data["toy"]))
+  init_from = config["model"].get("init_from", "") if hasattr(config["model"], "get") else ""
+  return _read(inputs.DataSettings, data, toy=_read(inputs.ToyDataSettings, data["toy"]),
+               pretrained_tokenizer=init_from if pretrained.is_pretrained(init_from) else "")
 
 
 def loss_settings(config: Config) -> Any:

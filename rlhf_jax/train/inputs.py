@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import data as data_lib
+from rlhf_jax.train import pretrained
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import reference as reference_lib
 
@@ -65,6 +66,9 @@ class DataSettings:
   max_length: int
   max_prompt_length: int
   toy: ToyDataSettings
+  # `model.init_from` when it is a pretrained checkpoint ("hf:..."): its tokenizer is the
+  # default (no `tokenizer` file given).
+  pretrained_tokenizer: str = ""
 
 
 def fixed_reliabilities(objective: str, loss: Any) -> str | None:
@@ -265,6 +269,9 @@ def _sync(name: str) -> None:
 def _tokenizer(data: DataSettings, workdir: Path, train_records) -> data_lib.Tokenizer:
   if data.tokenizer:
     return data_lib.Tokenizer.load(data.tokenizer)
+  if data.pretrained_tokenizer:
+    # A pretrained model reads the ids of its own tokenizer.
+    return pretrained.tokenizer(data.pretrained_tokenizer)
   prefix = workdir / "tokenizer" / "spm"
   model_path = prefix.with_suffix(".model")
   if not model_path.is_file():

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import data as data_lib
-from rlhf_jax import host_memory
+from rlhf_jax import host_memory, models
 from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import checkpoint as checkpoint_lib
 from rlhf_jax.train import config as config_lib
@@ -49,7 +49,7 @@ from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import optim as optim_lib
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import rundir
-from rlhf_jax.train import padding_free, shared_prompt
+from rlhf_jax.train import padding_free, pretrained, shared_prompt
 
 __all__ = ["MAY_CHANGE_ON_RESUME", "TrainingError", "check_config", "evaluate_dataset", "train"]
 
@@ -112,6 +112,12 @@ def check_config(config: Any, where: str = "") -> None:
   if config.train.batch_size % config.train.microbatches:
     raise ValueError(f"{where}train.batch_size {config.train.batch_size} must be divisible by "
                      f"{where}train.microbatches {config.train.microbatches}.")
+  try:  # LoRA settings (model.lora.*), checked as the model will read them.
+    from rlhf_jax.models import TransformerConfig  # pylint: disable=g-import-not-at-top
+    TransformerConfig(vocab_size=1, d_model=2, n_layers=1, n_heads=1, n_kv_heads=1, d_ff=1, max_len=1,
+                      **pretrained.lora_fields(config.model.get("lora")))
+  except ValueError as error:
+    raise ValueError(f"{where}model.lora: {error}".replace("TransformerConfig.lora_", "")) from None
   if config.reference.mode not in ("cached", "on_the_fly"):
     raise ValueError(f"{where}reference.mode must be 'cached' or 'on_the_fly', got {config.reference.mode!r}.")
   try:  # The optimizer's own checks (learning rate, warmup within train.steps, ...).
@@ -131,7 +137,9 @@ def _input_fingerprints(config: Any) -> dict[str, str]:
       inputs[f"data.{field}"] = data_lib.fingerprint(path)
   if config.model.init_from:
     try:
-      inputs["model.init_from"] = os.fspath(checkpoint_lib.latest_step_dir(config.model.init_from))
+      inputs["model.init_from"] = os.fspath(
+          pretrained.checkpoint_path(config.model.init_from) if pretrained.is_pretrained(config.model.init_from)
+          else checkpoint_lib.latest_step_dir(config.model.init_from))
     except FileNotFoundError:
       pass  # Reported when the parameters are loaded.
   return inputs
@@ -201,12 +209,14 @@ class _Reference:
   def host(self, split: str, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return self.tables[split].lookup(batch) if self.mode == "cached" else dict(batch)
 
-  def device(self, batch: dict[str, jax.Array], microbatches: int = 1) -> dict[str, jax.Array]:
+  def device(self, batch: dict[str, jax.Array], microbatches: int = 1, params: Any = None) -> dict[str, jax.Array]:
     """`batch` plus its reference log-probs; `microbatches`: how a padding-free batch was
-    packed (`padding_free.pack_batch`)."""
+    packed (`padding_free.pack_batch`); `params`: the current parameters, whose base is
+    the reference of a LoRA run (it holds no copy of its own)."""
     if self.mode == "on_the_fly":
       batch = dict(batch)
-      logps = self.parts.reference_on_the_fly(self.ref_params, batch)
+      ref_params = self.ref_params if self.ref_params is not None else params
+      logps = self.parts.reference_on_the_fly(ref_params, batch)
       if "packed_tokens" in batch and microbatches > 1:
         logps = {k: padding_free.batch_order(v, batch, microbatches) for k, v in logps.items()}
       batch.update(logps)
@@ -255,7 +265,7 @@ def evaluate_dataset(
       batch = reference.host(split, batch)
     device = _device_batch(batch, layout, parts.mesh, settings.packing)
     if reference is not None:
-      device = reference.device(device)
+      device = reference.device(device, params=params)
     result = _host(parts.eval_step(params, device))
     outputs.append({k: v[:valid] for k, v in result.items()})
   return evaluate_lib.summarize(parts.objective, evaluate_lib.concatenate(outputs), int(ece_bins))
@@ -263,11 +273,20 @@ def evaluate_dataset(
 
 def _initial_params(parts: components_lib.Components, init_from: str, init_key, train_key) -> Any:
   """The run's starting parameters (also the frozen reference): a fresh sharded init, or
-  the latest checkpoint of the run `init_from` (`model.init_from`)."""
+  the latest checkpoint of the run `init_from` (`model.init_from`), or a pretrained
+  checkpoint ("hf:..."); a LoRA model keeps its fresh adapters over the loaded base."""
   state = parts.init_state(init_key, train_key)
+  if pretrained.is_pretrained(init_from) or models.lora.enabled(parts.model.config):
+    return state.replace(params=pretrained.load_base(init_from, state.params, parts.model.config))
   if init_from:
     return state.replace(params=checkpoint_lib.load_params(init_from, state.params))
   return state
+
+
+def _checkpointed(state: Any) -> Any:
+  """What a LoRA run's checkpoint holds: the state with only its adapters and heads as
+  parameters (the optimizer state covers only those already)."""
+  return state.replace(params=pretrained.checkpoint_params(state.params))
 
 
 def _resolve_measured(config: Any, datasets: inputs_lib.Datasets, data_kind: str) -> Any:
@@ -382,8 +401,17 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   batch_size = int(config.train.batch_size)
   iterator = data_lib.BatchIterator(datasets.train, batch_size=batch_size, seed=int(config.seed))
   initial = None
+  adapters = models.lora.enabled(parts.model.config)
   if latest is None:
     state = initial = _initial_params(parts, config.model.init_from, init_key, train_key)
+  elif adapters:
+    # A LoRA checkpoint holds the adapters (and heads) only: the base comes again from
+    # model.init_from.
+    initial = _initial_params(parts, config.model.init_from, init_key, train_key)
+    restored, data_state = checkpointer.restore(latest, _checkpointed(parts.abstract_state))
+    state = restored.replace(params=models.lora.combine(initial.params, restored.params))
+    iterator.restore(data_state)
+    _log.info("resumed from %s step %d (LoRA adapters; base from model.init_from)", checkpointer.directory, latest)
   else:
     state, data_state = checkpointer.restore(latest, parts.abstract_state)
     iterator.restore(data_state)
@@ -393,12 +421,19 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   if parts.objective.reference:
     if initial is None:
       initial = _initial_params(parts, config.model.init_from, init_key, train_key)
-    # A copy: the state's buffers are donated to the first step.
-    ref_params = _copy(initial.params)
-    reference = _Reference(parts, workdir, ref_params, datasets, mode=config.reference.mode,
-                           cache_dir=config.reference.cache_dir, batch_size=int(config.reference.batch_size))
-    if reference.mode == "cached":
-      del ref_params
+    reference_options = dict(mode=config.reference.mode, cache_dir=config.reference.cache_dir,
+                             batch_size=int(config.reference.batch_size))
+    if adapters:
+      # LoRA: the reference is the base under the adapters, read from the current
+      # parameters (cached: the starting ones, before any step donates them).
+      reference = _Reference(parts, workdir, initial.params, datasets, **reference_options)
+      reference.ref_params = None
+    else:
+      # A copy: the state's buffers are donated to the first step.
+      ref_params = _copy(initial.params)
+      reference = _Reference(parts, workdir, ref_params, datasets, **reference_options)
+      if reference.mode == "cached":
+        del ref_params
   if initial is not None and initial is not state:
     del initial
   # The run's base key, as saved in the (restored) state; a separate buffer, since the
@@ -439,7 +474,7 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   def save() -> None:
     nonlocal last_saved
     if last_saved != step:
-      checkpointer.save(step, state, iterator.state())
+      checkpointer.save(step, _checkpointed(state) if adapters else state, iterator.state())
       last_saved = step
 
   try:
@@ -458,7 +493,7 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
         if "packed_tokens" in batch:
           _note_packed_shape(batch, packed_shapes, results)
         if reference is not None:
-          batch = reference.device(batch, int(config.train.microbatches))
+          batch = reference.device(batch, int(config.train.microbatches), state.params)
         state, metrics = parts.train_step(state, batch, key)
         step += 1
         window_steps += 1

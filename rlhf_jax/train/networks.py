@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax import models
+from rlhf_jax.train import pretrained
 
 __all__ = [
     "ENSEMBLE_AXIS",
@@ -55,21 +56,42 @@ class ModelSettings:
   # backbone and independent models trained together.
   reward_heads: int = 1
   ensemble_models: int = 1
+  # A pretrained checkpoint ("hf:PATH") gives the architecture; other values (a run
+  # directory, "") do not change the network.
+  init_from: str = ""
+  # LoRA adapters (`models.lora`; config `model.lora.*`): rank 0 is off.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: str = "query,value"
 
 
 def model_config(settings: ModelSettings, vocab_size: int, **preset_overrides: Any) -> models.TransformerConfig:
   """The TransformerConfig of `settings` with the data's vocabulary size (and any
   `TransformerConfig` fields in `preset_overrides`, e.g. `n_layers` for planning)."""
   overrides: dict[str, Any] = {"param_dtype": settings.param_dtype, **preset_overrides}
+  overrides.update(lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                   lora_targets=settings.lora_targets)
+  if settings.dtype is not None:
+    overrides["dtype"] = settings.dtype
+  if settings.remat is not None:
+    overrides["remat"] = bool(settings.remat)
+  if pretrained.is_pretrained(settings.init_from):
+    # The checkpoint's architecture (and vocabulary: the data uses its tokenizer).
+    cfg = pretrained.model_config(settings.init_from, **overrides)
+    if cfg.vocab_size < vocab_size:
+      raise ValueError(f"model.init_from={settings.init_from}: the checkpoint's vocabulary ({cfg.vocab_size} "
+                       f"ids) is smaller than the data's ({vocab_size} ids); use the checkpoint's tokenizer "
+                       "(data.tokenizer='').")
+    return cfg
   vocab = int(settings.vocab_size) or int(vocab_size)
   if vocab < vocab_size:
     raise ValueError(
         f"model.vocab_size {vocab} is smaller than the data's vocabulary ({vocab_size} ids).")
   overrides["vocab_size"] = vocab
-  if settings.dtype is not None:
-    overrides["dtype"] = settings.dtype
-  if settings.remat is not None:
-    overrides["remat"] = bool(settings.remat)
+  if settings.preset not in models.PRESETS:
+    raise ValueError(f"model.preset {settings.preset!r} is not a model shape ({', '.join(models.PRESETS)}); "
+                     "a pretrained preset needs model.init_from=hf:... (its architecture comes from there).")
   return models.get_preset(settings.preset, **overrides)
 
 

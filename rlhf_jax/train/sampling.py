@@ -55,6 +55,7 @@ from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
+from rlhf_jax.train import pretrained
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import score as score_lib
 from rlhf_jax.train import state as state_lib
@@ -297,8 +298,34 @@ def _run_config(workdir: Path) -> dict[str, Any]:
     raise SampleError(f"{path}: {error}") from None
   if kind != "policy":
     raise SampleError(f"{path}: the run trained objective {config['objective']!r}, a {kind} model; sampling needs "
-                      "a language model (sft, dpo, simpo, orpo, kto, ...).")
+                      "a language model (sft, dpo, simpo, orpo, kto, ppo, grpo, rloo, online_dpo).")
   return config
+
+
+def _online_tokenizer(workdir: Path, config: dict[str, Any]) -> Any:
+  """The tokenizer of an online run's prompts: `data.tokenizer`, the one it trained into
+  its workdir, or the one it took from `model.init_from` (a pretrained checkpoint or a
+  run) or its first reward model, checked against the fingerprint in its run.json."""
+  if config["data"].get("tokenizer") or (workdir / "tokenizer" / "spm.model").is_file():
+    return score_lib.run_tokenizer(workdir, config["data"].get("tokenizer", ""))
+  sources = [config["model"].get("init_from", "")] + [
+      p.strip() for p in str(config.get("reward", {}).get("checkpoints", "")).split(",") if p.strip()]
+  for source in [s for s in sources if s]:
+    if pretrained.is_pretrained(source):
+      tokenizer = pretrained.tokenizer(source)
+    else:
+      source_config = json.loads((Path(source) / "config.json").read_text())
+      if not source_config["data"].get("train"):
+        continue
+      tokenizer = (_online_tokenizer(Path(source), source_config) if "rollout" in source_config
+                   else score_lib.run_tokenizer(Path(source), score_lib.tokenizer_source(source_config)))
+    recorded = json.loads((workdir / "run.json").read_text()).get("data", {}).get("tokenizer", {}) \
+        if (workdir / "run.json").is_file() else {}
+    if recorded.get("fingerprint") not in (None, tokenizer.fingerprint):
+      raise SampleError(f"{workdir}: the tokenizer of {source} is not the one the run recorded in run.json.")
+    return tokenizer
+  raise SampleError(f"{workdir}: cannot find the run's tokenizer (no data.tokenizer, no tokenizer/spm.model, "
+                    "no model.init_from or reward model with one).")
 
 
 def load_policy(workdir: str | os.PathLike[str], *, mesh: Mesh | None = None,
@@ -319,11 +346,17 @@ def load_policy(workdir: str | os.PathLike[str], *, mesh: Mesh | None = None,
   workdir = Path(workdir)
   config = _run_config(workdir)
   data = config["data"]
+  online = "rollout" in config
   if data["train"]:
-    tokenizer = score_lib.run_tokenizer(workdir, data["tokenizer"])
-    default_new_tokens = int(data["max_length"]) - int(data["max_prompt_length"])
+    tokenizer = (_online_tokenizer(workdir, config) if online
+                 else score_lib.run_tokenizer(workdir, score_lib.tokenizer_source(config)))
   else:
     tokenizer = ToyIds(int(data["toy"]["vocab_size"]))
+  if online:  # an online run (ppo, grpo, rloo, online_dpo): its rollouts' lengths
+    default_new_tokens = int(config["rollout"]["max_new_tokens"])
+  elif data["train"]:
+    default_new_tokens = int(data["max_length"]) - int(data["max_prompt_length"])
+  else:
     default_new_tokens = int(data["toy"]["max_length"])
   step, step_dir = score_lib.latest_checkpoint(workdir)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
@@ -336,9 +369,13 @@ def load_policy(workdir: str | os.PathLike[str], *, mesh: Mesh | None = None,
   shardings = mesh_lib.param_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           mesh_lib.unbox_values(boxed), shardings)
-  params = score_lib.restore_params(step_dir, abstract)
+  if online and objectives_lib.get(config["objective"]).value_model:
+    # A policy trained with a critic: its parameters sit under "policy".
+    params = score_lib.restore_params(step_dir, {"policy": abstract})["policy"]
+  else:
+    params = score_lib.restore_params(step_dir, abstract)
   _log.info("policy of %s, checkpoint step %d", workdir, step)
-  size = int(batch_size or config["eval"]["batch_size"])
+  size = int(batch_size or (config["rollout"]["prompts"] if online else config["eval"]["batch_size"]))
   if size < 1:
     raise SampleError(f"batch size must be a positive int, got {size}.")
   max_prompt_length = min(int(data["max_prompt_length"]), model.config.max_len - 1)

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -50,6 +50,7 @@ from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import evaluate as evaluate_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks
+from rlhf_jax.train import pretrained
 from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import state as state_lib
 
@@ -119,13 +120,18 @@ def _run_config(workdir: Path) -> dict[str, Any]:
 
 def run_tokenizer(workdir: Path, tokenizer_path: str) -> data_lib.Tokenizer:
   """The tokenizer the run in `workdir` trained with (`tokenizer_path`, its
-  `data.tokenizer`, or "" for the one it trained into its workdir), checked against the
-  fingerprint in run.json."""
-  path = Path(tokenizer_path) if tokenizer_path else workdir / "tokenizer" / "spm.model"
-  if not path.is_file():
-    raise ScoreError(f"{workdir}: the run's tokenizer {path} is missing (data.tokenizer in config.json, or "
-                     "the tokenizer/spm.model the run trained into its workdir).")
-  tokenizer = data_lib.Tokenizer.load(path)
+  `data.tokenizer`, or "" for the one it trained into its workdir, or "hf:..." for a
+  pretrained checkpoint's own: `tokenizer_source`), checked against the fingerprint in
+  run.json."""
+  if pretrained.is_pretrained(tokenizer_path):
+    path = tokenizer_path
+    tokenizer = pretrained.tokenizer(tokenizer_path)
+  else:
+    path = Path(tokenizer_path) if tokenizer_path else workdir / "tokenizer" / "spm.model"
+    if not path.is_file():
+      raise ScoreError(f"{workdir}: the run's tokenizer {path} is missing (data.tokenizer in config.json, or "
+                       "the tokenizer/spm.model the run trained into its workdir).")
+    tokenizer = data_lib.Tokenizer.load(path)
   run_path = workdir / "run.json"
   recorded = None
   if run_path.is_file():
@@ -137,6 +143,15 @@ def run_tokenizer(workdir: Path, tokenizer_path: str) -> data_lib.Tokenizer:
     raise ScoreError(f"{path}: this tokenizer (sha256 {tokenizer.fingerprint[:12]}...) is not the one the run "
                      f"trained with (run.json records {recorded[:12]}...); the model would see other token ids.")
   return tokenizer
+
+
+def tokenizer_source(config: Mapping[str, Any]) -> str:
+  """What `run_tokenizer` reads for a run's config: its `data.tokenizer`, else its
+  pretrained `model.init_from` ("hf:..."), else "" (the one trained into the workdir)."""
+  if config["data"].get("tokenizer"):
+    return str(config["data"]["tokenizer"])
+  init_from = config["model"].get("init_from", "")
+  return init_from if pretrained.is_pretrained(init_from) else ""
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -166,6 +181,16 @@ def restore_params(step_dir: Path, abstract: Any) -> Any:
 def _restore_item_params(step_dir: Path, abstract: Any) -> Any:
   checkpointer = ocp.PyTreeCheckpointer()
   stored = checkpointer.metadata(step_dir / "state").item_metadata["params"]
+  run_dir = step_dir.parent.parent
+  if (run_dir / "config.json").is_file() and pretrained.uses_lora(_read_json(run_dir / "config.json")):
+    # A LoRA run's checkpoint holds its adapters and heads; the base is its model.init_from.
+    trainable = pretrained.checkpoint_params(abstract)
+    restored = _restore_item_params_exact(checkpointer, step_dir, stored, trainable)
+    return pretrained.fill_base(run_dir, restored, abstract)
+  return _restore_item_params_exact(checkpointer, step_dir, stored, abstract)
+
+
+def _restore_item_params_exact(checkpointer: Any, step_dir: Path, stored: Any, abstract: Any) -> Any:
   stored = {k: v for k, v in stored.items() if k in abstract}
   if _shapes(stored) != _shapes(abstract):
     differ = sorted(set(_shapes(stored).items()) ^ set(_shapes(abstract).items()))[:6]
@@ -340,7 +365,7 @@ def load_reward_model(workdir: str | os.PathLike[str], *, mesh: Mesh | None = No
   workdir = Path(workdir)
   config = _run_config(workdir)
   data, model_settings = config["data"], config_lib.model_settings(config)
-  tokenizer = run_tokenizer(workdir, data["tokenizer"])
+  tokenizer = run_tokenizer(workdir, tokenizer_source(config))
   step, step_dir = latest_checkpoint(workdir)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   dp = mesh_lib.data_parallel_size(mesh)

@@ -88,11 +88,35 @@ def state_shardings(
   param_sh = mesh_lib.param_shardings(boxed_params, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, mesh_lib.unbox_values(boxed_params))
   replicated = mesh_lib.replicated(mesh)
-  opt_sh = optax.tree_utils.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_opt, param_sh,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+  masked = any(isinstance(x, optax.MaskedNode) for x in jax.tree.leaves(
+      abstract_opt, is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
+  if masked:
+    # Moments of only some parameters (LoRA: `optax.multi_transform`): each takes the
+    # sharding of the parameter at the end of its path.
+    opt_sh = _shardings_by_path(abstract_opt, param_sh, replicated)
+  else:
+    opt_sh = optax.tree_utils.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, NamedSharding))
   return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+
+
+def _shardings_by_path(abstract_opt: Any, param_sh: Any, replicated: NamedSharding) -> Any:
+  """For every optimizer-state leaf, the sharding of the parameter whose dict path ends
+  its own path (and has its shape), else replicated (counters, scalars)."""
+  by_path = {tuple(k.key for k in path): sharding for path, sharding in jax.tree_util.tree_flatten_with_path(
+      param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))[0]}
+
+  def pick(path, leaf):
+    keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+    for start in range(len(keys)):
+      sharding = by_path.get(keys[start:])
+      if sharding is not None and len(sharding.spec) <= len(leaf.shape):
+        return sharding
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def make_init_state(

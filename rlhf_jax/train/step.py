@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlhf_jax.models import TransformerConfig, lora
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import optim
+from rlhf_jax.train import pretrained
 from rlhf_jax.train.objectives import Layout, Objective
 from rlhf_jax.train.state import TrainState
 
@@ -78,9 +80,16 @@ def train_step_fn(
   if microbatches < 1:
     raise ValueError(f"train.microbatches must be >= 1, got {microbatches}.")
 
+  adapters = lora.enabled(model.config) if isinstance(getattr(model, "config", None), TransformerConfig) else False
+
   def loss_fn(params, batch, rng, denominator, rows):
     batch = dict(batch, loss_denominator=denominator, loss_rows=rows)
-    return objective.fn(params, batch, rng, model=model, settings=settings, layout=layout)
+    if not adapters:
+      return objective.fn(params, batch, rng, model=model, settings=settings, layout=layout)
+    # LoRA: no gradient flows into the frozen base (it is never computed), and the
+    # adapters' dropout draws from this step's key.
+    with lora.dropout_key(jax.random.fold_in(rng, 0x10BA)):
+      return objective.fn(pretrained.freeze(params), batch, rng, model=model, settings=settings, layout=layout)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

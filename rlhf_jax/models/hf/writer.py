@@ -82,6 +82,9 @@ def save(directory: str | os.PathLike[str], model: nn.Module, params: Any, *, to
   """
   kind = _kind(model)
   config = model.config
+  if config.lora_rank:
+    raise ValueError("hf.save: the model has LoRA adapters; write merged weights (models.lora.merge(params, "
+                     "config) with models.lora.base_model(model)) or the adapters alone (hf.save_adapters).")
   family = family_for_config(config, model_type)
   dtype = dtype or config.param_dtype
   if dtype not in _NUMPY_DTYPES:
