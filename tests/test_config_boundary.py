@@ -15,11 +15,8 @@ CONFIG_FACING = {
     "train/loop.py": "the offline loop: reads its config at the top",
     "rl/loop.py": "the online loop: reads its config at the top",
     "train/plan.py": "the planning entry point of scripts/plan.py: reads its config at the top, like a loop",
-    "pipeline.py": "the `make run` job: the loop over its stages",
     "cli.py": "the scripts' flag helpers (config overrides)",
-    # TODO(issue 17): being restructured by the `feedback` branch; its aggregation
-    # config should become a settings dataclass read by feedback's script-facing entry.
-    "feedback/pipeline.py": "the aggregation job's entry point (pending the feedback restructuring)",
+    "ablate/runner.py": "the ablation runner behind scripts/ablate.py: reads an experiment's config at the top",
 }
 # Parameter names that carried whole configs or config sections.
 CONFIG_NAMES = ("config", "cfg", "section")

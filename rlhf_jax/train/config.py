@@ -5,7 +5,7 @@
 
 Layout (big_vision style: plain nested ConfigDicts, no classes):
 
-  objective            registry name of the training objective (`objectives.py`)
+  objective            registry name of the training objective (`rlhf_jax/train/objectives/`)
   seed                 parameter init, data order and per-step randomness
   model.*              transformer preset and options (`rlhf_jax.models`)
   data.*               training / evaluation files, tokenizer, lengths, toy data

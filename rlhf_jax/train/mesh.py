@@ -117,7 +117,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
           f"divisible by the {shards} data-parallel shards (mesh data x fsdp).")
     arrays[name] = value
   if jax.process_count() == 1:
-    # One transfer call for the whole dict (the per-array path costs ~2 ms per array).
+    # One transfer call for the whole dict (the per-array path pays a fixed cost per array).
     return jax.device_put(arrays, sharding)
   return {name: jax.make_array_from_process_local_data(sharding, value, value.shape)
           for name, value in arrays.items()}

@@ -36,7 +36,7 @@ import copy
 import dataclasses
 import math
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -29,7 +29,6 @@ def _leaves(tree):
 
 def main(mode: str) -> None:
   if mode == "7b":
-    from rlhf_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
     config = config_lib.base_config("dpo", "7b")
     result = plan_lib.plan(config, mesh_lib.make_mesh(plan_lib.parse_mesh("fsdp=64,tensor=4")))
     print(json.dumps(dataclasses.asdict(result)))

@@ -26,21 +26,6 @@ def _resolve(config, datasets, data_kind):
                               document_width=data.document_width)
 
 
-@pytest.mark.parametrize("per_octave,expected", [
-    # Hand-counted: 2100 needs 9 x 256 with 8 per octave (2304), 17 x 128 with 16 (2176).
-    (16, [16, 17, 31, 34, 100, 2176, 4096, 4352]),
-    (8, [16, 18, 32, 36, 104, 2304, 4096, 4608]),
-    (1, [16, 32, 32, 64, 128, 4096, 4096, 8192]),
-])
-def test_bucket_sizes_waste_at_most_one_part_in_per_octave(per_octave, expected):
-  assert [packing.bucket_size(n, per_octave) for n in (1, 17, 31, 33, 100, 2100, 4096, 4097)] == expected
-  n = np.arange(16, 5000)
-  sizes = np.array([packing.bucket_size(int(k), per_octave) for k in n])
-  assert np.all(sizes >= n) and np.all(sizes < n * (per_octave + 1) / per_octave)
-  # Sizes per octave: [1024, 2048) holds exactly per_octave of them.
-  assert len(set(sizes[(sizes >= 1024) & (sizes < 2048)])) == per_octave
-
-
 def test_bucket_grid_is_a_power_of_two():
   with pytest.raises(ValueError, match="per_octave must be a power of two, got 6"):
     packing.bucket_size(100, 6)

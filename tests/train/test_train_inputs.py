@@ -121,3 +121,21 @@ def test_eval_fraction_with_an_eval_file_or_toy_data_is_refused(tmp_path):
     load_datasets(tiny_config("reward_model", data__eval_fraction=0.2), tmp_path / "toy")
   with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
     load_datasets(tiny_config("reward_model", data__train=str(path), data__eval_fraction=1.0), tmp_path / "x")
+
+
+def test_mismatched_pairs_hand_example():
+  # Row layout: [bos, prompt..., completion..., eos, pad...]; loss mask on completion + eos.
+  tokens = np.array([[1, 10, 11, 20, 21, 2, 0, 0],
+                     [1, 12, 30, 2, 0, 0, 0, 0],
+                     [1, 13, 14, 15, 40, 41, 42, 2]])
+  attention = tokens != 0
+  loss_mask = np.zeros_like(attention)
+  loss_mask[0, 3:6] = loss_mask[1, 2:4] = loss_mask[2, 4:8] = True
+  kl = inputs.mismatched_pairs({"tokens": tokens, "attention_mask": attention, "loss_mask": loss_mask}, pad_id=0)
+  np.testing.assert_array_equal(kl["kl_tokens"], [[1, 10, 11, 30, 2, 0, 0, 0],
+                                                  [1, 12, 40, 41, 42, 2, 0, 0],
+                                                  [1, 13, 14, 15, 20, 21, 2, 0]])
+  np.testing.assert_array_equal(kl["kl_loss_mask"], [[0, 0, 0, 1, 1, 0, 0, 0],
+                                                     [0, 0, 1, 1, 1, 1, 0, 0],
+                                                     [0, 0, 0, 0, 1, 1, 1, 0]])
+  np.testing.assert_array_equal(kl["kl_attention_mask"], kl["kl_tokens"] != 0)

@@ -17,7 +17,7 @@ from rlhf_jax.data.sources import DataError
 
 gguf = pytest.importorskip("gguf")
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
 
 
 def llama_cpp_permute(weight, heads):

@@ -1,11 +1,9 @@
-"""`rlhf_jax.hf` weights: checkpoints made by transformers (tests/models/fixtures/hf, see
-make_hf_fixtures.py) load into our models with transformers' logits, rewards and values;
-save -> load is exact; every bad checkpoint is a clear error. The comparisons against
-transformers itself after export are in test_hf_transformers.py (slow, needs torch)."""
+"""Loading Hugging Face checkpoints (`models/hf/loader.py`): checkpoints made by
+transformers (tests/models/fixtures/hf, see make_hf_fixtures.py) load into our models
+with transformers' logits, rewards and values; every tensor that does not map, is
+missing or has another shape is named; parameters are placed on a mesh shard by shard."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,29 +16,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from rlhf_jax import hf, models
+from rlhf_jax import hf
+from rlhf_jax import models
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hf"
-CAUSAL = ["llama", "llama3_gqa_tied", "llama_linear_bias", "mistral", "qwen2", "gpt2"]
-
-
-def expected(name):
-  return dict(np.load(FIXTURES / name / "expected.npz"))
-
-
-def apply(model, params, data, **options):
-  """The model's jitted forward on a fixture's tokens (one compile, not op by op)."""
-  forward = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m, **options))
-  return np.asarray(forward(params, data["tokens"], data["attention_mask"]))
-
-
-def logits_of(model, params, data):
-  return apply(model, params, data)
-
-
-def assert_logits_match(model, params, data):
-  mask = data["attention_mask"]
-  np.testing.assert_allclose(logits_of(model, params, data)[mask], data["logits"][mask], atol=1e-4, rtol=0)
+from hf_testlib import apply, assert_logits_match, CAUSAL, copy_fixture, edit_config, expected, FIXTURES
 
 
 @pytest.mark.parametrize("name", CAUSAL)
@@ -49,22 +28,6 @@ def test_causal_lm_logits_match_transformers(name):
   assert isinstance(model, models.Transformer)
   data = expected(name)
   assert_logits_match(model, params, data)
-
-
-def test_configs_read_from_config_json():
-  """The architecture options each fixture was made with (make_hf_fixtures.py) arrive in
-  our config; a wrong one would also show in the logits above."""
-  config = lambda name: hf.model_for(FIXTURES / name).config
-  assert config("llama3_gqa_tied").n_kv_heads == 2 and config("llama3_gqa_tied").tie_embeddings
-  assert (config("llama3_gqa_tied").rope_scaling, config("llama3_gqa_tied").rope_scaling_factor,
-          config("llama3_gqa_tied").rope_original_max_len) == ("llama3", 8.0, 64)
-  assert (config("llama_linear_bias").rope_scaling, config("llama_linear_bias").rope_theta) == ("linear", 500.0)
-  assert config("llama_linear_bias").attention_qkv_bias and config("llama_linear_bias").mlp_bias
-  qwen = config("qwen2")
-  assert (qwen.attention_qkv_bias, qwen.attention_out_bias, qwen.norm_eps) == (True, False, 1e-6)
-  gpt2 = config("gpt2")
-  assert (gpt2.norm, gpt2.activation, gpt2.gated_mlp, gpt2.position_embedding, gpt2.d_ff) == (
-      "layer", "gelu_tanh", False, "learned", 128)
 
 
 def test_bfloat16_checkpoint_keeps_its_dtype_and_values():
@@ -157,86 +120,6 @@ def test_new_parameters_have_logical_axis_names():
       assert set(leaf.names) <= allowed and len(leaf.names) == leaf.value.ndim, (path, leaf.names)
 
 
-@pytest.mark.parametrize("name, kind", [("llama3_gqa_tied", "policy"), ("gpt2", "policy"),
-                                        ("qwen2", "policy"), ("llama_linear_bias", "policy"),
-                                        ("gpt2_reward", "reward")])
-def test_save_then_load_is_exact(tmp_path, name, kind):
-  """Our writer's files read back to the same parameters, and to the same tensors as
-  the original checkpoint (names, shapes and values)."""
-  model, params = hf.load(FIXTURES / name, kind=kind)
-  hf.save(tmp_path, model, params, pad_token_id=0 if kind == "reward" else None)
-  again_model, again = hf.load(tmp_path, kind=kind)
-  assert again_model.config == model.config
-  jax.tree.map(np.testing.assert_array_equal, params, again)
-  original = load_file(FIXTURES / name / "model.safetensors")
-  written = load_file(tmp_path / "model.safetensors")
-  assert set(written) == set(original)
-  for key in original:
-    np.testing.assert_array_equal(written[key], original[key], err_msg=key)
-  written_config = json.loads((tmp_path / "config.json").read_text())
-  assert written_config["architectures"] == json.loads(
-      (FIXTURES / name / "config.json").read_text())["architectures"]
-
-
-def test_save_shards_and_scanned_layers(tmp_path):
-  model, params = hf.load(FIXTURES / "mistral", scan_layers=True)
-  hf.save(tmp_path, model, params, max_shard_bytes=20_000, model_type="mistral")
-  index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-  assert len(set(index["weight_map"].values())) > 2
-  assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mistral"
-  again_model, again = hf.load(tmp_path)
-  assert not again_model.config.scan_layers
-  assert_logits_match(again_model, again, expected("mistral"))
-
-
-def test_save_refusals(tmp_path):
-  model, params = hf.load(FIXTURES / "llama_reward", kind="reward")
-  with pytest.raises(ValueError, match="needs pad_token_id"):
-    hf.save(tmp_path, model, params)
-  with pytest.raises(ValueError, match="is the eos id"):
-    hf.save(tmp_path, model, params, pad_token_id=2, tokenizer=hf.load_tokenizer(FIXTURES / "tokenizer"))
-  shifted = jax.tree.map(lambda x: x, params)
-  shifted["reward_head"]["bias"] = shifted["reward_head"]["bias"] + 0.5
-  with pytest.raises(ValueError, match="nonzero bias"):
-    hf.save(tmp_path, model, shifted, pad_token_id=0)
-  hf.save(tmp_path, model, shifted, pad_token_id=0, drop_head_bias=True)
-  gpt2, gpt2_params = hf.load(FIXTURES / "gpt2")
-  with pytest.raises(hf.CheckpointError, match="cannot be written as model_type 'llama'"):
-    hf.save(tmp_path, gpt2, gpt2_params, model_type="llama")
-  with pytest.raises(hf.CheckpointError, match="model_type 'gptj' is not supported"):
-    hf.save(tmp_path, gpt2, gpt2_params, model_type="gptj")
-
-
-# ----- clear errors for bad checkpoints -------------------------------------------------
-
-def copy_fixture(name, tmp_path):
-  target = tmp_path / name
-  shutil.copytree(FIXTURES / name, target)
-  return target
-
-
-def edit_config(directory, **changes):
-  path = directory / "config.json"
-  config = json.loads(path.read_text())
-  config.update(changes)
-  path.write_text(json.dumps(config))
-
-
-def test_unsupported_model_type(tmp_path):
-  directory = copy_fixture("llama", tmp_path)
-  edit_config(directory, model_type="falcon")
-  with pytest.raises(hf.CheckpointError, match=r"config.*model_type 'falcon' is not supported; "
-                                               r"supported: llama, mistral, qwen2, gpt2"):
-    hf.load(directory)
-
-
-def test_unsupported_rope_scaling(tmp_path):
-  directory = copy_fixture("llama", tmp_path)
-  edit_config(directory, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4})
-  with pytest.raises(hf.CheckpointError, match="rope scaling type 'yarn' is not supported"):
-    hf.load(directory)
-
-
 def test_unmapped_tensor_is_named(tmp_path):
   directory = copy_fixture("llama", tmp_path)
   tensors = load_file(directory / "model.safetensors")
@@ -285,38 +168,6 @@ def test_wrong_shape_is_named(tmp_path):
     hf.load(directory)
 
 
-def test_truncated_file_is_named(tmp_path):
-  directory = copy_fixture("llama", tmp_path)
-  path = directory / "model.safetensors"
-  path.write_bytes(path.read_bytes()[:-1000])
-  with pytest.raises(hf.CheckpointError, match=r"model.safetensors: not a readable safetensors file \(truncated"):
-    hf.load(directory)
-
-
-def test_sharded_checkpoint_errors(tmp_path):
-  directory = copy_fixture("mistral", tmp_path)
-  model, params = hf.load(directory)  # three shards and an index
-  assert_logits_match(model, params, expected("mistral"))
-  (directory / "model-00002-of-00003.safetensors").unlink()
-  with pytest.raises(hf.CheckpointError, match="lists model-00002-of-00003.safetensors, which does not exist"):
-    hf.load(directory)
-  (directory / "model.safetensors.index.json").unlink()
-  with pytest.raises(hf.CheckpointError, match="a sharded checkpoint needs its index"):
-    hf.load(directory)
-
-
-def test_not_a_checkpoint(tmp_path):
-  with pytest.raises(hf.CheckpointError, match="no such checkpoint directory or GGUF file"):
-    hf.load(tmp_path / "nowhere")
-  (tmp_path / "config.json").write_text("{")
-  with pytest.raises(hf.CheckpointError, match="config.json: not valid JSON"):
-    hf.load(tmp_path)
-  with pytest.raises(ValueError, match="kind must be one of"):
-    hf.load(FIXTURES / "llama", kind="critic")
-
-
-# ----- placement on a mesh ---------------------------------------------------------------
-
 MESH_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import AxisType
@@ -353,7 +204,7 @@ MESH_SCRIPT = textwrap.dedent("""
 
 def test_load_onto_a_mesh_places_each_shard():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  repo = Path(__file__).resolve().parents[2]
+  repo = Path(__file__).resolve().parents[3]
   result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""`rlhf_jax.hf.load_tokenizer`: a pretrained tokenizer behind the project's interface.
+"""`rlhf_jax.data.tokenizer` (`rlhf_jax.hf.load_tokenizer`): a pretrained tokenizer behind
+the project's interface.
 
 The fixture (tests/models/fixtures/hf/tokenizer, made by make_hf_fixtures.py) is a tiny
 byte-level BPE trained with `tokenizers`, with a chat template; `expected.json` holds
@@ -16,7 +17,7 @@ from rlhf_jax import hf
 from rlhf_jax.data.sources import DataError
 from rlhf_jax.data.tokenizer import train_tokenizer
 
-FIXTURE = Path(__file__).parent / "fixtures" / "hf" / "tokenizer"
+FIXTURE = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "hf" / "tokenizer"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 
 
