@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import hashlib
 import json
 import math
@@ -65,6 +66,7 @@ from rlhf_jax.feedback.metrics import calibration as annotators_lib
 from rlhf_jax.feedback.metrics import drift as drift_lib
 from rlhf_jax.feedback.models import dawid_skene as dawid_skene_lib
 from rlhf_jax.feedback.models import voting
+from rlhf_jax.feedback.models.registry import AGGREGATION_METHODS
 from rlhf_jax.feedback.workflow import report, routing
 
 __all__ = [
@@ -81,20 +83,9 @@ __all__ = [
 ]
 
 VOTING_METHODS = ("majority_vote", "weighted_vote", "wawa", "zero_based_skill")
-METHODS = (
-    "majority_vote",
-    "weighted_vote",
-    "wawa",
-    "zero_based_skill",
-    "kos",
-    "mmsr",
-    "dawid_skene",
-    "one_coin_dawid_skene",
-    "bayesian_dawid_skene",
-    "mace",
-    "glad",
-    "crowd_bt",
-)
+# Every class-level method of the registry the pipeline can feed (gold_majority_vote needs
+# gold labels for every item, which a campaign does not have), and Crowd-BT for pairs.
+METHODS = tuple(name for name in AGGREGATION_METHODS.names() if name != "gold_majority_vote") + ("crowd_bt",)
 PAIRWISE_FORMATS = ("jsonl", "csv", "parquet")
 PROGRESS_MODES = ("auto", "on", "off")
 WEIGHT_SOURCES = ("auto", "calibration", "reliability")
@@ -221,7 +212,9 @@ def _fail(field: str, value: Any, expected: str) -> None:
 def _choice(config: Any, field: str, choices: tuple[str, ...]) -> str:
   value = _get(config, field)
   if value not in choices:
-    _fail(field, value, "one of " + ", ".join(choices))
+    close = difflib.get_close_matches(value, choices, n=3, cutoff=0.6) if isinstance(value, str) else []
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    _fail(field, value, "one of " + ", ".join(choices) + hint)
   return value
 
 
@@ -344,49 +337,35 @@ def _tol(config: Any) -> float | None:
 
 def _class_method(method: str, enc: types.EncodedAnnotations, config: Any,
                   vote_weights: np.ndarray | None) -> types.AggregationResult:
-  """Runs one class-level method on the encoded annotations."""
-  arrays = (enc.items, enc.annotators, enc.labels)
+  """Runs one class-level method, looked up in `AGGREGATION_METHODS`, on the encoded
+  annotations with the options its config section holds."""
+  if method == "kos" and enc.num_classes != 2:
+    raise ConfigError(f"config.method = 'kos' needs two classes, got {enc.num_classes} "
+                      f"({', '.join(map(str, enc.class_names))}).")
   sizes = dict(num_classes=enc.num_classes, num_items=enc.num_items)
   key = jax.random.key(int(config.seed))
-  em = dict(num_iters=int(config.num_iters), num_annotators=enc.num_annotators, **sizes)
-  if method == "majority_vote":
-    return voting.majority_vote(*arrays, num_annotators=enc.num_annotators,
-                                     tie_break=config.tie_break, key=key, **sizes)
-  if method == "weighted_vote":
-    return voting.weighted_vote(*arrays, annotator_weights=vote_weights,
-                                     tie_break=config.tie_break, key=key, **sizes)
-  if method in ("wawa", "zero_based_skill"):
-    return getattr(voting, method)(*arrays, num_annotators=enc.num_annotators, **sizes)
-  if method == "kos":
-    if enc.num_classes != 2:
-      raise ConfigError(f"config.method = 'kos' needs two classes, got {enc.num_classes} "
-                        f"({', '.join(map(str, enc.class_names))}).")
-    from rlhf_jax.feedback.models import kos  # pylint: disable=g-import-not-at-top
-    return kos.kos(*arrays, num_annotators=enc.num_annotators, num_iters=int(config.num_iters), key=key,
-                   **sizes)
-  if method == "mmsr":
-    from rlhf_jax.feedback.models import mmsr  # pylint: disable=g-import-not-at-top
-    return mmsr.mmsr(*arrays, num_annotators=enc.num_annotators, key=key, tol=_tol(config), **sizes)
-  if method == "dawid_skene":
-    return dawid_skene_lib.dawid_skene(*arrays, tol=_tol(config), smoothing=float(config.smoothing),
-                                   **em)
-  if method == "one_coin_dawid_skene":
-    return dawid_skene_lib.one_coin_dawid_skene(*arrays, tol=_tol(config),
-                                            smoothing=float(config.smoothing), **em)
-  if method == "bayesian_dawid_skene":
-    b = config.bayesian
-    return dawid_skene_lib.bayesian_dawid_skene(
-        *arrays, tol=_tol(config), prior_correct=float(b.prior_correct),
-        prior_incorrect=float(b.prior_incorrect), prior_class=float(b.prior_class),
-        method=b.method, **em)
-  # Imported here: the spammer-aware models are optional extras of the pipeline.
-  from rlhf_jax.feedback.models import spammer_models  # pylint: disable=g-import-not-at-top
-  if method == "mace":
-    return spammer_models.mace(*arrays, num_restarts=int(config.mace.num_restarts), key=key,
-                               method=config.mace.method, **em)
-  if method == "glad":
-    return spammer_models.glad(*arrays, m_step_iters=int(config.glad.m_step_iters), **em)
-  raise ConfigError(f"config.method = {method!r} is not a class-level method.")
+  em = dict(num_iters=int(config.num_iters), num_annotators=enc.num_annotators)
+  per_method = {
+      "majority_vote": lambda: dict(num_annotators=enc.num_annotators, tie_break=config.tie_break, key=key),
+      "weighted_vote": lambda: dict(annotator_weights=vote_weights, tie_break=config.tie_break, key=key),
+      "wawa": lambda: dict(num_annotators=enc.num_annotators),
+      "zero_based_skill": lambda: dict(num_annotators=enc.num_annotators),
+      "kos": lambda: dict(em, key=key),
+      "mmsr": lambda: dict(num_annotators=enc.num_annotators, key=key, tol=_tol(config)),
+      "dawid_skene": lambda: dict(em, tol=_tol(config), smoothing=float(config.smoothing)),
+      "one_coin_dawid_skene": lambda: dict(em, tol=_tol(config), smoothing=float(config.smoothing)),
+      "bayesian_dawid_skene": lambda: dict(
+          em, tol=_tol(config), prior_correct=float(config.bayesian.prior_correct),
+          prior_incorrect=float(config.bayesian.prior_incorrect),
+          prior_class=float(config.bayesian.prior_class), method=config.bayesian.method),
+      "mace": lambda: dict(em, num_restarts=int(config.mace.num_restarts), key=key,
+                           method=config.mace.method),
+      "glad": lambda: dict(em, m_step_iters=int(config.glad.m_step_iters)),
+  }
+  if method not in per_method:
+    raise ConfigError(f"config.method = {method!r} is not a class-level method.")
+  aggregate = AGGREGATION_METHODS.get(method)
+  return aggregate(enc.items, enc.annotators, enc.labels, **sizes, **per_method[method]())
 
 
 def _response_keys(enc: types.EncodedAnnotations) -> tuple[np.ndarray, np.ndarray, dict]:

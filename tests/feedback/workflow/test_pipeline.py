@@ -344,6 +344,12 @@ def test_validate_config_names_field(field, value, expected):
   assert expected in str(error.value)
 
 
+def test_a_misspelt_method_names_the_close_match():
+  config = _load_config(input="answers.csv", output_dir="out", method="dawid_skeen")
+  with pytest.raises(pipeline.ConfigError, match="did you mean 'dawid_skene'"):
+    pipeline.validate_config(config)
+
+
 def test_crowd_bt_on_pairwise_records_crowd_csv_rejected():
   config = _load_config(input="answers.csv", output_dir="out", method="crowd_bt",
                         format="crowd_csv")
