@@ -635,7 +635,11 @@ def grpo_advantages(
   check_choice(scale, "scale", GRPO_SCALES)
   check_scalar_range(eps, "eps", low=0.0)
   grouped = rewards.reshape(-1, group_size)
-  centered = grouped - jnp.mean(grouped, axis=1, keepdims=True)
+  # Shifted by the group's first reward before the mean: a group of equal rewards then
+  # centres to exact zeros (a float32 mean of 6554.17 six times is off by an ulp, which
+  # the division by std + eps would blow up to advantages of order one).
+  shifted = grouped - grouped[:, :1]
+  centered = shifted - jnp.mean(shifted, axis=1, keepdims=True)
   advantages = centered.reshape(-1)
   if scale == "none":
     return advantages

@@ -753,6 +753,14 @@ def test_rloo_advantages_match_leave_one_out_loop():
     rloo_advantages(REWARDS, group_size=5)
 
 
+def test_equal_rewards_in_a_group_give_zero_advantages():
+  # Falsifying example of the property below: a float32 group mean of equal rewards is
+  # off by an ulp, and the group-std scaling (std + eps, eps = 1e-4) magnified it.
+  rewards = np.full(12, 6554.17, np.float32)
+  for group_size in (2, 3, 4, 6):
+    np.testing.assert_array_equal(grpo_advantages(rewards, group_size=group_size), 0.0)
+
+
 @SETTINGS
 @hypothesis.given(hnp.arrays(np.float32, 12, elements=FINITE), st.sampled_from([2, 3, 4, 6]))
 def test_group_advantages_property_zero_sum_per_group(rewards, group_size):
