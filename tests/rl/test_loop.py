@@ -141,6 +141,7 @@ def test_a_stopped_run_resumes_bit_for_bit(tmp_path):
   assert abs(kl["both"]) < 1e-3 and kl["reference"] > 0.1, kl
 
 
+@pytest.mark.slow  # about 15 s on 2 quiet cores; CI runs it with make test-slow
 def test_ppo_against_a_reward_model_scores_what_the_checkpoint_scores(reward_run, tmp_path):
   """Prompts from the reward model's own pairs file, the policy on its tokenizer, the
   critic started from it; every logged sample's reward is the reward model's score of
@@ -177,6 +178,7 @@ def test_ppo_against_a_reward_model_scores_what_the_checkpoint_scores(reward_run
     rl.train(config, tmp_path / "again")
 
 
+@pytest.mark.slow  # about 15 s on 2 quiet cores; CI runs it with make test-slow
 def test_command_line_runs_an_online_objective(tmp_path):
   command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/online_dpo.py:preset=tiny",
              f"--workdir={tmp_path}", "--config.train.steps=2", "--config.train.log_every=1",

@@ -5,6 +5,7 @@ plain forward) of the full rows, zero outside the completions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rlhf_jax import models
 from rlhf_jax.rl.rollout import make_rollout_fn
@@ -22,6 +23,7 @@ def _numpy_completion_logps(logits, tokens, temperature):
   return np.take_along_axis(log_softmax, np.asarray(tokens)[:, P:, None], -1)[..., 0]
 
 
+@pytest.mark.slow  # about 15 s on 2 quiet cores; CI runs it with make test-slow
 def test_ppo_rollout_matches_independent_forwards():
   config = models.get_preset("tiny", vocab_size=VOCAB, max_len=16)
   model = networks.PolicyWithValue(config, config)

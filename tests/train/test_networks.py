@@ -32,6 +32,7 @@ def test_model_config_takes_the_data_vocabulary_unless_set():
     networks.model_config(dataclasses.replace(SETTINGS, vocab_size=10), 20)
 
 
+@pytest.mark.slow  # about 15 s on 2 quiet cores; CI runs it with make test-slow
 def test_ensemble_members_are_independent_reward_models():
   settings = dataclasses.replace(SETTINGS, reward_heads=2, ensemble_models=3)
   ensemble = networks.build_model(settings, 20, "reward", max_len=8)

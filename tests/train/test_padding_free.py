@@ -291,6 +291,7 @@ def test_pack_sequences_by_hand():
     packing.pack_sequences({k: np.concatenate([v, v[:1]]) for k, v in batch.items()}, rows=2)
 
 
+@pytest.mark.slow  # about 15 s on 2 quiet cores; CI runs it with make test-slow
 def test_packed_sequence_log_probs_and_gradients_equal_the_padded_rows():
   vocab, width = 40, 14
   pairs = _random_pairs(np.random.default_rng(7), 6, width, vocab)
