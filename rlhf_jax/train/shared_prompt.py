@@ -22,8 +22,8 @@ the last rejected token (`shared_pair_rewards`).
 
 This is prefix sharing for preference tuning (Wang & Hegde 2024, "Accelerating Direct
 Preference Optimization with Prefix Sharing", arXiv 2410.20305), which reports a higher
-training throughput on DPO data sets from a block-sparse mask of this shape (the paper's
-Table 2; our own measurements are in docs/benchmarks.md).
+training throughput on DPO data sets from a block-sparse mask of this shape (see the paper;
+our own measurements are in docs/benchmarks.md).
 
 Static sizes: `SharedPromptLayout(length, num_targets)`; `layout_for` measures them on
 the data (the longest packed pair and the most completion tokens of any pair), so every
