@@ -49,6 +49,7 @@ def _settings(train, **kwargs):
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory):
   """A tokenizer trained on the HH-RLHF sample (files too small to train one on)."""
+  _need_hh_rlhf()
   prefix = tmp_path_factory.mktemp("tokenizer") / "spm"
   with gzip.open(HH_RLHF, "rt") as f:
     texts = [json.loads(line)["chosen"] for line in f][:300]
@@ -112,6 +113,7 @@ def test_unusable_prompt_files_are_clear_errors(tmp_path):
 
 
 def test_hh_rlhf_sample(tmp_path):
+  _need_hh_rlhf()
   prompts = prompts_lib.load_prompts(_settings(str(HH_RLHF), vocab=400, max_prompt_length=64), tmp_path)
   record = prompts.provenance
   assert record["train"]["read"] == 1500 == record["train"]["accepted"] + record["train"]["rejected"]
