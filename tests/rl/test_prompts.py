@@ -18,6 +18,12 @@ HH_RLHF = next((p / "shared" / "data" / "hh-rlhf" / "harmless-base-test-head1500
                "harmless-base-test-head1500.jsonl.gz")
 
 
+def _need_hh_rlhf() -> None:
+  if not HH_RLHF.is_file():
+    pytest.skip(f"HH-RLHF sample not present at {HH_RLHF} (../shared/data beside the checkout; "
+                "see ../shared/data/README.md)")
+
+
 def test_toy_prompts_are_left_padded_filler_words():
   prompts = prompts_lib.toy_prompts(50, seed=3, vocab_size=20, max_words=5, max_prompt_length=9)
   # As many slots as the longest prompt (bos + 5 words), not max_prompt_length.
