@@ -110,3 +110,18 @@ def test_no_test_skips_itself_over_a_missing_attribute():
       f"tests that skip over a missing attribute (let them fail instead): {sorted(found)}")
   assert _skips_over_hasattr(ast.parse("if not hasattr(m, 'f'):\n  pytest.skip('later')\n"))
   assert not _skips_over_hasattr(ast.parse("if not hasattr(m, 'f'):\n  x = 1\n"))
+
+
+def test_tests_marked_slow_by_measured_time_exist():
+  # tests/conftest.py marks slow by node id; a renamed test would silently fall back into
+  # `make test` and past its time budget.
+  import conftest  # pylint: disable=g-import-not-at-top
+  missing = []
+  for node_id in conftest.SLOW_BY_MEASURED_TIME:
+    path, _, name = node_id.partition("::")
+    name = name.split("[")[0]
+    file = TESTS.parent / path
+    if not file.is_file() or name not in {
+        node.name for node in ast.walk(ast.parse(file.read_text())) if isinstance(node, ast.FunctionDef)}:
+      missing.append(node_id)
+  assert not missing, f"tests/conftest.py lists tests that do not exist: {missing}"
