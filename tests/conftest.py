@@ -70,7 +70,7 @@ SLOW_BY_MEASURED_TIME = frozenset({
 
 
 def pytest_collection_modifyitems(config, items):
-  del config
+  del config  # unused: the marks come from the list above
   for item in items:
     if item.nodeid in SLOW_BY_MEASURED_TIME:
       item.add_marker(pytest.mark.slow)

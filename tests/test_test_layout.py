@@ -115,9 +115,13 @@ def test_no_test_skips_itself_over_a_missing_attribute():
 def test_tests_marked_slow_by_measured_time_exist():
   # tests/conftest.py marks slow by node id; a renamed test would silently fall back into
   # `make test` and past its time budget.
-  import conftest  # pylint: disable=g-import-not-at-top
+  # Read by path: the module name `conftest` may already be another folder's conftest.
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("tests_root_conftest", TESTS / "conftest.py")
+  root_conftest = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(root_conftest)
   missing = []
-  for node_id in conftest.SLOW_BY_MEASURED_TIME:
+  for node_id in root_conftest.SLOW_BY_MEASURED_TIME:
     path, _, name = node_id.partition("::")
     name = name.split("[")[0]
     file = TESTS.parent / path
