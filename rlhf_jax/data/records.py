@@ -21,6 +21,7 @@ import numpy as np
 
 from rlhf_jax.data import formats
 from rlhf_jax.data.sources import ReadReport, Row, load_records
+from rlhf_jax.io import ingest
 
 __all__ = [
     "PreferenceData",
@@ -49,7 +50,7 @@ def _content_fingerprint(kind: str, columns: dict[str, Any]) -> str:
 
 
 def _source(path: str, row: Row) -> str:
-  return f"{path}:{row.location} {row.number}"
+  return ingest.source(path, row.location, row.number)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
