@@ -65,6 +65,7 @@ The row-level reasons (one wording for every layer):
 | `bad_json` | None | not valid JSON: invalid JSON at column C (MSG); expected one JSON object per line |
 | `not_an_object` | None | expected a JSON object per line, got TYPE |
 | `bad_csv` | None | unterminated quoted field / malformed CSV quoting |
+| `wrong_column_count` | None | expected N columns (A,B,C) as in the header, got M |
 | `wrong_type` | the id field | expected a string or integer id, got TYPE VALUE (`read_id`) |
 """
 
@@ -94,8 +95,10 @@ __all__ = [
     "Reject",
     "RecordError",
     "Row",
+    "append_rejects",
     "check_accounting",
     "check_local_file",
+    "column_count_error",
     "csv_records",
     "decode_line",
     "describe_first_reject",
@@ -111,6 +114,7 @@ __all__ = [
     "read_parquet",
     "read_rows",
     "source",
+    "strip_bom",
     "write_json_lines",
     "write_rejects",
 ]
@@ -312,6 +316,11 @@ def read_bytes(path: str | os.PathLike[str], error: type[IngestError] = IngestEr
   return data
 
 
+def strip_bom(data: bytes) -> bytes:
+  """`data` without a leading UTF-8 byte-order mark (which some editors write)."""
+  return data[len(_BOM):] if data.startswith(_BOM) else data
+
+
 def physical_lines(data: bytes) -> list[bytes]:
   """The lines of `data` split at b"\\n" (a final newline ends the last line)."""
   lines = data.split(b"\n")
@@ -345,8 +354,7 @@ def json_line_rows(data: bytes) -> Iterator[Row]:
   A UTF-8 byte-order mark and `\\r` line ends are accepted. Every row keeps its line's
   text in `raw` (bytes that are not UTF-8 shown as \\xNN).
   """
-  if data.startswith(_BOM):
-    data = data[len(_BOM):]
+  data = strip_bom(data)
   for index, chunk in enumerate(physical_lines(data)):
     chunk = chunk.rstrip(b"\r")
     if not chunk.strip():
@@ -386,8 +394,7 @@ def csv_records(data: bytes) -> list[CsvRecord]:
   fails only the record that holds it. Blank lines are skipped. Column counts are the
   caller's to check (against its header).
   """
-  if data.startswith(_BOM):
-    data = data[len(_BOM):]
+  data = strip_bom(data)
   lines = physical_lines(data)
   decoded: list[str] = []
   undecodable: dict[int, str] = {}
@@ -432,6 +439,12 @@ def csv_records(data: bytes) -> list[CsvRecord]:
     elif fields and not (len(fields) == 1 and not fields[0].strip()):
       records.append(CsvRecord(line, raw, fields, None))
   return records
+
+
+def column_count_error(header: Sequence[str], num_fields: int) -> RecordError:
+  """The reject reason of a CSV record whose number of fields is not the header's."""
+  return RecordError("wrong_column_count", None, f"expected {len(header)} columns ({','.join(header)}) as in "
+                     f"the header, got {num_fields}")
 
 
 def read_parquet(path: str | os.PathLike[str], error: type[IngestError] = IngestError):
@@ -557,6 +570,15 @@ def write_rejects(path: str | os.PathLike[str], rejects: Sequence[Reject], *, la
     raise ValueError(f"unknown rejects layout {layout!r}; expected 'record' or 'line'.")
   write_json_lines(path, [reject.to_json() if layout == "record" else reject.to_line_json()
                           for reject in rejects])
+
+
+def append_rejects(path: str | os.PathLike[str], rejects: Sequence[Reject]) -> None:
+  """Adds rejects found after reading (a later check of accepted rows) to the rejects
+  file the reader wrote, if any, keeping file order (record layout, atomically)."""
+  path = Path(path)
+  earlier = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+  merged = earlier + [reject.to_json() for reject in rejects]
+  write_json_lines(path, sorted(merged, key=lambda r: r.get("line", r.get("row", 0))))
 
 
 def describe_first_reject(path: str | os.PathLike[str]) -> str:
