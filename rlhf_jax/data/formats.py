@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from rlhf_jax.data.sources import DataError, RecordError, Row
-from rlhf_jax.io.ingest import describe_value, read_id
+from rlhf_jax.io.ingest import describe_value, missing_field, read_id, read_string, unknown_choice
 
 __all__ = [
     "ASSISTANT_MARKER",
@@ -109,15 +109,12 @@ class UnpairedExample(NamedTuple):
 def _require(record: dict[str, Any], field: str) -> Any:
   value = record.get(field)
   if value is None:
-    raise RecordError("missing_field", field, f"field '{field}' is missing or null")
+    raise missing_field(field)
   return value
 
 
 def _string(record: dict[str, Any], field: str) -> str:
-  value = _require(record, field)
-  if not isinstance(value, str):
-    raise RecordError("wrong_type", field, f"expected a string, got {describe_value(value)}")
-  return value
+  return read_string(record, field, required=True)
 
 
 def _completion(record: dict[str, Any], field: str, value: str | None = None) -> str:
@@ -145,7 +142,7 @@ def _boolean(record: dict[str, Any], field: str, *, required: bool) -> bool | No
   value = record.get(field)
   if value is None:
     if required:
-      raise RecordError("missing_field", field, f"field '{field}' is missing or null")
+      raise missing_field(field)
     return None
   if isinstance(value, bool):
     return value
@@ -337,9 +334,7 @@ def parse_feedback_labels(record: dict[str, Any]) -> PreferenceExample:
   label_field = "label" if record.get("label") is not None or "choice" not in record else "choice"
   label = _require(record, label_field)
   if not isinstance(label, str) or label.strip().lower() not in FEEDBACK_LABELS:
-    raise RecordError(
-        "bad_label", label_field,
-        f"expected one of {list(FEEDBACK_LABELS)}, got {describe_value(label)}")
+    raise unknown_choice(label_field, label, FEEDBACK_LABELS)
   label = label.strip().lower()
   prob_a = _number(record, "target_prob", low=0.0, high=1.0)
   confidence = _number(record, "confidence", low=0.0, high=1.0)

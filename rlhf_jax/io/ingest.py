@@ -66,7 +66,10 @@ The row-level reasons (one wording for every layer):
 | `not_an_object` | None | expected a JSON object per line, got TYPE |
 | `bad_csv` | None | unterminated quoted field / malformed CSV quoting |
 | `wrong_column_count` | None | expected N columns (A,B,C) as in the header, got M |
+| `wrong_type` | a text field | expected a string, got TYPE VALUE (`read_string`) |
 | `wrong_type` | the id field | expected a string or integer id, got TYPE VALUE (`read_id`) |
+| `missing_field` | the field | missing required field F[; expected WHAT] (`missing_field`) |
+| `bad_label` | the label field | unknown choice 'X'; expected one of a, b, tie (any case) (`unknown_choice`) |
 """
 
 from __future__ import annotations
@@ -107,14 +110,17 @@ __all__ = [
     "fingerprint",
     "fingerprint_bytes",
     "json_line_rows",
+    "missing_field",
     "physical_lines",
     "raw_text",
     "read_bytes",
     "read_id",
     "read_parquet",
     "read_rows",
+    "read_string",
     "source",
     "strip_bom",
+    "unknown_choice",
     "write_json_lines",
     "write_rejects",
 ]
@@ -255,6 +261,33 @@ def describe_value(value: Any) -> str:
   if len(text) > 60:
     text = text[:57] + "..."
   return f"{type(value).__name__} {text}"
+
+
+def missing_field(field: str, expected: str | None = None) -> RecordError:
+  """The reject reason of a required field that is absent, null or empty."""
+  return RecordError("missing_field", field,
+                     f"missing required field {field}" + (f"; expected {expected}" if expected else ""))
+
+
+def unknown_choice(field: str, value: Any, choices: Sequence[str]) -> RecordError:
+  """The reject reason of a label that is not one of `choices` (compared in any case)."""
+  return RecordError("bad_label", field, f"unknown choice {value!r}; expected one of {', '.join(choices)} (any case)")
+
+
+def read_string(record: Mapping[str, Any], field: str, *, required: bool) -> str | None:
+  """A text field, as written (not stripped); None when absent or null and not required.
+
+  Raises:
+    RecordError: `missing_field` (required and absent or null), `wrong_type` (not a string).
+  """
+  value = record.get(field)
+  if value is None:
+    if required:
+      raise missing_field(field)
+    return None
+  if not isinstance(value, str):
+    raise RecordError("wrong_type", field, f"expected a string, got {describe_value(value)}")
+  return value
 
 
 def read_id(record: Mapping[str, Any], field: str) -> str | None:

@@ -514,12 +514,7 @@ _id = ingest.read_id
 
 
 def _text(row: dict, field: str) -> str | None:
-  value = row.get(field)
-  if value is None:
-    return None
-  if not isinstance(value, str):
-    raise RecordError("wrong_type", field, f"expected a string, got {ingest.describe_value(value)}")
-  return value if value != "" else None
+  return ingest.read_string(row, field, required=False) or None
 
 
 def _choice(row: dict, field: str, declared: tuple[str, ...] | None = None) -> int | None:
@@ -532,7 +527,7 @@ def _choice(row: dict, field: str, declared: tuple[str, ...] | None = None) -> i
     if declared is not None and name not in declared:
       raise RecordError("bad_label", field, f"{field} {value!r} is not one of the declared classes {expected}")
     return _CHOICES[name]
-  raise RecordError("bad_label", field, f"unknown choice {value!r}; expected one of {expected} (any case)")
+  raise ingest.unknown_choice(field, value, declared or types.PAIRWISE_CLASS_NAMES)
 
 
 def _number(row: dict, field: str) -> float | None:
@@ -659,19 +654,17 @@ def _read_pairwise(path: Path, records: Iterator[Row], unit: str,
         raise record.error
       item_id = _id(row, "item_id")
       if item_id is None:
-        raise RecordError("missing_field", "item_id", "missing required field item_id; expected the comparison id")
+        raise ingest.missing_field("item_id", "the comparison id")
       annotator_id = _id(row, "annotator_id")
       if annotator_id is None:
-        raise RecordError("missing_field", "annotator_id", "missing required field annotator_id; expected "
-                        "the annotator's id")
+        raise ingest.missing_field("annotator_id", "the annotator's id")
       choice = _choice(row, "choice", declared)
       if choice is None:
-        raise RecordError("missing_field", "choice", "missing required field choice; expected one of "
-                        f"{', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
+        raise ingest.missing_field("choice", f"one of {', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
       annotation_id = _id(row, "annotation_id") or f"{name}:{line}"
       if annotation_id in id_lines:
         raise RecordError("duplicate_id", "annotation_id", f"annotation_id {annotation_id!r} already used at "
-                        f"{unit} {id_lines[annotation_id]}; expected unique ids")
+                          f"{unit} {id_lines[annotation_id]}; expected unique ids")
       payload = {}
       for field in _PAYLOAD_FIELDS:
         if row.get(field) is None:
@@ -682,19 +675,19 @@ def _read_pairwise(path: Path, records: Iterator[Row], unit: str,
       the_strength = _number(row, "strength")
       if the_strength is not None and not 0.0 <= the_strength <= 1.0:
         raise RecordError("bad_value", "strength", f"strength {the_strength!r} is outside [0, 1]; expected a "
-                        "number in [0, 1]")
+                          "number in [0, 1]")
       the_timestamp = _timestamp(row)
       the_ms = _number(row, "response_ms")
       if the_ms is not None and the_ms < 0:
         raise RecordError("bad_value", "response_ms", f"response_ms {the_ms!r} is negative; expected a "
-                        "non-negative number of milliseconds")
+                          "non-negative number of milliseconds")
       golden_flag = _bool(row, "is_golden")
       # The golden answer counts (and is checked against the declared classes) only on
       # golden rows.
       golden_answer = _choice(row, "golden_answer", declared if golden_flag else None)
       if golden_flag and golden_answer is None:
         raise RecordError("missing_field", "golden_answer", "is_golden is true but golden_answer is missing; "
-                        f"expected one of {', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
+                          f"expected one of {', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
       version = row.get("guideline_version")
       if version is not None and not isinstance(version, str):
         if isinstance(version, bool) or not isinstance(
@@ -835,7 +828,7 @@ def _declare_crowd_classes(parsed: _Parsed, declared: tuple[str, ...]) -> _Parse
 
 def _missing_crowd_field(row: Sequence[str]) -> RecordError:
   field = _CROWD_COLUMNS[list(row).index("")]
-  return RecordError("missing_field", field, f"missing required field {field}; expected a non-empty value")
+  return ingest.missing_field(field, "a non-empty value")
 
 
 def _crowd_records(path: Path, data: bytes) -> tuple[list, list, list, list]:
