@@ -49,7 +49,8 @@ def _content_fingerprint(kind: str, columns: dict[str, Any]) -> str:
   return digest.hexdigest()
 
 
-def _lineage(accepted: Sequence[tuple[Row, Any]], report: ReadReport) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _lineage(accepted: Sequence[tuple[Row, Any]], report: ReadReport
+             ) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(example_ids, sources) of accepted rows: each row's "file:line N" source, and its
   id from the file (`example_id`) or else that source."""
   sources = tuple(ingest.source(report.path, row.location, row.number) for row, _ in accepted)

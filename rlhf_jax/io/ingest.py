@@ -57,7 +57,8 @@ each layer has always written them:
 Nothing is dropped silently: every row read is accepted or rejected, and
 `check_accounting` fails loudly when `read != accepted + rejected`.
 
-The row-level reasons (one wording for every layer):
+The reasons worded here, one wording for every layer (the checks particular to a record
+format, such as a strength outside [0, 1], stay with that format's parser):
 
 | code | field | reason |
 |---|---|---|
@@ -70,6 +71,7 @@ The row-level reasons (one wording for every layer):
 | `wrong_type` | the id field | expected a string or integer id, got TYPE VALUE (`read_id`) |
 | `missing_field` | the field | missing required field F[; expected WHAT] (`missing_field`) |
 | `bad_label` | the label field | unknown choice 'X'; expected one of a, b, tie (any case) (`unknown_choice`) |
+| `bad_label` | the label field | F 'X' is not one of the declared classes 0, 1 (`undeclared_class`) |
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ __all__ = [
     "read_string",
     "source",
     "strip_bom",
+    "undeclared_class",
     "unknown_choice",
     "write_json_lines",
     "write_rejects",
@@ -271,7 +274,14 @@ def missing_field(field: str, expected: str | None = None) -> RecordError:
 
 def unknown_choice(field: str, value: Any, choices: Sequence[str]) -> RecordError:
   """The reject reason of a label that is not one of `choices` (compared in any case)."""
-  return RecordError("bad_label", field, f"unknown choice {value!r}; expected one of {', '.join(choices)} (any case)")
+  return RecordError("bad_label", field,
+                     f"unknown choice {value!r}; expected one of {', '.join(choices)} (any case)")
+
+
+def undeclared_class(field: str, value: Any, declared: Sequence[str]) -> RecordError:
+  """The reject reason of a label outside the classes the caller declared for the task."""
+  return RecordError("bad_label", field,
+                     f"{field} {value!r} is not one of the declared classes {', '.join(declared)}")
 
 
 def read_string(record: Mapping[str, Any], field: str, *, required: bool) -> str | None:
@@ -609,7 +619,9 @@ def append_rejects(path: str | os.PathLike[str], rejects: Sequence[Reject]) -> N
   """Adds rejects found after reading (a later check of accepted rows) to the rejects
   file the reader wrote, if any, keeping file order (record layout, atomically)."""
   path = Path(path)
-  earlier = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+  earlier = []
+  if path.exists():
+    earlier = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
   merged = earlier + [reject.to_json() for reject in rejects]
   write_json_lines(path, sorted(merged, key=lambda r: r.get("line", r.get("row", 0))))
 

@@ -44,26 +44,26 @@ per-annotator truth of simulated populations (`annotator,type,change_time`) with
 Reading goes through the one ingestion path of `rlhf_jax.io.ingest`, shared with the
 data layer (so a bad line gets the same reason whichever layer reads it; its module
 docstring has the table of row-level reasons). JSONL and CSV files (optionally `.gz`)
-are read as bytes and split into lines so that one bad line never aborts the file: each line is decoded as UTF-8 on its own and
-parsed on its own (`json.loads` per line, the `csv` module for a CSV record; a quoted
-CSV field may span lines, and the record is then numbered by its first line). Blank
-lines are not records: they are skipped and not counted, but count for line numbers.
-Lines are 1-based and a CSV header is line 1. `crowd_csv` first tries a fast path
-(`pyarrow.csv`, which reads a million rows in a fraction of a second) and falls back to
-the per-line reader only if the file is not clean (a parse error, invalid UTF-8, an
-empty value, a quoted newline or a blank line), so that every reject gets its exact
-line. Parquet files are read with pyarrow (the Arrow reader behind `datasets`), and a
-row number N is reported as "row N".
+are read as bytes and split into lines so that one bad line never aborts the file: each
+line is decoded as UTF-8 on its own and parsed on its own (`json.loads` per line, the
+`csv` module for a CSV record; a quoted CSV field may span lines, and the record is then
+numbered by its first line). Blank lines are not records: they are skipped and not
+counted, but count for line numbers. Lines are 1-based and a CSV header is line 1.
+`crowd_csv` first tries a fast path (`pyarrow.csv`, which reads a million rows in a
+fraction of a second) and falls back to the per-line reader only if the file is not
+clean (a parse error, invalid UTF-8, an empty value, a quoted newline or a blank line),
+so that every reject gets its exact line. Parquet files are read with pyarrow (the Arrow
+reader behind `datasets`), and a row number N is reported as "row N".
 
-Validation. A record that cannot be used is rejected with
-`{"file", "line", "field", "reason", "raw"}` (`field` is null when the whole line is at
-fault; the line layout of `ingest.Reject`) for: non-UTF-8 bytes, bad JSON (or not a JSON object), wrong CSV column count,
-a missing required field, an unknown choice, an answer outside the declared classes, a
-bad timestamp, a negative or non-numeric
-`response_ms`, a `strength` outside [0, 1], a golden item without `golden_answer`, an
-`annotation_id` used twice, and a pairwise `item_id` shown with a different prompt or
-responses than on its first line (its label would refer to another pair). The report
-always holds `num_accepted + num_rejected == num_read`.
+Validation. A record that cannot be used is rejected with `{"file", "line", "field",
+"reason", "raw"}` (`field` is null when the whole line is at fault; the line layout of
+`ingest.Reject`) for: non-UTF-8 bytes, bad JSON (or not a JSON object), wrong CSV column
+count, a missing required field, an unknown choice, an answer outside the declared
+classes, a bad timestamp, a negative or non-numeric `response_ms`, a `strength` outside
+[0, 1], a golden item without `golden_answer`, an `annotation_id` used twice, and a
+pairwise `item_id` shown with a different prompt or responses than on its first line
+(its label would refer to another pair). The report always holds `num_accepted +
+num_rejected == num_read`.
 
 Duplicates and self-contradictions. A duplicate is a second annotation of one item by
 one annotator. `duplicate_policy` decides which survive:
@@ -521,11 +521,10 @@ def _choice(row: dict, field: str, declared: tuple[str, ...] | None = None) -> i
   value = row.get(field)
   if _absent(value):
     return None
-  expected = ", ".join(declared or types.PAIRWISE_CLASS_NAMES)
   if isinstance(value, str) and value.strip().lower() in _CHOICES:
     name = value.strip().lower()
     if declared is not None and name not in declared:
-      raise RecordError("bad_label", field, f"{field} {value!r} is not one of the declared classes {expected}")
+      raise ingest.undeclared_class(field, value, declared)
     return _CHOICES[name]
   raise ingest.unknown_choice(field, value, declared or types.PAIRWISE_CLASS_NAMES)
 
@@ -692,7 +691,8 @@ def _read_pairwise(path: Path, records: Iterator[Row], unit: str,
       if version is not None and not isinstance(version, str):
         if isinstance(version, bool) or not isinstance(
             version, (int, float, np.integer, np.floating)):
-          raise RecordError("wrong_type", "guideline_version", f"expected a string, got {type(version).__name__}")
+          raise RecordError("wrong_type", "guideline_version",
+                            f"expected a string, got {type(version).__name__}")
         version = str(version)
       version = (version or "").strip()
       known = payloads.get(item_id)
@@ -700,7 +700,8 @@ def _read_pairwise(path: Path, records: Iterator[Row], unit: str,
         for field, value in payload.items():
           if field in known and known[field] != value:
             raise RecordError(
-                "inconsistent_item", field, f"item_id {item_id!r} was shown with a different {field} at {unit} "
+                "inconsistent_item", field,
+                f"item_id {item_id!r} was shown with a different {field} at {unit} "
                 f"{payload_lines[item_id]}; expected the same prompt and responses (in the "
                 "same order) for every annotation of one item_id")
     except RecordError as e:
@@ -804,11 +805,10 @@ def _declare_crowd_classes(parsed: _Parsed, declared: tuple[str, ...]) -> _Parse
   outside = labels < 0
   if not outside.any():
     return dataclasses.replace(parsed, labels=labels, class_names=declared)
-  expected = ", ".join(declared)
   for position in np.flatnonzero(outside).tolist():
     answer = parsed.class_names[parsed.labels[position]]
     _reject(parsed.rejects, parsed.name, int(parsed.lines[position]),
-            RecordError("bad_label", "answer", f"answer {answer!r} is not one of the declared classes {expected}"),
+            ingest.undeclared_class("answer", answer, declared),
             parsed.raw(position))
   kept = np.flatnonzero(~outside)
 
