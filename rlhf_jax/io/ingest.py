@@ -3,8 +3,9 @@ with reasons, and lineage, for the feedback layer and the data layer alike.
 
 Who uses it. `rlhf_jax.feedback.io.records` reads annotation logs (JSON Lines, CSV,
 Parquet, crowd CSV) and `rlhf_jax.data.sources` reads training files (preference, SFT,
-KTO and prompt files); `rlhf_jax.train.sampling` and `train.score` read prompt files
-through the data layer. All of them open files, split and decode lines, parse JSON and
+KTO and prompt files); `rlhf_jax.train.sampling` and `train.score` read their inputs
+through the data layer (text prompt files with `decode_line`) and add the rows they find
+unusable later with `append_rejects`. All of them open files, split and decode lines, parse JSON and
 CSV records, word row-level problems, build rejects, write rejects files, check the
 accounting and fingerprint files here, so one bad line gets one reason whichever layer
 reads it.
