@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from rlhf_jax.data.sources import DataError, RecordError, Row
+from rlhf_jax.io.ingest import describe_value, missing_field, read_id, read_string, unknown_choice
 
 __all__ = [
     "ASSISTANT_MARKER",
@@ -105,25 +106,15 @@ class UnpairedExample(NamedTuple):
 # --- field readers -----------------------------------------------------------------
 
 
-def _describe(value: Any) -> str:
-  text = repr(value)
-  if len(text) > 60:
-    text = text[:57] + "..."
-  return f"{type(value).__name__} {text}"
-
-
 def _require(record: dict[str, Any], field: str) -> Any:
   value = record.get(field)
   if value is None:
-    raise RecordError("missing_field", field, f"field '{field}' is missing or null")
+    raise missing_field(field)
   return value
 
 
 def _string(record: dict[str, Any], field: str) -> str:
-  value = _require(record, field)
-  if not isinstance(value, str):
-    raise RecordError("wrong_type", field, f"expected a string, got {_describe(value)}")
-  return value
+  return read_string(record, field, required=True)
 
 
 def _completion(record: dict[str, Any], field: str, value: str | None = None) -> str:
@@ -139,7 +130,7 @@ def _number(record: dict[str, Any], field: str, *, low: float, high: float | Non
   if value is None:
     return None
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise RecordError("wrong_type", field, f"expected a number, got {_describe(value)}")
+    raise RecordError("wrong_type", field, f"expected a number, got {describe_value(value)}")
   value = float(value)
   if not math.isfinite(value) or value < low or (high is not None and value > high):
     upper = "inf)" if high is None else f"{high}]"
@@ -151,13 +142,13 @@ def _boolean(record: dict[str, Any], field: str, *, required: bool) -> bool | No
   value = record.get(field)
   if value is None:
     if required:
-      raise RecordError("missing_field", field, f"field '{field}' is missing or null")
+      raise missing_field(field)
     return None
   if isinstance(value, bool):
     return value
   if isinstance(value, numbers.Integral) and value in (0, 1):
     return bool(value)
-  raise RecordError("wrong_type", field, f"expected true/false (or 0/1), got {_describe(value)}")
+  raise RecordError("wrong_type", field, f"expected true/false (or 0/1), got {describe_value(value)}")
 
 
 def _ids(record: dict[str, Any], field: str) -> tuple[str, ...]:
@@ -172,24 +163,21 @@ def _ids(record: dict[str, Any], field: str) -> tuple[str, ...]:
     for item in value:
       if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
         raise RecordError(
-            "wrong_type", field, f"expected a list of ids, got an element {_describe(item)}")
+            "wrong_type", field, f"expected a list of ids, got an element {describe_value(item)}")
       out.append(str(item))
     return tuple(out)
   if isinstance(value, numbers.Integral) and not isinstance(value, bool):
     return (str(value),)
   raise RecordError(
-      "wrong_type", field, f"expected a list of ids or a ';'-joined string, got {_describe(value)}")
+      "wrong_type", field, f"expected a list of ids or a ';'-joined string, got {describe_value(value)}")
 
 
 def _optional_id(record: dict[str, Any], *fields: str) -> str | None:
+  """The first of `fields` that holds an id (`rlhf_jax.io.ingest.read_id`), else None."""
   for field in fields:
-    value = record.get(field)
-    if value is None:
-      continue
-    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
-      raise RecordError(
-          "wrong_type", field, f"expected a string or integer id, got {_describe(value)}")
-    return str(value)
+    value = read_id(record, field)
+    if value is not None:
+      return value
   return None
 
 
@@ -261,19 +249,19 @@ def parse_explicit(record: dict[str, Any]) -> PreferenceExample:
 def _messages(record: dict[str, Any], field: str) -> list[tuple[str, str]]:
   value = _require(record, field)
   if not isinstance(value, (list, tuple)):
-    raise RecordError("wrong_type", field, f"expected a list of messages, got {_describe(value)}")
+    raise RecordError("wrong_type", field, f"expected a list of messages, got {describe_value(value)}")
   out = []
   for i, message in enumerate(value):
     if not isinstance(message, dict):
       raise RecordError(
-          "wrong_type", field, f"message {i}: expected an object, got {_describe(message)}")
+          "wrong_type", field, f"message {i}: expected an object, got {describe_value(message)}")
     role, content = message.get("role"), message.get("content")
     if role not in ROLE_NAMES:
       raise RecordError(
           "bad_role", field, f"message {i}: role {role!r} is not one of {sorted(ROLE_NAMES)}")
     if not isinstance(content, str):
       raise RecordError(
-          "wrong_type", field, f"message {i}: content must be a string, got {_describe(content)}")
+          "wrong_type", field, f"message {i}: content must be a string, got {describe_value(content)}")
     out.append((role, content))
   return out
 
@@ -346,9 +334,7 @@ def parse_feedback_labels(record: dict[str, Any]) -> PreferenceExample:
   label_field = "label" if record.get("label") is not None or "choice" not in record else "choice"
   label = _require(record, label_field)
   if not isinstance(label, str) or label.strip().lower() not in FEEDBACK_LABELS:
-    raise RecordError(
-        "bad_label", label_field,
-        f"expected one of {list(FEEDBACK_LABELS)}, got {_describe(label)}")
+    raise unknown_choice(label_field, label, FEEDBACK_LABELS)
   label = label.strip().lower()
   prob_a = _number(record, "target_prob", low=0.0, high=1.0)
   confidence = _number(record, "confidence", low=0.0, high=1.0)

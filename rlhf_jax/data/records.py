@@ -14,13 +14,14 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from rlhf_jax.data import formats
 from rlhf_jax.data.sources import ReadReport, Row, load_records
+from rlhf_jax.io import ingest
 
 __all__ = [
     "PreferenceData",
@@ -48,12 +49,30 @@ def _content_fingerprint(kind: str, columns: dict[str, Any]) -> str:
   return digest.hexdigest()
 
 
-def _source(path: str, row: Row) -> str:
-  return f"{path}:{row.location} {row.number}"
+def _lineage(accepted: Sequence[tuple[Row, Any]], report: ReadReport
+             ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(example_ids, sources) of accepted rows: each row's "file:line N" source, and its
+  id from the file (`example_id`) or else that source."""
+  sources = tuple(ingest.source(report.path, row.location, row.number) for row, _ in accepted)
+  return tuple(example.example_id or s for (_, example), s in zip(accepted, sources)), sources
+
+
+def _memory_sources(n: int) -> tuple[str, ...]:
+  """The sources of examples built in memory (no file behind them): "memory:i"."""
+  return tuple(f"memory:{i}" for i in range(n))
+
+
+class _Examples:
+  """What every loaded data set shares: one entry per example, `prompts` among them."""
+
+  prompts: tuple[str, ...]
+
+  def __len__(self) -> int:
+    return len(self.prompts)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PreferenceData:
+class PreferenceData(_Examples):
   """Preference pairs as text, one entry per example (all sequences have length N).
 
   Attributes:
@@ -94,8 +113,6 @@ class PreferenceData:
         raise ValueError(
             f"PreferenceData: `{name}` has {len(getattr(self, name))} entries, `prompts` has {n}.")
 
-  def __len__(self) -> int:
-    return len(self.prompts)
 
   @functools.cached_property
   def fingerprint(self) -> str:
@@ -114,7 +131,7 @@ class PreferenceData:
   ) -> PreferenceData:
     """Builds the data set from parsed examples (`sources` default to "memory:i")."""
     if sources is None:
-      sources = [f"memory:{i}" for i in range(len(examples))]
+      sources = _memory_sources(len(examples))
     sources = tuple(sources)
     annotator_names: dict[str, int] = {}
     annotator = np.full(len(examples), -1, np.int32)
@@ -160,7 +177,7 @@ class PreferenceData:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTData:
+class SFTData(_Examples):
   """Supervised fine-tuning examples: the loss covers the completion only."""
 
   prompts: tuple[str, ...]
@@ -169,8 +186,6 @@ class SFTData:
   sources: tuple[str, ...]
   report: ReadReport | None = None
 
-  def __len__(self) -> int:
-    return len(self.prompts)
 
   @functools.cached_property
   def fingerprint(self) -> str:
@@ -181,12 +196,12 @@ class SFTData:
   def from_lists(cls, prompts: Sequence[str], completions: Sequence[str]) -> SFTData:
     if len(prompts) != len(completions):
       raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions.")
-    sources = tuple(f"memory:{i}" for i in range(len(prompts)))
+    sources = _memory_sources(len(prompts))
     return cls(tuple(prompts), tuple(completions), sources, sources)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class UnpairedData:
+class UnpairedData(_Examples):
   """Unpaired examples for KTO: a completion and whether it is desirable."""
 
   prompts: tuple[str, ...]
@@ -196,8 +211,6 @@ class UnpairedData:
   sources: tuple[str, ...]
   report: ReadReport | None = None
 
-  def __len__(self) -> int:
-    return len(self.prompts)
 
   @functools.cached_property
   def fingerprint(self) -> str:
@@ -210,8 +223,32 @@ class UnpairedData:
                  is_desirable: Sequence[bool]) -> UnpairedData:
     if not len(prompts) == len(completions) == len(is_desirable):
       raise ValueError("prompts, completions and is_desirable must have the same length.")
-    sources = tuple(f"memory:{i}" for i in range(len(prompts)))
+    sources = _memory_sources(len(prompts))
     return cls(tuple(prompts), tuple(completions), np.asarray(is_desirable, bool), sources, sources)
+
+
+def _load_in_format(
+    path: PathLike,
+    format: str,  # pylint: disable=redefined-builtin
+    *,
+    kind: str,
+    names: Sequence[str],
+    detect_format: Callable[[list[Row], str], str],
+    parser: Callable[[str], Callable[[dict[str, Any]], Any]],
+    rejects_path: PathLike | None,
+    cache_dir: PathLike | None,
+) -> tuple[list[tuple[Row, Any]], ReadReport]:
+  """`load_records` with the parser of `format`, or ("auto") of the format detected from
+  the first readable record; `kind` names the data for an unknown format's error."""
+  if format not in names:
+    raise ValueError(f"unknown {kind} format {format!r}; expected one of {list(names)}")
+  detect = None
+  if format == "auto":
+    def detect(rows):
+      name = detect_format(rows, os.fspath(path))
+      return name, parser(name)
+  return load_records(path, None if format == "auto" else parser(format), format_name=format, detect=detect,
+                      rejects_path=rejects_path, cache_dir=cache_dir)
 
 
 def load_preference_data(
@@ -239,20 +276,12 @@ def load_preference_data(
     DataError: the file is missing or unreadable, has no usable rows, or (without
       `rejects_path`) has an unusable row.
   """
-  if format not in formats.PREFERENCE_FORMATS:
-    raise ValueError(
-        f"unknown preference format {format!r}; expected one of {list(formats.PREFERENCE_FORMATS)}")
-  detect = None
-  if format == "auto":
-    def detect(rows):
-      name = formats.detect_preference_format(rows, os.fspath(path))
-      return name, formats.preference_parser(name)
-  accepted, report = load_records(
-      path, None if format == "auto" else formats.preference_parser(format), format_name=format,
-      detect=detect, rejects_path=rejects_path, cache_dir=cache_dir)
+  accepted, report = _load_in_format(
+      path, format, kind="preference", names=formats.PREFERENCE_FORMATS,
+      detect_format=formats.detect_preference_format, parser=formats.preference_parser,
+      rejects_path=rejects_path, cache_dir=cache_dir)
   return PreferenceData.from_examples(
-      [example for _, example in accepted],
-      sources=[_source(report.path, row) for row, _ in accepted], report=report)
+      [example for _, example in accepted], sources=_lineage(accepted, report)[1], report=report)
 
 
 def load_sft_data(
@@ -267,22 +296,14 @@ def load_sft_data(
   Arguments and errors as for `load_preference_data`; `format` is "auto", "text",
   "prompt_completion" or "messages".
   """
-  if format not in formats.SFT_FORMATS:
-    raise ValueError(f"unknown SFT format {format!r}; expected one of {list(formats.SFT_FORMATS)}")
-  detect = None
-  if format == "auto":
-    def detect(rows):
-      name = formats.detect_sft_format(rows, os.fspath(path))
-      return name, formats.sft_parser(name)
-  accepted, report = load_records(
-      path, None if format == "auto" else formats.sft_parser(format), format_name=format,
-      detect=detect, rejects_path=rejects_path, cache_dir=cache_dir)
-  sources = tuple(_source(report.path, row) for row, _ in accepted)
+  accepted, report = _load_in_format(
+      path, format, kind="SFT", names=formats.SFT_FORMATS, detect_format=formats.detect_sft_format,
+      parser=formats.sft_parser, rejects_path=rejects_path, cache_dir=cache_dir)
+  example_ids, sources = _lineage(accepted, report)
   return SFTData(
       prompts=tuple(e.prompt for _, e in accepted),
       completions=tuple(e.completion for _, e in accepted),
-      example_ids=tuple(e.example_id or s for (_, e), s in zip(accepted, sources)),
-      sources=sources, report=report)
+      example_ids=example_ids, sources=sources, report=report)
 
 
 def load_unpaired_data(
@@ -298,10 +319,9 @@ def load_unpaired_data(
   accepted, report = load_records(
       path, formats.parse_unpaired, format_name="unpaired", rejects_path=rejects_path,
       cache_dir=cache_dir)
-  sources = tuple(_source(report.path, row) for row, _ in accepted)
+  example_ids, sources = _lineage(accepted, report)
   return UnpairedData(
       prompts=tuple(e.prompt for _, e in accepted),
       completions=tuple(e.completion for _, e in accepted),
       is_desirable=np.array([e.is_desirable for _, e in accepted], bool),
-      example_ids=tuple(e.example_id or s for (_, e), s in zip(accepted, sources)),
-      sources=sources, report=report)
+      example_ids=example_ids, sources=sources, report=report)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gzip
 import json
 import logging
 import math
@@ -51,6 +50,7 @@ from jax.sharding import Mesh
 from rlhf_jax import data as data_lib
 from rlhf_jax import models
 from rlhf_jax.data import sources as sources_lib
+from rlhf_jax.io import ingest
 from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
@@ -411,19 +411,16 @@ def _parse_prompt(record: dict[str, Any]) -> _Prompt:
 def _text_rows(path: Path) -> list[sources_lib.Row]:
   """One row per non-blank line of a text file (the line without its newline)."""
   rows = []
-  opener = gzip.open if path.name.lower().endswith(".gz") else open
-  with opener(path, "rb") as f:
-    for number, raw in enumerate(f, start=1):
-      if not raw.strip():
-        continue
-      try:
-        text = raw.decode("utf-8").rstrip("\r\n")
-      except UnicodeDecodeError as error:
-        rows.append(sources_lib.Row("line", number, None, sources_lib.RecordError(
-            "not_utf8", None, f"line is not valid UTF-8 ({error.reason} at byte {error.start})"),
-            raw.decode("utf-8", errors="replace")))
-        continue
-      rows.append(sources_lib.Row("line", number, {"prompt": text}))
+  for index, chunk in enumerate(ingest.physical_lines(ingest.read_bytes(path, data_lib.DataError))):
+    chunk = chunk.rstrip(b"\r")
+    if not chunk.strip():
+      continue
+    try:
+      text = ingest.decode_line(chunk)
+    except sources_lib.RecordError as error:
+      rows.append(sources_lib.Row("line", index + 1, None, error, ingest.raw_text(chunk)))
+      continue
+    rows.append(sources_lib.Row("line", index + 1, {"prompt": text}, None, text))
   return rows
 
 
@@ -449,8 +446,7 @@ def read_prompts(path: str | os.PathLike[str], *, rejects_path: str | os.PathLik
     if row.error is None:
       accepted.append((row, _parse_prompt(row.record)))
     else:
-      rejects.append(sources_lib.Reject(file=os.fspath(path), location=row.location, number=row.number,
-                                        field=None, code=row.error.code, reason=row.error.reason, record=row.raw))
+      rejects.append(sources_lib.Reject.from_row(os.fspath(path), row))
   if rejects:
     sources_lib.write_rejects(rejects_path, rejects)
   report = sources_lib.ReadReport(
@@ -506,10 +502,7 @@ def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path:
                                          field="prompt", code="not_token_ids", reason=str(error),
                                          record=row.record))
   if unusable:  # merged with the reader's rejects, in file order
-    earlier = [json.loads(line) for line in rejects_path.read_text(encoding="utf-8").splitlines()] \
-        if rejects_path.exists() else []
-    merged = earlier + [reject.to_json() for reject in unusable]
-    sources_lib.write_json_lines(rejects_path, sorted(merged, key=lambda r: r.get("line", r.get("row", 0))))
+    ingest.append_rejects(rejects_path, unusable)
   if not usable:
     raise data_lib.DataError(f"{input_path}: none of its {report.read} prompts can be sampled; see {rejects_path}.")
   samples = policy.sample_ids([ids for _, _, ids, _ in usable], config, seed=seed,

@@ -45,6 +45,7 @@ from jax.sharding import Mesh
 from rlhf_jax import data as data_lib
 from rlhf_jax.data import formats as formats_lib
 from rlhf_jax.data import sources as sources_lib
+from rlhf_jax.io import ingest
 from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import evaluate as evaluate_lib
@@ -542,13 +543,11 @@ def score_file(
     kept = np.array([i for i in range(len(examples)) if i not in unscored], np.int64)
     metrics = {"mean_score": float(np.mean(completions.mean[kept])) if kept.size else float("nan")}
   if unscored:
-    # Appended to the rejects the loader wrote (if any), in the same layout.
-    with open(rejects_path, "a", encoding="utf-8") as f:
-      for i, (field, reason) in sorted(unscored.items()):
-        reject = sources_lib.Reject(
-            file=os.fspath(input_path), location=rows[i].location, number=rows[i].number, field=field,
-            code="empty_after_truncation", reason=reason, record=rows[i].record)
-        f.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+    # Added to the rejects the loader wrote (if any), in the same layout and file order.
+    ingest.append_rejects(rejects_path, [
+        sources_lib.Reject(file=os.fspath(input_path), location=rows[i].location, number=rows[i].number,
+                           field=field, code="empty_after_truncation", reason=reason, record=rows[i].record)
+        for i, (field, reason) in sorted(unscored.items())])
   sources_lib.write_json_lines(output_path, records)
   rejected = report.rejected + len(unscored)
   if report.read != len(records) + rejected:

@@ -41,27 +41,29 @@ answer would decide it. Truth files (`question,truth`) are read with `read_truth
 per-annotator truth of simulated populations (`annotator,type,change_time`) with
 `read_annotator_truth`.
 
-Reading. JSONL and CSV files (optionally `.gz`) are read as bytes and split into lines
-so that one bad line never aborts the file: each line is decoded as UTF-8 on its own and
-parsed on its own (`json.loads` per line, the `csv` module for a CSV record; a quoted
-CSV field may span lines, and the record is then numbered by its first line). Blank
-lines are not records: they are skipped and not counted, but count for line numbers.
-Lines are 1-based and a CSV header is line 1. `crowd_csv` first tries a fast path
-(`pyarrow.csv`, which reads a million rows in a fraction of a second) and falls back to
-the per-line reader only if the file is not clean (a parse error, invalid UTF-8, an
-empty value, a quoted newline or a blank line), so that every reject gets its exact
-line. Parquet files are read with pyarrow (the Arrow reader behind `datasets`), and a
-row number N is reported as "row N".
+Reading goes through the one ingestion path of `rlhf_jax.io.ingest`, shared with the
+data layer (so a bad line gets the same reason whichever layer reads it; its module
+docstring has the table of row-level reasons). JSONL and CSV files (optionally `.gz`)
+are read as bytes and split into lines so that one bad line never aborts the file: each
+line is decoded as UTF-8 on its own and parsed on its own (`json.loads` per line, the
+`csv` module for a CSV record; a quoted CSV field may span lines, and the record is then
+numbered by its first line). Blank lines are not records: they are skipped and not
+counted, but count for line numbers. Lines are 1-based and a CSV header is line 1.
+`crowd_csv` first tries a fast path (`pyarrow.csv`, which reads a million rows in a
+fraction of a second) and falls back to the per-line reader only if the file is not
+clean (a parse error, invalid UTF-8, an empty value, a quoted newline or a blank line),
+so that every reject gets its exact line. Parquet files are read with pyarrow (the Arrow
+reader behind `datasets`), and a row number N is reported as "row N".
 
-Validation. A record that cannot be used is rejected with
-`{"file", "line", "field", "reason", "raw"}` (`field` is null when the whole line is at
-fault) for: non-UTF-8 bytes, bad JSON (or not a JSON object), wrong CSV column count,
-a missing required field, an unknown choice, an answer outside the declared classes, a
-bad timestamp, a negative or non-numeric
-`response_ms`, a `strength` outside [0, 1], a golden item without `golden_answer`, an
-`annotation_id` used twice, and a pairwise `item_id` shown with a different prompt or
-responses than on its first line (its label would refer to another pair). The report
-always holds `num_accepted + num_rejected == num_read`.
+Validation. A record that cannot be used is rejected with `{"file", "line", "field",
+"reason", "raw"}` (`field` is null when the whole line is at fault; the line layout of
+`ingest.Reject`) for: non-UTF-8 bytes, bad JSON (or not a JSON object), wrong CSV column
+count, a missing required field, an unknown choice, an answer outside the declared
+classes, a bad timestamp, a negative or non-numeric `response_ms`, a `strength` outside
+[0, 1], a golden item without `golden_answer`, an `annotation_id` used twice, and a
+pairwise `item_id` shown with a different prompt or responses than on its first line
+(its label would refer to another pair). The report always holds `num_accepted +
+num_rejected == num_read`.
 
 Duplicates and self-contradictions. A duplicate is a second annotation of one item by
 one annotator. `duplicate_policy` decides which survive:
@@ -93,10 +95,8 @@ stripped; prompts and responses are kept exactly.
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import datetime
-import gzip
 import io
 import json
 import math
@@ -107,6 +107,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from rlhf_jax.feedback import types
+from rlhf_jax.io import ingest
+from rlhf_jax.io.ingest import RecordError, Row
 
 __all__ = [
     "DUPLICATE_POLICIES",
@@ -135,7 +137,7 @@ _TRUE = frozenset(("true", "t", "yes", "y", "1"))
 _FALSE = frozenset(("false", "f", "no", "n", "0"))
 
 
-class FeedbackInputError(ValueError):
+class FeedbackInputError(ingest.IngestError):
   """An annotation file that cannot be used as a whole (empty, no usable rows, bad header)."""
 
 
@@ -157,6 +159,8 @@ class ReadReport:
       `item_ids`, `annotation_ids`, `lines`, `choices` (as written, each in its own row's
       a/b order).
     path, format, duplicate_policy, rejects_path: how the file was read.
+    fingerprint: sha256 of the file's bytes (`rlhf_jax.io.ingest.fingerprint`), the
+      lineage of every label read from it; "" for a report built in memory.
   """
 
   annotations: types.EncodedAnnotations
@@ -170,10 +174,10 @@ class ReadReport:
   format: str = ""
   duplicate_policy: str = "keep_last"
   rejects_path: str | None = None
+  fingerprint: str = ""
 
   def __post_init__(self):
-    assert self.num_accepted + self.num_rejected == self.num_read, (
-        f"accepted {self.num_accepted} + rejected {self.num_rejected} != read {self.num_read}")
+    ingest.check_accounting(self.num_read, self.num_accepted, self.num_rejected)
     assert self.num_accepted == self.annotations.num_annotations
     assert self.num_rejected == len(self.rejects)
 
@@ -272,7 +276,7 @@ def read_annotations(
   elif format == "parquet":
     parsed = _read_pairwise(path, _parquet_records(path), unit="row", declared=declared)
   elif format == "jsonl":
-    parsed = _read_pairwise(path, _jsonl_records(path, _read_bytes(path)), unit="line",
+    parsed = _read_pairwise(path, ingest.json_line_rows(_read_bytes(path)), unit="line",
                             declared=declared)
   else:
     parsed = _read_pairwise(path, _csv_dict_records(path, _read_bytes(path)), unit="line",
@@ -296,18 +300,12 @@ def read_truth(path: str | os.PathLike[str]) -> dict[str, str]:
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"Truth file not found: {path}")
-  records = _csv_records(_read_bytes(path))
+  records = ingest.csv_records(_read_bytes(path))
   header = _header(path, records, ("question", "truth"))
   col_q, col_t = header.index("question"), header.index("truth")
   truth: dict[str, str] = {}
   first_line: dict[str, int] = {}
-  for line, raw, fields, error in records:
-    if error is not None:
-      raise FeedbackInputError(f"{path}:{line}: {error}")
-    if len(fields) != len(header):
-      raise FeedbackInputError(
-          f"{path}:{line}: expected {len(header)} columns ({','.join(header)}), "
-          f"got {len(fields)}: {raw!r}")
+  for line, fields in _reference_rows(path, records, header):
     question, answer = fields[col_q].strip(), fields[col_t].strip()
     if not question or not answer:
       field = "question" if not question else "truth"
@@ -387,17 +385,11 @@ def read_annotator_truth(path: str | os.PathLike[str]) -> dict[str, tuple[str, f
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"Annotator truth file not found: {path}")
-  records = _csv_records(_read_bytes(path))
+  records = ingest.csv_records(_read_bytes(path))
   header = _header(path, records, ("annotator", "type", "change_time"))
   columns = [header.index(c) for c in ("annotator", "type", "change_time")]
   truth: dict[str, tuple[str, float]] = {}
-  for line, raw, fields, error in records:
-    if error is not None:
-      raise FeedbackInputError(f"{path}:{line}: {error}")
-    if len(fields) != len(header):
-      raise FeedbackInputError(
-          f"{path}:{line}: expected {len(header)} columns ({','.join(header)}), "
-          f"got {len(fields)}: {raw!r}")
+  for line, fields in _reference_rows(path, records, header):
     annotator, kind, change = (fields[k].strip() for k in columns)
     if not annotator or not kind:
       field = "annotator" if not annotator else "type"
@@ -406,7 +398,7 @@ def read_annotator_truth(path: str | os.PathLike[str]) -> dict[str, tuple[str, f
       raise FeedbackInputError(f"{path}:{line}: annotator {annotator!r} is listed twice.")
     try:
       change_time = _timestamp({"timestamp": change})
-    except _RowError as e:
+    except RecordError as e:
       raise FeedbackInputError(f"{path}:{line}: change_time: {e.reason}.") from None
     truth[annotator] = (kind, math.nan if change_time is None else change_time)
   if not truth:
@@ -449,130 +441,8 @@ def item_lineage(annotations: types.EncodedAnnotations) -> list[dict[str, Any]]:
 # Raw records.
 
 
-class _RowError(Exception):
-  """A record cannot be used; `field` is None when the whole line is at fault."""
-
-  def __init__(self, field: str | None, reason: str):
-    super().__init__(reason)
-    self.field = field
-    self.reason = reason
-
-
 def _read_bytes(path: Path) -> bytes:
-  data = path.read_bytes()
-  if path.suffix == ".gz":
-    try:
-      data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
-      raise FeedbackInputError(f"{path}: not a readable gzip file ({e}).") from e
-  return data
-
-
-def _physical_lines(data: bytes) -> list[bytes]:
-  lines = data.split(b"\n")
-  if lines and lines[-1] == b"":
-    lines.pop()
-  return lines
-
-
-def _decode(chunk: bytes) -> str:
-  try:
-    return chunk.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise _RowError(
-        None,
-        f"line is not valid UTF-8 (byte 0x{chunk[e.start]:02x} at offset {e.start}); "
-        "expected UTF-8 text") from None
-
-
-def _raw_text(chunk: bytes) -> str:
-  return chunk.decode("utf-8", errors="backslashreplace")
-
-
-_Records = Iterator[tuple[int, str, "dict | None", "_RowError | None"]]
-
-
-def _jsonl_records(path: Path, data: bytes) -> _Records:
-  # One line at a time, on purpose: `datasets`' JSON loader (like pandas.read_json) parses
-  # the whole file at once and aborts it on the first bad line, losing every good one.
-  del path
-  if data.startswith(b"\xef\xbb\xbf"):
-    data = data[3:]
-  for index, chunk in enumerate(_physical_lines(data)):
-    chunk = chunk.rstrip(b"\r")
-    if not chunk.strip():
-      continue
-    line = index + 1
-    try:
-      text = _decode(chunk)
-      try:
-        value = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise _RowError(
-            None, f"invalid JSON ({e.msg} at column {e.colno}); expected one JSON object "
-            "per line") from None
-      if not isinstance(value, dict):
-        raise _RowError(None, f"expected a JSON object per line, got {type(value).__name__}")
-      yield line, text, value, None
-    except _RowError as e:
-      yield line, _raw_text(chunk), None, e
-
-
-def _csv_records(data: bytes) -> list[tuple[int, str, list[str] | None, str | None]]:
-  """Splits CSV bytes into records: (first line, raw text, fields or None, error or None).
-
-  The csv module reads from a generator that decodes one line at a time, so a quoted
-  field may span lines (the record is numbered by its first line), a malformed record
-  costs only itself (the reader resumes at the next line), and a line that is not UTF-8
-  fails only the record that holds it. Blank lines are skipped.
-  """
-  if data.startswith(b"\xef\xbb\xbf"):
-    data = data[3:]
-  lines = _physical_lines(data)
-  decoded: list[str] = []
-  undecodable: dict[int, str] = {}
-
-  def texts() -> Iterator[str]:
-    for index, chunk in enumerate(lines):
-      if chunk.endswith(b"\r"):
-        chunk = chunk[:-1]
-      try:
-        text = chunk.decode("utf-8")
-      except UnicodeDecodeError as e:
-        undecodable[index] = (f"line {index + 1} is not valid UTF-8 (byte "
-                              f"0x{chunk[e.start]:02x} at offset {e.start}); expected "
-                              "UTF-8 text")
-        text = _raw_text(chunk)
-      decoded.append(text)
-      yield text + "\n"
-
-  reader = csv.reader(texts(), strict=True)
-  records = []
-  first = 0  # 0-based index of the first line of the next record
-  while True:
-    error = None
-    try:
-      fields = next(reader)
-    except StopIteration:
-      break
-    except csv.Error as e:
-      fields = None
-      if "unexpected end of data" in str(e):
-        error = ("unterminated quoted field (a \" without its closing \" before the end "
-                 "of the file)")
-      else:
-        error = f"malformed CSV quoting ({e}); expected RFC 4180 quoting"
-    end = reader.line_num
-    raw = decoded[first] if end - first == 1 else "\n".join(decoded[first:end])
-    bad = [undecodable[i] for i in range(first, end) if i in undecodable] if undecodable else []
-    line, first = first + 1, end
-    if bad:
-      records.append((line, raw, None, bad[0]))
-    elif error is not None:
-      records.append((line, raw, None, error))
-    elif fields and not (len(fields) == 1 and not fields[0].strip()):
-      records.append((line, raw, fields, None))
-  return records
+  return ingest.read_bytes(path, FeedbackInputError)
 
 
 def _header(path: Path, records: list, required: Sequence[str], hint: str = "") -> list[str]:
@@ -592,30 +462,36 @@ def _header(path: Path, records: list, required: Sequence[str], hint: str = "") 
   return header
 
 
-def _csv_dict_records(path: Path, data: bytes) -> _Records:
-  records = _csv_records(data)
+def _reference_rows(path: Path, records: list[ingest.CsvRecord], header: list[str],
+                    ) -> Iterator[tuple[int, list[str]]]:
+  """(line, fields) of a reference file (truth), where any bad record is an error."""
+  for line, raw, fields, error in records:
+    if error is None and len(fields) != len(header):
+      raise FeedbackInputError(f"{path}:{line}: {ingest.column_count_error(header, len(fields))}: {raw!r}")
+    if error is not None:
+      raise FeedbackInputError(f"{path}:{line}: {error}")
+    yield line, fields
+
+
+def _csv_dict_records(path: Path, data: bytes) -> Iterator[Row]:
+  records = ingest.csv_records(data)
   header = _header(
       path, records, _REQUIRED,
       hint=" For the question,worker,answer form use format='crowd_csv'.")
   known = [(k, name) for k, name in enumerate(header) if name in _REQUIRED or name in _OPTIONAL]
   for line, raw, fields, error in records:
     if error is not None:
-      yield line, raw, None, _RowError(None, error)
+      yield Row("line", line, None, error, raw)
     elif len(fields) != len(header):
-      yield line, raw, None, _RowError(
-          None, f"expected {len(header)} columns as in the header, got {len(fields)}")
+      yield Row("line", line, None, RecordError(
+          "wrong_column_count", None, f"expected {len(header)} columns as in the header, got {len(fields)}"),
+          raw)
     else:
-      yield line, raw, {name: fields[k] for k, name in known}, None
+      yield Row("line", line, {name: fields[k] for k, name in known}, None, raw)
 
 
-def _parquet_records(path: Path) -> _Records:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-
-  try:
-    table = pq.read_table(path)
-  except Exception as e:  # pyarrow raises several types for a corrupt file.
-    raise FeedbackInputError(
-        f"{path}: not a readable Parquet file ({type(e).__name__}: {e}).") from e
+def _parquet_records(path: Path) -> Iterator[Row]:
+  table = ingest.read_parquet(path, FeedbackInputError)
   missing = [c for c in _REQUIRED if c not in table.column_names]
   if missing:
     raise FeedbackInputError(
@@ -623,7 +499,7 @@ def _parquet_records(path: Path) -> _Records:
         f"has {', '.join(table.column_names)}.")
   table = table.select([c for c in table.column_names if c in _REQUIRED or c in _OPTIONAL])
   for index, row in enumerate(table.to_pylist()):
-    yield index + 1, json.dumps(row, default=str, ensure_ascii=False), row, None
+    yield Row("row", index + 1, row, None, json.dumps(row, default=str, ensure_ascii=False))
 
 
 # ----------------------------------------------------------------------------------------
@@ -634,37 +510,23 @@ def _absent(value: Any) -> bool:
   return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _id(row: dict, field: str) -> str | None:
-  value = row.get(field)
-  if _absent(value):
-    return None
-  if isinstance(value, str):
-    return value.strip()
-  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-    return str(int(value))
-  raise _RowError(field, f"expected a string or integer id, got {type(value).__name__} {value!r}")
+_id = ingest.read_id
 
 
 def _text(row: dict, field: str) -> str | None:
-  value = row.get(field)
-  if value is None:
-    return None
-  if not isinstance(value, str):
-    raise _RowError(field, f"expected a string, got {type(value).__name__}")
-  return value if value != "" else None
+  return ingest.read_string(row, field, required=False) or None
 
 
 def _choice(row: dict, field: str, declared: tuple[str, ...] | None = None) -> int | None:
   value = row.get(field)
   if _absent(value):
     return None
-  expected = ", ".join(declared or types.PAIRWISE_CLASS_NAMES)
   if isinstance(value, str) and value.strip().lower() in _CHOICES:
     name = value.strip().lower()
     if declared is not None and name not in declared:
-      raise _RowError(field, f"{field} {value!r} is not one of the declared classes {expected}")
+      raise ingest.undeclared_class(field, value, declared)
     return _CHOICES[name]
-  raise _RowError(field, f"unknown choice {value!r}; expected one of {expected} (any case)")
+  raise ingest.unknown_choice(field, value, declared or types.PAIRWISE_CLASS_NAMES)
 
 
 def _number(row: dict, field: str) -> float | None:
@@ -672,18 +534,18 @@ def _number(row: dict, field: str) -> float | None:
   if _absent(value):
     return None
   if isinstance(value, bool):
-    raise _RowError(field, f"expected a number, got boolean {value!r}")
+    raise RecordError("wrong_type", field, f"expected a number, got boolean {value!r}")
   if isinstance(value, (int, float, np.integer, np.floating)):
     number = float(value)
   elif isinstance(value, str):
     try:
       number = float(value)
     except ValueError:
-      raise _RowError(field, f"expected a number, got {value!r}") from None
+      raise RecordError("wrong_type", field, f"expected a number, got {value!r}") from None
   else:
-    raise _RowError(field, f"expected a number, got {type(value).__name__}")
+    raise RecordError("wrong_type", field, f"expected a number, got {type(value).__name__}")
   if not math.isfinite(number):
-    raise _RowError(field, f"expected a finite number, got {value!r}")
+    raise RecordError("bad_value", field, f"expected a finite number, got {value!r}")
   return number
 
 
@@ -695,10 +557,10 @@ def _timestamp(row: dict) -> float | None:
   if isinstance(value, datetime.datetime):
     moment = value
   elif isinstance(value, bool):
-    raise _RowError("timestamp", f"{expected}, got boolean {value!r}")
+    raise RecordError("wrong_type", "timestamp", f"{expected}, got boolean {value!r}")
   elif isinstance(value, (int, float, np.integer, np.floating)):
     if not math.isfinite(float(value)):
-      raise _RowError("timestamp", f"{expected}, got {value!r}")
+      raise RecordError("bad_value", "timestamp", f"{expected}, got {value!r}")
     return float(value)
   elif isinstance(value, str):
     text = value.strip()
@@ -708,14 +570,14 @@ def _timestamp(row: dict) -> float | None:
       number = None
     if number is not None:
       if not math.isfinite(number):
-        raise _RowError("timestamp", f"{expected}, got {value!r}")
+        raise RecordError("bad_value", "timestamp", f"{expected}, got {value!r}")
       return number
     try:
       moment = datetime.datetime.fromisoformat(text)
     except ValueError:
-      raise _RowError("timestamp", f"{expected}, got {value!r}") from None
+      raise RecordError("bad_value", "timestamp", f"{expected}, got {value!r}") from None
   else:
-    raise _RowError("timestamp", f"{expected}, got {type(value).__name__}")
+    raise RecordError("wrong_type", "timestamp", f"{expected}, got {type(value).__name__}")
   if moment.tzinfo is None:
     moment = moment.replace(tzinfo=datetime.timezone.utc)
   return moment.timestamp()
@@ -735,7 +597,7 @@ def _bool(row: dict, field: str) -> bool | None:
       return True
     if text in _FALSE:
       return False
-  raise _RowError(field, f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
+  raise RecordError("wrong_type", field, f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -763,12 +625,13 @@ class _Parsed:
   payloads: dict[str, dict[str, str]] | None = None
 
 
-def _reject(rejects: list, name: str, line: int, field: str | None, reason: str,
-            raw: str) -> None:
-  rejects.append({"file": name, "line": line, "field": field, "reason": reason, "raw": raw})
+def _reject(rejects: list, name: str, line: int, error: RecordError, raw: str) -> None:
+  """Appends the reject of one record, in the line layout of `rlhf_jax.io.ingest`."""
+  rejects.append(ingest.Reject(file=name, location="line", number=line, field=error.field, code=error.code,
+                               reason=error.reason, raw=raw).to_line_json())
 
 
-def _read_pairwise(path: Path, records: Iterator, unit: str,
+def _read_pairwise(path: Path, records: Iterator[Row], unit: str,
                    declared: tuple[str, ...] | None = None) -> _Parsed:
   name = path.name
   rejects: list[dict[str, Any]] = []
@@ -782,26 +645,25 @@ def _read_pairwise(path: Path, records: Iterator, unit: str,
   id_lines: dict[str, int] = {}
   nan = float("nan")
 
-  for line, raw, row, error in records:
+  for record in records:
     num_read += 1
+    line, raw, row = record.number, record.raw, record.record
     try:
-      if error is not None:
-        raise error
+      if record.error is not None:
+        raise record.error
       item_id = _id(row, "item_id")
       if item_id is None:
-        raise _RowError("item_id", "missing required field item_id; expected the comparison id")
+        raise ingest.missing_field("item_id", "the comparison id")
       annotator_id = _id(row, "annotator_id")
       if annotator_id is None:
-        raise _RowError("annotator_id", "missing required field annotator_id; expected "
-                        "the annotator's id")
+        raise ingest.missing_field("annotator_id", "the annotator's id")
       choice = _choice(row, "choice", declared)
       if choice is None:
-        raise _RowError("choice", "missing required field choice; expected one of "
-                        f"{', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
+        raise ingest.missing_field("choice", f"one of {', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
       annotation_id = _id(row, "annotation_id") or f"{name}:{line}"
       if annotation_id in id_lines:
-        raise _RowError("annotation_id", f"annotation_id {annotation_id!r} already used at "
-                        f"{unit} {id_lines[annotation_id]}; expected unique ids")
+        raise RecordError("duplicate_id", "annotation_id", f"annotation_id {annotation_id!r} already used at "
+                          f"{unit} {id_lines[annotation_id]}; expected unique ids")
       payload = {}
       for field in _PAYLOAD_FIELDS:
         if row.get(field) is None:
@@ -811,37 +673,39 @@ def _read_pairwise(path: Path, records: Iterator, unit: str,
           payload[field] = value
       the_strength = _number(row, "strength")
       if the_strength is not None and not 0.0 <= the_strength <= 1.0:
-        raise _RowError("strength", f"strength {the_strength!r} is outside [0, 1]; expected a "
-                        "number in [0, 1]")
+        raise RecordError("bad_value", "strength", f"strength {the_strength!r} is outside [0, 1]; expected a "
+                          "number in [0, 1]")
       the_timestamp = _timestamp(row)
       the_ms = _number(row, "response_ms")
       if the_ms is not None and the_ms < 0:
-        raise _RowError("response_ms", f"response_ms {the_ms!r} is negative; expected a "
-                        "non-negative number of milliseconds")
+        raise RecordError("bad_value", "response_ms", f"response_ms {the_ms!r} is negative; expected a "
+                          "non-negative number of milliseconds")
       golden_flag = _bool(row, "is_golden")
       # The golden answer counts (and is checked against the declared classes) only on
       # golden rows.
       golden_answer = _choice(row, "golden_answer", declared if golden_flag else None)
       if golden_flag and golden_answer is None:
-        raise _RowError("golden_answer", "is_golden is true but golden_answer is missing; "
-                        f"expected one of {', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
+        raise RecordError("missing_field", "golden_answer", "is_golden is true but golden_answer is missing; "
+                          f"expected one of {', '.join(declared or types.PAIRWISE_CLASS_NAMES)}")
       version = row.get("guideline_version")
       if version is not None and not isinstance(version, str):
         if isinstance(version, bool) or not isinstance(
             version, (int, float, np.integer, np.floating)):
-          raise _RowError("guideline_version", f"expected a string, got {type(version).__name__}")
+          raise RecordError("wrong_type", "guideline_version",
+                            f"expected a string, got {type(version).__name__}")
         version = str(version)
       version = (version or "").strip()
       known = payloads.get(item_id)
       if known is not None:
         for field, value in payload.items():
           if field in known and known[field] != value:
-            raise _RowError(
-                field, f"item_id {item_id!r} was shown with a different {field} at {unit} "
+            raise RecordError(
+                "inconsistent_item", field,
+                f"item_id {item_id!r} was shown with a different {field} at {unit} "
                 f"{payload_lines[item_id]}; expected the same prompt and responses (in the "
                 "same order) for every annotation of one item_id")
-    except _RowError as e:
-      _reject(rejects, name, line, e.field, e.reason, raw)
+    except RecordError as e:
+      _reject(rejects, name, line, e, raw)
       continue
 
     if known is None:
@@ -906,9 +770,7 @@ def _class_order(answers: Sequence[str]) -> list[str]:
 def _read_crowd_csv(path: Path) -> _Parsed:
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
 
-  data = _read_bytes(path)
-  if data.startswith(b"\xef\xbb\xbf"):
-    data = data[3:]
+  data = ingest.strip_bom(_read_bytes(path))
   fast = _crowd_fast_path(path, data)
   if fast is not None:
     return fast
@@ -943,11 +805,10 @@ def _declare_crowd_classes(parsed: _Parsed, declared: tuple[str, ...]) -> _Parse
   outside = labels < 0
   if not outside.any():
     return dataclasses.replace(parsed, labels=labels, class_names=declared)
-  expected = ", ".join(declared)
   for position in np.flatnonzero(outside).tolist():
     answer = parsed.class_names[parsed.labels[position]]
-    _reject(parsed.rejects, parsed.name, int(parsed.lines[position]), "answer",
-            f"answer {answer!r} is not one of the declared classes {expected}",
+    _reject(parsed.rejects, parsed.name, int(parsed.lines[position]),
+            ingest.undeclared_class("answer", answer, declared),
             parsed.raw(position))
   kept = np.flatnonzero(~outside)
 
@@ -965,31 +826,29 @@ def _declare_crowd_classes(parsed: _Parsed, declared: tuple[str, ...]) -> _Parse
       raw=lambda position: old_raw(kept_list[position]))
 
 
-def _missing_crowd_field(row: Sequence[str]) -> tuple[str, str]:
+def _missing_crowd_field(row: Sequence[str]) -> RecordError:
   field = _CROWD_COLUMNS[list(row).index("")]
-  return field, f"missing required field {field}; expected a non-empty value"
+  return ingest.missing_field(field, "a non-empty value")
 
 
 def _crowd_records(path: Path, data: bytes) -> tuple[list, list, list, list]:
   """Per-record reader for a crowd CSV with quotes: (lines, raws, columns, rejects)."""
   name = path.name
-  records = _csv_records(data)
+  records = ingest.csv_records(data)
   header = _header(path, records, _CROWD_COLUMNS)
   columns = [header.index(c) for c in _CROWD_COLUMNS]
   rejects: list[dict[str, Any]] = []
   lines, raws, values = [], [], ([], [], [])
   for line, raw, fields, error in records:
     if error is not None:
-      _reject(rejects, name, line, None, error, raw)
+      _reject(rejects, name, line, error, raw)
       continue
     if len(fields) != len(header):
-      _reject(rejects, name, line, None,
-              f"expected {len(header)} columns ({','.join(header)}) as in the header, "
-              f"got {len(fields)}", raw)
+      _reject(rejects, name, line, ingest.column_count_error(header, len(fields)), raw)
       continue
     row = [fields[k].strip() for k in columns]
     if not all(row):
-      _reject(rejects, name, line, *_missing_crowd_field(row), raw)
+      _reject(rejects, name, line, _missing_crowd_field(row), raw)
       continue
     lines.append(line)
     raws.append(raw)
@@ -1008,22 +867,20 @@ def _crowd_unquoted_lines(path: Path, data: bytes) -> tuple[list, Any, list, lis
   name = path.name
   try:
     text_lines: list[str | None] = data.decode("utf-8").split("\n")
-    undecodable: dict[int, tuple[str, str]] = {}
+    undecodable: dict[int, tuple[RecordError, str]] = {}
   except UnicodeDecodeError:
     text_lines, undecodable = [], {}
     chunks = data.split(b"\n")
     for index, chunk in enumerate(chunks):
       try:
-        text_lines.append(chunk.decode("utf-8"))
-      except UnicodeDecodeError as e:
+        text_lines.append(ingest.decode_line(chunk))
+      except RecordError as e:
         text_lines.append(None)
-        undecodable[index] = (f"line is not valid UTF-8 (byte 0x{chunk[e.start]:02x} at "
-                              f"offset {e.start}); expected UTF-8 text",
-                              _raw_text(chunk.rstrip(b"\r")))
+        undecodable[index] = (e, ingest.raw_text(chunk.rstrip(b"\r")))
   if text_lines and text_lines[-1] == "":
     text_lines.pop()
   if not text_lines or text_lines[0] is None:
-    records = [(1, "", None, undecodable[0][0])] if text_lines else []
+    records = [ingest.CsvRecord(1, "", None, undecodable[0][0])] if text_lines else []
     _header(path, records, _CROWD_COLUMNS)  # raises
   header = [c.strip() for c in text_lines[0].rstrip("\r").split(",")]
   missing = [c for c in _CROWD_COLUMNS if c not in header]
@@ -1039,15 +896,13 @@ def _crowd_unquoted_lines(path: Path, data: bytes) -> tuple[list, Any, list, lis
   for index in range(1, len(text_lines)):
     text = text_lines[index]
     if text is None:
-      _reject(rejects, name, index + 1, None, *undecodable[index])
+      _reject(rejects, name, index + 1, *undecodable[index])
       continue
     fields = text.split(",")
     if len(fields) != width:
       if not text.strip():
         continue  # a blank line is not a record
-      _reject(rejects, name, index + 1, None,
-              f"expected {width} columns ({','.join(header)}) as in the header, "
-              f"got {len(fields)}", text.rstrip("\r"))
+      _reject(rejects, name, index + 1, ingest.column_count_error(header, len(fields)), text.rstrip("\r"))
       continue
     if strip:
       question, worker, answer = (fields[col_q].strip(), fields[col_w].strip(),
@@ -1055,8 +910,7 @@ def _crowd_unquoted_lines(path: Path, data: bytes) -> tuple[list, Any, list, lis
     else:
       question, worker, answer = fields[col_q], fields[col_w], fields[col_a]
     if not (question and worker and answer):
-      _reject(rejects, name, index + 1, *_missing_crowd_field((question, worker, answer)),
-              text.rstrip("\r"))
+      _reject(rejects, name, index + 1, _missing_crowd_field((question, worker, answer)), text.rstrip("\r"))
       continue
     lines.append(index + 1)
     questions.append(question)
@@ -1108,8 +962,8 @@ def _crowd_fast_path(path: Path, data: bytes) -> _Parsed | None:
 
   def raw(position: int) -> str:
     if not physical:
-      physical.extend(_physical_lines(data))
-    return _raw_text(physical[position + 1].rstrip(b"\r"))
+      physical.extend(ingest.physical_lines(data))
+    return ingest.raw_text(physical[position + 1].rstrip(b"\r"))
 
   return _Parsed(
       name=name, unit="line", num_read=num_rows, rejects=[], lines=lines,
@@ -1286,17 +1140,13 @@ def _finish(parsed: _Parsed, path: Path, fmt: str, policy: str,
             reason = (f"duplicate of {ids[kept]}: annotator {annotator_id!r} labelled item "
                       f"{item_id!r} {size} times; duplicate_policy {policy} keeps the {which} "
                       f"(by timestamp when every copy has one, else by {unit})")
-          _reject(rejects, parsed.name, int(parsed.lines[r]), "item_id,annotator_id", reason,
-                  parsed.raw(int(r)))
+          _reject(rejects, parsed.name, int(parsed.lines[r]),
+                  RecordError("duplicate", "item_id,annotator_id", reason), parsed.raw(int(r)))
       duplicates = [ids[r] for r in sorted(flagged)]
 
   rejects.sort(key=lambda r: r["line"])
   if rejects_path is not None:
-    rejects_path = Path(rejects_path)
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    with rejects_path.open("w", encoding="utf-8") as f:
-      for r in rejects:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    ingest.write_json_lines(rejects_path, rejects)
 
   num_accepted = int(keep.sum())
   if num_accepted == 0:
@@ -1358,4 +1208,5 @@ def _finish(parsed: _Parsed, path: Path, fmt: str, policy: str,
       format=fmt,
       duplicate_policy=policy,
       rejects_path=None if rejects_path is None else str(rejects_path),
+      fingerprint=ingest.fingerprint(path),
   )

@@ -80,7 +80,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
@@ -92,6 +91,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import feedback
+from rlhf_jax.io import ingest
 
 __all__ = [
     "STREAM_METHODS",
@@ -343,10 +343,6 @@ _fit_dawid_skene = jax.jit(
 # Small helpers.
 
 
-def _sha256(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
 def _atomic_write_bytes(path: Path, data: bytes, *, sync: bool = False) -> None:
   """Writes `data` under a temporary name and renames it over `path` (readers never see
   half a file; a killed process leaves the old one). `sync`: fsync before the rename."""
@@ -475,7 +471,7 @@ class StreamingAggregator:
     """
     start = time.perf_counter()
     path, data = self._batch_bytes(batch, name)
-    content_hash = _sha256(data)
+    content_hash = ingest.fingerprint_bytes(data)
     if content_hash in self.hashes:
       record = {"name": path.name, "hash": content_hash, "duplicate_of": self.hashes[content_hash]}
       self.skipped.append(record)
@@ -495,9 +491,7 @@ class StreamingAggregator:
     assert old_size == new_items_start or True
     items, annotators, labels, kept_ids, golden = self._encode(accepted, rejects, path)
     if rejects:
-      with open(rejects_path, "w", encoding="utf-8") as handle:
-        for reject in rejects:
-          handle.write(json.dumps(reject, ensure_ascii=False) + "\n")
+      ingest.write_json_lines(rejects_path, rejects)
     elif rejects_path.exists():
       rejects_path.unlink()  # a redo after a crash: the stale file is not this batch's
     old_posteriors = self._current_posteriors().copy()
@@ -631,7 +625,7 @@ class StreamingAggregator:
     else:
       raise ValueError(f"a list of records can be fed for formats jsonl and crowd_csv; "
                        f"format {self.config.format} takes file paths.")
-    content_hash = _sha256(data)
+    content_hash = ingest.fingerprint_bytes(data)
     path = self.checkpoint_dir / "inbox" / f"{name or 'batch-' + content_hash[:16]}{suffix}"
     if not path.exists() or path.read_bytes() != data:
       _atomic_write_bytes(path, data)
