@@ -4,7 +4,10 @@ Each is `function(params: dict, seeds: list[int]) -> list[dict[str, float]]` for
 `rlhf_jax.ablate.run`. Seed s fixes the world (`GradedWorld.create(s)`), its pairs and
 its annotators, so every cell of an experiment sees the same worlds for the same seed and
 cells are compared by paired differences. Reward models and policies of all seeds of a
-cell train in one vmapped program (`rlhf_jax.worlds.models`).
+cell train in one vmapped program (`rlhf_jax.worlds.models`). The aggregation cells
+(redundancy, bad_annotators, speed_penalty) are `rlhf_jax.ablate.SeedProgram`s: each
+seed's crowd is simulated on the host (`aggregation_inputs`), and the aggregation of all
+seeds (`aggregate_arrays`: voting, Dawid-Skene, MACE, GLAD) runs in one vmapped program.
 
 Common params: `world` (fields of `WorldConfig`), `crowd` (fields of `CrowdConfig`),
 `reward_model` (fields of `RewardModelConfig`), `costs` (crowd and expert price per label),
@@ -30,8 +33,8 @@ from rlhf_jax import feedback
 from rlhf_jax.ablate import vectorize as ablate_vectorize
 from rlhf_jax.worlds import annotate, graded, models
 
-__all__ = ["AGGREGATORS", "aggregate", "base_params", "bad_annotators", "dpo_noise", "expert_review", "redundancy",
-           "speed_penalty"]
+__all__ = ["AGGREGATORS", "aggregate", "aggregate_arrays", "aggregation_inputs", "bad_annotators", "base_params",
+           "dpo_noise", "expert_review", "redundancy", "speed_penalty"]
 
 AGGREGATORS = ("one_label", "majority_vote", "weighted_formula", "dawid_skene", "mace", "glad", "crowd_bt")
 
@@ -203,14 +206,25 @@ def _hh_data(path: str, vocab_size: int, max_length: int):
   return hh.load(path or hh.DEFAULT_PATH, vocab_size=vocab_size, max_length=max_length)
 
 
+_TARGET_AGGREGATOR = {"hard": "majority_vote", "soft": "dawid_skene", "weighted": "dawid_skene"}
+
+
 def _targets(method: str, crowd: annotate.CrowdLabels, pairs: graded.Pairs, seed: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(labels, target P(a), weight) for target hard | soft | weighted | gold."""
+  if method == "gold":
+    return _targets_from(method, None, None, pairs)
+  labels, prob_a = aggregate(_TARGET_AGGREGATOR[method], crowd, len(pairs), seed=seed)
+  return _targets_from(method, labels, prob_a, pairs)
+
+
+def _targets_from(method: str, labels: np.ndarray | None, prob_a: np.ndarray | None, pairs: graded.Pairs
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`_targets` from the aggregated labels and P(a) (of `_TARGET_AGGREGATOR[method]`)."""
   n = len(pairs)
   if method == "gold":
     return (np.where(pairs.gold_prefers_a, 0, 1), pairs.gold_prefers_a.astype(np.float32),
             np.ones(n, np.float32))
-  labels, prob_a = aggregate("majority_vote" if method == "hard" else "dawid_skene", crowd, n, seed=seed)
   if method == "soft":
     return labels, prob_a.astype(np.float32), np.ones(n, np.float32)
   confidence = np.where(labels == feedback.A_PREFERRED, prob_a, 1.0 - prob_a)
@@ -249,30 +263,42 @@ def hh_redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, fl
           for a, la in zip(accuracy, label_acc)]
 
 
-def redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
-  """Ablation 1: `budget` crowd labels as `annotations_per_item` labels on budget / r pairs.
+def _redundancy_prepare(params: dict[str, Any], seed: int) -> tuple[dict[str, np.ndarray], graded.Pairs]:
+  r = int(params["annotations_per_item"])
+  num_pairs = int(params["budget"]) // r
+  world_key = _key(params["world"])
+  pairs = _pairs(seed, world_key, int(params["budget"]), "train").take(np.arange(num_pairs))
+  if params["target"] == "gold":
+    return {}, pairs  # the gold preference: nothing to aggregate
+  crowd = _crowd_cached(seed, world_key, int(params["budget"]), num_pairs,
+                        _key({**params["crowd"], "annotations_per_item": r}))
+  return aggregation_inputs(_TARGET_AGGREGATOR[params["target"]], crowd, num_pairs, seed=seed), pairs
+
+
+def _redundancy_finish(params: dict[str, Any], seeds: list[int], contexts: list[graded.Pairs],
+                       outputs: list[dict[str, np.ndarray]]) -> list[dict[str, float]]:
+  target, weight, label_acc = [], [], []
+  for pairs, out in zip(contexts, outputs):
+    labels, t, w = _targets_from(params["target"], out.get("labels"), out.get("prob_a"), pairs)
+    target.append(t)
+    weight.append(w)
+    label_acc.append(_label_accuracy(labels, pairs))
+  accuracy = _train_rm(params, seeds, contexts, target, weight)
+  return [{"rm_accuracy": float(a), "label_accuracy": la, "training_pairs": float(len(contexts[0])),
+           "cost": float(params["budget"]) * params["costs"]["crowd"]} for a, la in zip(accuracy, label_acc)]
+
+
+redundancy = ablate_vectorize.SeedProgram(
+    prepare=_redundancy_prepare, compute=aggregate_arrays, finish=_redundancy_finish,
+    static_of=lambda params: (_TARGET_AGGREGATOR.get(params["target"], "none"),
+                              int(params["budget"]) // int(params["annotations_per_item"]),
+                              int(params["crowd"]["num_annotators"])),
+    doc="""Ablation 1: `budget` crowd labels as `annotations_per_item` labels on budget / r pairs.
 
   `target`: hard (majority vote label, weight 1), soft (Dawid-Skene posterior P(a) as the
   target, weight 1), weighted (Dawid-Skene label, weight = its posterior confidence), or
   gold (the noise-free gold preference of the same pairs: the ceiling of that volume).
-  """
-  r = int(params["annotations_per_item"])
-  num_pairs = int(params["budget"]) // r
-  world_key = _key(params["world"])
-  crowd_key = _key({**params["crowd"], "annotations_per_item": r})
-  train, target, weight, label_acc = [], [], [], []
-  for s in seeds:
-    pairs = _pairs(s, world_key, int(params["budget"]), "train").take(np.arange(num_pairs))
-    train.append(pairs)
-    crowd = None if params["target"] == "gold" else _crowd_cached(s, world_key, int(params["budget"]), num_pairs,
-                                                                    crowd_key)
-    labels, t, w = _targets(params["target"], crowd, pairs, s)
-    target.append(t)
-    weight.append(w)
-    label_acc.append(_label_accuracy(labels, pairs))
-  accuracy = _train_rm(params, seeds, train, target, weight)
-  return [{"rm_accuracy": float(a), "label_accuracy": la, "training_pairs": float(num_pairs),
-           "cost": float(params["budget"]) * params["costs"]["crowd"]} for a, la in zip(accuracy, label_acc)]
+  A `SeedProgram`: every seed's aggregation in one vmapped program, then the reward models.""")
 
 
 @functools.lru_cache(maxsize=64)

@@ -130,8 +130,9 @@ def test_resume_of_a_half_done_vmapped_sweep_reruns_nothing_finished(tmp_path, p
 
 def test_cell_whose_shapes_differ_between_seeds_falls_back_and_says_so(tmp_path, program, capsys):
   config = _config(grid=[("ragged", [False, True])])
-  summary = ablate.run(config, tmp_path, progress=False, write_report=False)
+  summary = ablate.run(config, tmp_path, progress=False)
   assert not summary.failed
+  assert "The seeds of 1 of 2 cells ran in one vmapped program" in (tmp_path / "README.md").read_text()
   printed = capsys.readouterr().out
   assert ("cell ragged=true: shapes differ between seeds: inputs['a'] is float32[3] at seed 0, float32[4] at "
           "seed 1; its 3 seeds ran one after another.") in printed
