@@ -5,8 +5,9 @@ r"""Runs an ablation: a grid of config overrides times seeds, resumable.
 Writes experiments/NAME/results.jsonl (one line per cell and seed), the plots and
 README.md (table of means with 95% t-intervals, paired differences against the baseline,
 the command and runtime; the author's conclusion is kept). Finished cells are not rerun;
-`--fresh` deletes results.jsonl first. The seeds of a cell run as one vmapped program where
-their shapes agree (`--novectorize`: seed after seed). Exit codes: 0 every cell finished, 1 some cell
+`--fresh` deletes results.jsonl first. The seeds of a cell whose function is a
+`rlhf_jax.ablate.SeedProgram` run as one vmapped program where their shapes agree
+(`--novectorize`: seed after seed). Exit codes: 0 every cell finished, 1 some cell
 failed (shown as FAILED in the table), 2 a user mistake (printed as one line).
 """
 
