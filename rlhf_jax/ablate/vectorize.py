@@ -22,7 +22,10 @@ function, so their results agree to float tolerance (a vmapped `lax.while_loop` 
 until every seed has stopped, but a stopped seed's state no longer changes).
 
 The compiled programs are cached by (compute, static, shapes): the cells of a sweep that
-differ only in values, not in `static`, share one compilation.
+differ only in values, not in `static`, share one compilation. Vmapped seeds move in
+lockstep: a loop runs until the slowest seed stops, and an inner search (a line search
+in an M-step) runs every branch for every seed, so on a CPU the batch can take longer
+than the seeds one after another; it pays where a wide device runs the batch at once.
 """
 
 from __future__ import annotations
