@@ -5,7 +5,9 @@ r"""Runs an ablation: a grid of config overrides times seeds, resumable.
 Writes experiments/NAME/results.jsonl (one line per cell and seed), the plots and
 README.md (table of means with 95% t-intervals, paired differences against the baseline,
 the command and runtime; the author's conclusion is kept). Finished cells are not rerun;
-`--fresh` deletes results.jsonl first. Exit codes: 0 every cell finished, 1 some cell
+`--fresh` deletes results.jsonl first. The seeds of a cell whose function is a
+`rlhf_jax.ablate.SeedProgram` run as one vmapped program where their shapes agree
+(`--novectorize`: seed after seed). Exit codes: 0 every cell finished, 1 some cell
 failed (shown as FAILED in the table), 2 a user mistake (printed as one line).
 """
 
@@ -28,6 +30,8 @@ flags.DEFINE_integer("workers", 1, "Cells run in this many processes.")
 flags.DEFINE_string("output_dir", None, "Where results.jsonl, the plots and README.md go (default: the config's folder).")
 flags.DEFINE_bool("fresh", False, "Delete results.jsonl first (rerun every cell).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("vectorize", True, "Run the seeds of a cell in one vmapped program where their shapes agree "
+                  "(--novectorize: seed after seed, to time or check the difference).")
 FLAGS = flags.FLAGS
 
 
@@ -41,9 +45,9 @@ def main(argv):
     if FLAGS.fresh:
       (output_dir / ablate.runner.RESULTS_FILE).unlink(missing_ok=True)
     command = "python scripts/ablate.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:] if not a.startswith(("--fresh", "--workers", "--noprogress")))
+        shlex.quote(a) for a in sys.argv[1:] if not a.startswith(("--fresh", "--workers", "--noprogress", "--vectorize", "--novectorize")))
     summary = ablate.run(config, output_dir, seeds=FLAGS.seeds, workers=FLAGS.workers, progress=FLAGS.progress,
-                         command=command)
+                         command=command, vectorize=FLAGS.vectorize)
   except (ValueError, KeyError, FileNotFoundError) as error:
     cli.fail("ablate.py", error, USER_ERROR)
   print(summary.table)

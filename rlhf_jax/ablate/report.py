@@ -197,6 +197,24 @@ def runtime_seconds(rows: list[dict[str, Any]]) -> float:
   return float(sum(r.get("cell_seconds", 0.0) / max(r.get("seeds_in_call", 1), 1) for r in rows))
 
 
+def vectorized_cells(rows: list[dict[str, Any]]) -> tuple[int, int]:
+  """(cells whose every seed ran in a vmapped program, cells of a SeedProgram): rows of a
+  plain cell function carry no `seeds_vectorized` and count in neither."""
+  recorded: dict[str, bool] = {}
+  for row in rows:
+    if "seeds_vectorized" in row:
+      recorded[row["cell"]] = recorded.get(row["cell"], True) and bool(row["seeds_vectorized"])
+  return sum(recorded.values()), len(recorded)
+
+
+def _vectorized_sentence(rows: list[dict[str, Any]]) -> str:
+  vectorized, programs = vectorized_cells(rows)
+  if not programs:
+    return ""
+  return (f" The seeds of {vectorized} of {programs} cells ran in one vmapped program (the others seed after seed:"
+          " `--novectorize`, shapes that differ between seeds, or seeds added one at a time).")
+
+
 def write_readme(experiment: Experiment, output_dir: Path, *, table: str, rows: list[dict[str, Any]],
                  num_seeds: int, command: str) -> Path:
   """Regenerates output_dir/README.md, keeping the conclusion between the markers."""
@@ -218,7 +236,7 @@ def write_readme(experiment: Experiment, output_dir: Path, *, table: str, rows: 
 
 **Runtime.** {runtime_seconds(rows):.0f} s for {cells} cells × {num_seeds} seeds: the sum of the
 recorded wall-clock times of the cells, compilation included ({machine}, shared with other
-jobs when measured, so an idle machine is faster). Every line of `results.jsonl` holds a
+jobs when measured, so an idle machine is faster).{_vectorized_sentence(rows)} Every line of `results.jsonl` holds a
 cell's overrides, its seed and every metric.
 
 ## Results

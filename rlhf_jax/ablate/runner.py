@@ -8,7 +8,10 @@ ConfigDict with
   question    what the ablation asks, in a sentence or two
   function    "module:function", called as function(params: dict, seeds: list[int]) ->
               list[dict[str, float]] (one metric dict per seed, same order); it may train
-              all seeds in one vmapped program
+              all seeds in one vmapped program. A `vectorize.SeedProgram` is run by
+              `vectorize.run_seeds`: its JAX stage vmapped over the seeds in one compiled
+              program where their shapes agree, else seed after seed (said in the
+              progress output and recorded as `seeds_vectorized` false)
   base        ConfigDict of parameters every cell starts from
   grid        list of (key, [values]) pairs: the cells are the product of the axes, the
               first slowest (keys may be dotted paths into `base`; a key that `base`
@@ -49,6 +52,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import tqdm
+
+from rlhf_jax.ablate import vectorize as seed_vectorize
 
 __all__ = ["Experiment", "RunSummary", "cell_id", "expand_grid", "load_results", "resolve_params", "run"]
 
@@ -157,19 +162,37 @@ def _resolve_function(name: str) -> Callable[..., Any]:
   return getattr(importlib.import_module(module_name), function_name)
 
 
-def _run_cell(function: str, params: dict[str, Any], seeds: list[int]) -> tuple[list[dict[str, float]] | None, str | None, float]:
-  """Runs one cell; returns (metrics per seed, None, seconds) or (None, error text, seconds)."""
+@dataclasses.dataclass(frozen=True)
+class _CellOutcome:
+  """One call of a cell function: metrics per seed or the error, its wall time, and for a
+  SeedProgram whether its seeds ran vmapped (None for a plain function) and why not."""
+
+  metrics: list[dict[str, float]] | None
+  error: str | None
+  seconds: float
+  vectorized: bool | None = None
+  note: str | None = None
+
+
+def _run_cell(function: str, params: dict[str, Any], seeds: list[int], vectorize: bool = True) -> _CellOutcome:
+  """Runs one cell; an exception becomes the outcome's error text."""
   start = time.perf_counter()
+  vectorized, note = None, None
   try:
-    results = _resolve_function(function)(params, list(seeds))
+    cell_function = _resolve_function(function)
+    if isinstance(cell_function, seed_vectorize.SeedProgram):
+      seed_run = seed_vectorize.run_seeds(cell_function, params, list(seeds), vectorize=vectorize)
+      results, vectorized, note = seed_run.metrics, seed_run.vectorized, seed_run.note
+    else:
+      results = cell_function(params, list(seeds))
     if len(results) != len(seeds):
       raise ValueError(f"{function} returned {len(results)} results for {len(seeds)} seeds.")
     metrics = [{k: float(v) for k, v in r.items()} for r in results]
-    return metrics, None, time.perf_counter() - start
+    return _CellOutcome(metrics, None, time.perf_counter() - start, vectorized, note)
   except Exception as error:  # pylint: disable=broad-except
     # Reported in results.jsonl and the table, never hidden.
     last = traceback.format_exception_only(type(error), error)[-1].strip()
-    return None, last, time.perf_counter() - start
+    return _CellOutcome(None, last, time.perf_counter() - start, vectorized, note)
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:
@@ -202,8 +225,8 @@ class RunSummary:
 
 
 def run(config: Any, output_dir: str | Path, *, seeds: int | None = None,
-        workers: int = 1, progress: bool = True, command: str | None = None, write_report: bool = True
-        ) -> RunSummary:
+        workers: int = 1, progress: bool = True, command: str | None = None, write_report: bool = True,
+        vectorize: bool = True) -> RunSummary:
   """Runs the unfinished cells of an experiment, then rewrites the table, plots and README.
 
   Args:
@@ -214,6 +237,8 @@ def run(config: Any, output_dir: str | Path, *, seeds: int | None = None,
     progress: show a tqdm bar over the cells.
     command: the exact command, written into the README.
     write_report: also write README.md and the plots.
+    vectorize: run a SeedProgram's seeds vmapped where shapes allow (False: seed after
+      seed, e.g. to time the difference; the results agree to float tolerance).
   """
   from rlhf_jax.ablate import report  # pylint: disable=import-outside-toplevel
 
@@ -251,30 +276,34 @@ def run(config: Any, output_dir: str | Path, *, seeds: int | None = None,
   start = time.perf_counter()
   bar = tqdm.tqdm(total=len(todo), desc=experiment.name, unit="cell", disable=not progress)
 
-  def record(overrides, missing, metrics, error, seconds):
+  def record(overrides, missing, outcome: _CellOutcome):
     with open(path, "a", encoding="utf-8") as f:
       for index, seed in enumerate(missing):
         row = {"cell": cell_id(overrides), "overrides": _plain(overrides), "seed": seed,
-               "metrics": metrics[index] if metrics is not None else {}, "error": error,
-               "cell_seconds": round(seconds, 3), "seeds_in_call": len(missing), "fingerprint": fingerprint}
+               "metrics": outcome.metrics[index] if outcome.metrics is not None else {}, "error": outcome.error,
+               "cell_seconds": round(outcome.seconds, 3), "seeds_in_call": len(missing),
+               "fingerprint": fingerprint}
+        if outcome.vectorized is not None:
+          row["seeds_vectorized"] = outcome.vectorized
         f.write(json.dumps(row, sort_keys=True) + "\n")
         current.append(row)
     bar.update(1)
-    if error is not None:
-      bar.write(f"cell {cell_id(overrides)} FAILED: {error}")
+    if outcome.note is not None:
+      bar.write(f"cell {cell_id(overrides)}: {outcome.note}; its {len(missing)} seeds ran one after another.")
+    if outcome.error is not None:
+      bar.write(f"cell {cell_id(overrides)} FAILED: {outcome.error}")
 
   if workers == 1:
     for overrides, missing in todo:
-      metrics, error, seconds = _run_cell(experiment.function, params_of[cell_id(overrides)], missing)
-      record(overrides, missing, metrics, error, seconds)
+      record(overrides, missing, _run_cell(experiment.function, params_of[cell_id(overrides)], missing, vectorize))
   else:
     context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-      futures = {pool.submit(_run_cell, experiment.function, params_of[cell_id(o)], m): (o, m) for o, m in todo}
+      futures = {pool.submit(_run_cell, experiment.function, params_of[cell_id(o)], m, vectorize): (o, m)
+                 for o, m in todo}
       for future in concurrent.futures.as_completed(futures):
         overrides, missing = futures[future]
-        metrics, error, seconds = future.result()
-        record(overrides, missing, metrics, error, seconds)
+        record(overrides, missing, future.result())
   bar.close()
 
   latest = _latest(current, {cell_id(o) for o in cells}, num_seeds)

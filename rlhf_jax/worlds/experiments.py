@@ -4,7 +4,10 @@ Each is `function(params: dict, seeds: list[int]) -> list[dict[str, float]]` for
 `rlhf_jax.ablate.run`. Seed s fixes the world (`GradedWorld.create(s)`), its pairs and
 its annotators, so every cell of an experiment sees the same worlds for the same seed and
 cells are compared by paired differences. Reward models and policies of all seeds of a
-cell train in one vmapped program (`rlhf_jax.worlds.models`).
+cell train in one vmapped program (`rlhf_jax.worlds.models`). The aggregation cells
+(redundancy, bad_annotators, speed_penalty) are `rlhf_jax.ablate.SeedProgram`s: each
+seed's crowd is simulated on the host (`aggregation_inputs`), and the aggregation of all
+seeds (`aggregate_arrays`: voting, Dawid-Skene, MACE, GLAD) runs in one vmapped program.
 
 Common params: `world` (fields of `WorldConfig`), `crowd` (fields of `CrowdConfig`),
 `reward_model` (fields of `RewardModelConfig`), `costs` (crowd and expert price per label),
@@ -23,13 +26,15 @@ import json
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import feedback
+from rlhf_jax.ablate import vectorize as ablate_vectorize
 from rlhf_jax.worlds import annotate, graded, models
 
-__all__ = ["AGGREGATORS", "aggregate", "base_params", "bad_annotators", "dpo_noise", "expert_review", "redundancy",
-           "speed_penalty"]
+__all__ = ["AGGREGATORS", "aggregate", "aggregate_arrays", "aggregation_inputs", "bad_annotators", "base_params",
+           "dpo_noise", "expert_review", "redundancy", "speed_penalty"]
 
 AGGREGATORS = ("one_label", "majority_vote", "weighted_formula", "dawid_skene", "mace", "glad", "crowd_bt")
 
@@ -71,6 +76,79 @@ def _sigmoid(x):
   return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
 
 
+# Methods whose aggregation runs on the host: item-level Crowd-BT checks the values of its
+# inputs and cannot be traced.
+_HOST_AGGREGATORS = ("crowd_bt",)
+
+
+def aggregation_inputs(method: str, crowd: annotate.CrowdLabels, num_items: int, *,
+                       expert: np.ndarray | None = None, fast_penalty: float = 0.7, seed: int = 0
+                       ) -> dict[str, np.ndarray]:
+  """The host half of `aggregate`: the arrays `aggregate_arrays` reads, for one seed.
+
+  The crowd's flat annotations and the seed; for weighted_formula the annotator weights
+  (`feedback.annotator_metrics` is NumPy work over timestamps and golden answers); for the
+  host methods (crowd_bt) the finished labels and P(a).
+  """
+  if method not in AGGREGATORS:
+    raise ValueError(f"aggregation method: expected one of {AGGREGATORS}, got {method!r}.")
+  inputs = {"items": np.asarray(crowd.items, np.int32), "annotators": np.asarray(crowd.annotators, np.int32),
+            "labels": np.asarray(crowd.labels, np.int32), "seed": np.asarray(seed, np.int32)}
+  m = int(crowd.types.shape[0])
+  if method == "weighted_formula":
+    metrics = feedback.annotator_metrics(
+        crowd.items, crowd.annotators, crowd.labels, timestamps=crowd.timestamps, response_ms=crowd.response_ms,
+        is_golden=crowd.is_golden, golden_labels=crowd.golden_labels, expert_labels=expert,
+        num_annotators=m, num_items=num_items)
+    inputs["annotator_weights"] = np.asarray(feedback.annotator_weights(metrics, fast_penalty=fast_penalty),
+                                             np.float32)
+  elif method == "crowd_bt":
+    result = feedback.crowd_bt(2 * crowd.items, 2 * crowd.items + 1, crowd.annotators,
+                               crowd.labels == feedback.A_PREFERRED, num_items=2 * num_items, num_annotators=m)
+    diff = np.asarray(result.scores, np.float64)[0::2] - np.asarray(result.scores, np.float64)[1::2]
+    inputs["host_labels"] = np.where(diff > 0, feedback.A_PREFERRED, feedback.B_PREFERRED).astype(np.int32)
+    inputs["host_prob_a"] = _sigmoid(diff).astype(np.float32)
+  return inputs
+
+
+def aggregate_arrays(static: tuple[str, int, int], inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The JAX half of `aggregate` for one seed: {"labels": int32 [P], "prob_a": float32 [P]}.
+
+  `static` is (method, num_items, num_annotators). Traceable, so that the seeds of a cell
+  run under one `jax.vmap` (`rlhf_jax.ablate.vectorize`); the host methods pass their
+  labels through.
+  """
+  method, num_items, m = static
+  items, annotators, labels = inputs["items"], inputs["annotators"], inputs["labels"]
+  if method in _HOST_AGGREGATORS:
+    return {"labels": inputs["host_labels"], "prob_a": inputs["host_prob_a"]}
+  if method == "one_label":
+    # The first annotation of each item: the smallest annotation index among its annotations.
+    position = jnp.arange(items.shape[0], dtype=jnp.int32)
+    first = jax.ops.segment_min(position, items, num_segments=num_items)
+    has_label = first < items.shape[0]
+    first_label = jnp.where(has_label, labels[jnp.minimum(first, items.shape[0] - 1)], -1).astype(jnp.int32)
+    return {"labels": first_label, "prob_a": (first_label == feedback.A_PREFERRED).astype(jnp.float32)}
+  common = dict(num_classes=2, num_items=num_items)
+  if method == "majority_vote":
+    result = feedback.majority_vote(items, annotators, labels, num_annotators=m, **common)
+  elif method == "weighted_formula":
+    result = feedback.weighted_vote(items, annotators, labels, annotator_weights=inputs["annotator_weights"],
+                                    **common)
+  elif method == "dawid_skene":
+    result = feedback.dawid_skene(items, annotators, labels, num_annotators=m, smoothing=0.01, **common)
+  elif method == "mace":
+    result = feedback.mace(items, annotators, labels, num_annotators=m, key=jax.random.key(inputs["seed"]),
+                           **common)
+  elif method == "glad":
+    result = feedback.glad(items, annotators, labels, num_annotators=m, **common)
+  else:
+    raise ValueError(f"aggregation method: expected one of {AGGREGATORS}, got {method!r}.")
+  # Only arrays leave the function (a result's extras may hold strings, which vmap refuses).
+  return {"labels": result.labels.astype(jnp.int32),
+          "prob_a": result.posteriors[:, feedback.A_PREFERRED].astype(jnp.float32)}
+
+
 def aggregate(method: str, crowd: annotate.CrowdLabels, num_items: int, *, expert: np.ndarray | None = None,
               fast_penalty: float = 0.7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(labels [P] (0 = a), P(a preferred) [P]) of one aggregation method over crowd labels.
@@ -81,41 +159,11 @@ def aggregate(method: str, crowd: annotate.CrowdLabels, num_items: int, *, exper
   consistency, times `fast_penalty` under 3 s; `expert` gives the expert's labels per item,
   -1 where none). dawid_skene, mace, glad: the `feedback` EM models. crowd_bt: item-level
   Crowd-BT (`feedback.crowd_bt`) with each response an item; P(a) = sigmoid(s_a - s_b).
+  One seed at a time: `aggregation_inputs` on the host, then `aggregate_arrays`.
   """
-  items, annotators, labels = crowd.items, crowd.annotators, crowd.labels
-  m = int(crowd.types.shape[0])
-  if method == "one_label":
-    first = np.full(num_items, -1)
-    order = np.arange(items.shape[0])[::-1]
-    first[items[order]] = labels[order]  # the last write is the first annotation
-    prob_a = (first == feedback.A_PREFERRED).astype(np.float64)
-    return first.astype(np.int32), prob_a
-  if method == "crowd_bt":
-    result = feedback.crowd_bt(2 * items, 2 * items + 1, annotators, labels == feedback.A_PREFERRED,
-                               num_items=2 * num_items, num_annotators=m)
-    scores = np.asarray(result.scores, np.float64)
-    diff = scores[0::2] - scores[1::2]
-    return np.where(diff > 0, feedback.A_PREFERRED, feedback.B_PREFERRED).astype(np.int32), _sigmoid(diff)
-  common = dict(num_classes=2, num_items=num_items)
-  if method == "majority_vote":
-    result = feedback.majority_vote(items, annotators, labels, num_annotators=m, **common)
-  elif method == "weighted_formula":
-    metrics = feedback.annotator_metrics(
-        items, annotators, labels, timestamps=crowd.timestamps, response_ms=crowd.response_ms,
-        is_golden=crowd.is_golden, golden_labels=crowd.golden_labels, expert_labels=expert,
-        num_annotators=m, num_items=num_items)
-    weights = feedback.annotator_weights(metrics, fast_penalty=fast_penalty)
-    result = feedback.weighted_vote(items, annotators, labels, annotator_weights=weights, **common)
-  elif method == "dawid_skene":
-    result = feedback.dawid_skene(items, annotators, labels, num_annotators=m, smoothing=0.01, **common)
-  elif method == "mace":
-    result = feedback.mace(items, annotators, labels, num_annotators=m, key=jax.random.key(seed), **common)
-  elif method == "glad":
-    result = feedback.glad(items, annotators, labels, num_annotators=m, **common)
-  else:
-    raise ValueError(f"aggregation method: expected one of {AGGREGATORS}, got {method!r}.")
-  posteriors = np.asarray(result.posteriors, np.float64)
-  return np.asarray(result.labels, np.int32), posteriors[:, feedback.A_PREFERRED]
+  inputs = aggregation_inputs(method, crowd, num_items, expert=expert, fast_penalty=fast_penalty, seed=seed)
+  out = aggregate_arrays((method, num_items, int(crowd.types.shape[0])), inputs)
+  return np.asarray(out["labels"], np.int32), np.asarray(out["prob_a"], np.float64)
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -158,14 +206,25 @@ def _hh_data(path: str, vocab_size: int, max_length: int):
   return hh.load(path or hh.DEFAULT_PATH, vocab_size=vocab_size, max_length=max_length)
 
 
+_TARGET_AGGREGATOR = {"hard": "majority_vote", "soft": "dawid_skene", "weighted": "dawid_skene"}
+
+
 def _targets(method: str, crowd: annotate.CrowdLabels, pairs: graded.Pairs, seed: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(labels, target P(a), weight) for target hard | soft | weighted | gold."""
+  if method == "gold":
+    return _targets_from(method, None, None, pairs)
+  labels, prob_a = aggregate(_TARGET_AGGREGATOR[method], crowd, len(pairs), seed=seed)
+  return _targets_from(method, labels, prob_a, pairs)
+
+
+def _targets_from(method: str, labels: np.ndarray | None, prob_a: np.ndarray | None, pairs: graded.Pairs
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`_targets` from the aggregated labels and P(a) (of `_TARGET_AGGREGATOR[method]`)."""
   n = len(pairs)
   if method == "gold":
     return (np.where(pairs.gold_prefers_a, 0, 1), pairs.gold_prefers_a.astype(np.float32),
             np.ones(n, np.float32))
-  labels, prob_a = aggregate("majority_vote" if method == "hard" else "dawid_skene", crowd, n, seed=seed)
   if method == "soft":
     return labels, prob_a.astype(np.float32), np.ones(n, np.float32)
   confidence = np.where(labels == feedback.A_PREFERRED, prob_a, 1.0 - prob_a)
@@ -204,30 +263,42 @@ def hh_redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, fl
           for a, la in zip(accuracy, label_acc)]
 
 
-def redundancy(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
-  """Ablation 1: `budget` crowd labels as `annotations_per_item` labels on budget / r pairs.
+def _redundancy_prepare(params: dict[str, Any], seed: int) -> tuple[dict[str, np.ndarray], graded.Pairs]:
+  r = int(params["annotations_per_item"])
+  num_pairs = int(params["budget"]) // r
+  world_key = _key(params["world"])
+  pairs = _pairs(seed, world_key, int(params["budget"]), "train").take(np.arange(num_pairs))
+  if params["target"] == "gold":
+    return {}, pairs  # the gold preference: nothing to aggregate
+  crowd = _crowd_cached(seed, world_key, int(params["budget"]), num_pairs,
+                        _key({**params["crowd"], "annotations_per_item": r}))
+  return aggregation_inputs(_TARGET_AGGREGATOR[params["target"]], crowd, num_pairs, seed=seed), pairs
+
+
+def _redundancy_finish(params: dict[str, Any], seeds: list[int], contexts: list[graded.Pairs],
+                       outputs: list[dict[str, np.ndarray]]) -> list[dict[str, float]]:
+  target, weight, label_acc = [], [], []
+  for pairs, out in zip(contexts, outputs):
+    labels, t, w = _targets_from(params["target"], out.get("labels"), out.get("prob_a"), pairs)
+    target.append(t)
+    weight.append(w)
+    label_acc.append(_label_accuracy(labels, pairs))
+  accuracy = _train_rm(params, seeds, contexts, target, weight)
+  return [{"rm_accuracy": float(a), "label_accuracy": la, "training_pairs": float(len(contexts[0])),
+           "cost": float(params["budget"]) * params["costs"]["crowd"]} for a, la in zip(accuracy, label_acc)]
+
+
+redundancy = ablate_vectorize.SeedProgram(
+    prepare=_redundancy_prepare, compute=aggregate_arrays, finish=_redundancy_finish,
+    static_of=lambda params: (_TARGET_AGGREGATOR.get(params["target"], "none"),
+                              int(params["budget"]) // int(params["annotations_per_item"]),
+                              int(params["crowd"]["num_annotators"])),
+    doc="""Ablation 1: `budget` crowd labels as `annotations_per_item` labels on budget / r pairs.
 
   `target`: hard (majority vote label, weight 1), soft (Dawid-Skene posterior P(a) as the
   target, weight 1), weighted (Dawid-Skene label, weight = its posterior confidence), or
   gold (the noise-free gold preference of the same pairs: the ceiling of that volume).
-  """
-  r = int(params["annotations_per_item"])
-  num_pairs = int(params["budget"]) // r
-  world_key = _key(params["world"])
-  crowd_key = _key({**params["crowd"], "annotations_per_item": r})
-  train, target, weight, label_acc = [], [], [], []
-  for s in seeds:
-    pairs = _pairs(s, world_key, int(params["budget"]), "train").take(np.arange(num_pairs))
-    train.append(pairs)
-    crowd = None if params["target"] == "gold" else _crowd_cached(s, world_key, int(params["budget"]), num_pairs,
-                                                                    crowd_key)
-    labels, t, w = _targets(params["target"], crowd, pairs, s)
-    target.append(t)
-    weight.append(w)
-    label_acc.append(_label_accuracy(labels, pairs))
-  accuracy = _train_rm(params, seeds, train, target, weight)
-  return [{"rm_accuracy": float(a), "label_accuracy": la, "training_pairs": float(num_pairs),
-           "cost": float(params["budget"]) * params["costs"]["crowd"]} for a, la in zip(accuracy, label_acc)]
+  A `SeedProgram`: every seed's aggregation in one vmapped program, then the reward models.""")
 
 
 @functools.lru_cache(maxsize=64)
@@ -255,61 +326,82 @@ def _bad_shares(bad_share: float, kind: str) -> dict[str, float]:
   return shares
 
 
-def bad_annotators(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
-  """Ablation 3: a share `bad_share` of bad annotators (`bad_kind`: spammer, adversary,
-  position_biased or mixed thirds) and one aggregation `method` (AGGREGATORS, or
-  crowd_bt_joint: the reward model trained on the raw annotations with Crowd-BT and a
-  learned reliability per annotator). Experts label `expert_rate` of the pairs (for the
-  weighted formula's expert agreement)."""
-  num_pairs = int(params["num_pairs"])
-  shares = _bad_shares(float(params["bad_share"]), params["bad_kind"])
-  train, target, weight, label_acc, annotator = [], [], [], [], []
-  world_key = _key(params["world"])
-  for s in seeds:
-    pairs = _pairs(s, world_key, num_pairs, "train")
-    crowd = _crowd_cached(s, world_key, num_pairs, num_pairs, _key({**params["crowd"], **shares}))
-    rng = np.random.default_rng([s, 0xE1])
-    expert = np.where(rng.random(num_pairs) < params["expert_rate"],
-                      annotate.expert_labels(s, pairs.difference, params["crowd"].get("expert_temperature", annotate.CrowdConfig.expert_temperature)), -1)
-    if params["method"] == "crowd_bt_joint":
-      train.append(pairs.take(crowd.items))
-      target.append((crowd.labels == feedback.A_PREFERRED).astype(np.float32))
-      weight.append(np.ones(crowd.num_annotations, np.float32))
-      annotator.append(crowd.annotators)
-      label_acc.append(np.nan)
-      continue
-    labels, _ = aggregate(params["method"], crowd, num_pairs, expert=expert, seed=s)
+def _train_on_labels(params: dict[str, Any], seeds: list[int], contexts: list[tuple[graded.Pairs, Any]],
+                     outputs: list[dict[str, np.ndarray]]) -> list[dict[str, float]]:
+  """The last stage of the aggregation cells: label accuracy of each seed's aggregated
+  labels, and a reward model per seed on them (hard targets, weight 1), all seeds in one
+  vmapped program."""
+  train, target, weight, label_acc = [], [], [], []
+  for (pairs, _), out in zip(contexts, outputs):
+    labels = np.asarray(out["labels"], np.int32)
     train.append(pairs)
     target.append((labels == feedback.A_PREFERRED).astype(np.float32))
-    weight.append(np.ones(num_pairs, np.float32))
+    weight.append(np.ones(len(pairs), np.float32))
     label_acc.append(_label_accuracy(labels, pairs))
-  if params["method"] == "crowd_bt_joint":
-    accuracy = _train_rm(params, seeds, train, target, weight, annotator=annotator,
-                         num_annotators=int(params["crowd"].get("num_annotators", annotate.CrowdConfig.num_annotators)))
-  else:
-    accuracy = _train_rm(params, seeds, train, target, weight)
+  accuracy = _train_rm(params, seeds, train, target, weight)
   return [{"rm_accuracy": float(a), "label_accuracy": float(la)} for a, la in zip(accuracy, label_acc)]
 
 
-def speed_penalty(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
-  """Ablation 5: the weighted formula with the speed penalty (`fast_penalty` < 1) or
-  without (1.0), with a share `fast_share` of fast random clickers in the pool."""
+def _aggregation_static(params: dict[str, Any], method: str) -> tuple[str, int, int]:
+  return (method, int(params["num_pairs"]), int(params["crowd"]["num_annotators"]))
+
+
+def _bad_annotators_prepare(params: dict[str, Any], seed: int) -> tuple[dict[str, np.ndarray], tuple]:
+  num_pairs = int(params["num_pairs"])
+  shares = _bad_shares(float(params["bad_share"]), params["bad_kind"])
+  world_key = _key(params["world"])
+  pairs = _pairs(seed, world_key, num_pairs, "train")
+  crowd = _crowd_cached(seed, world_key, num_pairs, num_pairs, _key({**params["crowd"], **shares}))
+  if params["method"] == "crowd_bt_joint":
+    return {}, (pairs, crowd)  # no aggregation: the reward model reads the annotations
+  rng = np.random.default_rng([seed, 0xE1])
+  expert = np.where(rng.random(num_pairs) < params["expert_rate"],
+                    annotate.expert_labels(seed, pairs.difference, params["crowd"]["expert_temperature"]), -1)
+  return aggregation_inputs(params["method"], crowd, num_pairs, expert=expert, seed=seed), (pairs, crowd)
+
+
+def _bad_annotators_finish(params: dict[str, Any], seeds: list[int], contexts: list[tuple],
+                           outputs: list[dict[str, np.ndarray]]) -> list[dict[str, float]]:
+  if params["method"] != "crowd_bt_joint":
+    return _train_on_labels(params, seeds, contexts, outputs)
+  train = [pairs.take(crowd.items) for pairs, crowd in contexts]
+  target = [(crowd.labels == feedback.A_PREFERRED).astype(np.float32) for _, crowd in contexts]
+  weight = [np.ones(crowd.num_annotations, np.float32) for _, crowd in contexts]
+  accuracy = _train_rm(params, seeds, train, target, weight, annotator=[crowd.annotators for _, crowd in contexts],
+                       num_annotators=int(params["crowd"]["num_annotators"]))
+  return [{"rm_accuracy": float(a), "label_accuracy": float("nan")} for a in accuracy]
+
+
+bad_annotators = ablate_vectorize.SeedProgram(
+    prepare=_bad_annotators_prepare, compute=aggregate_arrays, finish=_bad_annotators_finish,
+    static_of=lambda params: _aggregation_static(params, params["method"]),
+    doc="""Ablation 3: a share `bad_share` of bad annotators (`bad_kind`: spammer, adversary,
+  position_biased or mixed thirds) and one aggregation `method` (AGGREGATORS, or
+  crowd_bt_joint: the reward model trained on the raw annotations with Crowd-BT and a
+  learned reliability per annotator). Experts label `expert_rate` of the pairs (for the
+  weighted formula's expert agreement). A `SeedProgram`: every seed's aggregation in one
+  vmapped program (`aggregate_arrays`), then every seed's reward model in another.""")
+
+
+def _speed_penalty_prepare(params: dict[str, Any], seed: int) -> tuple[dict[str, np.ndarray], tuple]:
   num_pairs = int(params["num_pairs"])
   fast = float(params["fast_share"])
   shares = {f"{name}_share": 0.0 for name in feedback.ANNOTATOR_TYPES}
   shares.update(good_share=1.0 - fast, fast_share=fast)
   world_key = _key(params["world"])
-  train, target, weight, label_acc = [], [], [], []
-  for s in seeds:
-    pairs = _pairs(s, world_key, num_pairs, "train")
-    crowd = _crowd_cached(s, world_key, num_pairs, num_pairs, _key({**params["crowd"], **shares}))
-    labels, _ = aggregate("weighted_formula", crowd, num_pairs, fast_penalty=float(params["fast_penalty"]), seed=s)
-    train.append(pairs)
-    target.append((labels == feedback.A_PREFERRED).astype(np.float32))
-    weight.append(np.ones(num_pairs, np.float32))
-    label_acc.append(_label_accuracy(labels, pairs))
-  accuracy = _train_rm(params, seeds, train, target, weight)
-  return [{"rm_accuracy": float(a), "label_accuracy": float(la)} for a, la in zip(accuracy, label_acc)]
+  pairs = _pairs(seed, world_key, num_pairs, "train")
+  crowd = _crowd_cached(seed, world_key, num_pairs, num_pairs, _key({**params["crowd"], **shares}))
+  inputs = aggregation_inputs("weighted_formula", crowd, num_pairs, fast_penalty=float(params["fast_penalty"]),
+                              seed=seed)
+  return inputs, (pairs, crowd)
+
+
+speed_penalty = ablate_vectorize.SeedProgram(
+    prepare=_speed_penalty_prepare, compute=aggregate_arrays, finish=_train_on_labels,
+    static_of=lambda params: _aggregation_static(params, "weighted_formula"),
+    doc="""Ablation 5: the weighted formula with the speed penalty (`fast_penalty` < 1) or
+  without (1.0), with a share `fast_share` of fast random clickers in the pool. A
+  `SeedProgram`: every seed's weighted vote in one vmapped program, then the reward models.""")
 
 
 def expert_review(params: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:

@@ -44,6 +44,14 @@ def test_runtime_shares_each_call_among_its_seeds():
   assert report.runtime_seconds(rows) == pytest.approx(8.0)
 
 
+def test_vectorized_cells_need_every_seed_vmapped():
+  rows = [{"cell": "a", "seeds_vectorized": True}, {"cell": "a", "seeds_vectorized": True},
+          {"cell": "b", "seeds_vectorized": True}, {"cell": "b", "seeds_vectorized": False},
+          {"cell": "c", "seeds_vectorized": False}, {"cell": "d"}]
+  assert report.vectorized_cells(rows) == (1, 3)  # a only; d is a plain cell function
+  assert report.vectorized_cells([{"cell": "d"}]) == (0, 0)
+
+
 def test_plots_and_kept_conclusion(tmp_path):
   experiment = _experiment(plots=[
       {"metric": "m", "x": "a", "series": "b", "file": "m.png"},
