@@ -15,8 +15,9 @@ A cell function (`runner`'s `function(params, seeds) -> [metrics per seed]`) may
 with `static = static_of(params)` the hashable settings `compute` branches on (a method
 name, static sizes). `run_seeds` stacks the seeds' inputs along a new leading axis and
 runs `jax.jit(jax.vmap(compute))` once when every seed's inputs have the same tree,
-shapes and dtypes; otherwise (or with `vectorize=False`) it runs the jitted `compute`
-once per seed, and says why in `SeedRun.note`. Inputs without arrays ({}) skip the JAX
+shapes and dtypes and `sequential_because(params)` gives no reason against it;
+otherwise (or with `vectorize=False`) it runs the jitted `compute` once per seed, and
+says why in `SeedRun.note`. Inputs without arrays ({}) skip the JAX
 stage (all the work is then in `finish`). Both paths compute the same per-seed
 function, so their results agree to float tolerance (a vmapped `lax.while_loop` runs
 until every seed has stopped, but a stopped seed's state no longer changes).
@@ -54,6 +55,9 @@ class SeedProgram:
   compute: Callable[[Hashable, Arrays], Arrays]
   finish: Callable[[dict[str, Any], list[int], list[Any], list[Arrays]], list[dict[str, float]]]
   static_of: Callable[[dict[str, Any]], Hashable] = lambda params: None
+  # Why these params run seed after seed although shapes agree (None: vmap them), e.g. a
+  # method whose vmapped line search costs more than the seeds one after another.
+  sequential_because: Callable[[dict[str, Any]], str | None] = lambda params: None
   doc: str = ""  # what the cell computes (the docstring a plain cell function would have)
 
   def __call__(self, params: dict[str, Any], seeds: Sequence[int]) -> list[dict[str, float]]:
@@ -113,6 +117,8 @@ def run_seeds(program: SeedProgram, params: dict[str, Any], seeds: Sequence[int]
   contexts = [p[1] for p in prepared]
   static = program.static_of(params)
   note = shape_mismatch(inputs, seeds) if len(seeds) > 1 else None
+  if note is None and len(seeds) > 1:
+    note = program.sequential_because(params)
   if not jax.tree.leaves(inputs[0]) and note is None:
     # No JAX stage for these params (the work is all in `finish`): nothing runs per seed.
     outputs, vectorized = [{} for _ in seeds], True

@@ -375,6 +375,9 @@ def _bad_annotators_finish(params: dict[str, Any], seeds: list[int], contexts: l
 bad_annotators = ablate_vectorize.SeedProgram(
     prepare=_bad_annotators_prepare, compute=aggregate_arrays, finish=_bad_annotators_finish,
     static_of=lambda params: _aggregation_static(params, params["method"]),
+    sequential_because=lambda params: (
+        "GLAD's L-BFGS line search moves every seed in lockstep (6.5x slower vmapped on 2 CPU cores)"
+        if params["method"] == "glad" else None),
     doc="""Ablation 3: a share `bad_share` of bad annotators (`bad_kind`: spammer, adversary,
   position_biased or mixed thirds) and one aggregation `method` (AGGREGATORS, or
   crowd_bt_joint: the reward model trained on the raw annotations with Crowd-BT and a

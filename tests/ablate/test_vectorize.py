@@ -163,3 +163,18 @@ def test_program_called_directly_is_a_cell_function():
   direct = toy.program(params, [0, 1])
   for seed, metrics in zip([0, 1], direct):
     np.testing.assert_allclose(metrics["mean_root"], np.mean(np.sqrt(_data(params, seed))), rtol=1e-5)
+
+
+def test_a_program_may_choose_seed_after_seed_and_says_why():
+  toy = Program()
+  program = vectorize.SeedProgram(prepare=toy.prepare, compute=_newton_sqrt, finish=toy.finish,
+                                  static_of=lambda params: params["tol"],
+                                  sequential_because=lambda params: "slow vmapped" if params["scale"] > 1 else None)
+  params = {"tol": 1e-4, "ragged": False, "scale": 2.0}
+  chosen = vectorize.run_seeds(program, params, [0, 1, 2])
+  assert (chosen.vectorized, chosen.note) == (False, "slow vmapped")
+  vmapped = vectorize.run_seeds(program, {**params, "scale": 1.0}, [0, 1, 2])
+  assert (vmapped.vectorized, vmapped.note) == (True, None)
+  for seed, metrics in zip([0, 1, 2], chosen.metrics):
+    root, _ = _newton_steps_numpy(_data(params, seed), 1e-4)
+    np.testing.assert_allclose(metrics["mean_root"], np.mean(root), rtol=1e-5)
