@@ -21,9 +21,11 @@ import jax.numpy as jnp
 
 from rlhf_jax.feedback.types import AggregationResult
 
-__all__ = ["EStep", "MStep", "PROB_FLOOR", "Params", "argmax_result", "class_counts", "confusion_e_step",
-           "e_step_core", "item_counts", "normalized_log", "per_annotator_mean", "posteriors_from_log_joint",
-           "run_em", "vote_share_init"]
+__all__ = [
+    "EStep", "MStep", "PROB_FLOOR", "Params", "argmax_result", "class_counts", "confusion_e_step",
+    "e_step_core", "item_counts", "normalized_log", "per_annotator_mean",
+    "posteriors_from_log_joint", "run_em", "vote_share_init",
+]
 
 # Probabilities are floored here before a log, as crowd-kit's DawidSkene clips its
 # error matrices and priors at 1e-10: an answer never seen under some true class keeps
@@ -123,7 +125,9 @@ MStep = Callable[[jax.Array, Params], Params]
 EStep = Callable[[Params], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def confusion_e_step(items: jax.Array, annotators: jax.Array, labels: jax.Array, num_items: int) -> EStep:
+def confusion_e_step(
+    items: jax.Array, annotators: jax.Array, labels: jax.Array, num_items: int
+) -> EStep:
   """The Dawid-Skene family's E-step (`e_step_core`) as an `EStep`.
 
   It reads "log_confusion" [A, K, K], "log_class_prior" [K] and "log_prior_density"

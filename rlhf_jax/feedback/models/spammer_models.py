@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +40,12 @@ from jax.typing import ArrayLike
 
 from rlhf_jax import _checks
 from rlhf_jax.feedback.models._arrays import annotation_arrays, check_size
-from rlhf_jax.feedback.models.em import argmax_result, per_annotator_mean, posteriors_from_log_joint, run_em
+from rlhf_jax.feedback.models.em import (
+    argmax_result,
+    per_annotator_mean,
+    posteriors_from_log_joint,
+    run_em,
+)
 from rlhf_jax.feedback.types import AggregationResult
 
 __all__ = [
@@ -59,21 +63,6 @@ _TINY = 1e-30
 # --------------------------------------------------------------------------------------
 # Argument checks shared by both models.
 # --------------------------------------------------------------------------------------
-
-
-def _prepare(
-    items: ArrayLike,
-    annotators: ArrayLike,
-    labels: ArrayLike,
-    num_classes: int,
-    num_items: int | None,
-    num_annotators: int | None,
-) -> tuple[jax.Array, jax.Array, jax.Array, int, int, int]:
-  """Validates the flat annotation arrays (`_arrays.annotation_arrays`), resolves the sizes."""
-  items, annotators, labels, num_items, num_annotators = annotation_arrays(
-      items, annotators, labels, num_classes=num_classes, num_items=num_items,
-      num_annotators=num_annotators)
-  return items, annotators, labels, int(num_classes), num_items, num_annotators
 
 
 def _as_class_prior(class_prior: ArrayLike | None, num_classes: int) -> jax.Array:
@@ -178,8 +167,9 @@ def mace_log_likelihood(
         f"`competence` must have shape (num_annotators,) = ({num_annotators},) like the rows "
         f"of `spam_strategy` {spam_strategy.shape}, got {competence.shape}."
     )
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, num_items, num_annotators
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=num_items,
+      num_annotators=num_annotators,
   )
   return _mace_log_likelihood_jit(
       items,
@@ -367,11 +357,15 @@ def _mace_fit(
         "strategy_posterior": jnp.zeros((num_annotators, num_classes)),
     }
     posteriors, _ = e_step(params)
-    return run_em(posteriors, params, m_step, e_step, num_iters=num_iters, tol=None, refit_last=False)
+    return run_em(
+        posteriors, params, m_step, e_step, num_iters=num_iters, tol=None, refit_last=False
+    )
 
   # One draw for all restarts; crowd-kit's initialisation, normalised U(1, 2.5).
   posteriors, params, trace = jax.vmap(fit_one)(
-      jax.random.uniform(key, (num_restarts, num_annotators, 2 + num_classes), minval=1.0, maxval=2.5)
+      jax.random.uniform(
+          key, (num_restarts, num_annotators, 2 + num_classes), minval=1.0, maxval=2.5
+      )
   )
   best = jnp.argmax(trace["objective"][:, -1])
   posteriors = posteriors[best]
@@ -478,8 +472,9 @@ def mace(
     (observed-data log-likelihood at the returned `competence`, `spam_strategy` and
     `class_prior`), `restart_objectives` [num_restarts], `best_restart`.
   """
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, num_items, num_annotators
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=num_items,
+      num_annotators=num_annotators,
   )
   num_iters = check_size(num_iters, "num_iters")
   num_restarts = check_size(num_restarts, "num_restarts")
@@ -587,8 +582,9 @@ def glad_log_likelihood(
   log_beta = _checks.as_float(log_beta, "log_beta")
   _checks.check_rank(ability, "ability", 1)
   _checks.check_rank(log_beta, "log_beta", 1)
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, log_beta.shape[0], ability.shape[0]
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=log_beta.shape[0],
+      num_annotators=ability.shape[0],
   )
   log_class_prior = jnp.log(_as_class_prior(class_prior, num_classes))
   return _glad_log_likelihood_jit(
@@ -667,8 +663,9 @@ def glad_m_step_objective(
   log_beta = _checks.as_float(log_beta, "log_beta")
   posteriors = _checks.as_float(posteriors, "posteriors")
   _checks.check_rank(posteriors, "posteriors", 2)
-  items, annotators, labels, num_classes, _, _ = _prepare(
-      items, annotators, labels, num_classes, log_beta.shape[0], ability.shape[0]
+  items, annotators, labels, _, _ = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=log_beta.shape[0],
+      num_annotators=ability.shape[0],
   )
   if posteriors.shape != (log_beta.shape[0], num_classes):
     raise ValueError(
@@ -841,8 +838,9 @@ def glad(
     `log_likelihood_trace` [num_iters], `log_likelihood` (final observed-data
     log-likelihood).
   """
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, num_items, num_annotators
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=num_items,
+      num_annotators=num_annotators,
   )
   num_iters = check_size(num_iters, "num_iters")
   m_step_iters = check_size(m_step_iters, "m_step_iters")
