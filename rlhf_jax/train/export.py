@@ -28,19 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import jax
 
 from rlhf_jax import data as data_lib
 from rlhf_jax import hf, models
 from rlhf_jax.models import lora
-from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks, pretrained
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import sampling
 from rlhf_jax.train import score as score_lib
-from rlhf_jax.train import state as state_lib
 
 __all__ = ["LORA_FORMATS", "PARTS", "ExportError", "export_run", "load_run"]
 
@@ -113,20 +110,13 @@ def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Mo
   vocab = _vocab_size(config, tokenizer)
   step, step_dir = score_lib.latest_checkpoint(workdir)
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  rules = components_lib.axis_rules(mesh)
   if part == "value":
     value_config = _value_config(config, vocab)
     full = networks.build_model(config_lib.model_settings(config), vocab, "policy_value", value_config=value_config)
     model = models.ValueModel(full.value_config)
   else:
     model = networks.build_model(config_lib.model_settings(config), vocab, "reward" if part == "reward" else "policy")
-  init = state_lib.init_params_fn(model, batch_size=mesh_lib.data_parallel_size(mesh),
-                                  length=min(8, model.config.max_len))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init, jax.random.key(0))
-  shardings = mesh_lib.param_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          mesh_lib.unbox_values(boxed), shardings)
+  abstract = score_lib.abstract_params(model, mesh)
   if objective.value_model:
     name = "value" if part == "value" else "policy"
     params = score_lib.restore_params(step_dir, {name: abstract})[name]
