@@ -51,20 +51,6 @@ class ExportError(ValueError):
   """A run that cannot be exported as asked (the message says why and what to do)."""
 
 
-def _run_config(workdir: Path) -> dict[str, Any]:
-  """The plain values of a run's stored config.json."""
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise ExportError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
-  try:
-    values = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, json.JSONDecodeError) as error:
-    raise ExportError(f"{path}: cannot read it as JSON ({error}).") from None
-  if not isinstance(values, dict):
-    raise ExportError(f"{path}: does not hold a config (a JSON object).")
-  return values
-
-
 def _tokenizer(workdir: Path, config: dict[str, Any]) -> Any:
   """The run's tokenizer (a pretrained checkpoint's own), or None for a run on the toy data."""
   if not config["data"].get("train"):
@@ -84,7 +70,8 @@ def _value_config(config: dict[str, Any], vocab_size: int) -> models.Transformer
   if config["model"].get("value_init") != "reward_model":
     return None
   reward_dir = Path(str(config["reward"]["checkpoints"]).split(",")[0].strip())
-  return networks.model_config(config_lib.model_settings(_run_config(reward_dir)), vocab_size)
+  reward_config = score_lib.read_run_config(reward_dir, ExportError)
+  return networks.model_config(config_lib.model_settings(reward_config), vocab_size)
 
 
 def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Module, Any, Any, int]:
@@ -95,7 +82,7 @@ def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Mo
   workdir = Path(workdir)
   if part not in PARTS:
     raise ExportError(f"part must be one of {', '.join(PARTS)}; got {part!r}.")
-  config = _run_config(workdir)
+  config = score_lib.read_run_config(workdir, ExportError)
   objective = objectives_lib.get(config["objective"])
   kind = objective.model
   if part == "auto":
@@ -150,7 +137,7 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   adapters = lora.enabled(config)
   counts = lora.param_counts(params)
   if adapters and lora_format == "peft":
-    run_config = _run_config(workdir)
+    run_config = score_lib.read_run_config(workdir, ExportError)
     base = str(pretrained.checkpoint_path(run_config["model"]["init_from"]))
     hf.save_adapters(output, model, params, base_model_name_or_path=base, dtype=dtype or config.param_dtype)
     if tokenizer is not None and callable(getattr(tokenizer, "save", None)):

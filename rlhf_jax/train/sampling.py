@@ -282,14 +282,7 @@ def _run_config(workdir: Path) -> dict[str, Any]:
   if not workdir.is_dir():
     raise SampleError(f"{workdir}: no such run directory (expected the --workdir of a run of scripts/train.py).")
   path = workdir / "config.json"
-  if not path.is_file():
-    raise SampleError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
-  try:
-    config = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, json.JSONDecodeError) as error:
-    raise SampleError(f"{path}: cannot read it as JSON ({error}).") from None
-  if not isinstance(config, dict):
-    raise SampleError(f"{path}: does not hold a config (a JSON object).")
+  config = score_lib.read_run_config(workdir, SampleError)
   try:
     kind = objectives_lib.get(config.get("objective")).model
   except (KeyError, ValueError) as error:

@@ -65,6 +65,7 @@ __all__ = [
     "fresh_file_paths",
     "latest_checkpoint",
     "load_reward_model",
+    "read_run_config",
     "restore_params",
     "run_tokenizer",
     "score_file",
@@ -96,11 +97,26 @@ def latest_checkpoint(workdir: str | os.PathLike[str]) -> tuple[int, Path]:
   return steps[-1], directory / str(steps[-1])
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, error: type[Exception] = ScoreError) -> Any:
   try:
     return json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, json.JSONDecodeError) as error:
-    raise ScoreError(f"{path}: cannot read it as JSON ({error}).") from None
+  except (OSError, json.JSONDecodeError) as reason:
+    raise error(f"{path}: cannot read it as JSON ({reason}).") from None
+
+
+def read_run_config(workdir: Path, error: type[Exception]) -> dict[str, Any]:
+  """The plain values of the config.json of a run of scripts/train.py in `workdir`.
+
+  Raises `error` (the caller's: ScoreError, SampleError, ExportError) naming the file
+  when it is missing, is not JSON or does not hold a JSON object.
+  """
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise error(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
+  config = _read_json(path, error)
+  if not isinstance(config, dict):
+    raise error(f"{path}: does not hold a config (a JSON object).")
+  return config
 
 
 def _run_config(workdir: Path) -> dict[str, Any]:
@@ -108,14 +124,10 @@ def _run_config(workdir: Path) -> dict[str, Any]:
   if not workdir.is_dir():
     raise ScoreError(f"{workdir}: no such run directory (expected the --workdir of a reward-model run of "
                      "scripts/train.py).")
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise ScoreError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
-  config = _read_json(path)
-  if not isinstance(config, dict) or config.get("objective") != "reward_model":
-    objective = config.get("objective") if isinstance(config, dict) else None
-    raise ScoreError(f"{path}: the run trained objective {objective!r}; scoring needs a "
-                     "reward model (configs/reward_model.py).")
+  config = read_run_config(workdir, ScoreError)
+  if config.get("objective") != "reward_model":
+    raise ScoreError(f"{workdir / 'config.json'}: the run trained objective {config.get('objective')!r}; scoring "
+                     "needs a reward model (configs/reward_model.py).")
   if not config["data"]["train"]:
     raise ScoreError(f"{workdir}: the run trained on the synthetic toy data (token ids, no tokenizer), so it "
                      "cannot score text; train the reward model on a data file (--config.data.train=...).")
