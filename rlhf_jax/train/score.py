@@ -603,7 +603,8 @@ def score_file(
   summary = write_file_job(input_path, output_path, rejects_path, records, read=report.read, done=len(records),
                            rejected=rejected, done_name="scored")
   return {
-      **summary, "kind": kind, "format": report.format, "read": report.read, "scored": len(records), "rejected": rejected,
+      **summary, "kind": kind, "format": report.format, "read": report.read, "scored": len(records),
+      "rejected": rejected,
       "reject_reasons": {**report.reasons, **({"empty_after_truncation": len(unscored)} if unscored else {})},
       "truncated": truncated, "workdir": os.fspath(scorer.workdir), "checkpoint_step": scorer.step,
       **{k: (_finite(v) if isinstance(v, float) else v) for k, v in metrics.items()},
