@@ -48,8 +48,6 @@ NO_MIRROR = {
 # split out. The test below fails when one of these gains its mirror (take it off the
 # list) and when any other module lacks one.
 NOT_YET_MIRRORED = {
-    "feedback/types.py": "tests/feedback/* (the types every feedback module shares)",
-    "feedback/workflow/report.py": "tests/feedback/workflow/test_pipeline.py (the files the pipeline writes)",
     "models/hf/peft.py": "tests/models/test_lora.py (PEFT names and values), tests/train/test_export.py",
 }
 

@@ -9,7 +9,7 @@ For pairwise preferences the classes are `A_PREFERRED = 0`, `B_PREFERRED = 1`, `
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -46,8 +46,27 @@ class AggregationResult(NamedTuple):
   extras: dict[str, Any]
 
 
+class IdTables:
+  """`num_items` and `num_annotators` of whatever keeps the tables index -> id.
+
+  Shared by `EncodedAnnotations` (one file) and the streaming aggregator (all batches so
+  far), so that both count items and annotators the same way: by their id tables.
+  """
+
+  item_ids: Sequence[str]  # item index -> id in the input
+  annotator_ids: Sequence[str]  # annotator index -> id in the input
+
+  @property
+  def num_items(self) -> int:
+    return len(self.item_ids)
+
+  @property
+  def num_annotators(self) -> int:
+    return len(self.annotator_ids)
+
+
 @dataclasses.dataclass(frozen=True)
-class EncodedAnnotations:
+class EncodedAnnotations(IdTables):
   """Annotations read from a file and encoded to flat arrays, with lineage.
 
   The integer arrays are what the algorithms take; the id tables map indices back to the
@@ -69,14 +88,6 @@ class EncodedAnnotations:
   golden_labels: np.ndarray | None = None  # [N] int32 known answer, -1 if not golden
   guideline_versions: tuple[str, ...] | None = None  # [N] guideline version per annotation
   item_payloads: tuple[dict[str, Any], ...] | None = None  # per item: prompt, responses
-
-  @property
-  def num_items(self) -> int:
-    return len(self.item_ids)
-
-  @property
-  def num_annotators(self) -> int:
-    return len(self.annotator_ids)
 
   @property
   def num_classes(self) -> int:

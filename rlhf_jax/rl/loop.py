@@ -41,7 +41,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -67,7 +67,7 @@ from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import optim, pretrained, rundir
 from rlhf_jax.train import score as score_lib
 from rlhf_jax.train import state as state_lib
-from rlhf_jax.train.loop import TrainingError
+from rlhf_jax.train.loop import record_train_metrics
 
 __all__ = ["OnlineComponents", "PromptInfo", "RolloutSettings", "build", "read_reward_settings", "train"]
 
@@ -438,10 +438,6 @@ def _finite(value: float) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def _format(metrics: Mapping[str, float], names: tuple[str, ...]) -> str:
-  return " ".join(f"{n}={metrics[n]:.4g}" for n in names if n in metrics)
-
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -574,13 +570,8 @@ def train(config: Any, workdir: str | os.PathLike[str], *, stop_at_step: int | N
           f"train.steps {config.train.steps} is below the iteration {latest} of the checkpoint in "
           f"{checkpointer.directory}; give train.steps >= {latest} to resume, or --force_new to start afresh.")
     reward_source = rewards_lib.make_reward_source(reward_settings, mesh=mesh)
-    rundir.write_config(workdir, config.to_dict())
-    changed = {}
-    if resume.changed:
-      _log.info("resuming %s with changed %s", workdir, rundir.describe(resume.changed))
-      changed = {"changed": {k: list(v) for k, v in resume.changed.items()}}
-    rundir.write_run_info(workdir, mesh=dict(mesh.shape), data=prompts.provenance, reward=reward_source.describe(),
-                          host_memory=host_memory.status(), inputs=inputs, **changed)
+    rundir.write_start(workdir, config.to_dict(), resume, mesh=dict(mesh.shape), data=prompts.provenance,
+                       reward=reward_source.describe(), host_memory=host_memory.status(), inputs=inputs)
     return _train(config, parts, workdir, checkpointer, latest, prompts, reward_source, reward_settings,
                   rollout_settings, reward_heads, start_time, stop_at_step)
   finally:
@@ -660,26 +651,19 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
   if config.train.progress_bar and jax.process_index() == 0:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     progress = tqdm(total=total, initial=step, desc=config.objective, unit="it", dynamic_ncols=True)
-  preempted = False
-  last_saved = step
 
-  def save() -> None:
-    nonlocal last_saved
-    if last_saved != step:
-      train_state = state.train
-      if adapters:  # only the adapters and heads: the base is model.init_from's
-        train_state = train_state.replace(params=pretrained.checkpoint_params(train_state.params))
-      checkpointer.save(step, train_state, {**iterator.state(), _KL_COEF: float(jax.device_get(state.kl_coef))})
-      last_saved = step
+  def snapshot() -> tuple[Any, dict[str, Any]]:
+    train_state = state.train
+    if adapters:  # only the adapters and heads: the base is model.init_from's
+      train_state = train_state.replace(params=pretrained.checkpoint_params(train_state.params))
+    return train_state, {**iterator.state(), _KL_COEF: float(jax.device_get(state.kl_coef))}
 
+  saves = checkpoint_lib.LoopSaves(checkpointer, snapshot, step=step, total=total, every=checkpoint_every,
+                                   stop_at_step=stop_at_step, unit="iteration")
   try:
-    with checkpoint_lib.StopRequest() as stop:
+    with saves:
       while step < total:
-        # Checked before each iteration, so that a run already at `stop_at_step` stops there.
-        if (stop_at_step is not None and step >= stop_at_step) or stop.any_process():
-          save()
-          preempted = True
-          _log.warning("stopping at iteration %d (checkpoint saved); rerun to resume.", step)
+        if saves.stop_here(step):
           break
         host_batch = iterator.next()
         device_prompts = mesh_lib.shard_batch(host_batch, mesh)
@@ -717,15 +701,10 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
               logged[name] = metrics[name]
           logged["update_skipped"] = float(sum(m.get("update_skipped", 0.0) for m in window))
           window = []
-          writer.write(step, logged, split="train")
-          results.update({f"train/{k}": v for k, v in logged.items()})
-          if progress is not None:
-            progress.set_postfix_str(_format(logged, ("reward_mean", "kl", "loss")))
-          if logged.get("consecutive_skips", 0) > int(config.optim.max_consecutive_skips):
-            raise TrainingError(
-                f"iteration {step}: {int(logged['consecutive_skips'])} consecutive updates were skipped because "
-                "the gradient was not finite (NaN/Inf); lower optim.learning_rate or check the rewards. The last "
-                "good checkpoint is in " + str(checkpointer.directory))
+          record_train_metrics(
+              step, logged, writer=writer, results=results, progress=progress, shown=("reward_mean", "kl", "loss"),
+              max_consecutive_skips=int(config.optim.max_consecutive_skips), unit="iteration",
+              check="the rewards", checkpoint_dir=checkpointer.directory)
         if samples_every and step % samples_every == 0 and samples_per_write:
           rows = np.unique(np.linspace(0, len(scores) - 1, min(samples_per_write, len(scores))).astype(int))
           samples_writer.write([{
@@ -735,15 +714,13 @@ def _train(config: Any, parts: OnlineComponents, workdir: Path, checkpointer: ch
               "length": int(sampled["lengths"][r]), "ended": bool(sampled["stopped"][r])} for r in rows])
         if progress is not None:
           progress.update(1)
-        if checkpoint_every and step % checkpoint_every == 0 and step < total:
-          save()
-      if not preempted and not finished and checkpointer.latest_step() != step:
-        save()
+        saves.periodic(step)
+      if not saves.preempted and not finished:
+        saves.final(step)
   finally:
     if progress is not None:
       progress.close()
-    checkpointer.wait()
     writer.close()
-  results.update(step=step, preempted=preempted, seconds=time.time() - start_time, phase_seconds=phases)
+  results.update(step=step, preempted=saves.preempted, seconds=time.time() - start_time, phase_seconds=phases)
   results["state"] = state
   return results

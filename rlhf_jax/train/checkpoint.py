@@ -19,13 +19,13 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "StopRequest", "checkpoint_dir", "latest_step_dir", "load_params"]
+__all__ = ["Checkpointer", "LoopSaves", "StopRequest", "checkpoint_dir", "latest_step_dir", "load_params"]
 
 _log = logging.getLogger(__name__)
 
@@ -181,3 +181,61 @@ class StopRequest:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
     return bool(np.any(flags))
+
+
+class LoopSaves:
+  """When a training loop saves and when it stops: one schedule for the offline and online loops.
+
+  `snapshot()` returns the (state, data position) to save at the current step; each step
+  is saved at most once. Inside `with saves:` a SIGTERM (on any process) or reaching
+  `stop_at_step` makes `stop_here(step)` save and return True, the loop then breaks and
+  reports `preempted`; a rerun resumes from that checkpoint. `every` saves periodically
+  (before the last step), `final` saves the last step unless it is already saved. On
+  exit the signal handler is restored and pending (asynchronous) saves are waited for.
+  """
+
+  def __init__(self, checkpointer: Checkpointer, snapshot: Callable[[], tuple[Any, Mapping[str, Any]]], *,
+               step: int, total: int, every: int, stop_at_step: int | None, unit: str = "step"):
+    self._checkpointer = checkpointer
+    self._snapshot = snapshot
+    self._last_saved = step
+    self._total = total
+    self._every = every
+    self._stop_at_step = stop_at_step
+    self._unit = unit
+    self._stop = StopRequest()
+    self.preempted = False
+
+  def __enter__(self) -> "LoopSaves":
+    self._stop.__enter__()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._stop.__exit__(*exc)
+    self._checkpointer.wait()
+
+  def save(self, step: int) -> None:
+    """Saves `snapshot()` at `step` unless this step is already saved."""
+    if self._last_saved != step:
+      state, data_state = self._snapshot()
+      self._checkpointer.save(step, state, data_state)
+      self._last_saved = step
+
+  def stop_here(self, step: int) -> bool:
+    """Checked before each step, so that a run already at `stop_at_step` stops there."""
+    if (self._stop_at_step is not None and step >= self._stop_at_step) or self._stop.any_process():
+      self.save(step)
+      self.preempted = True
+      _log.warning("stopping at %s %d (checkpoint saved); rerun to resume.", self._unit, step)
+      return True
+    return False
+
+  def periodic(self, step: int) -> None:
+    """Saves every `every` steps (0: never), except at the last step (`final` saves that)."""
+    if self._every and step % self._every == 0 and step < self._total:
+      self.save(step)
+
+  def final(self, step: int) -> None:
+    """Saves the last step unless the newest checkpoint already holds it."""
+    if self._checkpointer.latest_step() != step:
+      self.save(step)

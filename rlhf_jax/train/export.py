@@ -28,19 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import jax
 
 from rlhf_jax import data as data_lib
 from rlhf_jax import hf, models
 from rlhf_jax.models import lora
-from rlhf_jax.train import components as components_lib
 from rlhf_jax.train import config as config_lib
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import networks, pretrained
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import sampling
 from rlhf_jax.train import score as score_lib
-from rlhf_jax.train import state as state_lib
 
 __all__ = ["LORA_FORMATS", "PARTS", "ExportError", "export_run", "load_run"]
 
@@ -52,20 +49,6 @@ LORA_FORMATS = ("merged", "peft")
 
 class ExportError(ValueError):
   """A run that cannot be exported as asked (the message says why and what to do)."""
-
-
-def _run_config(workdir: Path) -> dict[str, Any]:
-  """The plain values of a run's stored config.json."""
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise ExportError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
-  try:
-    values = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, json.JSONDecodeError) as error:
-    raise ExportError(f"{path}: cannot read it as JSON ({error}).") from None
-  if not isinstance(values, dict):
-    raise ExportError(f"{path}: does not hold a config (a JSON object).")
-  return values
 
 
 def _tokenizer(workdir: Path, config: dict[str, Any]) -> Any:
@@ -87,7 +70,8 @@ def _value_config(config: dict[str, Any], vocab_size: int) -> models.Transformer
   if config["model"].get("value_init") != "reward_model":
     return None
   reward_dir = Path(str(config["reward"]["checkpoints"]).split(",")[0].strip())
-  return networks.model_config(config_lib.model_settings(_run_config(reward_dir)), vocab_size)
+  reward_config = score_lib.read_run_config(reward_dir, ExportError)
+  return networks.model_config(config_lib.model_settings(reward_config), vocab_size)
 
 
 def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Module, Any, Any, int]:
@@ -98,7 +82,7 @@ def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Mo
   workdir = Path(workdir)
   if part not in PARTS:
     raise ExportError(f"part must be one of {', '.join(PARTS)}; got {part!r}.")
-  config = _run_config(workdir)
+  config = score_lib.read_run_config(workdir, ExportError)
   objective = objectives_lib.get(config["objective"])
   kind = objective.model
   if part == "auto":
@@ -113,20 +97,13 @@ def load_run(workdir: str | os.PathLike[str], part: str = "auto") -> tuple[nn.Mo
   vocab = _vocab_size(config, tokenizer)
   step, step_dir = score_lib.latest_checkpoint(workdir)
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  rules = components_lib.axis_rules(mesh)
   if part == "value":
     value_config = _value_config(config, vocab)
     full = networks.build_model(config_lib.model_settings(config), vocab, "policy_value", value_config=value_config)
     model = models.ValueModel(full.value_config)
   else:
     model = networks.build_model(config_lib.model_settings(config), vocab, "reward" if part == "reward" else "policy")
-  init = state_lib.init_params_fn(model, batch_size=mesh_lib.data_parallel_size(mesh),
-                                  length=min(8, model.config.max_len))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init, jax.random.key(0))
-  shardings = mesh_lib.param_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          mesh_lib.unbox_values(boxed), shardings)
+  abstract = score_lib.abstract_params(model, mesh)
   if objective.value_model:
     name = "value" if part == "value" else "policy"
     params = score_lib.restore_params(step_dir, {name: abstract})[name]
@@ -160,7 +137,7 @@ def export_run(workdir: str | os.PathLike[str], output: str | os.PathLike[str], 
   adapters = lora.enabled(config)
   counts = lora.param_counts(params)
   if adapters and lora_format == "peft":
-    run_config = _run_config(workdir)
+    run_config = score_lib.read_run_config(workdir, ExportError)
     base = str(pretrained.checkpoint_path(run_config["model"]["init_from"]))
     hf.save_adapters(output, model, params, base_model_name_or_path=base, dtype=dtype or config.param_dtype)
     if tokenizer is not None and callable(getattr(tokenizer, "save", None)):

@@ -51,7 +51,7 @@ from rlhf_jax.train import reference as reference_lib
 from rlhf_jax.train import rundir
 from rlhf_jax.train import padding_free, pretrained, shared_prompt
 
-__all__ = ["MAY_CHANGE_ON_RESUME", "TrainingError", "check_config", "evaluate_dataset", "train"]
+__all__ = ["MAY_CHANGE_ON_RESUME", "TrainingError", "check_config", "evaluate_dataset", "record_train_metrics", "train"]
 
 _log = logging.getLogger(__name__)
 
@@ -313,6 +313,25 @@ def _format(metrics: Mapping[str, float], names: tuple[str, ...]) -> str:
   return " ".join(f"{n}={metrics[n]:.4g}" for n in names if n in metrics)
 
 
+def record_train_metrics(step: int, metrics: Mapping[str, float], *, writer: rundir.MetricWriter,
+                         results: dict[str, Any], progress: Any, shown: tuple[str, ...], max_consecutive_skips: int,
+                         unit: str, check: str, checkpoint_dir: Path) -> None:
+  """Writes a logging window's train metrics (metrics file, `results`, progress bar), and
+  stops a run whose updates keep failing: more than `max_consecutive_skips` updates in a
+  row skipped for a non-finite gradient raise `TrainingError`, naming what to `check` and
+  the last good checkpoint. Shared by the offline loop (`unit` "step") and the online one
+  ("iteration")."""
+  writer.write(step, metrics, split="train")
+  results.update({f"train/{k}": v for k, v in metrics.items()})
+  if progress is not None:
+    progress.set_postfix_str(_format(metrics, shown))
+  if metrics.get("consecutive_skips", 0) > max_consecutive_skips:
+    raise TrainingError(
+        f"{unit} {step}: {int(metrics['consecutive_skips'])} consecutive updates were skipped "
+        f"because the gradient was not finite (NaN/Inf); lower optim.learning_rate or check "
+        f"{check}. The last good checkpoint is in " + str(checkpoint_dir))
+
+
 def _last_records(records: list[dict[str, Any]]) -> dict[str, Any]:
   """{"train/<metric>", "eval/<metric>"} of the last record of each split."""
   results: dict[str, Any] = {}
@@ -389,13 +408,8 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
     rundir.check_resume(workdir, config.to_dict(), may_change=MAY_CHANGE_ON_RESUME)
   parts = _cached_build(settings, mesh, datasets.info)
   layout = components_lib.device_batch_layout(settings, datasets.info)
-  rundir.write_config(workdir, config.to_dict())
-  changed = {}
-  if resume.changed:
-    _log.info("resuming %s with changed %s", workdir, rundir.describe(resume.changed))
-    changed = {"changed": {k: list(v) for k, v in resume.changed.items()}}
-  rundir.write_run_info(workdir, mesh=dict(mesh.shape), data_info=vars(datasets.info),
-                        host_memory=host_memory.status(), inputs=inputs, **changed, **datasets.provenance)
+  rundir.write_start(workdir, config.to_dict(), resume, mesh=dict(mesh.shape), data_info=vars(datasets.info),
+                     host_memory=host_memory.status(), inputs=inputs, **datasets.provenance)
 
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   batch_size = int(config.train.batch_size)
@@ -455,7 +469,6 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
   if config.train.progress_bar and jax.process_index() == 0:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     progress = tqdm(total=total, initial=step, desc=config.objective, unit="step", dynamic_ncols=True)
-  preempted = False
   window_start, window_steps = time.time(), 0
   examples_per_second = None  # Not measured: no step was timed.
 
@@ -468,23 +481,16 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
     results.update({f"eval/{k}": v for k, v in metrics.items()})
     _log.info("step %d eval: %s", at_step, _format(metrics, tuple(metrics)))
 
-  first_step = last_saved = step
+  first_step = step
   packed_shapes: set[tuple[int, ...]] = set()
-
-  def save() -> None:
-    nonlocal last_saved
-    if last_saved != step:
-      checkpointer.save(step, _checkpointed(state) if adapters else state, iterator.state())
-      last_saved = step
+  saves = checkpoint_lib.LoopSaves(
+      checkpointer, lambda: (_checkpointed(state) if adapters else state, iterator.state()),
+      step=step, total=total, every=checkpoint_every, stop_at_step=stop_at_step)
 
   try:
-    with checkpoint_lib.StopRequest() as stop:
+    with saves:
       while step < total:
-        # Checked before each step, so that a run already at `stop_at_step` stops there.
-        if (stop_at_step is not None and step >= stop_at_step) or stop.any_process():
-          save()
-          preempted = True
-          _log.warning("stopping at step %d (checkpoint saved); rerun to resume.", step)
+        if saves.stop_here(step):
           break
         host_batch = iterator.next()
         if reference is not None:
@@ -508,31 +514,24 @@ def _train(config: Any, workdir: Path, resume: rundir.Resume, inputs: dict[str, 
             examples_per_second = window_steps * batch_size / max(elapsed, 1e-9)
             metrics["examples_per_second"] = examples_per_second
           window_start, window_steps = time.time(), 0
-          writer.write(step, metrics, split="train")
-          results.update({f"train/{k}": v for k, v in metrics.items()})
-          if progress is not None:
-            progress.set_postfix_str(_format(metrics, ("loss", "accuracy", "examples_per_second")))
-          if metrics.get("consecutive_skips", 0) > int(config.optim.max_consecutive_skips):
-            raise TrainingError(
-                f"step {step}: {int(metrics['consecutive_skips'])} consecutive updates were skipped "
-                "because the gradient was not finite (NaN/Inf); lower optim.learning_rate or check "
-                "the data. The last good checkpoint is in " + str(checkpointer.directory))
+          record_train_metrics(
+              step, metrics, writer=writer, results=results, progress=progress,
+              shown=("loss", "accuracy", "examples_per_second"),
+              max_consecutive_skips=int(config.optim.max_consecutive_skips), unit="step", check="the data",
+              checkpoint_dir=checkpointer.directory)
         if progress is not None:
           progress.update(1)
         if eval_every and step % eval_every == 0 and step < total:
           run_eval(step)
-        if checkpoint_every and step % checkpoint_every == 0 and step < total:
-          save()
-      if not preempted and not finished:
+        saves.periodic(step)
+      if not saves.preempted and not finished:
         run_eval(step)
-        if checkpointer.latest_step() != step:
-          save()
+        saves.final(step)
   finally:
     if progress is not None:
       progress.close()
-    checkpointer.wait()
     writer.close()
-  results.update(step=step, preempted=preempted, seconds=time.time() - start_time,
+  results.update(step=step, preempted=saves.preempted, seconds=time.time() - start_time,
                  examples_per_second=examples_per_second)
   results["state"] = state
   return results

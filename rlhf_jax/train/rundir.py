@@ -64,6 +64,7 @@ __all__ = [
     "truncate_records",
     "write_config",
     "write_run_info",
+    "write_start",
 ]
 
 _log = logging.getLogger(__name__)
@@ -346,6 +347,17 @@ def write_config(workdir: str | os.PathLike[str], config: Mapping[str, Any]) -> 
   if jax.process_index() != 0:
     return
   _write_json(Path(workdir) / "config.json", dict(config))
+
+
+def write_start(workdir: str | os.PathLike[str], config: Mapping[str, Any], resume: Resume, **info: Any) -> None:
+  """At a run's start (new or resumed): `write_config`, then `write_run_info` with `info`;
+  the fields a resume changed (`Resume.changed`) are logged and recorded as "changed"."""
+  write_config(workdir, config)
+  changed = {}
+  if resume.changed:
+    _log.info("resuming %s with changed %s", workdir, describe(resume.changed))
+    changed = {"changed": {k: list(v) for k, v in resume.changed.items()}}
+  write_run_info(workdir, **info, **changed)
 
 
 def write_run_info(workdir: str | os.PathLike[str], **info: Any) -> None:

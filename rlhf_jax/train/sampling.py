@@ -42,7 +42,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -58,7 +57,6 @@ from rlhf_jax.train import networks
 from rlhf_jax.train import pretrained
 from rlhf_jax.train import objectives as objectives_lib
 from rlhf_jax.train import score as score_lib
-from rlhf_jax.train import state as state_lib
 
 __all__ = ["Completion", "Policy", "SampleError", "ToyIds", "load_policy", "make_sampler", "read_prompts",
            "sample_file"]
@@ -284,14 +282,7 @@ def _run_config(workdir: Path) -> dict[str, Any]:
   if not workdir.is_dir():
     raise SampleError(f"{workdir}: no such run directory (expected the --workdir of a run of scripts/train.py).")
   path = workdir / "config.json"
-  if not path.is_file():
-    raise SampleError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
-  try:
-    config = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, json.JSONDecodeError) as error:
-    raise SampleError(f"{path}: cannot read it as JSON ({error}).") from None
-  if not isinstance(config, dict):
-    raise SampleError(f"{path}: does not hold a config (a JSON object).")
+  config = score_lib.read_run_config(workdir, SampleError)
   try:
     kind = objectives_lib.get(config.get("objective")).model
   except (KeyError, ValueError) as error:
@@ -362,13 +353,7 @@ def load_policy(workdir: str | os.PathLike[str], *, mesh: Mesh | None = None,
   mesh = mesh if mesh is not None else mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   dp = mesh_lib.data_parallel_size(mesh)
   model = networks.build_model(config_lib.model_settings(config), tokenizer.vocab_size, "policy")
-  rules = components_lib.axis_rules(mesh)
-  init = state_lib.init_params_fn(model, batch_size=dp, length=min(8, model.config.max_len))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init, jax.random.key(0))
-  shardings = mesh_lib.param_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          mesh_lib.unbox_values(boxed), shardings)
+  abstract = score_lib.abstract_params(model, mesh)
   if online and objectives_lib.get(config["objective"]).value_model:
     # A policy trained with a critic: its parameters sit under "policy".
     params = score_lib.restore_params(step_dir, {"policy": abstract})["policy"]
@@ -380,7 +365,7 @@ def load_policy(workdir: str | os.PathLike[str], *, mesh: Mesh | None = None,
     raise SampleError(f"batch size must be a positive int, got {size}.")
   max_prompt_length = min(int(data["max_prompt_length"]), model.config.max_len - 1)
   return Policy(workdir=workdir, step=step, tokenizer=tokenizer, model=model, params=params, mesh=mesh,
-                param_shardings=shardings, max_prompt_length=max_prompt_length,
+                param_shardings=jax.tree.map(lambda x: x.sharding, abstract), max_prompt_length=max_prompt_length,
                 default_new_tokens=max(1, default_new_tokens), batch_size=math.ceil(size / dp) * dp,
                 compiler_options=components_lib.compiler_options(bool(config["train"].get("fast_compile"))))
 
@@ -485,13 +470,8 @@ def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path:
     SampleError: input, output and rejects are not three files, or settings that do not
       fit the model.
   """
-  input_path, output_path, rejects_path = Path(input_path), Path(output_path), Path(rejects_path)
-  if len({input_path.absolute(), output_path.absolute(), rejects_path.absolute()}) < 3:
-    raise SampleError(f"input {input_path}, output {output_path} and rejects {rejects_path} must be three "
-                      "different files.")
-  for path in (output_path, rejects_path):
-    if path.exists():
-      path.unlink()  # files of an earlier run would read as this one's if this one fails
+  input_path, output_path, rejects_path = score_lib.fresh_file_paths(input_path, output_path, rejects_path,
+                                                                     SampleError)
   accepted, report = read_prompts(input_path, rejects_path=rejects_path)
   usable, unusable = [], []
   for row, prompt in accepted:
@@ -516,15 +496,11 @@ def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path:
                     "finished": completion.finished, "logprob": completion.logprob,
                     "sampling_logprob": completion.sampling_logprob,
                     "prompt_truncated": completion.prompt_truncated})
-  sources_lib.write_json_lines(output_path, records)
   rejected = report.rejected + len(unusable)
-  if report.read != len(usable) + rejected:
-    raise AssertionError(f"read {report.read} != sampled {len(usable)} + rejected {rejected}")
-  first_reject = sources_lib.describe_first_reject(rejects_path) if rejected else None
+  summary = score_lib.write_file_job(input_path, output_path, rejects_path, records, read=report.read,
+                                     done=len(usable), rejected=rejected, done_name="sampled")
   return {
-      "input": os.fspath(input_path), "output": os.fspath(output_path),
-      "rejects": os.fspath(rejects_path) if rejected else None, "first_reject": first_reject,
-      "read": report.read, "sampled": len(usable), "rejected": rejected, "completions": len(records),
+      **summary, "read": report.read, "sampled": len(usable), "rejected": rejected, "completions": len(records),
       "truncated_prompts": sum(1 for _, _, _, cut in usable if cut),
       "mean_tokens": float(np.mean([c.num_tokens for c in completions])),
       "finished_fraction": float(np.mean([c.finished for c in completions])),

@@ -61,11 +61,15 @@ __all__ = [
     "PairScores",
     "RewardScorer",
     "ScoreError",
+    "abstract_params",
+    "fresh_file_paths",
     "latest_checkpoint",
     "load_reward_model",
+    "read_run_config",
     "restore_params",
     "run_tokenizer",
     "score_file",
+    "write_file_job",
 ]
 
 _log = logging.getLogger(__name__)
@@ -93,11 +97,26 @@ def latest_checkpoint(workdir: str | os.PathLike[str]) -> tuple[int, Path]:
   return steps[-1], directory / str(steps[-1])
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, error: type[Exception] = ScoreError) -> Any:
   try:
     return json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, json.JSONDecodeError) as error:
-    raise ScoreError(f"{path}: cannot read it as JSON ({error}).") from None
+  except (OSError, json.JSONDecodeError) as reason:
+    raise error(f"{path}: cannot read it as JSON ({reason}).") from None
+
+
+def read_run_config(workdir: Path, error: type[Exception]) -> dict[str, Any]:
+  """The plain values of the config.json of a run of scripts/train.py in `workdir`.
+
+  Raises `error` (the caller's: ScoreError, SampleError, ExportError) naming the file
+  when it is missing, is not JSON or does not hold a JSON object.
+  """
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise error(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
+  config = _read_json(path, error)
+  if not isinstance(config, dict):
+    raise error(f"{path}: does not hold a config (a JSON object).")
+  return config
 
 
 def _run_config(workdir: Path) -> dict[str, Any]:
@@ -105,14 +124,10 @@ def _run_config(workdir: Path) -> dict[str, Any]:
   if not workdir.is_dir():
     raise ScoreError(f"{workdir}: no such run directory (expected the --workdir of a reward-model run of "
                      "scripts/train.py).")
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise ScoreError(f"{workdir}: no config.json; expected the --workdir of a run of scripts/train.py.")
-  config = _read_json(path)
-  if not isinstance(config, dict) or config.get("objective") != "reward_model":
-    objective = config.get("objective") if isinstance(config, dict) else None
-    raise ScoreError(f"{path}: the run trained objective {objective!r}; scoring needs a "
-                     "reward model (configs/reward_model.py).")
+  config = read_run_config(workdir, ScoreError)
+  if config.get("objective") != "reward_model":
+    raise ScoreError(f"{workdir / 'config.json'}: the run trained objective {config.get('objective')!r}; scoring "
+                     "needs a reward model (configs/reward_model.py).")
   if not config["data"]["train"]:
     raise ScoreError(f"{workdir}: the run trained on the synthetic toy data (token ids, no tokenizer), so it "
                      "cannot score text; train the reward model on a data file (--config.data.train=...).")
@@ -166,6 +181,19 @@ class _NoItemMetadataWarning(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Metadata file does not exist")
+
+
+def abstract_params(model: nn.Module, mesh: Mesh) -> Any:
+  """Shapes, dtypes and shardings of `model`'s parameters on `mesh`, none allocated: the
+  target `restore_params` places a checkpoint's parameters into."""
+  rules = components_lib.axis_rules(mesh)
+  init = state_lib.init_params_fn(model, batch_size=mesh_lib.data_parallel_size(mesh),
+                                  length=min(8, model.config.max_len))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init, jax.random.key(0))
+  shardings = mesh_lib.param_shardings(boxed, mesh, rules)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      mesh_lib.unbox_values(boxed), shardings)
 
 
 def restore_params(step_dir: Path, abstract: Any) -> Any:
@@ -374,13 +402,8 @@ def load_reward_model(workdir: str | os.PathLike[str], *, mesh: Mesh | None = No
   max_length = int(data["max_length"])
   if max_length > model.config.max_len:
     raise ScoreError(f"{workdir}: data.max_length {max_length} exceeds the model's max_len {model.config.max_len}.")
-  rules = components_lib.axis_rules(mesh)
-  init = state_lib.init_params_fn(model, batch_size=dp, length=min(8, model.config.max_len))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init, jax.random.key(0))
-  shardings = mesh_lib.param_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          mesh_lib.unbox_values(boxed), shardings)
+  abstract = abstract_params(model, mesh)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
   params = restore_params(step_dir, abstract)
   _log.info("reward model of %s, checkpoint step %d", workdir, step)
 
@@ -399,7 +422,7 @@ def load_reward_model(workdir: str | os.PathLike[str], *, mesh: Mesh | None = No
       max_prompt_length=int(data["max_prompt_length"]),
       num_outputs=int(model_settings.reward_heads) * int(model_settings.ensemble_models), batch_size=size,
       ece_bins=int(config["eval"]["ece_bins"]), params=params,
-      apply=components_lib.MeshFunction(jitted, mesh, rules), mesh=mesh)
+      apply=components_lib.MeshFunction(jitted, mesh, components_lib.axis_rules(mesh)), mesh=mesh)
 
 
 # --- files ----------------------------------------------------------------------------
@@ -432,6 +455,40 @@ def _detector(kind: str, format_name: str, path: str, chosen: dict[str, str]):
     return name, formats_lib.sft_parser(name)
 
   return detect
+
+
+def fresh_file_paths(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
+                     rejects_path: str | os.PathLike[str], error: type[Exception]) -> tuple[Path, Path, Path]:
+  """The three paths of a file job (score, sample): distinct, with older outputs removed.
+
+  Files of an earlier run would read as this one's if this one fails, so both outputs
+  are deleted up front; `error` is raised when two paths name the same file.
+  """
+  input_path, output_path, rejects_path = Path(input_path), Path(output_path), Path(rejects_path)
+  if len({input_path.absolute(), output_path.absolute(), rejects_path.absolute()}) < 3:
+    raise error(f"input {input_path}, output {output_path} and rejects {rejects_path} must be three "
+                "different files.")
+  for path in (output_path, rejects_path):
+    if path.exists():
+      path.unlink()
+  return input_path, output_path, rejects_path
+
+
+def write_file_job(input_path: Path, output_path: Path, rejects_path: Path, records: list[dict[str, Any]], *,
+                   read: int, done: int, rejected: int, done_name: str) -> dict[str, Any]:
+  """Writes a file job's output records; checks every read record is done or rejected.
+
+  Returns the summary fields every file job reports first: input, output, rejects (None
+  without rejects) and the first reject, described (`sources.describe_first_reject`).
+  """
+  sources_lib.write_json_lines(output_path, records)
+  if read != done + rejected:
+    raise AssertionError(f"read {read} != {done_name} {done} + rejected {rejected}")
+  return {
+      "input": os.fspath(input_path), "output": os.fspath(output_path),
+      "rejects": os.fspath(rejects_path) if rejected else None,
+      "first_reject": sources_lib.describe_first_reject(rejects_path) if rejected else None,
+  }
 
 
 def _finite(value: float) -> float | None:
@@ -482,13 +539,7 @@ def score_file(
                    "pairs": set(data_lib.PREFERENCE_FORMATS), "completions": set(data_lib.SFT_FORMATS)}[kind]
   if format not in valid_formats:
     raise ScoreError(f"unknown format {format!r} for kind {kind!r}; expected one of {', '.join(sorted(valid_formats))}.")
-  input_path, output_path, rejects_path = Path(input_path), Path(output_path), Path(rejects_path)
-  if len({input_path.absolute(), output_path.absolute(), rejects_path.absolute()}) < 3:
-    raise ScoreError(f"input {input_path}, output {output_path} and rejects {rejects_path} must be three "
-                     "different files.")
-  for path in (output_path, rejects_path):
-    if path.exists():
-      path.unlink()  # files of an earlier scoring would read as this one's if this one fails
+  input_path, output_path, rejects_path = fresh_file_paths(input_path, output_path, rejects_path, ScoreError)
   chosen: dict[str, str] = {}
   accepted, report = sources_lib.load_records(
       input_path, None, format_name=format, detect=_detector(kind, format, os.fspath(input_path), chosen),
@@ -548,15 +599,12 @@ def score_file(
         sources_lib.Reject(file=os.fspath(input_path), location=rows[i].location, number=rows[i].number,
                            field=field, code="empty_after_truncation", reason=reason, record=rows[i].record)
         for i, (field, reason) in sorted(unscored.items())])
-  sources_lib.write_json_lines(output_path, records)
   rejected = report.rejected + len(unscored)
-  if report.read != len(records) + rejected:
-    raise AssertionError(f"read {report.read} != scored {len(records)} + rejected {rejected}")
-  first_reject = sources_lib.describe_first_reject(rejects_path) if rejected else None
+  summary = write_file_job(input_path, output_path, rejects_path, records, read=report.read, done=len(records),
+                           rejected=rejected, done_name="scored")
   return {
-      "input": os.fspath(input_path), "output": os.fspath(output_path),
-      "rejects": os.fspath(rejects_path) if rejected else None, "first_reject": first_reject,
-      "kind": kind, "format": report.format, "read": report.read, "scored": len(records), "rejected": rejected,
+      **summary, "kind": kind, "format": report.format, "read": report.read, "scored": len(records),
+      "rejected": rejected,
       "reject_reasons": {**report.reasons, **({"empty_after_truncation": len(unscored)} if unscored else {})},
       "truncated": truncated, "workdir": os.fspath(scorer.workdir), "checkpoint_step": scorer.step,
       **{k: (_finite(v) if isinstance(v, float) else v) for k, v in metrics.items()},

@@ -105,3 +105,42 @@ def test_sigterm_becomes_a_stop_request_and_the_handler_is_restored():
   manual = checkpoint.StopRequest()
   manual.request()
   assert manual.requested
+
+
+def _run_loop(tmp_path, *, total, every, stop_at_step, signal_at=None, start=0):
+  """A loop written as the training loops use `LoopSaves`; returns (saves, steps run)."""
+  checkpointer = checkpoint.Checkpointer(tmp_path, keep=10, async_save=False)
+  step = start
+  saves = checkpoint.LoopSaves(checkpointer, lambda: (_state(step), {"position": step}), step=step,
+                               total=total, every=every, stop_at_step=stop_at_step)
+  ran = []
+  with saves:
+    while step < total:
+      if saves.stop_here(step):
+        break
+      step += 1
+      ran.append(step)
+      if step == signal_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+      saves.periodic(step)
+    if not saves.preempted:
+      saves.final(step)
+  all_steps = checkpointer.all_steps()
+  checkpointer.close()
+  return saves, ran, all_steps
+
+
+def test_loop_saves_every_k_steps_the_last_step_once_and_stops_with_a_save(tmp_path):
+  saves, ran, steps = _run_loop(tmp_path / "full", total=7, every=3, stop_at_step=None)
+  assert not saves.preempted and ran == list(range(1, 8)) and steps == [3, 6, 7]
+  # stop_at_step: saved there (once, though every=2 saved it already), reported as preempted.
+  saves, ran, steps = _run_loop(tmp_path / "stopped", total=7, every=2, stop_at_step=4)
+  assert saves.preempted and ran == [1, 2, 3, 4] and steps == [2, 4]
+  # A run already at stop_at_step runs nothing and saves nothing new.
+  saves, ran, steps = _run_loop(tmp_path / "stopped", total=7, every=2, stop_at_step=4, start=4)
+  assert saves.preempted and ran == [] and steps == [2, 4]
+  # SIGTERM during step 5: the loop stops before step 6 with step 5 saved.
+  before = signal.getsignal(signal.SIGTERM)
+  saves, ran, steps = _run_loop(tmp_path / "signal", total=9, every=0, stop_at_step=None, signal_at=5)
+  assert saves.preempted and ran == [1, 2, 3, 4, 5] and steps == [5]
+  assert signal.getsignal(signal.SIGTERM) is before

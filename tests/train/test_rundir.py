@@ -94,6 +94,18 @@ def test_same_config_resumes_and_may_change_fields_are_reported(tmp_path):
   assert resume.changed == {"train.steps": (10, 30), "train.log_every": (2, 5)}
 
 
+def test_write_start_records_the_fields_a_resume_changed(tmp_path):
+  rundir.write_start(tmp_path, _config(), rundir.check_resume(tmp_path, _config()), inputs={"data.train": "sha-1"})
+  first = json.loads((tmp_path / "run.json").read_text())
+  assert first["inputs"] == {"data.train": "sha-1"} and "changed" not in first and "resumed" not in first
+  longer = _config(**{"train.steps": 30})
+  resume = rundir.check_resume(tmp_path, longer, may_change=("train.steps",), inputs={"data.train": "sha-1"})
+  rundir.write_start(tmp_path, longer, resume, inputs={"data.train": "sha-1"})
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 30
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run["resumed"][0]["changed"] == {"train.steps": [10, 30]} and "changed" not in run
+
+
 def test_another_config_is_refused_in_one_line_listing_the_fields(tmp_path):
   _start(tmp_path, _config())
   before = (tmp_path / "config.json").read_text()

@@ -258,3 +258,20 @@ def test_script_prints_accuracy_and_fails_cleanly(run, tmp_path):
   assert failed.returncode == 1
   assert f"score.py: error: {bad}: cannot tell what to score" in failed.stderr
   assert "Traceback" not in failed.stderr
+
+
+def test_file_job_paths_must_differ_old_outputs_go_and_every_record_is_counted(tmp_path):
+  source, output, rejects = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
+  for path in (source, output, rejects):
+    path.write_text('{"old": 1}\n')
+  with pytest.raises(score.ScoreError, match="three different files"):
+    score.fresh_file_paths(source, output, source, score.ScoreError)
+  assert score.fresh_file_paths(str(source), output, rejects, score.ScoreError) == (source, output, rejects)
+  assert source.exists() and not output.exists() and not rejects.exists()
+  summary = score.write_file_job(source, output, rejects, [{"line": 1}, {"line": 3}], read=2, done=2, rejected=0,
+                                 done_name="scored")
+  assert summary == {"input": str(source), "output": str(output), "rejects": None, "first_reject": None}
+  assert [json.loads(line) for line in output.read_text().splitlines()] == [{"line": 1}, {"line": 3}]
+  with pytest.raises(AssertionError, match="read 3 != scored 2 . rejected 0"):
+    score.write_file_job(source, output, rejects, [{"line": 1}, {"line": 3}], read=3, done=2, rejected=0,
+                         done_name="scored")

@@ -125,7 +125,7 @@ def _check_num_classes(num_classes: int) -> None:
     )
 
 
-def _validate(
+def _validated_counts(
     items: ArrayLike,
     annotators: ArrayLike,
     labels: ArrayLike,
@@ -134,8 +134,8 @@ def _validate(
     num_classes: int | None = None,
     need_two_annotators: bool = False,
     measure: str = "",
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-  """Validates the flat arrays; returns (items, labels, num_items, num_classes)."""
+) -> jax.Array:
+  """Validates the flat arrays; returns their count matrix (`_count_matrix`), int32 [I, K]."""
   items = _index_array(items, "items", "item indices")
   annotators = _index_array(annotators, "annotators", "annotator indices")
   labels = _index_array(labels, "labels", "class indices")
@@ -159,7 +159,7 @@ def _validate(
         f"num_items * num_classes = {num_items} * {num_classes} does not fit the int32 "
         f"count matrix; re-index the items to 0..num_items-1."
     )
-  return items, labels, num_items, num_classes
+  return _count_matrix(items, labels, num_items=num_items, num_classes=num_classes)
 
 
 def _require_pairable(num_pairable_items: jax.Array, measure: str) -> None:
@@ -335,8 +335,7 @@ def percent_agreement(items: ArrayLike, annotators: ArrayLike, labels: ArrayLike
       item with two or more annotations.
   """
   measure = "percent agreement"
-  items, labels, num_items, num_classes = _validate(items, annotators, labels, measure=measure)
-  counts = _count_matrix(items, labels, num_items=num_items, num_classes=num_classes)
+  counts = _validated_counts(items, annotators, labels, measure=measure)
   value, num_pairable = _percent_agreement_core(counts)
   _require_pairable(num_pairable, measure)
   return value
@@ -366,11 +365,10 @@ def item_agreement(
   Returns:
     float [num_items]; NaN for items with fewer than two annotations (no pair).
   """
-  items, labels, num_items, num_classes = _validate(
+  counts = _validated_counts(
       items, annotators, labels, num_items=num_items, num_classes=num_classes,
       measure="item agreement",
   )
-  counts = _count_matrix(items, labels, num_items=num_items, num_classes=num_classes)
   return _item_agreement_core(counts)
 
 
@@ -397,11 +395,10 @@ def item_majority_share(
   Returns:
     float [num_items] in [1/K, 1]; NaN for items without annotations.
   """
-  items, labels, num_items, num_classes = _validate(
+  counts = _validated_counts(
       items, annotators, labels, num_items=num_items, num_classes=num_classes,
       measure="item majority share",
   )
-  counts = _count_matrix(items, labels, num_items=num_items, num_classes=num_classes)
   return _item_majority_share_core(counts)
 
 
@@ -482,10 +479,9 @@ def fleiss_kappa(items: ArrayLike, annotators: ArrayLike, labels: ArrayLike) -> 
       single annotator, no item with two annotations, or a single class in the data.
   """
   measure = "Fleiss' kappa"
-  items, labels, num_items, num_classes = _validate(
+  counts = _validated_counts(
       items, annotators, labels, need_two_annotators=True, measure=measure
   )
-  counts = _count_matrix(items, labels, num_items=num_items, num_classes=num_classes)
   kappa, num_pairable, classes_used = _fleiss_core(counts)
   _require_pairable(num_pairable, measure)
   _require_variation(classes_used, measure, "the annotations")
@@ -514,10 +510,9 @@ def coincidence_matrix(
   Returns:
     float [K, K].
   """
-  items, labels, num_items, num_classes = _validate(
+  counts = _validated_counts(
       items, annotators, labels, num_classes=num_classes, measure="coincidence matrix"
   )
-  counts = _count_matrix(items, labels, num_items=num_items, num_classes=num_classes)
   return _coincidence_jit(counts)
 
 
@@ -565,10 +560,9 @@ def krippendorff_alpha(
         f"`level` must be one of {', '.join(map(repr, ALPHA_LEVELS))}; got {level!r}."
     )
   measure = f"Krippendorff's alpha ({level})"
-  items, labels, num_items, num_classes = _validate(
+  counts = _validated_counts(
       items, annotators, labels, need_two_annotators=True, measure=measure
   )
-  counts = _count_matrix(items, labels, num_items=num_items, num_classes=num_classes)
   alpha, num_pairable, classes_used = _alpha_core(counts, level=level)
   _require_pairable(num_pairable, measure)
   _require_variation(classes_used, measure, "the pairable annotations")

@@ -37,6 +37,7 @@ from rlhf_jax.feedback.models.em import (
     PROB_FLOOR,
     argmax_result,
     class_counts,
+    confusion_e_step,
     e_step_core,
     item_counts,
     normalized_log,
@@ -272,6 +273,15 @@ def _dirichlet_log_normalizers(
   return lg_conf_total - jnp.sum(lg_conf, -1), lg_class_total[0] - jnp.sum(lg_class)
 
 
+def _confusion_em(items, annotators, labels, model_m_step, *, num_items, num_classes, num_iters, tol):
+  """`run_em` with the confusion E-step from the vote shares, as crowd-kit's DawidSkene."""
+  init = vote_share_init(items, labels, num_items, num_classes)
+  return run_em(
+      init, None, model_m_step, confusion_e_step(items, annotators, labels, num_items),
+      num_iters=num_iters, tol=tol, refit_last=True,
+  )
+
+
 def _confusion_result(posteriors, params, trace, items, extra_params=None):
   class_prior = params["class_prior"]
   annotator_params = {
@@ -300,7 +310,8 @@ def _confusion_result(posteriors, params, trace, items, extra_params=None):
 )
 def _dawid_skene(items, annotators, labels, smoothing, *, num_items, num_annotators,
                  num_classes, num_iters, tol):
-  def model_m_step(posteriors):
+  def model_m_step(posteriors, previous_params):
+    del previous_params  # closed form
     log_confusion = _m_step_jit(
         items, annotators, labels, posteriors, smoothing, num_annotators=num_annotators
     )
@@ -315,9 +326,9 @@ def _dawid_skene(items, annotators, labels, smoothing, *, num_items, num_annotat
         "class_prior": jnp.exp(log_class_prior),
     }
 
-  init = vote_share_init(items, labels, num_items, num_classes)
-  posteriors, params, trace = run_em(
-      items, annotators, labels, init, model_m_step, num_iters=num_iters, tol=tol
+  posteriors, params, trace = _confusion_em(
+      items, annotators, labels, model_m_step, num_items=num_items, num_classes=num_classes,
+      num_iters=num_iters, tol=tol,
   )
   return _confusion_result(posteriors, params, trace, items)
 
@@ -410,7 +421,8 @@ def _one_coin(items, annotators, labels, smoothing, *, num_items, num_annotators
   denominator = answered + 2.0 * smoothing
   has_evidence = denominator > 0
 
-  def model_m_step(posteriors):
+  def model_m_step(posteriors, previous_params):
+    del previous_params  # closed form
     agreeing = posteriors[items, labels]
     # The wrong mass is summed directly rather than as 1 - accuracy, which float32
     # rounds to 0 for near-perfect annotators (log 0 would veto every other class).
@@ -436,9 +448,9 @@ def _one_coin(items, annotators, labels, smoothing, *, num_items, num_annotators
         "accuracy": jnp.clip(accuracy, PROB_FLOOR, 1.0 - PROB_FLOOR),
     }
 
-  init = vote_share_init(items, labels, num_items, num_classes)
-  posteriors, params, trace = run_em(
-      items, annotators, labels, init, model_m_step, num_iters=num_iters, tol=tol
+  posteriors, params, trace = _confusion_em(
+      items, annotators, labels, model_m_step, num_items=num_items, num_classes=num_classes,
+      num_iters=num_iters, tol=tol,
   )
   return _confusion_result(posteriors, params, trace, items, {"accuracy": params["accuracy"]})
 
@@ -498,7 +510,8 @@ def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorr
   )
   prior_log_norm = num_annotators * jnp.sum(prior_row_log_norm) + prior_class_log_norm
 
-  def map_m_step(posteriors):
+  def map_m_step(posteriors, previous_params):
+    del previous_params  # closed form
     counts = _confusion_counts(items, annotators, labels, posteriors, num_annotators)
     log_confusion = normalized_log(
         counts + confusion_prior - 1.0,
@@ -521,7 +534,8 @@ def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorr
         "class_prior": jnp.exp(log_class_prior),
     }
 
-  def variational_m_step(posteriors):
+  def variational_m_step(posteriors, previous_params):
+    del previous_params  # closed form
     # q(confusion[a, k]) = Dir(alpha0[k] + n[a, k]), q(rho) = Dir(nu0 + sum_i q[i]);
     # the next E-step uses E_q[log confusion] and E_q[log rho] (Simpson et al. 2013).
     confusion_concentration = confusion_prior + _confusion_counts(
@@ -559,9 +573,9 @@ def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorr
     }
 
   model_m_step = map_m_step if method == "map" else variational_m_step
-  init = vote_share_init(items, labels, num_items, num_classes)
-  posteriors, params, trace = run_em(
-      items, annotators, labels, init, model_m_step, num_iters=num_iters, tol=tol
+  posteriors, params, trace = _confusion_em(
+      items, annotators, labels, model_m_step, num_items=num_items, num_classes=num_classes,
+      num_iters=num_iters, tol=tol,
   )
   extra = {}
   if method == "variational":

@@ -1,13 +1,16 @@
-"""The EM driver of the annotator models, and the segment sums their steps share.
+"""The one EM driver of the annotator models, and the segment sums their steps share.
 
-`run_em` alternates a model's M-step (posteriors -> parameters) and the Dawid-Skene
-E-step (`e_step_core`) inside one `jax.lax.while_loop` that stops once no posterior
-moves by `tol`; the Dawid-Skene family (`dawid_skene`, `one_coin_dawid_skene`,
-`bayesian_dawid_skene`) differs only in its M-step. The helpers are the counts every
-model needs: annotations per item, expected class counts, a floored normalised log,
-vote shares (the usual EM start), per-annotator means, and the argmax result.
-All take flat annotation arrays (`rlhf_jax.feedback.types`) and are traceable.
-"""
+`run_em` alternates a model's M-step and E-step inside one `jax.lax.while_loop` that
+stops once no posterior moves by `tol`. The Dawid-Skene family (`dawid_skene`,
+`one_coin_dawid_skene`, `bayesian_dawid_skene`) shares the E-step too
+(`confusion_e_step`) and differs only in its M-step; MACE and GLAD
+(`spammer_models`) bring their own E-step, because their emission probabilities are
+"one value if the answer is the true class, another otherwise" per annotation (GLAD's
+depend on the item as well, so no [A, K, K] confusion table holds them). The helpers are
+the counts every model needs: annotations per item, expected class counts, a floored
+normalised log, vote shares (the usual EM start), per-annotator means, posteriors from a
+log joint, and the argmax result. All take flat annotation arrays
+(`rlhf_jax.feedback.types`) and are traceable."""
 
 from __future__ import annotations
 
@@ -18,8 +21,11 @@ import jax.numpy as jnp
 
 from rlhf_jax.feedback.types import AggregationResult
 
-__all__ = ["MStep", "PROB_FLOOR", "argmax_result", "class_counts", "e_step_core", "item_counts",
-           "normalized_log", "per_annotator_mean", "run_em", "vote_share_init"]
+__all__ = [
+    "EStep", "MStep", "PROB_FLOOR", "Params", "argmax_result", "class_counts", "confusion_e_step",
+    "e_step_core", "item_counts", "normalized_log", "per_annotator_mean",
+    "posteriors_from_log_joint", "run_em", "vote_share_init",
+]
 
 # Probabilities are floored here before a log, as crowd-kit's DawidSkene clips its
 # error matrices and priors at 1e-10: an answer never seen under some true class keeps
@@ -68,6 +74,11 @@ def e_step_core(
   log_joint = item_log_priors + jax.ops.segment_sum(
       per_annotation, items, num_segments=item_log_priors.shape[0]
   )
+  return posteriors_from_log_joint(log_joint)
+
+
+def posteriors_from_log_joint(log_joint: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(posteriors [I, K], log marginal likelihoods [I]) from log p(z_i = k, answers of i) [I, K]."""
   log_marginal = jax.nn.logsumexp(log_joint, axis=-1)
   posteriors = jnp.exp(log_joint - log_marginal[:, None])
   return posteriors, log_marginal
@@ -101,85 +112,130 @@ def class_counts(items: jax.Array, posteriors: jax.Array) -> jax.Array:
 # The driver.
 # ----------------------------------------------------------------------------------
 
-# A model's M-step maps posteriors to a dict with "log_confusion" [A, K, K] and
-# "log_class_prior" [K] (what the next E-step uses) and "log_prior_density" (the
-# parameters' log prior, or minus the KL terms of the variational bound) that is added
-# to the data term to form the objective EM increases.
-MStep = Callable[[jax.Array], dict[str, jax.Array]]
+# A model's parameters: a dict of arrays (a pytree), whatever its E-step reads.
+Params = dict[str, Any]
+# M-step: (posteriors [I, K], the parameters those posteriors came from) -> parameters.
+# Closed-form M-steps (Dawid-Skene) ignore the second argument; MACE reads it for the
+# E-step's "annotator knew the answer" responsibilities, GLAD to warm-start its
+# gradient steps.
+MStep = Callable[[jax.Array, Params], Params]
+# E-step: parameters -> (posteriors [I, K], scalars traced per iteration). The scalars
+# hold the "objective" EM increases (log-likelihood plus the parameters' log prior
+# density, or the variational lower bound) and whatever else the model reports.
+EStep = Callable[[Params], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def confusion_e_step(
+    items: jax.Array, annotators: jax.Array, labels: jax.Array, num_items: int
+) -> EStep:
+  """The Dawid-Skene family's E-step (`e_step_core`) as an `EStep`.
+
+  It reads "log_confusion" [A, K, K], "log_class_prior" [K] and "log_prior_density"
+  (the parameters' log prior, or minus the KL terms of the variational bound) from the
+  parameters; its "objective" is the observed-data log-likelihood of the annotated
+  items plus that density, per annotation.
+  """
+  num_annotations = items.shape[0]
+  annotated = item_counts(items, num_items) > 0
+
+  def e_step(params: Params) -> tuple[jax.Array, dict[str, jax.Array]]:
+    log_priors = jnp.broadcast_to(
+        params["log_class_prior"], (num_items, params["log_class_prior"].shape[-1])
+    )
+    posteriors, log_marginal = e_step_core(
+        items, annotators, labels, params["log_confusion"], log_priors
+    )
+    data_term = jnp.sum(jnp.where(annotated, log_marginal, 0.0))
+    return posteriors, {"objective": (data_term + params["log_prior_density"]) / num_annotations}
+
+  return e_step
 
 
 def run_em(
-    items: jax.Array,
-    annotators: jax.Array,
-    labels: jax.Array,
     init_posteriors: jax.Array,
-    model_m_step: MStep,
+    init_params: Params | None,
+    m_step: MStep,
+    e_step: EStep,
     *,
     num_iters: int,
     tol: float | None,
-) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
-  """Alternates `model_m_step` and `e_step_core` in one `while_loop`.
+    refit_last: bool,
+) -> tuple[jax.Array, Params, dict[str, jax.Array]]:
+  """The one EM loop of the annotator models: `m_step` then `e_step`, in one `while_loop`.
 
-  Iteration t (t = 1, 2, ...) runs the M-step on the current posteriors, then the
-  E-step with those parameters, which also yields the objective at them (the
-  observed-data log-likelihood plus the log prior density, or the variational lower
-  bound). It stops after `num_iters` iterations, or after the first iteration in which
-  no posterior probability moved by `tol` or more. (crowd-kit stops on the change of
-  its objective; in float32 a per-annotation log-likelihood is resolved to ~1e-8 only,
-  while labels still move at changes of 1e-7, so the posteriors are the steadier
-  signal.) One last loop pass runs only the M-step, so the returned parameters are the
-  M-step on the returned posteriors, as in crowd-kit, and each step is compiled once.
+  Iteration t (t = 1, 2, ...) runs the M-step on the current posteriors (and the
+  parameters they came from), then the E-step with the new parameters, which also yields
+  the objective at them. It stops after `num_iters` iterations, or after the first
+  iteration in which no posterior probability moved by `tol` or more. (crowd-kit stops
+  on the change of its objective; in float32 a per-annotation log-likelihood is resolved
+  to ~1e-8 only, while labels still move at changes of 1e-7, so the posteriors are the
+  steadier signal.) Models differ in what they return at the stop:
+
+  * `refit_last=True` (the Dawid-Skene family, as crowd-kit): one last loop pass runs
+    only the M-step, so the returned parameters are the M-step on the returned
+    posteriors; the pass is the loop body again, so each step is compiled once.
+  * `refit_last=False` (MACE, GLAD, as their papers and crowd-kit): the loop ends after
+    the E-step; the returned parameters are those the returned posteriors came from (so
+    the traced objective is theirs). GLAD's M-step is many gradient steps: no pass is
+    spent on parameters that would be thrown away.
+
+  Args:
+    init_posteriors: float [I, K] start (vote shares, or the E-step of initial parameters).
+    init_params: the parameters `init_posteriors` came from; None when `m_step` does not
+      read them (zeros of its output's shapes are then carried).
+    m_step, e_step: the model's two steps (`MStep`, `EStep`).
+    num_iters: most iterations, static; tol: None runs exactly `num_iters`.
+    refit_last: see above.
+
+  Returns:
+    (posteriors, params, trace); trace holds each scalar of the E-step and
+    "posterior_change" (max |change| of a posterior) as [num_iters] arrays, NaN after the
+    stop, and "num_iters", the iterations run.
   """
-  num_items = init_posteriors.shape[0]
-  num_annotations = items.shape[0]
-  annotated = item_counts(items, num_items) > 0
+  if init_params is None:
+    shapes = jax.eval_shape(lambda p: m_step(p, None), init_posteriors)
+    init_params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+  scalar_names = list(jax.eval_shape(e_step, init_params)[1])
+
+  def stop(iteration, change):
+    finished = iteration >= num_iters
+    if tol is not None:
+      finished |= change < tol
+    return finished
 
   def cond(state):
     return ~state["finished"]
 
   def body(state):
     iteration, posteriors = state["iteration"], state["posteriors"]
-    params = model_m_step(posteriors)
-    finished = iteration >= num_iters
-    if tol is not None:
-      finished |= state["change"] < tol
-    log_priors = jnp.broadcast_to(params["log_class_prior"], posteriors.shape)
-    new_posteriors, log_marginal = e_step_core(
-        items, annotators, labels, params["log_confusion"], log_priors
-    )
-    data_term = jnp.sum(jnp.where(annotated, log_marginal, 0.0))
-    objective = (data_term + params["log_prior_density"]) / num_annotations
+    params = m_step(posteriors, state["params"])
+    # With a refit, a pass that starts stopped only refits the parameters.
+    counted = ~stop(iteration, state["change"]) if refit_last else jnp.asarray(True)
+    new_posteriors, scalars = e_step(params)
     change = jnp.max(jnp.abs(new_posteriors - posteriors))
+    scalars = {**scalars, "posterior_change": change}
     slot = jnp.minimum(iteration, num_iters - 1)
+    next_iteration = jnp.where(counted, iteration + 1, iteration)
     return {
-        "iteration": jnp.where(finished, iteration, iteration + 1),
-        "posteriors": jnp.where(finished, posteriors, new_posteriors),
+        "iteration": next_iteration,
+        "posteriors": jnp.where(counted, new_posteriors, posteriors),
         "params": params,
         "change": change,
-        "objective": jnp.where(
-            finished, state["objective"], state["objective"].at[slot].set(objective)
-        ),
-        "posterior_change": jnp.where(
-            finished, state["posterior_change"], state["posterior_change"].at[slot].set(change)
-        ),
-        "finished": finished,
+        "trace": {
+            name: jnp.where(counted, trace.at[slot].set(scalars[name]), trace)
+            for name, trace in state["trace"].items()
+        },
+        "finished": ~counted if refit_last else stop(next_iteration, change),
     }
 
-  params_shapes = jax.eval_shape(model_m_step, init_posteriors)
   empty_trace = jnp.full((num_iters,), jnp.nan, jnp.float32)
   state = {
       "iteration": jnp.asarray(0, jnp.int32),
       "posteriors": init_posteriors,
-      "params": jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params_shapes),
+      "params": init_params,
       "change": jnp.asarray(jnp.inf, jnp.float32),
-      "objective": empty_trace,
-      "posterior_change": empty_trace,
+      "trace": {name: empty_trace for name in [*scalar_names, "posterior_change"]},
       "finished": jnp.asarray(False),
   }
   state = jax.lax.while_loop(cond, body, state)
-  trace = {
-      "objective": state["objective"],
-      "posterior_change": state["posterior_change"],
-      "num_iters": state["iteration"],
-  }
-  return state["posteriors"], state["params"], trace
+  return state["posteriors"], state["params"], {**state["trace"], "num_iters": state["iteration"]}

@@ -4,8 +4,13 @@ Both models explain each label by a latent true class per item and a per-annotat
 and both are fitted by (generalised) EM over the flat annotation arrays of
 `rlhf_jax.feedback.types`: `items[n]`, `annotators[n]`, `labels[n]`. Every E-step and
 M-step is a handful of `jax.ops.segment_sum` calls over those arrays, so one iteration
-costs O(N + num_items * K + num_annotators * K); the EM loop is a `lax.scan` inside one
-jitted function (MACE's random restarts run side by side under `vmap`).
+costs O(N + num_items * K + num_annotators * K). The EM loop is the annotator models'
+shared driver `em.run_em` inside one jitted function (MACE's random restarts run side by
+side under `vmap`); what is their own is the E-step (both models' emission is one
+probability for the true class and one for every other, per annotation, which GLAD's
+item difficulty keeps out of an [A, K, K] confusion table) and the M-step (MACE's in
+closed form, GLAD's a few L-BFGS steps warm-started from the previous point, which is
+why the driver hands each M-step the previous parameters).
 
 * MACE (Hovy, Berg-Kirkpatrick, Vaswani, Hovy 2013, "Learning Whom to Trust with MACE",
   NAACL-HLT): annotator j knows the answer with probability `theta_j` (its competence) and
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +40,12 @@ from jax.typing import ArrayLike
 
 from rlhf_jax import _checks
 from rlhf_jax.feedback.models._arrays import annotation_arrays, check_size
-from rlhf_jax.feedback.models.em import per_annotator_mean
+from rlhf_jax.feedback.models.em import (
+    argmax_result,
+    per_annotator_mean,
+    posteriors_from_log_joint,
+    run_em,
+)
 from rlhf_jax.feedback.types import AggregationResult
 
 __all__ = [
@@ -54,21 +63,6 @@ _TINY = 1e-30
 # --------------------------------------------------------------------------------------
 # Argument checks shared by both models.
 # --------------------------------------------------------------------------------------
-
-
-def _prepare(
-    items: ArrayLike,
-    annotators: ArrayLike,
-    labels: ArrayLike,
-    num_classes: int,
-    num_items: int | None,
-    num_annotators: int | None,
-) -> tuple[jax.Array, jax.Array, jax.Array, int, int, int]:
-  """Validates the flat annotation arrays (`_arrays.annotation_arrays`), resolves the sizes."""
-  items, annotators, labels, num_items, num_annotators = annotation_arrays(
-      items, annotators, labels, num_classes=num_classes, num_items=num_items,
-      num_annotators=num_annotators)
-  return items, annotators, labels, int(num_classes), num_items, num_annotators
 
 
 def _as_class_prior(class_prior: ArrayLike | None, num_classes: int) -> jax.Array:
@@ -114,19 +108,6 @@ def _item_log_joint(
       num_segments=num_items * num_classes,
   ).reshape(num_items, num_classes)
   return log_class_prior[None, :] + other[:, None] + correction
-
-
-def _result_from_log_joint(log_joint: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(posteriors [I, K], total log-likelihood) from the per-item log joint."""
-  log_evidence = jax.nn.logsumexp(log_joint, axis=1)
-  posteriors = jnp.exp(log_joint - log_evidence[:, None])
-  return posteriors, jnp.sum(log_evidence)
-
-
-def _finish(posteriors: jax.Array) -> tuple[jax.Array, jax.Array]:
-  labels = jnp.argmax(posteriors, axis=1).astype(jnp.int32)
-  confidence = jnp.take_along_axis(posteriors, labels[:, None], axis=1)[:, 0]
-  return labels, confidence
 
 
 # --------------------------------------------------------------------------------------
@@ -186,8 +167,9 @@ def mace_log_likelihood(
         f"`competence` must have shape (num_annotators,) = ({num_annotators},) like the rows "
         f"of `spam_strategy` {spam_strategy.shape}, got {competence.shape}."
     )
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, num_items, num_annotators
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=num_items,
+      num_annotators=num_annotators,
   )
   return _mace_log_likelihood_jit(
       items,
@@ -263,33 +245,46 @@ def _mace_fit(
   digamma = jax.scipy.special.digamma
   uniform = jnp.full((num_classes,), -math.log(num_classes))
 
-  def e_step(log_params, log_class_prior):
-    log_competence, log_spam, log_strategy = log_params
-    log_other, log_same, log_know = _mace_log_emissions(
+  def emissions(params):
+    log_competence, log_spam, log_strategy = params["log_params"]
+    return _mace_log_emissions(
         annotators, labels, log_competence, log_spam, log_strategy, num_classes
     )
+
+  def e_step(params):
+    log_other, log_same, _ = emissions(params)
     log_joint = _item_log_joint(
-        items, labels, log_other, log_same, log_class_prior, num_items, num_classes
+        items, labels, log_other, log_same, params["log_class_prior"], num_items, num_classes
     )
-    posteriors, log_likelihood = _result_from_log_joint(log_joint)
+    posteriors, log_evidence = posteriors_from_log_joint(log_joint)
+    log_likelihood = jnp.sum(log_evidence)
+    # VB: log-evidence under exp E[log params] minus KL(q || prior) is the ELBO;
+    # EM: log-likelihood plus log prior is the MAP objective. Both never decrease.
+    return posteriors, {
+        "objective": log_likelihood + params["penalty"], "log_likelihood": log_likelihood
+    }
+
+  def expected_counts(posteriors, previous):
+    """Expected "knew" and "spammed" counts per annotator, and spammed labels [A, K]."""
+    _, log_same, log_know = emissions(previous)
     # P(annotator knew | data) = P(truth = l_n | data) * theta_j / P(l_n | truth = l_n).
     knowing = posteriors[items, labels] * jnp.exp(log_know - log_same)
     spamming = 1.0 - knowing
-    counts = (
+    return (
         jax.ops.segment_sum(knowing, annotators, num_segments=num_annotators),
         jax.ops.segment_sum(spamming, annotators, num_segments=num_annotators),
         jax.ops.segment_sum(
             spamming, annotators * num_classes + labels, num_segments=num_annotators * num_classes
         ).reshape(num_annotators, num_classes),
     )
-    return posteriors, log_likelihood, counts
 
-  def m_step(counts, posteriors):
+  def m_step(posteriors, previous):
     """Parameters for the next E-step, the objective's prior term, and reported values.
 
     EM: smoothed point estimates. VB: exp E_q[log .] under the Beta/Dirichlet posteriors.
+    The counts are those of the E-step that gave `posteriors`, from its parameters.
     """
-    knowing, spamming, strategy = counts
+    knowing, spamming, strategy = expected_counts(posteriors, previous)
     # Maximum-likelihood class prior: the mean posterior (a point parameter in both EM and
     # VB, so the objective still never decreases).
     log_class_prior = jnp.where(
@@ -330,10 +325,16 @@ def _mace_fit(
         (strategy + strategy_prior) / (strategy_total + num_classes * strategy_prior),
         jnp.exp(em_params[2]),
     )
-    # VB's variational posteriors: Beta over theta_j, Dirichlet over xi_j.
-    variational_posterior = (beta_posterior, strategy + strategy_prior)
-    reported = (competence, spam_strategy, variational_posterior)
-    return (log_params, log_class_prior, penalty), reported
+    return {
+        "log_params": log_params,
+        "log_class_prior": log_class_prior,
+        "penalty": penalty,
+        "competence": competence,
+        "spam_strategy": spam_strategy,
+        # VB's variational posteriors: Beta over theta_j, Dirichlet over xi_j.
+        "competence_posterior": beta_posterior,
+        "strategy_posterior": strategy + strategy_prior,
+    }
 
   def fit_one(raw):
     raw_competence, raw_strategy = raw[:, :2], raw[:, 2:]
@@ -344,62 +345,33 @@ def _mace_fit(
         jnp.log(raw_strategy / jnp.sum(raw_strategy, axis=1, keepdims=True)),
     )
 
-    def iteration(carry, _):
-      (log_params, log_class_prior, penalty), reported, _ = carry
-      posteriors, log_likelihood, counts = e_step(log_params, log_class_prior)
-      # VB: log-evidence under exp E[log params] minus KL(q || prior) is the ELBO;
-      # EM: log-likelihood plus log prior is the MAP objective. Both never decrease.
-      # `reported` (the values these parameters came from) rides along so that the
-      # returned parameters are exactly those whose objective ends the trace.
-      outputs = (log_likelihood + penalty, log_likelihood)
-      last = (reported, jnp.exp(log_class_prior), posteriors)
-      return (*m_step(counts, posteriors), last), outputs
-
-    # Iteration 0 runs the E-step on the random initialisation, which has no prior term;
-    # its objective is dropped from the trace.
-    reported = (
-        jnp.zeros((num_annotators,)),
-        jnp.zeros((num_annotators, num_classes)),
-        (jnp.zeros((num_annotators, 2)), jnp.zeros((num_annotators, num_classes))),
-    )
-    last = (reported, jnp.exp(uniform), jnp.zeros((num_items, num_classes)))
-    carry = ((init, uniform, jnp.float32(0.0)), reported, last)
-    (_, _, last), (objective_trace, log_likelihood_trace) = jax.lax.scan(
-        iteration, carry, None, length=num_iters + 1
-    )
-    (competence, spam_strategy, variational_posterior), class_prior, posteriors = last
-    return (
-        posteriors,
-        competence,
-        spam_strategy,
-        variational_posterior,
-        class_prior,
-        objective_trace[1:],
-        log_likelihood_trace[1:],
+    # The E-step of the random start has no prior term and is not traced; the returned
+    # parameters are those whose objective ends the trace (`refit_last=False`).
+    params = {
+        "log_params": init,
+        "log_class_prior": uniform,
+        "penalty": jnp.float32(0.0),
+        "competence": jnp.zeros((num_annotators,)),
+        "spam_strategy": jnp.zeros((num_annotators, num_classes)),
+        "competence_posterior": jnp.zeros((num_annotators, 2)),
+        "strategy_posterior": jnp.zeros((num_annotators, num_classes)),
+    }
+    posteriors, _ = e_step(params)
+    return run_em(
+        posteriors, params, m_step, e_step, num_iters=num_iters, tol=None, refit_last=False
     )
 
-  (
-      posteriors,
-      competence,
-      spam_strategy,
-      variational_posterior,
-      class_prior,
-      objective_trace,
-      log_likelihood_trace,
-  ) = (
-      jax.vmap(fit_one)(
-          # One draw for all restarts; crowd-kit's initialisation, normalised U(1, 2.5).
-          jax.random.uniform(
-              key, (num_restarts, num_annotators, 2 + num_classes), minval=1.0, maxval=2.5
-          )
+  # One draw for all restarts; crowd-kit's initialisation, normalised U(1, 2.5).
+  posteriors, params, trace = jax.vmap(fit_one)(
+      jax.random.uniform(
+          key, (num_restarts, num_annotators, 2 + num_classes), minval=1.0, maxval=2.5
       )
   )
-  best = jnp.argmax(objective_trace[:, -1])
+  best = jnp.argmax(trace["objective"][:, -1])
   posteriors = posteriors[best]
-  class_prior = class_prior[best]
-  competence = competence[best]
-  spam_strategy = spam_strategy[best]
-  competence_posterior, strategy_posterior = jax.tree.map(lambda x: x[best], variational_posterior)
+  class_prior = jnp.exp(params["log_class_prior"][best])
+  competence = params["competence"][best]
+  spam_strategy = params["spam_strategy"][best]
   # P(label = truth) = theta_j + (1 - theta_j) xi_j[truth], averaged over annotated items.
   correct_given_class = competence[:, None] + (1.0 - competence[:, None]) * spam_strategy
   per_annotation = jnp.sum(posteriors[items] * correct_given_class[annotators], axis=1)
@@ -416,21 +388,18 @@ def _mace_fit(
       num_items=num_items,
       num_classes=num_classes,
   )
-  hard_labels, confidence = _finish(posteriors)
   return {
       "posteriors": posteriors,
-      "labels": hard_labels,
-      "confidence": confidence,
       "log_likelihood": log_likelihood,
       "competence": competence,
       "spam_strategy": spam_strategy,
       "reliability": reliability,
       "class_prior": class_prior,
-      "competence_posterior": competence_posterior,
-      "strategy_posterior": strategy_posterior,
-      "objective_trace": objective_trace[best],
-      "log_likelihood_trace": log_likelihood_trace[best],
-      "restart_objectives": objective_trace[:, -1],
+      "competence_posterior": params["competence_posterior"][best],
+      "strategy_posterior": params["strategy_posterior"][best],
+      "objective_trace": trace["objective"][best],
+      "log_likelihood_trace": trace["log_likelihood"][best],
+      "restart_objectives": trace["objective"][:, -1],
       "best_restart": best,
   }
 
@@ -503,8 +472,9 @@ def mace(
     (observed-data log-likelihood at the returned `competence`, `spam_strategy` and
     `class_prior`), `restart_objectives` [num_restarts], `best_restart`.
   """
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, num_items, num_annotators
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=num_items,
+      num_annotators=num_annotators,
   )
   num_iters = check_size(num_iters, "num_iters")
   num_restarts = check_size(num_restarts, "num_restarts")
@@ -542,12 +512,10 @@ def mace(
   if method == "vb":
     annotator_params["competence_posterior"] = fit["competence_posterior"]
     annotator_params["strategy_posterior"] = fit["strategy_posterior"]
-  return AggregationResult(
-      posteriors=fit["posteriors"],
-      labels=fit["labels"],
-      confidence=fit["confidence"],
-      annotator_params=annotator_params,
-      extras={
+  return argmax_result(
+      fit["posteriors"],
+      annotator_params,
+      {
           "method": method,
           "class_prior": fit["class_prior"],
           "objective_trace": fit["objective_trace"],
@@ -614,8 +582,9 @@ def glad_log_likelihood(
   log_beta = _checks.as_float(log_beta, "log_beta")
   _checks.check_rank(ability, "ability", 1)
   _checks.check_rank(log_beta, "log_beta", 1)
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, log_beta.shape[0], ability.shape[0]
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=log_beta.shape[0],
+      num_annotators=ability.shape[0],
   )
   log_class_prior = jnp.log(_as_class_prior(class_prior, num_classes))
   return _glad_log_likelihood_jit(
@@ -694,8 +663,9 @@ def glad_m_step_objective(
   log_beta = _checks.as_float(log_beta, "log_beta")
   posteriors = _checks.as_float(posteriors, "posteriors")
   _checks.check_rank(posteriors, "posteriors", 2)
-  items, annotators, labels, num_classes, _, _ = _prepare(
-      items, annotators, labels, num_classes, log_beta.shape[0], ability.shape[0]
+  items, annotators, labels, _, _ = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=log_beta.shape[0],
+      num_annotators=ability.shape[0],
   )
   if posteriors.shape != (log_beta.shape[0], num_classes):
     raise ValueError(
@@ -740,20 +710,23 @@ def _glad_fit(
 ):
   optimizer = optax.lbfgs()
 
-  def log_posterior(params, log_class_prior):
-    """Observed-data log-likelihood plus the Gaussian log priors, and the E-step."""
-    ability, log_beta = params
+  def e_step(params):
+    """Exact item posteriors; the objective is the log-likelihood plus the Gaussian log priors."""
+    ability, log_beta = params["ability"], params["log_beta"]
     log_other, log_same, _ = _glad_log_emissions(items, annotators, ability, log_beta, num_classes)
     log_joint = _item_log_joint(
-        items, labels, log_other, log_same, log_class_prior, num_items, num_classes
+        items, labels, log_other, log_same, params["log_class_prior"], num_items, num_classes
     )
-    posteriors, log_likelihood = _result_from_log_joint(log_joint)
+    posteriors, log_evidence = posteriors_from_log_joint(log_joint)
+    log_likelihood = jnp.sum(log_evidence)
     log_prior = _gaussian_log_density(ability, prior_means[0], prior_stds[0]) + (
         _gaussian_log_density(log_beta, prior_means[1], prior_stds[1])
     )
-    return posteriors, log_likelihood, log_likelihood + log_prior
+    return posteriors, {"objective": log_likelihood + log_prior, "log_likelihood": log_likelihood}
 
-  def m_step(params, posteriors):
+  def m_step(posteriors, previous):
+    """L-BFGS steps on Q from the previous point; the class prior from the posteriors."""
+    params = (previous["ability"], previous["log_beta"])
     correct_probability = posteriors[items, labels]
     # L-BFGS minimises; the scale keeps float32 line-search tolerances meaningful.
     scale = 1.0 / items.shape[0]
@@ -775,29 +748,26 @@ def _glad_fit(
     )
     # Generalised EM needs Q not to decrease; keep the old point if the line search failed.
     improved = jnp.isfinite(loss(new_params)) & (loss(new_params) <= loss(params))
-    return jax.tree.map(lambda new, old: jnp.where(improved, new, old), new_params, params)
-
-  params = (
-      jnp.full((num_annotators,), prior_means[0], jnp.float32),
-      jnp.full((num_items,), prior_means[1], jnp.float32),
-  )
-  posteriors, _, _ = log_posterior(params, log_class_prior)
-
-  def iteration(carry, _):
-    params, log_class_prior, posteriors = carry
-    params = m_step(params, posteriors)
+    ability, log_beta = jax.tree.map(
+        lambda new, old: jnp.where(improved, new, old), new_params, params
+    )
     log_class_prior = jnp.where(
         learn_class_prior,
         jnp.log(jnp.maximum(jnp.mean(posteriors, axis=0), _TINY)),
-        log_class_prior,
+        previous["log_class_prior"],
     )
-    posteriors, log_likelihood, objective = log_posterior(params, log_class_prior)
-    return (params, log_class_prior, posteriors), (objective, log_likelihood)
+    return {"ability": ability, "log_beta": log_beta, "log_class_prior": log_class_prior}
 
-  (params, log_class_prior, posteriors), (objective_trace, log_likelihood_trace) = jax.lax.scan(
-      iteration, (params, log_class_prior, posteriors), None, length=num_iters
+  params = {
+      "ability": jnp.full((num_annotators,), prior_means[0], jnp.float32),
+      "log_beta": jnp.full((num_items,), prior_means[1], jnp.float32),
+      "log_class_prior": log_class_prior,
+  }
+  posteriors, _ = e_step(params)
+  posteriors, params, trace = run_em(
+      posteriors, params, m_step, e_step, num_iters=num_iters, tol=None, refit_last=False
   )
-  ability, log_beta = params
+  ability, log_beta = params["ability"], params["log_beta"]
   _, _, logits = _glad_log_emissions(items, annotators, ability, log_beta, num_classes)
   fallback = jax.nn.sigmoid(ability * jnp.mean(jnp.exp(log_beta)))
   reliability = per_annotator_mean(jax.nn.sigmoid(logits), annotators, num_annotators, fallback)
@@ -806,9 +776,9 @@ def _glad_fit(
       "ability": ability,
       "log_beta": log_beta,
       "reliability": reliability,
-      "class_prior": jnp.exp(log_class_prior),
-      "objective_trace": objective_trace,
-      "log_likelihood_trace": log_likelihood_trace,
+      "class_prior": jnp.exp(params["log_class_prior"]),
+      "objective_trace": trace["objective"],
+      "log_likelihood_trace": trace["log_likelihood"],
   }
 
 
@@ -868,8 +838,9 @@ def glad(
     `log_likelihood_trace` [num_iters], `log_likelihood` (final observed-data
     log-likelihood).
   """
-  items, annotators, labels, num_classes, num_items, num_annotators = _prepare(
-      items, annotators, labels, num_classes, num_items, num_annotators
+  items, annotators, labels, num_items, num_annotators = annotation_arrays(
+      items, annotators, labels, num_classes=num_classes, num_items=num_items,
+      num_annotators=num_annotators,
   )
   num_iters = check_size(num_iters, "num_iters")
   m_step_iters = check_size(m_step_iters, "m_step_iters")
@@ -890,13 +861,10 @@ def glad(
       num_iters=num_iters,
       m_step_iters=m_step_iters,
   )
-  hard_labels, confidence = _finish(fit["posteriors"])
-  return AggregationResult(
-      posteriors=fit["posteriors"],
-      labels=hard_labels,
-      confidence=confidence,
-      annotator_params={"ability": fit["ability"], "reliability": fit["reliability"]},
-      extras={
+  return argmax_result(
+      fit["posteriors"],
+      {"ability": fit["ability"], "reliability": fit["reliability"]},
+      {
           "item_difficulty": jnp.exp(-fit["log_beta"]),
           "class_prior": fit["class_prior"],
           "log_beta": fit["log_beta"],

@@ -221,7 +221,11 @@ def _wawa(items, annotators, labels, *, num_items, num_annotators, num_classes):
   sizes = dict(num_items=num_items, num_annotators=num_annotators, num_classes=num_classes,
                tie_break="lowest")
   first = _vote(items, annotators, labels, jnp.ones((num_annotators,), jnp.float32), None, **sizes)
-  skill = first.annotator_params["reliability"]
+  return _skill_vote(items, annotators, labels, first.annotator_params["reliability"], sizes)
+
+
+def _skill_vote(items, annotators, labels, skill, sizes) -> AggregationResult:
+  """The vote weighted by `skill` [A], which it reports as annotator_params "skill"."""
   result = _vote(items, annotators, labels, skill, None, **sizes)
   result.annotator_params["skill"] = skill
   return result
@@ -278,9 +282,7 @@ def _zero_based_skill(items, annotators, labels, lr_init, lr_reduce_factor, eps,
     return skill + rate * (accuracy - skill), rate
 
   skill, _ = jax.lax.fori_loop(0, num_iters, body, (skill, jnp.asarray(lr_init, jnp.float32)))
-  result = _vote(items, annotators, labels, skill, None, **sizes)
-  result.annotator_params["skill"] = skill
-  return result
+  return _skill_vote(items, annotators, labels, skill, sizes)
 
 
 def zero_based_skill(

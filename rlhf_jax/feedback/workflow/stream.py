@@ -91,6 +91,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import feedback
+from rlhf_jax.feedback import types
 from rlhf_jax.io import ingest
 
 __all__ = [
@@ -389,7 +390,7 @@ def _grow(array: np.ndarray, rows: int, fill: Any = 0) -> np.ndarray:
 # The aggregator.
 
 
-class StreamingAggregator:
+class StreamingAggregator(types.IdTables):
   """Incremental aggregation with a checkpoint in `output_dir` (see the module docstring).
 
   >>> agg = StreamingAggregator("runs/stream", StreamConfig(format="jsonl"))
@@ -445,14 +446,6 @@ class StreamingAggregator:
       self._restore()
 
   # ---- public API -----------------------------------------------------------------------
-
-  @property
-  def num_items(self) -> int:
-    return len(self.item_ids)
-
-  @property
-  def num_annotators(self) -> int:
-    return len(self.annotator_ids)
 
   @property
   def num_annotations(self) -> int:

@@ -37,10 +37,12 @@ def test_vote_share_start_counts_and_means():
 
 
 def _fixed_m_step(log_confusion):
-  def m_step(posteriors):
+  """Fixed confusions; "count" is the number of M-steps that led to these parameters."""
+  def m_step(posteriors, previous_params):
     del posteriors
+    count = jnp.int32(0) if previous_params is None else previous_params["count"]  # None: shapes only
     return {"log_confusion": log_confusion, "log_class_prior": jnp.log(jnp.full((3,), 1 / 3)),
-            "log_prior_density": jnp.float32(0.0)}
+            "log_prior_density": jnp.float32(0.0), "count": count + 1}
   return m_step
 
 
@@ -49,11 +51,30 @@ def test_run_em_schedule_and_stopping():
   args = (jnp.asarray(ITEMS), jnp.asarray(ANNOTATORS), jnp.asarray(LABELS))
   start = em.vote_share_init(args[0], args[2], 3, 3)
   # Fixed parameters: the first E-step reaches the fixed point, the second moves nothing.
-  posteriors, _, trace = em.run_em(*args, start, _fixed_m_step(log_confusion), num_iters=10, tol=1e-6)
+  e_step = em.confusion_e_step(*args, 3)
+  posteriors, _, trace = em.run_em(start, None, _fixed_m_step(log_confusion), e_step, num_iters=10, tol=1e-6,
+                                   refit_last=True)
   assert int(trace["num_iters"]) == 2
   assert np.isnan(np.asarray(trace["objective"])[2:]).all() and np.isfinite(np.asarray(trace["objective"])[:2]).all()
   expected, _ = em.e_step_core(*args, log_confusion, jnp.log(jnp.full((3, 3), 1 / 3)))
   np.testing.assert_allclose(posteriors, expected, rtol=1e-6)
   # Without a tolerance every iteration runs.
-  _, _, trace = em.run_em(*args, start, _fixed_m_step(log_confusion), num_iters=5, tol=None)
+  _, _, trace = em.run_em(start, None, _fixed_m_step(log_confusion), e_step, num_iters=5, tol=None,
+                          refit_last=True)
   assert int(trace["num_iters"]) == 5 and np.isfinite(np.asarray(trace["objective"])).all()
+
+
+def test_run_em_returns_the_parameters_of_the_last_e_step_or_a_refit():
+  log_confusion = jnp.log(jnp.asarray(np.full((3, 3, 3), 0.1) + 0.7 * np.eye(3)))
+  args = (jnp.asarray(ITEMS), jnp.asarray(ANNOTATORS), jnp.asarray(LABELS))
+  start = em.vote_share_init(args[0], args[2], 3, 3)
+  e_step = em.confusion_e_step(*args, 3)
+  init = {"log_confusion": log_confusion, "log_class_prior": jnp.zeros(3), "log_prior_density": jnp.float32(0.0),
+          "count": jnp.int32(0)}
+  for tol, iterations in ((None, 4), (1e-6, 2)):  # fixed confusions: the second E-step moves nothing
+    _, params, trace = em.run_em(start, init, _fixed_m_step(log_confusion), e_step, num_iters=4, tol=tol,
+                                 refit_last=False)
+    assert int(trace["num_iters"]) == iterations and int(params["count"]) == iterations
+    _, params, trace = em.run_em(start, init, _fixed_m_step(log_confusion), e_step, num_iters=4, tol=tol,
+                                 refit_last=True)
+    assert int(trace["num_iters"]) == iterations and int(params["count"]) == iterations + 1
