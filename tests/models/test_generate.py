@@ -205,6 +205,22 @@ def test_greedy_takes_the_argmax_and_the_distribution_is_a_point_mass():
   np.testing.assert_array_equal(np.exp(models.sampling_logprobs(logits, config)), [[0, 1, 0, 0], [1, 0, 0, 0]])
 
 
+def test_greedy_choice_is_numpys_argmax_with_ties_infinities_and_nan():
+  rng = np.random.default_rng(3)
+  logits = np.concatenate([
+      rng.integers(0, 3, size=(40, 9)).astype(np.float32),  # many ties
+      rng.normal(size=(4, 9)).astype(np.float32),
+      np.full((1, 9), -np.inf, np.float32),
+      np.array([[1, np.inf, np.inf, 0, 0, 0, 0, 0, 0], [0, 2, np.nan, 5, np.nan, 0, 0, 0, 0],
+                [np.inf, np.nan, 0, 0, 0, 0, 0, 0, 0]], np.float32)])
+  config = models.SamplingConfig(max_new_tokens=1, temperature=0.0)
+  tokens = choose_tokens(jnp.asarray(logits), None, config)[0]
+  # NumPy's argmax: the first maximum, or the first NaN when there is one.
+  np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
+  np.testing.assert_array_equal(np.argmax(np.exp(models.sampling_logprobs(logits[:45], config)), -1),
+                                np.argmax(logits[:45], axis=-1))
+
+
 def _first_index(row: np.ndarray, token: int) -> int:
   return int(np.flatnonzero(row == token)[0])
 
