@@ -53,6 +53,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import feedback
+from rlhf_jax.io import ingest
 
 __all__ = [
     "PlanConfig",
@@ -187,7 +188,7 @@ def read_annotators_csv(path: str | os.PathLike[str], skill_column: str) -> dict
 
 
 def read_label_studio_export(path: str | os.PathLike[str]
-                             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                             ) -> tuple[list[dict[str, Any]], list[ingest.Reject]]:
   """Label Studio's JSON export -> (records of the pairwise schema, rejects).
 
   Each task's `data` gives item_id (`item_id`, else the task `id`), prompt, response_a,
@@ -196,8 +197,13 @@ def read_label_studio_export(path: str | os.PathLike[str]
   record: annotator_id from `completed_by` (an id, or a dict with `email`/`id`),
   choice from the first `choices` result (a, b, tie, or left/right, any case) or a
   `pairwise` result's `selected` left/right, timestamp from `created_at`, response_ms
-  from `lead_time` (seconds). A rejected annotation: {"file", "line" (task index,
-  1-based), "field", "reason", "raw"}.
+  from `lead_time` (seconds).
+
+  A task that cannot be used is rejected whole, an unusable annotation of a usable task
+  alone: every annotation read is a record or a reject. Rejects are `ingest.Reject`s
+  numbered by task (1-based, location "task") whose `raw` is the rejected task or
+  annotation as compact JSON text; `ingest.write_rejects(..., layout="line")` writes them
+  in the feedback layer's layout ({"file", "line" (the task), "field", "reason", "raw"}).
   """
   path = Path(path)
   try:
@@ -207,35 +213,45 @@ def read_label_studio_export(path: str | os.PathLike[str]
   if not isinstance(tasks, list):
     raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks, got "
                      f"{type(tasks).__name__}.")
-  records, rejects = [], []
+  records: list[dict[str, Any]] = []
+  rejects: list[ingest.Reject] = []
 
-  def reject(index, field, reason, raw):
-    rejects.append({"file": str(path), "line": index, "field": field, "reason": reason,
-                    "raw": raw})
+  def reject(index: int, error: ingest.RecordError, rejected: Any) -> None:
+    rejects.append(ingest.Reject(
+        file=str(path), location="task", number=index, field=error.field, code=error.code,
+        reason=error.reason, record=rejected, raw=json.dumps(rejected, ensure_ascii=False, default=str)))
 
   for index, task in enumerate(tasks, start=1):
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-      reject(index, "data", "a task must be an object with a `data` object", task)
+      reject(index, ingest.RecordError("not_an_object", "data",
+                                       "a task must be an object with a `data` object"), task)
       continue
     data, meta = task["data"], task.get("meta") or {}
     item_id = data.get("item_id", task.get("id"))
     if item_id is None:
-      reject(index, "data.item_id", "the task has neither data.item_id nor an id", task)
+      reject(index, ingest.missing_field("data.item_id", "data.item_id or a task id"), task)
       continue
     for annotation in task.get("annotations") or []:
+      if not isinstance(annotation, dict):
+        reject(index, ingest.RecordError("not_an_object", "annotations",
+                                         f"an annotation must be an object, got {type(annotation).__name__}"),
+               annotation)
+        continue
       if annotation.get("was_cancelled"):
-        reject(index, "was_cancelled", "the annotator skipped the task", annotation)
+        reject(index, ingest.RecordError("cancelled", "was_cancelled", "the annotator skipped the task"),
+               annotation)
         continue
       who = annotation.get("completed_by")
       if isinstance(who, dict):
         who = who.get("email") or who.get("id")
       if who is None:
-        reject(index, "completed_by", "no annotator", annotation)
+        reject(index, ingest.missing_field("completed_by", "the annotator's id, or an object with email or id"),
+               annotation)
         continue
       choice = _ls_choice(annotation.get("result") or [])
       if choice is None:
-        reject(index, "result", "no choices/pairwise result with a/b/tie or left/right",
-               annotation)
+        reject(index, ingest.RecordError("bad_label", "result",
+                                         "no choices/pairwise result with a/b/tie or left/right"), annotation)
         continue
       record = {"annotation_id": f"ls-{task.get('id', index)}-{annotation.get('id', len(records))}",
                 "item_id": str(item_id), "annotator_id": str(who), "choice": choice}
@@ -244,8 +260,13 @@ def read_label_studio_export(path: str | os.PathLike[str]
           record[field] = data[field]
       if annotation.get("created_at"):
         record["timestamp"] = annotation["created_at"]
-      if isinstance(annotation.get("lead_time"), (int, float)):
-        record["response_ms"] = 1000.0 * float(annotation["lead_time"])
+      lead_time = annotation.get("lead_time")
+      if isinstance(lead_time, (int, float)) and not isinstance(lead_time, bool):
+        if not math.isfinite(lead_time):
+          reject(index, ingest.RecordError("wrong_type", "lead_time", "expected a finite number of seconds, "
+                                           f"got {ingest.describe_value(lead_time)}"), annotation)
+          continue
+        record["response_ms"] = 1000.0 * float(lead_time)
       if meta.get("golden_answer") is not None:
         record["is_golden"] = True
         record["golden_answer"] = meta["golden_answer"]
@@ -574,11 +595,8 @@ def _annotation_history(config: Any, output_dir: Path):
   if fmt == "label_studio":
     records, rejects = read_label_studio_export(path)
     converted = output_dir / "annotations_from_label_studio.jsonl"
-    converted.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-                         encoding="utf-8")
-    with open(output_dir / "label_studio_rejects.jsonl", "w", encoding="utf-8") as handle:
-      for r in rejects:
-        handle.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    ingest.write_json_lines(converted, records)
+    ingest.write_rejects(output_dir / "label_studio_rejects.jsonl", rejects, layout="line")
     path, fmt = converted, "jsonl"
   report = feedback.read_annotations(path, format=fmt,
                                      rejects_path=output_dir / "annotation_rejects.jsonl",
