@@ -4,7 +4,8 @@ Every loader in `rlhf_jax.data` reads rows with `read_rows`, turns each row into
 example or a `Reject`, and reports `read = accepted + rejected` in a `ReadReport`.
 
 The reading itself (opening by format, `datasets` and its temporary Arrow cache, the
-line-by-line fallback for JSON Lines that `datasets` cannot parse, row numbering, reject
+line-by-line fallback for JSON Lines that `datasets` cannot parse, the line-by-line check
+of CSV records so one with an extra column is rejected alone, row numbering, reject
 reasons, the rejects-file layout, fingerprints) is the one ingestion path of
 `rlhf_jax.io.ingest`, shared with the feedback layer; this module adds the data layer's
 policy on top: `DataError`, the `ReadReport` of a training file, and `load_records`
@@ -16,7 +17,9 @@ downloaded and nothing is cached under `~/.cache`.
 
 Locations: JSON Lines rows are named by their 1-based physical line number (`"line"`;
 blank lines are skipped and not counted, but count for numbering); Parquet and CSV rows
-by their 1-based data row (`"row"`; the CSV header is not a row).
+by their 1-based data row (`"row"`; the CSV header is not a row), except that every row
+of a CSV file holding unreadable records (another number of fields than the header,
+broken quoting, bytes that are not UTF-8) is named by its line, the header being line 1.
 """
 
 from __future__ import annotations
@@ -120,11 +123,11 @@ def read_rows(
 
   Returns:
     One `Row` per non-blank line (JSON Lines) or table row (Parquet/CSV), in file order;
-    unreadable JSON lines carry an `error` instead of a record.
+    unreadable JSON lines and CSV records carry an `error` instead of a record.
 
   Raises:
-    DataError: the path is not a local file, its type is unsupported, or a Parquet/CSV
-      file cannot be parsed at all.
+    DataError: the path is not a local file, its type is unsupported, a CSV header
+      cannot be read, or a Parquet file cannot be parsed at all.
   """
   return ingest.read_rows(path, cache_dir=cache_dir, error=DataError)
 

@@ -27,7 +27,10 @@ Two engines, on purpose:
   training files (CSV cells become numbers and booleans, as a trainer expects), into an
   Arrow cache created for the read and removed after it (nothing under `~/.cache`,
   nothing stale). When `datasets` cannot parse a JSON Lines file it falls back to the
-  line reader below, so every bad line is named instead of the whole file failing.
+  line reader below, so every bad line is named instead of the whole file failing. A CSV
+  file is split by the CSV reader below first: records `datasets` would fail the whole
+  file on (or silently shift, see `_read_csv_rows`), such as one with an extra column,
+  are rejected alone by line, and only the usable records are typed by `datasets`.
 * `json_line_rows` and `csv_records` read line by line with the standard library, for
   annotation logs: each line is decoded and parsed on its own (one bad line never costs
   the file), every row keeps its raw text for the rejects file, and CSV cells stay
@@ -38,7 +41,9 @@ Row numbering (lineage). JSON Lines and CSV rows read line by line are named by 
 1-based physical line (`"line"`): blank lines are skipped and not counted but count for
 numbering, a CSV header is line 1, and a CSV record spanning lines (a quoted newline)
 is named by its first line. Rows of a typed table (Parquet, and CSV through `datasets`)
-are named by their 1-based data row (`"row"`; a CSV header is not a row). `source` words
+are named by their 1-based data row (`"row"`; a CSV header is not a row), except the
+rows of a CSV file holding unreadable records, which `read_rows` names by line (the
+rejected records have no data row number `datasets` would agree on). `source` words
 a row's place as "FILE:line N"; `fingerprint` is the sha256 of the file's bytes, kept in
 each report so a run can say exactly which file it read.
 
@@ -547,11 +552,13 @@ def read_rows(
 
   Returns:
     One `Row` per non-blank line (JSON Lines) or table row (Parquet/CSV), in file order;
-    unreadable JSON lines carry an `error` instead of a record.
+    unreadable JSON lines and CSV records (not UTF-8, broken quoting, another number of
+    fields than the header) carry an `error` instead of a record.
 
   Raises:
     error: the path is not a local file, its type is unsupported, it is a JSON array
-      rather than JSON Lines, or a Parquet/CSV file cannot be parsed at all.
+      rather than JSON Lines, a CSV header cannot be read, or a Parquet file cannot be
+      parsed at all.
   """
   path = check_local_file(path, error)
   kind = file_kind(path, error)
@@ -579,17 +586,78 @@ def read_rows(
       return list(json_line_rows(data))
     return [Row("line", n, r) for n, r in zip(line_numbers, records)]
 
+  if kind == "csv":
+    return _read_csv_rows(path, cache_dir, error)
+  records = _datasets_records(path, kind, cache_dir, error)
+  return [Row("row", i, r) for i, r in enumerate(records, start=1)]
+
+
+def _datasets_records(path: Path, kind: str, cache_dir: str | os.PathLike[str] | None,
+                      error: type[IngestError], shown: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+  """The records of a Parquet or CSV file read with `datasets` (typed); a file it cannot
+  parse raises `error` naming `shown` (default `path`)."""
   try:
     with _quiet_datasets() as datasets, _cache_directory(cache_dir) as cache:
       if kind == "parquet":
         table = datasets.Dataset.from_parquet(os.fspath(path), cache_dir=cache)
       else:
         table = datasets.Dataset.from_csv(os.fspath(path), cache_dir=cache)
-      records = table.to_list()
+      return table.to_list()
   except Exception as e:  # pylint: disable=broad-except
     cause = e.__cause__ or e
-    raise error(f"{path}: cannot read the {kind} file: {type(cause).__name__}: {cause}") from e
-  return [Row("row", i, r) for i, r in enumerate(records, start=1)]
+    raise error(f"{shown or path}: cannot read the {kind} file: {type(cause).__name__}: {cause}") from e
+
+
+def _read_csv_rows(path: Path, cache_dir: str | os.PathLike[str] | None,
+                   error: type[IngestError]) -> list[Row]:
+  """A CSV file's rows, typed by `datasets`, with every unreadable record rejected alone.
+
+  `datasets` (pandas underneath) fails the whole file on a record with more fields than
+  the header, and worse, when the first data record has one more, takes the first column
+  as an index and shifts every column silently. So the file is first split with
+  `csv_records` (the feedback layer's reader): a record that is not UTF-8, has broken
+  quoting or has another number of fields than the header (`column_count_error`)
+  becomes a row with an error, named by its line. A file without such records is read
+  by `datasets` as it is (rows named by data row); otherwise the usable records are
+  written back, with the header, to a temporary CSV that `datasets` reads, so their cells
+  are typed as they would be in a file without the bad records, and every row is named
+  by its line (read = usable + unreadable, nothing dropped).
+  """
+  records = csv_records(read_bytes(path, error))
+  if not records:
+    return []
+  header, body = records[0], records[1:]
+  if header.error is not None:
+    raise error(f"{path}: line {header.line}: cannot read the CSV header: {header.error.reason}")
+  unreadable: dict[int, RecordError] = {}
+  for index, record in enumerate(body):
+    if record.error is not None:
+      unreadable[index] = record.error
+    elif len(record.fields) != len(header.fields):
+      unreadable[index] = column_count_error(header.fields, len(record.fields))
+  if not unreadable:
+    typed = _datasets_records(path, "csv", cache_dir, error)
+    if len(typed) == len(body):
+      return [Row("row", i, r) for i, r in enumerate(typed, start=1)]
+    _log.info("%s: %d rows from datasets for %d CSV records; typing the records one by one.",
+              path, len(typed), len(body))
+  usable = [record for index, record in enumerate(body) if index not in unreadable]
+  typed = []
+  if usable:
+    with _cache_directory(cache_dir) as scratch:
+      rewritten = Path(scratch) / "usable_rows.csv"
+      with open(rewritten, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header.fields)
+        writer.writerows(record.fields for record in usable)
+      typed = _datasets_records(rewritten, "csv", scratch, error, shown=path)
+  if len(typed) != len(usable):
+    raise error(f"{path}: datasets read {len(typed)} rows from the {len(usable)} usable CSV records; "
+                "cannot tell which row is which.")
+  typed_rows = iter(typed)
+  return [Row("line", record.line, None, unreadable[index], record.raw) if index in unreadable
+          else Row("line", record.line, next(typed_rows), None, record.raw)
+          for index, record in enumerate(body)]
 
 
 # --- writing --------------------------------------------------------------------------

@@ -190,6 +190,44 @@ def test_the_same_bad_row_gets_the_same_reason_through_both_layers(tmp_path):
   assert annotations.annotations.annotation_ids == ("labels.jsonl:1", "labels.jsonl:8")
 
 
+def test_the_same_bad_csv_row_gets_the_same_reason_through_both_layers(tmp_path):
+  columns = ["item_id", "annotator_id", "choice", "prompt", "response_a", "response_b"]
+  header = ",".join(columns)
+
+  def line(item, choice):
+    return ",".join(str(_pair(item, "w1", choice)[c]) for c in columns).encode()
+
+  lines = [
+      header.encode(),                                # 1 header
+      line("q2", "a"),                                # 2 ok
+      line("q3", "b") + b",surplus",                  # 3 one column too many
+      b"q4,w1,b,Question q4?, Answer A.",             # 4 one column short
+      b"q5,w1,a,Caf\xe9?, Answer A., Answer B.",       # 5 not UTF-8 (latin-1)
+      line("q6", "tie"),                              # 6 ok
+      b'q7,w1,"a,Question q7?, A., B.',               # 7 a quote left open to the end of the file
+  ]
+  path = tmp_path / "labels.csv"
+  path.write_bytes(b"\n".join(lines) + b"\n")
+  data = data_records.load_preference_data(path, format="feedback_labels", rejects_path=tmp_path / "data.jsonl")
+  annotations = read_annotations(path, format="csv", rejects_path=tmp_path / "feedback.jsonl")
+
+  def reasons(rejects_file):
+    return [(r["line"], r["field"], r["reason"])
+            for r in map(json.loads, (tmp_path / rejects_file).read_text().splitlines())]
+
+  expected = [
+      (3, None, f"expected 6 columns ({header}) as in the header, got 7"),
+      (4, None, f"expected 6 columns ({header}) as in the header, got 5"),
+      (5, None, "line 5 is not valid UTF-8 (byte 0xe9 at offset 11); expected UTF-8 text"),
+      (7, None, "unterminated quoted field (a \" without its closing \" before the end of the file)"),
+  ]
+  assert reasons("data.jsonl") == expected
+  assert reasons("feedback.jsonl") == expected
+  assert (data.report.read, data.report.accepted, data.report.rejected) == (6, 2, 4)
+  assert (annotations.num_read, annotations.num_accepted, annotations.num_rejected) == (6, 2, 4)
+  assert data.sources == (f"{path}:line 2", f"{path}:line 6")
+
+
 def _write_table(path, rows, kind):
   """Rows (dicts with the same keys) as JSON Lines, CSV or Parquet, gzipped for `.gz`."""
   if kind == "parquet":

@@ -483,9 +483,7 @@ def _csv_dict_records(path: Path, data: bytes) -> Iterator[Row]:
     if error is not None:
       yield Row("line", line, None, error, raw)
     elif len(fields) != len(header):
-      yield Row("line", line, None, RecordError(
-          "wrong_column_count", None, f"expected {len(header)} columns as in the header, got {len(fields)}"),
-          raw)
+      yield Row("line", line, None, ingest.column_count_error(header, len(fields)), raw)
     else:
       yield Row("line", line, {name: fields[k] for k, name in known}, None, raw)
 
