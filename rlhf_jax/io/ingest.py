@@ -110,6 +110,7 @@ __all__ = [
     "check_accounting",
     "check_local_file",
     "column_count_error",
+    "csv_header",
     "csv_records",
     "decode_line",
     "describe_first_reject",
@@ -124,6 +125,9 @@ __all__ = [
     "read_bytes",
     "read_id",
     "read_parquet",
+    "read_reference_csv",
+    "read_reference_json_lines",
+    "reference_csv_rows",
     "read_rows",
     "read_string",
     "source",
@@ -494,6 +498,61 @@ def column_count_error(header: Sequence[str], num_fields: int) -> RecordError:
   """The reject reason of a CSV record whose number of fields is not the header's."""
   return RecordError("wrong_column_count", None, f"expected {len(header)} columns ({','.join(header)}) as in "
                      f"the header, got {num_fields}")
+
+
+def csv_header(path: str | os.PathLike[str], records: list[CsvRecord], required: Sequence[str],
+               error: type[IngestError] = IngestError, hint: str = "") -> list[str]:
+  """Pops the header record off `records` (from `csv_records`) and returns its column
+  names (whitespace stripped); an empty file, an unreadable header or one lacking a
+  `required` column raises `error` naming the file, line and columns (`hint` is added)."""
+  if not records:
+    raise error(f"{path}: the file is empty; expected a header line with columns {', '.join(required)}.")
+  line, raw, fields, header_error = records.pop(0)
+  if header_error is not None:
+    raise error(f"{path}:{line}: header: {header_error}")
+  header = [f.strip() for f in fields]
+  missing = [c for c in required if c not in header]
+  if missing:
+    raise error(f"{path}:{line}: the header lacks required column(s) {', '.join(missing)}; "
+                f"expected columns {', '.join(required)}, got {raw!r}.{hint}")
+  return header
+
+
+def reference_csv_rows(path: str | os.PathLike[str], records: Sequence[CsvRecord], header: Sequence[str],
+                       error: type[IngestError] = IngestError) -> Iterator[tuple[int, list[str]]]:
+  """(line, cells) of the records after the header of a reference file (truth, labels,
+  annotator metrics), where any unreadable record or wrong column count raises `error`:
+  such a file is used whole or not at all, so it has no rejects."""
+  for line, raw, fields, record_error in records:
+    if record_error is not None:
+      raise error(f"{path}:{line}: {record_error}")
+    if len(fields) != len(header):
+      raise error(f"{path}:{line}: {column_count_error(header, len(fields))}: {raw!r}")
+    yield line, fields
+
+
+def read_reference_csv(path: str | os.PathLike[str], required: Sequence[str] = (),
+                       error: type[IngestError] = IngestError) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+  """A reference CSV file read whole: (its column names, [(line, {column: cell})]).
+
+  Cells stay strings as written; the header must name every `required` column
+  (`csv_header`) and every record must be readable (`reference_csv_rows`), else `error`.
+  """
+  records = csv_records(read_bytes(path, error))
+  header = csv_header(path, records, required, error)
+  return header, [(line, dict(zip(header, fields))) for line, fields in reference_csv_rows(path, records, header, error)]
+
+
+def read_reference_json_lines(path: str | os.PathLike[str],
+                              error: type[IngestError] = IngestError) -> list[tuple[int, dict[str, Any]]]:
+  """A reference JSON Lines file read whole: [(line, record)]; the first line that is
+  not a UTF-8 JSON object raises `error` naming the file and line (`json_line_rows`)."""
+  rows = []
+  for row in json_line_rows(read_bytes(path, error)):
+    if row.error is not None:
+      raise error(f"{path}:{row.number}: {row.error.reason}")
+    rows.append((row.number, row.record))
+  return rows
 
 
 def read_parquet(path: str | os.PathLike[str], error: type[IngestError] = IngestError):

@@ -71,6 +71,29 @@ def test_csv_records_number_a_record_by_its_first_line_and_keep_strings():
 # --- field readers -------------------------------------------------------------------------
 
 
+def test_reference_files_are_read_whole_or_refused_naming_the_line(tmp_path):
+  # A byte-order mark (spreadsheet exports) and spaces around header names are accepted.
+  path = tmp_path / "annotators.csv"
+  path.write_bytes(b"\xef\xbb\xbfannotator , skill\nu1,0.9\n\n\"u,2\",\n")
+  assert ingest.read_reference_csv(path, ("annotator", "skill")) == (
+      ["annotator", "skill"], [(2, {"annotator": "u1", "skill": "0.9"}), (4, {"annotator": "u,2", "skill": ""})])
+  with pytest.raises(FeedbackInputError, match=r"annotators.csv:1: the header lacks required column\(s\) group"):
+    ingest.read_reference_csv(path, ("annotator", "group"), FeedbackInputError)
+  path.write_bytes(b"annotator,skill\nu1,0.9\nu2,0.8,extra\n")
+  with pytest.raises(DataError, match=r"annotators.csv:3: expected 2 columns \(annotator,skill\) as in the "
+                                      r"header, got 3: 'u2,0.8,extra'"):
+    ingest.read_reference_csv(path, ("annotator",), DataError)
+  path.write_bytes(b"")
+  with pytest.raises(ingest.IngestError, match="the file is empty; expected a header line with columns annotator"):
+    ingest.read_reference_csv(path, ("annotator",))
+  lines = tmp_path / "items.jsonl"
+  lines.write_bytes(b'{"item_id": 1}\n\n{"item_id": 2}\n')
+  assert ingest.read_reference_json_lines(lines) == [(1, {"item_id": 1}), (3, {"item_id": 2})]
+  lines.write_bytes(b'{"item_id": 1}\n["item", 2]\n')
+  with pytest.raises(DataError, match="items.jsonl:2: expected a JSON object per line, got list"):
+    ingest.read_reference_json_lines(lines, DataError)
+
+
 def test_field_readers_word_each_problem_once():
   record = {"id": " x1 ", "n": 7, "blank": "  ", "f": 1.5, "flag": True, "text": 5}
   assert [ingest.read_id(record, k) for k in ("id", "n", "blank", "absent")] == ["x1", "7", None, None]

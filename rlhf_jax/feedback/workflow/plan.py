@@ -41,7 +41,6 @@ a reason.
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import json
 import math
@@ -151,23 +150,24 @@ class TaskPlan:
 
 def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, Any]:
   """labels.csv of `scripts/aggregate.py` (or the streaming aggregator): item ids,
-  posteriors [I, K] from the `p_<class>` columns, class names, annotation counts."""
+  posteriors [I, K] from the `p_<class>` columns, class names, annotation counts.
+
+  Read whole through `ingest.read_reference_csv` (a malformed row is an error naming
+  its line, not a row skipped)."""
   path = Path(path)
-  with open(path, encoding="utf-8", newline="") as handle:
-    reader = csv.DictReader(handle)
-    columns = reader.fieldnames or []
-    classes = [c[2:] for c in columns if c.startswith("p_")]
-    if "item" not in columns or not classes:
-      raise ValueError(f"{path}: line 1: expected columns item and p_<class>, got {columns}.")
-    item_ids, posteriors, counts = [], [], []
-    for line, row in enumerate(reader, start=2):
-      try:
-        posteriors.append([float(row[f"p_{c}"]) for c in classes])
-        counts.append(int(row.get("num_annotations") or 0))
-      except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: line {line}: a p_<class> or num_annotations value is not "
-                         f"a number ({error}).") from None
-      item_ids.append(row["item"])
+  columns, rows = ingest.read_reference_csv(path, ("item",))
+  classes = [c[2:] for c in columns if c.startswith("p_")]
+  if not classes:
+    raise ValueError(f"{path}: line 1: expected columns item and p_<class>, got {columns}.")
+  item_ids, posteriors, counts = [], [], []
+  for line, row in rows:
+    try:
+      posteriors.append([float(row[f"p_{c}"]) for c in classes])
+      counts.append(int(row.get("num_annotations") or 0))
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"{path}: line {line}: a p_<class> or num_annotations value is not "
+                       f"a number ({error}).") from None
+    item_ids.append(row["item"])
   return {"item_ids": item_ids, "posteriors": np.asarray(posteriors, np.float32).reshape(-1, len(classes)),
           "class_names": classes, "num_annotations": np.asarray(counts, np.int64)}
 
@@ -175,15 +175,14 @@ def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_annotators_csv(path: str | os.PathLike[str], skill_column: str) -> dict[str, float]:
   """{annotator: skill} from annotators.csv; a blank or NaN skill becomes NaN."""
   path = Path(path)
-  with open(path, encoding="utf-8", newline="") as handle:
-    reader = csv.DictReader(handle)
-    if skill_column not in (reader.fieldnames or []) or "annotator" not in (reader.fieldnames or []):
-      raise ValueError(f"{path}: line 1: expected columns annotator and {skill_column}, got "
-                       f"{reader.fieldnames}.")
-    out = {}
-    for row in reader:
-      value = row[skill_column]
-      out[row["annotator"]] = float(value) if value not in ("", None) else float("nan")
+  _, rows = ingest.read_reference_csv(path, ("annotator", skill_column))
+  out = {}
+  for line, row in rows:
+    value = row[skill_column].strip()
+    try:
+      out[row["annotator"]] = float(value) if value else float("nan")
+    except ValueError:
+      raise ValueError(f"{path}: line {line}: {skill_column} {value!r} is not a number.") from None
   return out
 
 
@@ -632,15 +631,11 @@ def run(config: Any) -> dict[str, Any]:
   new_items: list[str] = []
   if config.new_items:
     known = set(labels["item_ids"])
-    for line, text in enumerate(Path(config.new_items).read_text(encoding="utf-8").splitlines(), 1):
-      if not text.strip():
-        continue
-      try:
-        row = json.loads(text)
-        item = str(row["item_id"])
-      except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{config.new_items}: line {line}: expected a JSON object with "
-                         "item_id (and prompt, response_a, response_b).") from None
+    for line, row in ingest.read_reference_json_lines(config.new_items):
+      if row.get("item_id") is None:
+        raise ValueError(f"{config.new_items}:{line}: {ingest.missing_field('item_id')}; expected a JSON "
+                         "object with item_id (and prompt, response_a, response_b).")
+      item = str(row["item_id"])
       if item not in known:
         new_items.append(item)
         payloads[item] = {k: row[k] for k in ("prompt", "response_a", "response_b") if k in row}

@@ -194,6 +194,16 @@ def test_run_reads_a_label_studio_export_and_writes_its_rejects(tmp_path):
        "reason": "the annotator skipped the task", "raw": json.dumps(skipped)}]
 
 
+def test_input_tables_through_the_ingest_module(tmp_path):
+  # A spreadsheet's byte-order mark no longer hides the first column; a bad row is named.
+  (tmp_path / "annotators.csv").write_bytes(b"\xef\xbb\xbfannotator,reliability\nu1,0.9\nu2,\n")
+  skill = plan_lib.read_annotators_csv(tmp_path / "annotators.csv", "reliability")
+  assert skill["u1"] == 0.9 and math.isnan(skill["u2"]) and len(skill) == 2
+  (tmp_path / "labels.csv").write_text("item,p_a,p_b\nx1,0.9,0.1\nx2,0.6,0.4,0.0\n")
+  with pytest.raises(ValueError, match="labels.csv:3: expected 3 columns \\(item,p_a,p_b\\) as in the header, got 4"):
+    plan_lib.read_labels_csv(tmp_path / "labels.csv")
+
+
 def test_guideline_breakdown_by_hand():
   enc = feedback.EncodedAnnotations(
       items=np.asarray([0, 0, 0, 1, 1, 0, 0], np.int32),
