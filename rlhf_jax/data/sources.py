@@ -28,7 +28,7 @@ import collections
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from rlhf_jax.io import ingest
@@ -140,6 +140,7 @@ def load_records(
     detect: Callable[[list[Row]], tuple[str, Callable[[dict[str, Any]], T]]] | None = None,
     rejects_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    rows: Sequence[Row] | None = None,
 ) -> tuple[list[tuple[Row, T]], ReadReport]:
   """Reads a file and parses each row, sorting rows into accepted and rejected.
 
@@ -152,6 +153,8 @@ def load_records(
     rejects_path: where to write rejected rows. When None and some row is unusable,
       `DataError` is raised listing the first problems.
     cache_dir: the `datasets` cache directory (see `read_rows`).
+    rows: the file's rows when the caller read them itself (a format `read_rows` does
+      not open, such as a text file of one prompt per line); None reads `path`.
 
   Returns:
     ([(row, example)] for accepted rows in file order, the report).
@@ -160,7 +163,7 @@ def load_records(
     DataError: the file holds no rows, or no usable row, or (without `rejects_path`) any
       unusable row.
   """
-  rows = read_rows(path, cache_dir=cache_dir)
+  rows = read_rows(path, cache_dir=cache_dir) if rows is None else list(rows)
   if not rows:
     raise DataError(f"{path}: the file holds no records.")
   if detect is not None:
