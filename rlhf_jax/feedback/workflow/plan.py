@@ -504,9 +504,8 @@ def _number_queues(tasks) -> None:
 
 
 def write_tasks_jsonl(path: str | os.PathLike[str], plan: TaskPlan) -> int:
-  with open(path, "w", encoding="utf-8") as handle:
-    for task in plan.tasks:
-      handle.write(json.dumps(task, ensure_ascii=False) + "\n")
+  """One task per line (`ingest.write_json_lines`: atomic); returns the number of tasks."""
+  ingest.write_json_lines(path, plan.tasks)
   return len(plan.tasks)
 
 
@@ -653,9 +652,7 @@ def run(config: Any) -> dict[str, Any]:
                     golden_seen=golden_seen, payloads=payloads)
   write_tasks_jsonl(output_dir / "tasks.jsonl", plan)
   write_label_studio_tasks(output_dir / "tasks_label_studio.json", plan)
-  with open(output_dir / "unassigned.jsonl", "w", encoding="utf-8") as handle:
-    for row in plan.unassigned:
-      handle.write(json.dumps(row) + "\n")
+  ingest.write_json_lines(output_dir / "unassigned.jsonl", plan.unassigned)
   summary = {**plan.summary(), "budget": plan_config.budget,
              "guideline_version": plan_config.guideline_version, "round": plan_config.round,
              "load": plan.load(), "config": dataclasses.asdict(plan_config)}
