@@ -3,12 +3,16 @@ with reasons, and lineage, for the feedback layer and the data layer alike.
 
 Who uses it. `rlhf_jax.feedback.io.records` reads annotation logs (JSON Lines, CSV,
 Parquet, crowd CSV) and `rlhf_jax.data.sources` reads training files (preference, SFT,
-KTO and prompt files); `rlhf_jax.train.sampling` and `train.score` read their inputs
-through the data layer (text prompt files with `decode_line`) and add the rows they find
-unusable later with `append_rejects`. All of them open files, split and decode lines, parse JSON and
-CSV records, word row-level problems, build rejects, write rejects files, check the
-accounting and fingerprint files here, so one bad line gets one reason whichever layer
-reads it.
+KTO and prompt files); `rlhf_jax.train.sampling`, `train.score` and `rl.prompts` read
+their inputs through the data layer (text prompt files as rows for `load_records`) and
+add the rows they find unusable later with `append_rejects`; `feedback.workflow.plan`
+writes the rejects of a Label Studio export with `write_rejects` (line layout);
+`worlds.hh` reads the HH-RLHF pairs with `json_line_rows`. Reference files, used whole or
+not at all (truth, labels.csv, annotators.csv, model scores, groups, tags, new items),
+are read with `read_reference_csv` / `read_reference_json_lines`. All of them open
+files, split and decode lines, parse JSON and CSV records, word row-level problems,
+build rejects, write rejects files, check the accounting and fingerprint files here, so
+one bad line gets one reason whichever layer reads it.
 
 Where it sits. Data flows feedback -> data -> train, and `feedback.io.training` already
 imports the data layer (to check its training rows with the data layer's own parser);

@@ -177,6 +177,19 @@ def _pair(item, annotator, choice, **extra):
           "response_a": f" Answer A to {item}.", "response_b": f" Answer B to {item}.", **extra}
 
 
+def _through_both_layers(tmp_path, name, lines):
+  """Writes `lines` to `name`, reads the file as preference pairs (data layer) and as
+  annotations (feedback layer); returns the path, both reports and, per layer, the
+  (line, field, reason) of its rejects."""
+  path = tmp_path / name
+  path.write_bytes(b"\n".join(lines) + b"\n")
+  data = data_records.load_preference_data(path, format="feedback_labels", rejects_path=tmp_path / "data.jsonl")
+  annotations = read_annotations(path, format=path.suffix[1:], rejects_path=tmp_path / "feedback.jsonl")
+  reasons = [[(r["line"], r["field"], r["reason"]) for r in map(json.loads, (tmp_path / f).read_text().splitlines())]
+             for f in ("data.jsonl", "feedback.jsonl")]
+  return path, data, annotations, *reasons
+
+
 def test_the_same_bad_row_gets_the_same_reason_through_both_layers(tmp_path):
   lines = [
       json.dumps(_pair("q1", "w1", "a")).encode(),                    # 1 ok
@@ -188,15 +201,7 @@ def test_the_same_bad_row_gets_the_same_reason_through_both_layers(tmp_path):
       json.dumps({**_pair("q7", "w1", "a"), "prompt": 5}).encode(),   # 7 prompt not a string
       json.dumps(_pair("q8", "w2", "tie")).encode(),                  # 8 ok
   ]
-  path = tmp_path / "labels.jsonl"
-  path.write_bytes(b"\n".join(lines) + b"\n")
-  data = data_records.load_preference_data(path, format="feedback_labels", rejects_path=tmp_path / "data.jsonl")
-  annotations = read_annotations(path, format="jsonl", rejects_path=tmp_path / "feedback.jsonl")
-
-  def reasons(rejects_file):
-    return [(r["line"], r["field"], r["reason"])
-            for r in map(json.loads, (tmp_path / rejects_file).read_text().splitlines())]
-
+  path, data, annotations, data_reasons, feedback_reasons = _through_both_layers(tmp_path, "labels.jsonl", lines)
   offset = len(json.dumps(_pair("q3", "w1", "b"))) - 1 + len(', "x": "')
   expected = [
       (2, None, _json_reason('{"item_id": "q2", "choice": ')),
@@ -206,8 +211,8 @@ def test_the_same_bad_row_gets_the_same_reason_through_both_layers(tmp_path):
       (6, "choice", "unknown choice 'c'; expected one of a, b, tie (any case)"),
       (7, "prompt", "expected a string, got int 5"),
   ]
-  assert reasons("data.jsonl") == expected
-  assert reasons("feedback.jsonl") == expected
+  assert data_reasons == expected
+  assert feedback_reasons == expected
   assert data.report.fingerprint == annotations.fingerprint == hashlib.sha256(path.read_bytes()).hexdigest()
   assert data.sources == (f"{path}:line 1", f"{path}:line 8")
   assert annotations.annotations.annotation_ids == ("labels.jsonl:1", "labels.jsonl:8")
@@ -229,23 +234,15 @@ def test_the_same_bad_csv_row_gets_the_same_reason_through_both_layers(tmp_path)
       line("q6", "tie"),                              # 6 ok
       b'q7,w1,"a,Question q7?, A., B.',               # 7 a quote left open to the end of the file
   ]
-  path = tmp_path / "labels.csv"
-  path.write_bytes(b"\n".join(lines) + b"\n")
-  data = data_records.load_preference_data(path, format="feedback_labels", rejects_path=tmp_path / "data.jsonl")
-  annotations = read_annotations(path, format="csv", rejects_path=tmp_path / "feedback.jsonl")
-
-  def reasons(rejects_file):
-    return [(r["line"], r["field"], r["reason"])
-            for r in map(json.loads, (tmp_path / rejects_file).read_text().splitlines())]
-
+  path, data, annotations, data_reasons, feedback_reasons = _through_both_layers(tmp_path, "labels.csv", lines)
   expected = [
       (3, None, f"expected 6 columns ({header}) as in the header, got 7"),
       (4, None, f"expected 6 columns ({header}) as in the header, got 5"),
       (5, None, "line 5 is not valid UTF-8 (byte 0xe9 at offset 11); expected UTF-8 text"),
       (7, None, "unterminated quoted field (a \" without its closing \" before the end of the file)"),
   ]
-  assert reasons("data.jsonl") == expected
-  assert reasons("feedback.jsonl") == expected
+  assert data_reasons == expected
+  assert feedback_reasons == expected
   assert (data.report.read, data.report.accepted, data.report.rejected) == (6, 2, 4)
   assert (annotations.num_read, annotations.num_accepted, annotations.num_rejected) == (6, 2, 4)
   assert data.sources == (f"{path}:line 2", f"{path}:line 6")
