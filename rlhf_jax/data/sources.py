@@ -4,7 +4,8 @@ Every loader in `rlhf_jax.data` reads rows with `read_rows`, turns each row into
 example or a `Reject`, and reports `read = accepted + rejected` in a `ReadReport`.
 
 The reading itself (opening by format, `datasets` and its temporary Arrow cache, the
-line-by-line fallback for JSON Lines that `datasets` cannot parse, row numbering, reject
+line-by-line fallback for JSON Lines that `datasets` cannot parse, the line-by-line check
+of CSV records so one with an extra column is rejected alone, row numbering, reject
 reasons, the rejects-file layout, fingerprints) is the one ingestion path of
 `rlhf_jax.io.ingest`, shared with the feedback layer; this module adds the data layer's
 policy on top: `DataError`, the `ReadReport` of a training file, and `load_records`
@@ -16,7 +17,9 @@ downloaded and nothing is cached under `~/.cache`.
 
 Locations: JSON Lines rows are named by their 1-based physical line number (`"line"`;
 blank lines are skipped and not counted, but count for numbering); Parquet and CSV rows
-by their 1-based data row (`"row"`; the CSV header is not a row).
+by their 1-based data row (`"row"`; the CSV header is not a row), except that every row
+of a CSV file holding unreadable records (another number of fields than the header,
+broken quoting, bytes that are not UTF-8) is named by its line, the header being line 1.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import collections
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from rlhf_jax.io import ingest
@@ -120,11 +123,11 @@ def read_rows(
 
   Returns:
     One `Row` per non-blank line (JSON Lines) or table row (Parquet/CSV), in file order;
-    unreadable JSON lines carry an `error` instead of a record.
+    unreadable JSON lines and CSV records carry an `error` instead of a record.
 
   Raises:
-    DataError: the path is not a local file, its type is unsupported, or a Parquet/CSV
-      file cannot be parsed at all.
+    DataError: the path is not a local file, its type is unsupported, a CSV header
+      cannot be read, or a Parquet file cannot be parsed at all.
   """
   return ingest.read_rows(path, cache_dir=cache_dir, error=DataError)
 
@@ -137,6 +140,7 @@ def load_records(
     detect: Callable[[list[Row]], tuple[str, Callable[[dict[str, Any]], T]]] | None = None,
     rejects_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    rows: Sequence[Row] | None = None,
 ) -> tuple[list[tuple[Row, T]], ReadReport]:
   """Reads a file and parses each row, sorting rows into accepted and rejected.
 
@@ -149,6 +153,8 @@ def load_records(
     rejects_path: where to write rejected rows. When None and some row is unusable,
       `DataError` is raised listing the first problems.
     cache_dir: the `datasets` cache directory (see `read_rows`).
+    rows: the file's rows when the caller read them itself (a format `read_rows` does
+      not open, such as a text file of one prompt per line); None reads `path`.
 
   Returns:
     ([(row, example)] for accepted rows in file order, the report).
@@ -157,7 +163,7 @@ def load_records(
     DataError: the file holds no rows, or no usable row, or (without `rejects_path`) any
       unusable row.
   """
-  rows = read_rows(path, cache_dir=cache_dir)
+  rows = read_rows(path, cache_dir=cache_dir) if rows is None else list(rows)
   if not rows:
     raise DataError(f"{path}: the file holds no records.")
   if detect is not None:

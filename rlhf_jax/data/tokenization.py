@@ -44,6 +44,7 @@ import numpy as np
 from rlhf_jax.data.records import PreferenceData, SFTData, UnpairedData
 from rlhf_jax.data.sources import DataError
 from rlhf_jax.data.tokenizer import Tokenizer
+from rlhf_jax.io import ingest
 
 __all__ = [
     "PAIR_KEYS",
@@ -322,12 +323,7 @@ def _tokenize(kind, data, tokenizer, completions_by_part, extra_arrays, *, max_l
       rejects=tuple(rejects), cache=cache)
   if rejects:
     if rejects_path is not None:
-      rejects_path = Path(rejects_path)
-      rejects_path.parent.mkdir(parents=True, exist_ok=True)
-      with open(rejects_path, "w", encoding="utf-8") as f:
-        for reject in rejects:
-          record = {**reject, "code": "empty_after_truncation"}
-          f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      ingest.write_json_lines(rejects_path, [{**reject, "code": "empty_after_truncation"} for reject in rejects])
     _log.warning("%s%s", report.summary(), f"; rejects in {rejects_path}" if rejects_path else "")
   if report.accepted == 0:
     raise DataError(f"no example survives truncation: {report.summary()}.")

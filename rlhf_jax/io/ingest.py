@@ -3,12 +3,16 @@ with reasons, and lineage, for the feedback layer and the data layer alike.
 
 Who uses it. `rlhf_jax.feedback.io.records` reads annotation logs (JSON Lines, CSV,
 Parquet, crowd CSV) and `rlhf_jax.data.sources` reads training files (preference, SFT,
-KTO and prompt files); `rlhf_jax.train.sampling` and `train.score` read their inputs
-through the data layer (text prompt files with `decode_line`) and add the rows they find
-unusable later with `append_rejects`. All of them open files, split and decode lines, parse JSON and
-CSV records, word row-level problems, build rejects, write rejects files, check the
-accounting and fingerprint files here, so one bad line gets one reason whichever layer
-reads it.
+KTO and prompt files); `rlhf_jax.train.sampling`, `train.score` and `rl.prompts` read
+their inputs through the data layer (text prompt files as rows for `load_records`) and
+add the rows they find unusable later with `append_rejects`; `feedback.workflow.plan`
+writes the rejects of a Label Studio export with `write_rejects` (line layout);
+`worlds.hh` reads the HH-RLHF pairs with `json_line_rows`. Reference files, used whole or
+not at all (truth, labels.csv, annotators.csv, model scores, groups, tags, new items),
+are read with `read_reference_csv` / `read_reference_json_lines`. All of them open
+files, split and decode lines, parse JSON and CSV records, word row-level problems,
+build rejects, write rejects files, check the accounting and fingerprint files here, so
+one bad line gets one reason whichever layer reads it.
 
 Where it sits. Data flows feedback -> data -> train, and `feedback.io.training` already
 imports the data layer (to check its training rows with the data layer's own parser);
@@ -27,7 +31,10 @@ Two engines, on purpose:
   training files (CSV cells become numbers and booleans, as a trainer expects), into an
   Arrow cache created for the read and removed after it (nothing under `~/.cache`,
   nothing stale). When `datasets` cannot parse a JSON Lines file it falls back to the
-  line reader below, so every bad line is named instead of the whole file failing.
+  line reader below, so every bad line is named instead of the whole file failing. A CSV
+  file is split by the CSV reader below first: records `datasets` would fail the whole
+  file on (or silently shift, see `_read_csv_rows`), such as one with an extra column,
+  are rejected alone by line, and only the usable records are typed by `datasets`.
 * `json_line_rows` and `csv_records` read line by line with the standard library, for
   annotation logs: each line is decoded and parsed on its own (one bad line never costs
   the file), every row keeps its raw text for the rejects file, and CSV cells stay
@@ -38,7 +45,9 @@ Row numbering (lineage). JSON Lines and CSV rows read line by line are named by 
 1-based physical line (`"line"`): blank lines are skipped and not counted but count for
 numbering, a CSV header is line 1, and a CSV record spanning lines (a quoted newline)
 is named by its first line. Rows of a typed table (Parquet, and CSV through `datasets`)
-are named by their 1-based data row (`"row"`; a CSV header is not a row). `source` words
+are named by their 1-based data row (`"row"`; a CSV header is not a row), except the
+rows of a CSV file holding unreadable records, which `read_rows` names by line (the
+rejected records have no data row number `datasets` would agree on). `source` words
 a row's place as "FILE:line N"; `fingerprint` is the sha256 of the file's bytes, kept in
 each report so a run can say exactly which file it read.
 
@@ -105,6 +114,7 @@ __all__ = [
     "check_accounting",
     "check_local_file",
     "column_count_error",
+    "csv_header",
     "csv_records",
     "decode_line",
     "describe_first_reject",
@@ -119,6 +129,9 @@ __all__ = [
     "read_bytes",
     "read_id",
     "read_parquet",
+    "read_reference_csv",
+    "read_reference_json_lines",
+    "reference_csv_rows",
     "read_rows",
     "read_string",
     "source",
@@ -491,6 +504,61 @@ def column_count_error(header: Sequence[str], num_fields: int) -> RecordError:
                      f"the header, got {num_fields}")
 
 
+def csv_header(path: str | os.PathLike[str], records: list[CsvRecord], required: Sequence[str],
+               error: type[IngestError] = IngestError, hint: str = "") -> list[str]:
+  """Pops the header record off `records` (from `csv_records`) and returns its column
+  names (whitespace stripped); an empty file, an unreadable header or one lacking a
+  `required` column raises `error` naming the file, line and columns (`hint` is added)."""
+  if not records:
+    raise error(f"{path}: the file is empty; expected a header line with columns {', '.join(required)}.")
+  line, raw, fields, header_error = records.pop(0)
+  if header_error is not None:
+    raise error(f"{path}:{line}: header: {header_error}")
+  header = [f.strip() for f in fields]
+  missing = [c for c in required if c not in header]
+  if missing:
+    raise error(f"{path}:{line}: the header lacks required column(s) {', '.join(missing)}; "
+                f"expected columns {', '.join(required)}, got {raw!r}.{hint}")
+  return header
+
+
+def reference_csv_rows(path: str | os.PathLike[str], records: Sequence[CsvRecord], header: Sequence[str],
+                       error: type[IngestError] = IngestError) -> Iterator[tuple[int, list[str]]]:
+  """(line, cells) of the records after the header of a reference file (truth, labels,
+  annotator metrics), where any unreadable record or wrong column count raises `error`:
+  such a file is used whole or not at all, so it has no rejects."""
+  for line, raw, fields, record_error in records:
+    if record_error is not None:
+      raise error(f"{path}:{line}: {record_error}")
+    if len(fields) != len(header):
+      raise error(f"{path}:{line}: {column_count_error(header, len(fields))}: {raw!r}")
+    yield line, fields
+
+
+def read_reference_csv(path: str | os.PathLike[str], required: Sequence[str] = (),
+                       error: type[IngestError] = IngestError) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+  """A reference CSV file read whole: (its column names, [(line, {column: cell})]).
+
+  Cells stay strings as written; the header must name every `required` column
+  (`csv_header`) and every record must be readable (`reference_csv_rows`), else `error`.
+  """
+  records = csv_records(read_bytes(path, error))
+  header = csv_header(path, records, required, error)
+  return header, [(line, dict(zip(header, fields))) for line, fields in reference_csv_rows(path, records, header, error)]
+
+
+def read_reference_json_lines(path: str | os.PathLike[str],
+                              error: type[IngestError] = IngestError) -> list[tuple[int, dict[str, Any]]]:
+  """A reference JSON Lines file read whole: [(line, record)]; the first line that is
+  not a UTF-8 JSON object raises `error` naming the file and line (`json_line_rows`)."""
+  rows = []
+  for row in json_line_rows(read_bytes(path, error)):
+    if row.error is not None:
+      raise error(f"{path}:{row.number}: {row.error.reason}")
+    rows.append((row.number, row.record))
+  return rows
+
+
 def read_parquet(path: str | os.PathLike[str], error: type[IngestError] = IngestError):
   """A Parquet file as a `pyarrow.Table`; a corrupt file raises `error`."""
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
@@ -547,11 +615,13 @@ def read_rows(
 
   Returns:
     One `Row` per non-blank line (JSON Lines) or table row (Parquet/CSV), in file order;
-    unreadable JSON lines carry an `error` instead of a record.
+    unreadable JSON lines and CSV records (not UTF-8, broken quoting, another number of
+    fields than the header) carry an `error` instead of a record.
 
   Raises:
     error: the path is not a local file, its type is unsupported, it is a JSON array
-      rather than JSON Lines, or a Parquet/CSV file cannot be parsed at all.
+      rather than JSON Lines, a CSV header cannot be read, or a Parquet file cannot be
+      parsed at all.
   """
   path = check_local_file(path, error)
   kind = file_kind(path, error)
@@ -579,17 +649,78 @@ def read_rows(
       return list(json_line_rows(data))
     return [Row("line", n, r) for n, r in zip(line_numbers, records)]
 
+  if kind == "csv":
+    return _read_csv_rows(path, cache_dir, error)
+  records = _datasets_records(path, kind, cache_dir, error)
+  return [Row("row", i, r) for i, r in enumerate(records, start=1)]
+
+
+def _datasets_records(path: Path, kind: str, cache_dir: str | os.PathLike[str] | None,
+                      error: type[IngestError], shown: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+  """The records of a Parquet or CSV file read with `datasets` (typed); a file it cannot
+  parse raises `error` naming `shown` (default `path`)."""
   try:
     with _quiet_datasets() as datasets, _cache_directory(cache_dir) as cache:
       if kind == "parquet":
         table = datasets.Dataset.from_parquet(os.fspath(path), cache_dir=cache)
       else:
         table = datasets.Dataset.from_csv(os.fspath(path), cache_dir=cache)
-      records = table.to_list()
+      return table.to_list()
   except Exception as e:  # pylint: disable=broad-except
     cause = e.__cause__ or e
-    raise error(f"{path}: cannot read the {kind} file: {type(cause).__name__}: {cause}") from e
-  return [Row("row", i, r) for i, r in enumerate(records, start=1)]
+    raise error(f"{shown or path}: cannot read the {kind} file: {type(cause).__name__}: {cause}") from e
+
+
+def _read_csv_rows(path: Path, cache_dir: str | os.PathLike[str] | None,
+                   error: type[IngestError]) -> list[Row]:
+  """A CSV file's rows, typed by `datasets`, with every unreadable record rejected alone.
+
+  `datasets` (pandas underneath) fails the whole file on a record with more fields than
+  the header, and worse, when the first data record has one more, takes the first column
+  as an index and shifts every column silently. So the file is first split with
+  `csv_records` (the feedback layer's reader): a record that is not UTF-8, has broken
+  quoting or has another number of fields than the header (`column_count_error`)
+  becomes a row with an error, named by its line. A file without such records is read
+  by `datasets` as it is (rows named by data row); otherwise the usable records are
+  written back, with the header, to a temporary CSV that `datasets` reads, so their cells
+  are typed as they would be in a file without the bad records, and every row is named
+  by its line (read = usable + unreadable, nothing dropped).
+  """
+  records = csv_records(read_bytes(path, error))
+  if not records:
+    return []
+  header, body = records[0], records[1:]
+  if header.error is not None:
+    raise error(f"{path}: line {header.line}: cannot read the CSV header: {header.error.reason}")
+  unreadable: dict[int, RecordError] = {}
+  for index, record in enumerate(body):
+    if record.error is not None:
+      unreadable[index] = record.error
+    elif len(record.fields) != len(header.fields):
+      unreadable[index] = column_count_error(header.fields, len(record.fields))
+  if not unreadable:
+    typed = _datasets_records(path, "csv", cache_dir, error)
+    if len(typed) == len(body):
+      return [Row("row", i, r) for i, r in enumerate(typed, start=1)]
+    _log.info("%s: %d rows from datasets for %d CSV records; typing the records one by one.",
+              path, len(typed), len(body))
+  usable = [record for index, record in enumerate(body) if index not in unreadable]
+  typed = []
+  if usable:
+    with _cache_directory(cache_dir) as scratch:
+      rewritten = Path(scratch) / "usable_rows.csv"
+      with open(rewritten, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header.fields)
+        writer.writerows(record.fields for record in usable)
+      typed = _datasets_records(rewritten, "csv", scratch, error, shown=path)
+  if len(typed) != len(usable):
+    raise error(f"{path}: datasets read {len(typed)} rows from the {len(usable)} usable CSV records; "
+                "cannot tell which row is which.")
+  typed_rows = iter(typed)
+  return [Row("line", record.line, None, unreadable[index], record.raw) if index in unreadable
+          else Row("line", record.line, next(typed_rows), None, record.raw)
+          for index, record in enumerate(body)]
 
 
 # --- writing --------------------------------------------------------------------------

@@ -30,7 +30,6 @@ them without a tokenizer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 from rlhf_jax import data as data_lib
 from rlhf_jax.data import formats as formats_lib
 from rlhf_jax.data import sources as sources_lib
+from rlhf_jax.io import ingest
 from rlhf_jax.train.sampling import ToyIds
 
 __all__ = ["PROMPT_FORMATS", "PromptSettings", "Prompts", "load_prompts", "toy_prompts"]
@@ -151,11 +151,7 @@ class _PromptOnly:
   """Parser of format "prompts": a record with a non-empty "prompt" string."""
 
   def __call__(self, record: dict[str, Any]) -> formats_lib.SequenceExample:
-    value = record.get("prompt")
-    if not isinstance(value, str):
-      raise sources_lib.RecordError("missing_field" if value is None else "wrong_type", "prompt",
-                                    "expected a string field 'prompt'")
-    return formats_lib.SequenceExample(value, "", None)
+    return formats_lib.SequenceExample(ingest.read_string(record, "prompt", required=True), "", None)
 
 
 def _parser(format_name: str):
@@ -260,13 +256,11 @@ def load_prompts(settings: PromptSettings, workdir: str | os.PathLike[str], *,
     if example.prompt.strip():
       texts.append(example.prompt)
     else:
-      empty.append(sources_lib.Reject(
+      empty.append(ingest.Reject(
           file=settings.train, location=row.location, number=row.number, field="prompt", code="empty_prompt",
           reason="the prompt is empty (nothing to complete)", record=row.record))
   if empty:
-    with open(rejects_path, "a", encoding="utf-8") as f:
-      for reject in empty:
-        f.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+    ingest.append_rejects(rejects_path, empty)
   if not texts:
     raise data_lib.DataError(f"{settings.train}: none of the {report.read} records has a non-empty prompt; see "
                              f"{rejects_path}.")

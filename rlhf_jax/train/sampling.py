@@ -33,7 +33,6 @@ on the seed, its line number and the settings, not on the batch it was sampled i
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
@@ -426,21 +425,7 @@ def read_prompts(path: str | os.PathLike[str], *, rejects_path: str | os.PathLik
   rows = _text_rows(path)
   if not rows:
     raise data_lib.DataError(f"{path}: the file holds no prompt (blank lines are skipped).")
-  accepted, rejects = [], []
-  for row in rows:
-    if row.error is None:
-      accepted.append((row, _parse_prompt(row.record)))
-    else:
-      rejects.append(sources_lib.Reject.from_row(os.fspath(path), row))
-  if rejects:
-    sources_lib.write_rejects(rejects_path, rejects)
-  report = sources_lib.ReadReport(
-      path=os.fspath(path), format="text", fingerprint=sources_lib.fingerprint(path), read=len(rows),
-      accepted=len(accepted), rejected=len(rejects), rejects_path=os.fspath(rejects_path) if rejects else None,
-      reasons=dict(collections.Counter(r.code for r in rejects)))
-  if not accepted:
-    raise data_lib.DataError(f"{path}: none of its {len(rows)} lines is a usable prompt; see {rejects_path}.")
-  return accepted, report
+  return sources_lib.load_records(path, _parse_prompt, format_name="text", rejects_path=rejects_path, rows=rows)
 
 
 def sample_file(policy: Policy, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,

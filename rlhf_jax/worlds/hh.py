@@ -16,22 +16,23 @@ response, -|d| otherwise. Which pairs are close calls is therefore random, not a
 of the text: the world tests aggregation and training on real text against a real label,
 not the realism of annotator difficulty.
 
-Rows that cannot be used (not JSON, a field missing, no assistant turn, the two final
-turns identical) are returned as rejects with the line number and reason; accepted +
-rejected = lines read.
+The file is read line by line by `rlhf_jax.io.ingest` (gzip, UTF-8 and JSON per line,
+the reasons worded there). Rows that cannot be used (not UTF-8, not a JSON object, a
+field missing or not a string, no assistant turn, the two final turns identical) are
+returned as rejects with the line number and reason; accepted + rejected = non-blank
+lines read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import re
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from rlhf_jax.io import ingest
 from rlhf_jax.worlds.graded import FIRST_WORD, PAD, Pairs
 
 __all__ = ["DEFAULT_PATH", "HHData", "load", "to_pairs"]
@@ -51,7 +52,7 @@ class HHData:
   rejected: np.ndarray
   lengths: np.ndarray
   rejects: tuple[tuple[int, str], ...]
-  lines_read: int
+  lines_read: int  # non-blank lines
 
   def __len__(self) -> int:
     return int(self.chosen.shape[0])
@@ -67,6 +68,21 @@ def _tokens(text: str, vocab_size: int, max_length: int) -> list[int]:
   return [FIRST_WORD + zlib.crc32(w.encode()) % (vocab_size - FIRST_WORD) for w in words] or [PAD]
 
 
+def _final_turns(row: ingest.Row) -> tuple[str, str]:
+  """The final assistant turns of a row's chosen and rejected dialogues; an unusable row
+  raises `ingest.RecordError` (its read error, a field missing or not a string, no
+  assistant turn, or the same final turn twice)."""
+  if row.error is not None:
+    raise row.error
+  chosen, rejected = (_final_turn(ingest.read_string(row.record, side, required=True))
+                      for side in ("chosen", "rejected"))
+  if chosen is None or rejected is None:
+    raise ingest.RecordError("no_assistant_turn", None, "no assistant turn")
+  if chosen == rejected:
+    raise ingest.RecordError("identical_final_turns", None, "identical final turns (no preference to learn)")
+  return chosen, rejected
+
+
 def load(path: str | Path = DEFAULT_PATH, *, vocab_size: int = 4096, max_length: int = 64) -> HHData:
   """Reads and tokenizes the pairs (see the module docstring); raises FileNotFoundError
   naming the file when it is absent."""
@@ -75,33 +91,21 @@ def load(path: str | Path = DEFAULT_PATH, *, vocab_size: int = 4096, max_length:
     raise FileNotFoundError(f"{path}: HH-RLHF pairs not found (expected ../shared/data beside the checkout; "
                             "see ../shared/data/README.md).")
   chosen, rejected, lengths, rejects = [], [], [], []
-  opener = gzip.open if path.suffix == ".gz" else open
   lines = 0
-  with opener(path, "rt", encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      lines += 1
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as error:
-        rejects.append((number, f"not JSON: {error.msg}"))
-        continue
-      if not isinstance(row, dict) or not isinstance(row.get("chosen"), str) or not isinstance(row.get("rejected"), str):
-        rejects.append((number, "expected string fields `chosen` and `rejected`"))
-        continue
-      turns = _final_turn(row["chosen"]), _final_turn(row["rejected"])
-      if turns[0] is None or turns[1] is None:
-        rejects.append((number, "no assistant turn"))
-        continue
-      if turns[0] == turns[1]:
-        rejects.append((number, "identical final turns (no preference to learn)"))
-        continue
-      pair = [_tokens(t, vocab_size, max_length) for t in turns]
-      rows = np.full((2, max_length), PAD, np.int32)
-      for side, toks in enumerate(pair):
-        rows[side, :len(toks)] = toks
-      chosen.append(rows[0])
-      rejected.append(rows[1])
-      lengths.append([len(pair[0]), len(pair[1])])
+  for row in ingest.json_line_rows(ingest.read_bytes(path)):
+    lines += 1
+    try:
+      turns = _final_turns(row)
+    except ingest.RecordError as error:
+      rejects.append((row.number, error.reason if error.field is None else f"field '{error.field}': {error.reason}"))
+      continue
+    pair = [_tokens(t, vocab_size, max_length) for t in turns]
+    rows = np.full((2, max_length), PAD, np.int32)
+    for side, toks in enumerate(pair):
+      rows[side, :len(toks)] = toks
+    chosen.append(rows[0])
+    rejected.append(rows[1])
+    lengths.append([len(pair[0]), len(pair[1])])
   return HHData(chosen=np.asarray(chosen, np.int32).reshape(-1, max_length),
                 rejected=np.asarray(rejected, np.int32).reshape(-1, max_length),
                 lengths=np.asarray(lengths, np.int32).reshape(-1, 2), rejects=tuple(rejects), lines_read=lines)

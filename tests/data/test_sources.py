@@ -75,6 +75,39 @@ def test_csv_rows_are_numbered_from_the_first_data_row(tmp_path):
                                                                 ("row", 2, {"x": 5, "name": "b"})]
 
 
+def test_rows_read_by_the_caller_are_sorted_and_reported_the_same_way(tmp_path):
+  # A format read_rows does not open (here: a text file of numbers, one per line).
+  path = _write_lines(tmp_path / "numbers.txt", ["4\n", "\xff\n", "x\n"])
+  bad = sources.RecordError("not_utf8", None, "not UTF-8")
+  rows = [sources.Row("line", 1, {"x": 4}), sources.Row("line", 2, None, bad, "\\xff"),
+          sources.Row("line", 3, {"x": "x"})]
+  accepted, report = sources.load_records(path, _parse, format_name="text", rejects_path=tmp_path / "r.jsonl",
+                                          rows=rows)
+  assert [(row.number, x) for row, x in accepted] == [(1, 4)]
+  assert (report.read, report.accepted, report.rejected, report.format) == (3, 1, 2, "text")
+  assert report.fingerprint == hashlib.sha256(path.read_bytes()).hexdigest()
+  assert [(r["line"], r["code"], r["record"]) for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())
+          ] == [(2, "not_utf8", "\\xff"), (3, "wrong_type", {"x": "x"})]
+
+
+@pytest.mark.parametrize("lines, bad_line", [
+    (["x,name\n", "4,a,extra\n", "5,b\n"], 2),  # first: pandas would take column 1 as an index and shift
+    (["x,name\n", "5,b\n", "4,a,extra\n"], 3),  # later: datasets would fail the whole file
+])
+def test_a_csv_row_with_an_extra_column_is_rejected_alone(tmp_path, lines, bad_line):
+  path = _write_lines(tmp_path / "a.csv", lines)
+  accepted, report = sources.load_records(path, _parse, format_name="ints", rejects_path=tmp_path / "r.jsonl")
+  good_line = 5 - bad_line
+  # The usable row keeps its typed cells (x an integer, as `datasets` reads a clean file).
+  assert [(row.location, row.number, row.record, x) for row, x in accepted] == [
+      ("line", good_line, {"x": 5, "name": "b"}, 5)]
+  assert (report.read, report.accepted, report.rejected) == (2, 1, 1)
+  assert report.reasons == {"wrong_column_count": 1}
+  assert [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()] == [
+      {"file": str(path), "line": bad_line, "field": None, "code": "wrong_column_count",
+       "reason": "expected 2 columns (x,name) as in the header, got 3", "record": "4,a,extra"}]
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("a.txt", "x", "unsupported file type"),
     ("array.jsonl", '[{"x": 1}]', "got a JSON array"),

@@ -71,6 +71,29 @@ def test_csv_records_number_a_record_by_its_first_line_and_keep_strings():
 # --- field readers -------------------------------------------------------------------------
 
 
+def test_reference_files_are_read_whole_or_refused_naming_the_line(tmp_path):
+  # A byte-order mark (spreadsheet exports) and spaces around header names are accepted.
+  path = tmp_path / "annotators.csv"
+  path.write_bytes(b"\xef\xbb\xbfannotator , skill\nu1,0.9\n\n\"u,2\",\n")
+  assert ingest.read_reference_csv(path, ("annotator", "skill")) == (
+      ["annotator", "skill"], [(2, {"annotator": "u1", "skill": "0.9"}), (4, {"annotator": "u,2", "skill": ""})])
+  with pytest.raises(FeedbackInputError, match=r"annotators.csv:1: the header lacks required column\(s\) group"):
+    ingest.read_reference_csv(path, ("annotator", "group"), FeedbackInputError)
+  path.write_bytes(b"annotator,skill\nu1,0.9\nu2,0.8,extra\n")
+  with pytest.raises(DataError, match=r"annotators.csv:3: expected 2 columns \(annotator,skill\) as in the "
+                                      r"header, got 3: 'u2,0.8,extra'"):
+    ingest.read_reference_csv(path, ("annotator",), DataError)
+  path.write_bytes(b"")
+  with pytest.raises(ingest.IngestError, match="the file is empty; expected a header line with columns annotator"):
+    ingest.read_reference_csv(path, ("annotator",))
+  lines = tmp_path / "items.jsonl"
+  lines.write_bytes(b'{"item_id": 1}\n\n{"item_id": 2}\n')
+  assert ingest.read_reference_json_lines(lines) == [(1, {"item_id": 1}), (3, {"item_id": 2})]
+  lines.write_bytes(b'{"item_id": 1}\n["item", 2]\n')
+  with pytest.raises(DataError, match="items.jsonl:2: expected a JSON object per line, got list"):
+    ingest.read_reference_json_lines(lines, DataError)
+
+
 def test_field_readers_word_each_problem_once():
   record = {"id": " x1 ", "n": 7, "blank": "  ", "f": 1.5, "flag": True, "text": 5}
   assert [ingest.read_id(record, k) for k in ("id", "n", "blank", "absent")] == ["x1", "7", None, None]
@@ -154,6 +177,19 @@ def _pair(item, annotator, choice, **extra):
           "response_a": f" Answer A to {item}.", "response_b": f" Answer B to {item}.", **extra}
 
 
+def _through_both_layers(tmp_path, name, lines):
+  """Writes `lines` to `name`, reads the file as preference pairs (data layer) and as
+  annotations (feedback layer); returns the path, both reports and, per layer, the
+  (line, field, reason) of its rejects."""
+  path = tmp_path / name
+  path.write_bytes(b"\n".join(lines) + b"\n")
+  data = data_records.load_preference_data(path, format="feedback_labels", rejects_path=tmp_path / "data.jsonl")
+  annotations = read_annotations(path, format=path.suffix[1:], rejects_path=tmp_path / "feedback.jsonl")
+  reasons = [[(r["line"], r["field"], r["reason"]) for r in map(json.loads, (tmp_path / f).read_text().splitlines())]
+             for f in ("data.jsonl", "feedback.jsonl")]
+  return path, data, annotations, *reasons
+
+
 def test_the_same_bad_row_gets_the_same_reason_through_both_layers(tmp_path):
   lines = [
       json.dumps(_pair("q1", "w1", "a")).encode(),                    # 1 ok
@@ -165,15 +201,7 @@ def test_the_same_bad_row_gets_the_same_reason_through_both_layers(tmp_path):
       json.dumps({**_pair("q7", "w1", "a"), "prompt": 5}).encode(),   # 7 prompt not a string
       json.dumps(_pair("q8", "w2", "tie")).encode(),                  # 8 ok
   ]
-  path = tmp_path / "labels.jsonl"
-  path.write_bytes(b"\n".join(lines) + b"\n")
-  data = data_records.load_preference_data(path, format="feedback_labels", rejects_path=tmp_path / "data.jsonl")
-  annotations = read_annotations(path, format="jsonl", rejects_path=tmp_path / "feedback.jsonl")
-
-  def reasons(rejects_file):
-    return [(r["line"], r["field"], r["reason"])
-            for r in map(json.loads, (tmp_path / rejects_file).read_text().splitlines())]
-
+  path, data, annotations, data_reasons, feedback_reasons = _through_both_layers(tmp_path, "labels.jsonl", lines)
   offset = len(json.dumps(_pair("q3", "w1", "b"))) - 1 + len(', "x": "')
   expected = [
       (2, None, _json_reason('{"item_id": "q2", "choice": ')),
@@ -183,11 +211,41 @@ def test_the_same_bad_row_gets_the_same_reason_through_both_layers(tmp_path):
       (6, "choice", "unknown choice 'c'; expected one of a, b, tie (any case)"),
       (7, "prompt", "expected a string, got int 5"),
   ]
-  assert reasons("data.jsonl") == expected
-  assert reasons("feedback.jsonl") == expected
+  assert data_reasons == expected
+  assert feedback_reasons == expected
   assert data.report.fingerprint == annotations.fingerprint == hashlib.sha256(path.read_bytes()).hexdigest()
   assert data.sources == (f"{path}:line 1", f"{path}:line 8")
   assert annotations.annotations.annotation_ids == ("labels.jsonl:1", "labels.jsonl:8")
+
+
+def test_the_same_bad_csv_row_gets_the_same_reason_through_both_layers(tmp_path):
+  columns = ["item_id", "annotator_id", "choice", "prompt", "response_a", "response_b"]
+  header = ",".join(columns)
+
+  def line(item, choice):
+    return ",".join(str(_pair(item, "w1", choice)[c]) for c in columns).encode()
+
+  lines = [
+      header.encode(),                                # 1 header
+      line("q2", "a"),                                # 2 ok
+      line("q3", "b") + b",surplus",                  # 3 one column too many
+      b"q4,w1,b,Question q4?, Answer A.",             # 4 one column short
+      b"q5,w1,a,Caf\xe9?, Answer A., Answer B.",       # 5 not UTF-8 (latin-1)
+      line("q6", "tie"),                              # 6 ok
+      b'q7,w1,"a,Question q7?, A., B.',               # 7 a quote left open to the end of the file
+  ]
+  path, data, annotations, data_reasons, feedback_reasons = _through_both_layers(tmp_path, "labels.csv", lines)
+  expected = [
+      (3, None, f"expected 6 columns ({header}) as in the header, got 7"),
+      (4, None, f"expected 6 columns ({header}) as in the header, got 5"),
+      (5, None, "line 5 is not valid UTF-8 (byte 0xe9 at offset 11); expected UTF-8 text"),
+      (7, None, "unterminated quoted field (a \" without its closing \" before the end of the file)"),
+  ]
+  assert data_reasons == expected
+  assert feedback_reasons == expected
+  assert (data.report.read, data.report.accepted, data.report.rejected) == (6, 2, 4)
+  assert (annotations.num_read, annotations.num_accepted, annotations.num_rejected) == (6, 2, 4)
+  assert data.sources == (f"{path}:line 2", f"{path}:line 6")
 
 
 def _write_table(path, rows, kind):

@@ -107,6 +107,23 @@ def test_every_kind_of_file_with_prompts(tmp_path, records, format_name, tokeniz
   assert prompts.provenance["train"]["format"] == format_name
 
 
+def test_empty_prompts_join_the_readers_rejects_in_file_order(tmp_path, tokenizer_file):
+  # Line 1 is rejected after reading (empty prompt), line 2 by the reader (not a string):
+  # one rejects file, the data layer's layout, in file order; read = accepted + rejected.
+  path = _write(tmp_path / "prompts.jsonl", [{"prompt": "  "}, {"prompt": 3}, {"prompt": "Say hi."}])
+  prompts = prompts_lib.load_prompts(_settings(path, tokenizer=tokenizer_file), tmp_path / "run")
+  assert prompts.texts == ["Say hi."]
+  train = prompts.provenance["train"]
+  assert (train["read"], train["accepted"], train["rejected"]) == (3, 1, 2)
+  rejects = [json.loads(line) for line in Path(train["rejects_path"]).read_text().splitlines()]
+  assert rejects == [
+      {"file": path, "line": 1, "field": "prompt", "code": "empty_prompt",
+       "reason": "the prompt is empty (nothing to complete)", "record": {"prompt": "  "}},
+      {"file": path, "line": 2, "field": "prompt", "code": "wrong_type",
+       "reason": "expected a string, got int 3", "record": {"prompt": 3}},
+  ]
+
+
 def test_unusable_prompt_files_are_clear_errors(tmp_path):
   path = _write(tmp_path / "texts.jsonl", [{"text": "only text"}])
   with pytest.raises(data.DataError, match="cannot find prompts in records with the fields \\['text'\\]"):

@@ -24,11 +24,26 @@ def test_reads_final_turns_and_rejects_unusable_rows(tmp_path):
       {"chosen": "no turns", "rejected": "\n\nAssistant: x"},
       {"chosen": "\n\nHuman: a\n\nAssistant: same", "rejected": "\n\nHuman: b\n\nAssistant: same"},
       {"chosen": 3, "rejected": "x"},
+      "",                                                    # blank: skipped, not counted
+      {"chosen": "\n\nAssistant: x"},                         # no `rejected`
   ])
+  with gzip.open(path, "ab") as f:
+    f.write(b'{"chosen": "\xff", "rejected": "x"}\n')     # not UTF-8
   data = hh.load(path, vocab_size=100, max_length=8)
-  assert len(data) == 1 and data.lines_read == 5
-  assert [line for line, _ in data.rejects] == [2, 3, 4, 5]
-  assert "identical final turns" in data.rejects[2][1]
+  assert len(data) == 1 and data.lines_read == 7 == len(data) + len(data.rejects)
+  # The reasons of the ingestion module (rlhf_jax.io.ingest) for what it reads.
+  try:
+    json.loads("{not json")
+  except json.JSONDecodeError as error:
+    bad_json = f"not valid JSON: invalid JSON at column {error.colno} ({error.msg}); expected one JSON object per line"
+  assert data.rejects == (
+      (2, bad_json),
+      (3, "no assistant turn"),
+      (4, "identical final turns (no preference to learn)"),
+      (5, "field 'chosen': expected a string, got int 3"),
+      (7, "field 'rejected': missing required field rejected"),
+      (8, "line is not valid UTF-8 (byte 0xff at offset 12); expected UTF-8 text"),
+  )
   expected = [graded.FIRST_WORD + zlib.crc32(w.encode()) % 97 for w in ("hello", "there")]
   assert data.chosen[0, :2].tolist() == expected and data.lengths[0].tolist() == [2, 2]
 

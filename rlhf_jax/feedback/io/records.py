@@ -301,11 +301,11 @@ def read_truth(path: str | os.PathLike[str]) -> dict[str, str]:
   if not path.exists():
     raise FileNotFoundError(f"Truth file not found: {path}")
   records = ingest.csv_records(_read_bytes(path))
-  header = _header(path, records, ("question", "truth"))
+  header = ingest.csv_header(path, records, ("question", "truth"), FeedbackInputError)
   col_q, col_t = header.index("question"), header.index("truth")
   truth: dict[str, str] = {}
   first_line: dict[str, int] = {}
-  for line, fields in _reference_rows(path, records, header):
+  for line, fields in ingest.reference_csv_rows(path, records, header, FeedbackInputError):
     question, answer = fields[col_q].strip(), fields[col_t].strip()
     if not question or not answer:
       field = "question" if not question else "truth"
@@ -386,10 +386,10 @@ def read_annotator_truth(path: str | os.PathLike[str]) -> dict[str, tuple[str, f
   if not path.exists():
     raise FileNotFoundError(f"Annotator truth file not found: {path}")
   records = ingest.csv_records(_read_bytes(path))
-  header = _header(path, records, ("annotator", "type", "change_time"))
+  header = ingest.csv_header(path, records, ("annotator", "type", "change_time"), FeedbackInputError)
   columns = [header.index(c) for c in ("annotator", "type", "change_time")]
   truth: dict[str, tuple[str, float]] = {}
-  for line, fields in _reference_rows(path, records, header):
+  for line, fields in ingest.reference_csv_rows(path, records, header, FeedbackInputError):
     annotator, kind, change = (fields[k].strip() for k in columns)
     if not annotator or not kind:
       field = "annotator" if not annotator else "type"
@@ -445,47 +445,17 @@ def _read_bytes(path: Path) -> bytes:
   return ingest.read_bytes(path, FeedbackInputError)
 
 
-def _header(path: Path, records: list, required: Sequence[str], hint: str = "") -> list[str]:
-  """Pops the header record and checks that it names every required column."""
-  if not records:
-    raise FeedbackInputError(f"{path}: the file is empty; expected a header line "
-                             f"with columns {', '.join(required)}.")
-  line, raw, fields, error = records.pop(0)
-  if error is not None:
-    raise FeedbackInputError(f"{path}:{line}: header: {error}")
-  header = [f.strip() for f in fields]
-  missing = [c for c in required if c not in header]
-  if missing:
-    raise FeedbackInputError(
-        f"{path}:{line}: the header lacks required column(s) {', '.join(missing)}; "
-        f"expected columns {', '.join(required)}, got {raw!r}.{hint}")
-  return header
-
-
-def _reference_rows(path: Path, records: list[ingest.CsvRecord], header: list[str],
-                    ) -> Iterator[tuple[int, list[str]]]:
-  """(line, fields) of a reference file (truth), where any bad record is an error."""
-  for line, raw, fields, error in records:
-    if error is None and len(fields) != len(header):
-      raise FeedbackInputError(f"{path}:{line}: {ingest.column_count_error(header, len(fields))}: {raw!r}")
-    if error is not None:
-      raise FeedbackInputError(f"{path}:{line}: {error}")
-    yield line, fields
-
-
 def _csv_dict_records(path: Path, data: bytes) -> Iterator[Row]:
   records = ingest.csv_records(data)
-  header = _header(
-      path, records, _REQUIRED,
+  header = ingest.csv_header(
+      path, records, _REQUIRED, FeedbackInputError,
       hint=" For the question,worker,answer form use format='crowd_csv'.")
   known = [(k, name) for k, name in enumerate(header) if name in _REQUIRED or name in _OPTIONAL]
   for line, raw, fields, error in records:
     if error is not None:
       yield Row("line", line, None, error, raw)
     elif len(fields) != len(header):
-      yield Row("line", line, None, RecordError(
-          "wrong_column_count", None, f"expected {len(header)} columns as in the header, got {len(fields)}"),
-          raw)
+      yield Row("line", line, None, ingest.column_count_error(header, len(fields)), raw)
     else:
       yield Row("line", line, {name: fields[k] for k, name in known}, None, raw)
 
@@ -835,7 +805,7 @@ def _crowd_records(path: Path, data: bytes) -> tuple[list, list, list, list]:
   """Per-record reader for a crowd CSV with quotes: (lines, raws, columns, rejects)."""
   name = path.name
   records = ingest.csv_records(data)
-  header = _header(path, records, _CROWD_COLUMNS)
+  header = ingest.csv_header(path, records, _CROWD_COLUMNS, FeedbackInputError)
   columns = [header.index(c) for c in _CROWD_COLUMNS]
   rejects: list[dict[str, Any]] = []
   lines, raws, values = [], [], ([], [], [])
@@ -881,11 +851,12 @@ def _crowd_unquoted_lines(path: Path, data: bytes) -> tuple[list, Any, list, lis
     text_lines.pop()
   if not text_lines or text_lines[0] is None:
     records = [ingest.CsvRecord(1, "", None, undecodable[0][0])] if text_lines else []
-    _header(path, records, _CROWD_COLUMNS)  # raises
+    ingest.csv_header(path, records, _CROWD_COLUMNS, FeedbackInputError)  # raises
   header = [c.strip() for c in text_lines[0].rstrip("\r").split(",")]
   missing = [c for c in _CROWD_COLUMNS if c not in header]
   if missing:
-    _header(path, [(1, text_lines[0], header, None)], _CROWD_COLUMNS)  # raises
+    ingest.csv_header(path, [ingest.CsvRecord(1, text_lines[0], header, None)], _CROWD_COLUMNS,
+                      FeedbackInputError)  # raises
   width = len(header)
   col_q, col_w, col_a = (header.index(c) for c in _CROWD_COLUMNS)
   # Stripping three fields per line is a third of the loop; skip it when the file has no

@@ -27,7 +27,6 @@ replaces q by its own row (`routing.resolve_expert_reviews`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rlhf_jax.feedback import types
+from rlhf_jax.io import ingest
 
 __all__ = ["AWAITING_FILE", "TRAIN_FILE", "TRAIN_REJECTS_FILE", "TrainingFileReport", "is_pairwise_task",
            "training_rows", "write_training_file"]
@@ -172,15 +172,6 @@ def training_rows(
   return train, awaiting, rejects
 
 
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-  """Writes atomically (a temporary file renamed into place): a reader never sees half a file."""
-  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  with open(tmp, "w", encoding="utf-8") as handle:
-    for row in rows:
-      handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-
-
 def write_training_file(
     output_dir: str | os.PathLike[str],
     annotations: types.EncodedAnnotations,
@@ -203,7 +194,7 @@ def write_training_file(
       label_source=label_source, lineage=lineage)
   paths = output_dir / TRAIN_FILE, output_dir / AWAITING_FILE, output_dir / TRAIN_REJECTS_FILE
   for path, rows in zip(paths, (train, awaiting, rejects)):
-    _write_jsonl(path, rows)
+    ingest.write_json_lines(path, rows)
   reasons: dict[str, int] = {}
   for reject in rejects:
     reasons[reject["code"]] = reasons.get(reject["code"], 0) + 1

@@ -45,6 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rlhf_jax import feedback
+from rlhf_jax.io import ingest
 
 __all__ = [
     "AuditResult",
@@ -98,17 +99,13 @@ def read_model_scores(path: str | os.PathLike[str], item_ids: Sequence[str],
   p_a = sigmoid(score_a - score_b)); or `margin` (= score_a - score_b).
   """
   path = Path(path)
-  rows = []
-  if path.suffix == ".jsonl":
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-      if text.strip():
-        try:
-          rows.append((line, json.loads(text)))
-        except json.JSONDecodeError as error:
-          raise ValueError(f"{path}: line {line}: not JSON ({error}).") from None
+  kind = ingest.file_kind(path)
+  if kind == "json":
+    rows = ingest.read_reference_json_lines(path)
+  elif kind == "csv":
+    rows = ingest.read_reference_csv(path)[1]
   else:
-    with open(path, encoding="utf-8", newline="") as handle:
-      rows = [(line, row) for line, row in enumerate(csv.DictReader(handle), 2)]
+    raise ValueError(f"{path}: model scores are read from CSV or JSON Lines, got {kind}.")
   index = {item: i for i, item in enumerate(item_ids)}
   k = len(class_names)
   out = np.full((len(item_ids), k), np.nan)
@@ -418,14 +415,13 @@ def run(config: Any) -> dict[str, Any]:
     raise ValueError("set --config.scores (a scores file) or --config.reward_model (a run dir).")
   groups = None
   if config.annotator_groups:
-    with open(config.annotator_groups, encoding="utf-8", newline="") as handle:
-      groups = {row["annotator"]: row["group"] for row in csv.DictReader(handle)}
+    groups = {row["annotator"]: row["group"]
+              for _, row in ingest.read_reference_csv(config.annotator_groups, ("annotator", "group"))[1]}
   tags = None
   if config.item_tags:
     by_item = collections.defaultdict(list)
-    with open(config.item_tags, encoding="utf-8", newline="") as handle:
-      for row in csv.DictReader(handle):
-        by_item[row["item"]].append(row["tag"])
+    for _, row in ingest.read_reference_csv(config.item_tags, ("item", "tag"))[1]:
+      by_item[row["item"]].append(row["tag"])
     tags = [by_item.get(item, ["(untagged)"]) for item in enc.item_ids]
   result = audit_labels(enc, item_labels, confidence, model,
                         dispute_threshold=config.dispute_threshold,

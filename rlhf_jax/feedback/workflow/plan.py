@@ -41,7 +41,6 @@ a reason.
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import json
 import math
@@ -53,6 +52,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import feedback
+from rlhf_jax.io import ingest
 
 __all__ = [
     "PlanConfig",
@@ -150,23 +150,24 @@ class TaskPlan:
 
 def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, Any]:
   """labels.csv of `scripts/aggregate.py` (or the streaming aggregator): item ids,
-  posteriors [I, K] from the `p_<class>` columns, class names, annotation counts."""
+  posteriors [I, K] from the `p_<class>` columns, class names, annotation counts.
+
+  Read whole through `ingest.read_reference_csv` (a malformed row is an error naming
+  its line, not a row skipped)."""
   path = Path(path)
-  with open(path, encoding="utf-8", newline="") as handle:
-    reader = csv.DictReader(handle)
-    columns = reader.fieldnames or []
-    classes = [c[2:] for c in columns if c.startswith("p_")]
-    if "item" not in columns or not classes:
-      raise ValueError(f"{path}: line 1: expected columns item and p_<class>, got {columns}.")
-    item_ids, posteriors, counts = [], [], []
-    for line, row in enumerate(reader, start=2):
-      try:
-        posteriors.append([float(row[f"p_{c}"]) for c in classes])
-        counts.append(int(row.get("num_annotations") or 0))
-      except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: line {line}: a p_<class> or num_annotations value is not "
-                         f"a number ({error}).") from None
-      item_ids.append(row["item"])
+  columns, rows = ingest.read_reference_csv(path, ("item",))
+  classes = [c[2:] for c in columns if c.startswith("p_")]
+  if not classes:
+    raise ValueError(f"{path}: line 1: expected columns item and p_<class>, got {columns}.")
+  item_ids, posteriors, counts = [], [], []
+  for line, row in rows:
+    try:
+      posteriors.append([float(row[f"p_{c}"]) for c in classes])
+      counts.append(int(row.get("num_annotations") or 0))
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"{path}: line {line}: a p_<class> or num_annotations value is not "
+                       f"a number ({error}).") from None
+    item_ids.append(row["item"])
   return {"item_ids": item_ids, "posteriors": np.asarray(posteriors, np.float32).reshape(-1, len(classes)),
           "class_names": classes, "num_annotations": np.asarray(counts, np.int64)}
 
@@ -174,20 +175,19 @@ def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_annotators_csv(path: str | os.PathLike[str], skill_column: str) -> dict[str, float]:
   """{annotator: skill} from annotators.csv; a blank or NaN skill becomes NaN."""
   path = Path(path)
-  with open(path, encoding="utf-8", newline="") as handle:
-    reader = csv.DictReader(handle)
-    if skill_column not in (reader.fieldnames or []) or "annotator" not in (reader.fieldnames or []):
-      raise ValueError(f"{path}: line 1: expected columns annotator and {skill_column}, got "
-                       f"{reader.fieldnames}.")
-    out = {}
-    for row in reader:
-      value = row[skill_column]
-      out[row["annotator"]] = float(value) if value not in ("", None) else float("nan")
+  _, rows = ingest.read_reference_csv(path, ("annotator", skill_column))
+  out = {}
+  for line, row in rows:
+    value = row[skill_column].strip()
+    try:
+      out[row["annotator"]] = float(value) if value else float("nan")
+    except ValueError:
+      raise ValueError(f"{path}: line {line}: {skill_column} {value!r} is not a number.") from None
   return out
 
 
 def read_label_studio_export(path: str | os.PathLike[str]
-                             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                             ) -> tuple[list[dict[str, Any]], list[ingest.Reject]]:
   """Label Studio's JSON export -> (records of the pairwise schema, rejects).
 
   Each task's `data` gives item_id (`item_id`, else the task `id`), prompt, response_a,
@@ -196,8 +196,13 @@ def read_label_studio_export(path: str | os.PathLike[str]
   record: annotator_id from `completed_by` (an id, or a dict with `email`/`id`),
   choice from the first `choices` result (a, b, tie, or left/right, any case) or a
   `pairwise` result's `selected` left/right, timestamp from `created_at`, response_ms
-  from `lead_time` (seconds). A rejected annotation: {"file", "line" (task index,
-  1-based), "field", "reason", "raw"}.
+  from `lead_time` (seconds).
+
+  A task that cannot be used is rejected whole, an unusable annotation of a usable task
+  alone: every annotation read is a record or a reject. Rejects are `ingest.Reject`s
+  numbered by task (1-based, location "task") whose `raw` is the rejected task or
+  annotation as compact JSON text; `ingest.write_rejects(..., layout="line")` writes them
+  in the feedback layer's layout ({"file", "line" (the task), "field", "reason", "raw"}).
   """
   path = Path(path)
   try:
@@ -207,35 +212,45 @@ def read_label_studio_export(path: str | os.PathLike[str]
   if not isinstance(tasks, list):
     raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks, got "
                      f"{type(tasks).__name__}.")
-  records, rejects = [], []
+  records: list[dict[str, Any]] = []
+  rejects: list[ingest.Reject] = []
 
-  def reject(index, field, reason, raw):
-    rejects.append({"file": str(path), "line": index, "field": field, "reason": reason,
-                    "raw": raw})
+  def reject(index: int, error: ingest.RecordError, rejected: Any) -> None:
+    rejects.append(ingest.Reject(
+        file=str(path), location="task", number=index, field=error.field, code=error.code,
+        reason=error.reason, record=rejected, raw=json.dumps(rejected, ensure_ascii=False, default=str)))
 
   for index, task in enumerate(tasks, start=1):
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-      reject(index, "data", "a task must be an object with a `data` object", task)
+      reject(index, ingest.RecordError("not_an_object", "data",
+                                       "a task must be an object with a `data` object"), task)
       continue
     data, meta = task["data"], task.get("meta") or {}
     item_id = data.get("item_id", task.get("id"))
     if item_id is None:
-      reject(index, "data.item_id", "the task has neither data.item_id nor an id", task)
+      reject(index, ingest.missing_field("data.item_id", "data.item_id or a task id"), task)
       continue
     for annotation in task.get("annotations") or []:
+      if not isinstance(annotation, dict):
+        reject(index, ingest.RecordError("not_an_object", "annotations",
+                                         f"an annotation must be an object, got {type(annotation).__name__}"),
+               annotation)
+        continue
       if annotation.get("was_cancelled"):
-        reject(index, "was_cancelled", "the annotator skipped the task", annotation)
+        reject(index, ingest.RecordError("cancelled", "was_cancelled", "the annotator skipped the task"),
+               annotation)
         continue
       who = annotation.get("completed_by")
       if isinstance(who, dict):
         who = who.get("email") or who.get("id")
       if who is None:
-        reject(index, "completed_by", "no annotator", annotation)
+        reject(index, ingest.missing_field("completed_by", "the annotator's id, or an object with email or id"),
+               annotation)
         continue
       choice = _ls_choice(annotation.get("result") or [])
       if choice is None:
-        reject(index, "result", "no choices/pairwise result with a/b/tie or left/right",
-               annotation)
+        reject(index, ingest.RecordError("bad_label", "result",
+                                         "no choices/pairwise result with a/b/tie or left/right"), annotation)
         continue
       record = {"annotation_id": f"ls-{task.get('id', index)}-{annotation.get('id', len(records))}",
                 "item_id": str(item_id), "annotator_id": str(who), "choice": choice}
@@ -244,8 +259,13 @@ def read_label_studio_export(path: str | os.PathLike[str]
           record[field] = data[field]
       if annotation.get("created_at"):
         record["timestamp"] = annotation["created_at"]
-      if isinstance(annotation.get("lead_time"), (int, float)):
-        record["response_ms"] = 1000.0 * float(annotation["lead_time"])
+      lead_time = annotation.get("lead_time")
+      if isinstance(lead_time, (int, float)) and not isinstance(lead_time, bool):
+        if not math.isfinite(lead_time):
+          reject(index, ingest.RecordError("wrong_type", "lead_time", "expected a finite number of seconds, "
+                                           f"got {ingest.describe_value(lead_time)}"), annotation)
+          continue
+        record["response_ms"] = 1000.0 * float(lead_time)
       if meta.get("golden_answer") is not None:
         record["is_golden"] = True
         record["golden_answer"] = meta["golden_answer"]
@@ -484,9 +504,8 @@ def _number_queues(tasks) -> None:
 
 
 def write_tasks_jsonl(path: str | os.PathLike[str], plan: TaskPlan) -> int:
-  with open(path, "w", encoding="utf-8") as handle:
-    for task in plan.tasks:
-      handle.write(json.dumps(task, ensure_ascii=False) + "\n")
+  """One task per line (`ingest.write_json_lines`: atomic); returns the number of tasks."""
+  ingest.write_json_lines(path, plan.tasks)
   return len(plan.tasks)
 
 
@@ -574,11 +593,8 @@ def _annotation_history(config: Any, output_dir: Path):
   if fmt == "label_studio":
     records, rejects = read_label_studio_export(path)
     converted = output_dir / "annotations_from_label_studio.jsonl"
-    converted.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-                         encoding="utf-8")
-    with open(output_dir / "label_studio_rejects.jsonl", "w", encoding="utf-8") as handle:
-      for r in rejects:
-        handle.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    ingest.write_json_lines(converted, records)
+    ingest.write_rejects(output_dir / "label_studio_rejects.jsonl", rejects, layout="line")
     path, fmt = converted, "jsonl"
   report = feedback.read_annotations(path, format=fmt,
                                      rejects_path=output_dir / "annotation_rejects.jsonl",
@@ -614,15 +630,11 @@ def run(config: Any) -> dict[str, Any]:
   new_items: list[str] = []
   if config.new_items:
     known = set(labels["item_ids"])
-    for line, text in enumerate(Path(config.new_items).read_text(encoding="utf-8").splitlines(), 1):
-      if not text.strip():
-        continue
-      try:
-        row = json.loads(text)
-        item = str(row["item_id"])
-      except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{config.new_items}: line {line}: expected a JSON object with "
-                         "item_id (and prompt, response_a, response_b).") from None
+    for line, row in ingest.read_reference_json_lines(config.new_items):
+      if row.get("item_id") is None:
+        raise ValueError(f"{config.new_items}:{line}: {ingest.missing_field('item_id')}; expected a JSON "
+                         "object with item_id (and prompt, response_a, response_b).")
+      item = str(row["item_id"])
       if item not in known:
         new_items.append(item)
         payloads[item] = {k: row[k] for k in ("prompt", "response_a", "response_b") if k in row}
@@ -640,9 +652,7 @@ def run(config: Any) -> dict[str, Any]:
                     golden_seen=golden_seen, payloads=payloads)
   write_tasks_jsonl(output_dir / "tasks.jsonl", plan)
   write_label_studio_tasks(output_dir / "tasks_label_studio.json", plan)
-  with open(output_dir / "unassigned.jsonl", "w", encoding="utf-8") as handle:
-    for row in plan.unassigned:
-      handle.write(json.dumps(row) + "\n")
+  ingest.write_json_lines(output_dir / "unassigned.jsonl", plan.unassigned)
   summary = {**plan.summary(), "budget": plan_config.budget,
              "guideline_version": plan_config.guideline_version, "round": plan_config.round,
              "load": plan.load(), "config": dataclasses.asdict(plan_config)}

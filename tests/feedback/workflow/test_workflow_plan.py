@@ -10,6 +10,7 @@ import pytest
 
 from rlhf_jax import cli, feedback
 from rlhf_jax.feedback.workflow import plan as plan_lib
+from rlhf_jax.io import ingest
 
 
 def _posteriors(confidence):
@@ -125,10 +126,21 @@ def test_label_studio_round_trip(tmp_path):
       annotations.append({"id": 4, "completed_by": 9, "result": [{"value": {"choices": ["?"]}}]})
     export.append({"id": 100 + n, "data": task["data"], "meta": task["meta"],
                    "annotations": annotations})
+  export.append("not a task")
   (tmp_path / "export.json").write_text(json.dumps(export))
   records, rejects = feedback.read_label_studio_export(tmp_path / "export.json")
-  assert len(records) == len(tasks) + 1 and len(rejects) == 2
-  assert sorted(r["field"] for r in rejects) == ["result", "was_cancelled"]
+  # Every annotation read is a record or a reject; a task that is not an object is one reject.
+  assert len(records) == len(tasks) + 1 and len(rejects) == 3
+  assert [(r.number, r.field, r.code) for r in rejects] == [
+      (1, "was_cancelled", "cancelled"), (1, "result", "bad_label"), (len(tasks) + 1, "data", "not_an_object")]
+  # The feedback layer's rejects layout, the raw text being what was rejected.
+  ingest.write_rejects(tmp_path / "rejects.jsonl", rejects, layout="line")
+  written = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+  assert written[0] == {"file": str(tmp_path / "export.json"), "line": 1, "field": "was_cancelled",
+                        "reason": "the annotator skipped the task",
+                        "raw": json.dumps(export[0]["annotations"][1])}
+  assert [json.loads(w["raw"]) for w in written] == [export[0]["annotations"][1], export[0]["annotations"][3],
+                                                      "not a task"]
   assert records[0]["choice"] == "a" and records[1]["choice"] == "b"  # task 0: A, then pairwise right
   assert records[0]["annotator_id"] == "ann@x.org" and records[0]["response_ms"] == 12500.0
   assert all(r["guideline_version"] == "v3" for r in records)
@@ -159,6 +171,37 @@ def test_run_writes_the_files(tmp_path):
   assert not any(t["item_id"] == "x2" and t["annotator_id"] == "u1" for t in tasks)
   assert any(t["kind"] == "golden" and t["item_id"] == "g1" for t in tasks)
   assert json.loads((tmp_path / "out/tasks_label_studio.json").read_text())
+
+
+def test_run_reads_a_label_studio_export_and_writes_its_rejects(tmp_path):
+  (tmp_path / "labels.csv").write_text("item,label,confidence,num_annotations,p_a,p_b\n"
+                                       "x1,a,0.6,1,0.6,0.4\n")
+  (tmp_path / "annotators.csv").write_text("annotator,reliability\nu1,0.9\nu2,0.8\n")
+  skipped = {"id": 2, "completed_by": "u2", "was_cancelled": True, "result": []}
+  export = [{"id": 1, "data": {"item_id": "x1", "guideline_version": "v1"}, "annotations": [
+      {"id": 1, "completed_by": "u1", "result": [{"type": "choices", "value": {"choices": ["A"]}}]}, skipped]}]
+  (tmp_path / "export.json").write_text(json.dumps(export, indent=2))
+  config = cli.load_config_file("configs/plan_tasks.py")
+  config.labels, config.annotators = str(tmp_path / "labels.csv"), str(tmp_path / "annotators.csv")
+  config.annotations, config.annotations_format = str(tmp_path / "export.json"), "label_studio"
+  config.output_dir, config.budget, config.guideline_version = str(tmp_path / "out"), 10.0, "v2"
+  plan_lib.run(config)
+  converted = (tmp_path / "out/annotations_from_label_studio.jsonl").read_text().splitlines()
+  assert [json.loads(line)["annotator_id"] for line in converted] == ["u1"]
+  rejects = (tmp_path / "out/label_studio_rejects.jsonl").read_text().splitlines()
+  assert [json.loads(line) for line in rejects] == [
+      {"file": str(tmp_path / "export.json"), "line": 1, "field": "was_cancelled",
+       "reason": "the annotator skipped the task", "raw": json.dumps(skipped)}]
+
+
+def test_input_tables_through_the_ingest_module(tmp_path):
+  # A spreadsheet's byte-order mark no longer hides the first column; a bad row is named.
+  (tmp_path / "annotators.csv").write_bytes(b"\xef\xbb\xbfannotator,reliability\nu1,0.9\nu2,\n")
+  skill = plan_lib.read_annotators_csv(tmp_path / "annotators.csv", "reliability")
+  assert skill["u1"] == 0.9 and math.isnan(skill["u2"]) and len(skill) == 2
+  (tmp_path / "labels.csv").write_text("item,p_a,p_b\nx1,0.9,0.1\nx2,0.6,0.4,0.0\n")
+  with pytest.raises(ValueError, match="labels.csv:3: expected 3 columns \\(item,p_a,p_b\\) as in the header, got 4"):
+    plan_lib.read_labels_csv(tmp_path / "labels.csv")
 
 
 def test_guideline_breakdown_by_hand():
