@@ -159,6 +159,48 @@ def test_dropout_only_with_a_key():
   np.testing.assert_allclose(zero_dropped, zero_plain, atol=1e-6)
 
 
+@pytest.mark.parametrize("source", ["rngs", "dropout_key"])
+def test_scanned_layers_draw_their_own_dropout_masks(monkeypatch, source):
+  """Under nn.scan every block has one module path: the dropout key must still be split
+  over the layers (an explicit "dropout" rng, and the train step's `dropout_key`), so
+  the layers' masks differ, while the same key draws the same masks again."""
+  config = CONFIG.replace(lora_dropout=0.5, lora_targets=("query",), scan_layers=True)
+  model = models.Transformer(config)
+  params = ref.random_params(nn.unbox(models.abstract_params(model)))
+  masks = []
+  bernoulli = jax.random.bernoulli
+
+  def recording_bernoulli(key, p, shape):
+    mask = bernoulli(key, p, shape)
+    jax.debug.callback(lambda m: masks.append(np.asarray(m)), mask, ordered=True)
+    return mask
+
+  monkeypatch.setattr(jax.random, "bernoulli", recording_bernoulli)
+
+  def apply(p, key):
+    if source == "rngs":
+      return model.apply({"params": p}, TOKENS, MASK, rngs={"dropout": key})
+    with lora.dropout_key(key):
+      return model.apply({"params": p}, TOKENS, MASK)
+
+  run = jax.jit(apply)
+
+  def masks_of(key):
+    masks.clear()
+    jax.block_until_ready(run(params, key))
+    jax.effects_barrier()
+    return list(masks)
+
+  first = masks_of(jax.random.key(3))
+  assert len(first) == config.n_layers == 2 and first[0].shape == (*TOKENS.shape, config.d_model)
+  assert 0.3 < first[0].mean() < 0.7 and (first[0] != first[1]).mean() > 0.3  # independent masks
+  again = masks_of(jax.random.key(3))
+  for drawn, redrawn in zip(first, again):
+    np.testing.assert_array_equal(drawn, redrawn)
+  other = masks_of(jax.random.key(4))
+  assert (first[0] != other[0]).mean() > 0.3
+
+
 def test_tree_helpers_and_counts():
   config = models.get_preset("tiny", lora_rank=4)  # default targets: query, value
   model, params = init(config, model_cls=models.RewardModel)
