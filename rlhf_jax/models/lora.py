@@ -42,8 +42,8 @@ import jax.numpy as jnp
 from rlhf_jax.models.config import LORA_TARGETS, TransformerConfig
 
 __all__ = ["ADAPTER_SUFFIXES", "HEAD_NAMES", "LORA_TARGETS", "adapter", "adapter_params", "base_config",
-           "base_model", "base_params", "block_index", "combine", "dropout_key", "enabled", "is_adapter", "is_trainable", "merge", "param_counts", "scale",
-           "trainable_mask", "trainable_params"]
+           "base_model", "base_params", "block_index", "combine", "dropout_key", "enabled", "is_adapter",
+           "is_trainable", "merge", "param_counts", "scale", "trainable_mask", "trainable_params"]
 
 ADAPTER_SUFFIXES = ("_lora_a", "_lora_b")
 # Heads a LoRA run trains in full alongside the adapters (as PEFT's `modules_to_save`).
