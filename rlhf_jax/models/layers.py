@@ -561,7 +561,8 @@ class Block(nn.Module):
   Returns `(x, None)` so that the same module can be the body of `nn.scan`. With
   `query_slots` int [B, N] it returns only the rows at those slots, [B, N, D]: every
   slot still gives its key and value, but the query, the attention output and the
-  feed-forward layer run at N slots instead of T.
+  feed-forward layer run at N slots instead of T. `layer` (the block's index, traced
+  under scan) reaches the LoRA adapters (`lora.block_index`).
   """
 
   config: TransformerConfig
@@ -576,19 +577,21 @@ class Block(nn.Module):
       segment_ids: jax.Array | None = None,
       documents: tuple[jax.Array, jax.Array] | None = None,
       query_slots: jax.Array | None = None,
+      layer: jax.Array | int | None = None,
   ) -> tuple[jax.Array, None]:
     cfg = self.config
-    attended = Attention(cfg, decode=self.decode, name="attention")(
-        norm(cfg, "attention_norm")(x), positions, attention_mask, segment_ids, documents,
-        query_slots)
-    if cfg.attention_out_bias:
-      # The output projection's bias, added here so that every attention path (full,
-      # per document, cached decoding) has it.
-      attended = attended + self.param(
-          "attention_out_bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-          (cfg.d_model,), cfg.params_dtype).astype(attended.dtype)
-    if query_slots is not None:
-      x = gather_slots(x, jnp.asarray(query_slots, jnp.int32))
-    x = x + attended
-    x = x + FeedForward(cfg, name="mlp")(norm(cfg, "mlp_norm")(x))
+    with lora.block_index(layer):  # LoRA dropout: a mask per layer, also under scan
+      attended = Attention(cfg, decode=self.decode, name="attention")(
+          norm(cfg, "attention_norm")(x), positions, attention_mask, segment_ids, documents,
+          query_slots)
+      if cfg.attention_out_bias:
+        # The output projection's bias, added here so that every attention path (full,
+        # per document, cached decoding) has it.
+        attended = attended + self.param(
+            "attention_out_bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+            (cfg.d_model,), cfg.params_dtype).astype(attended.dtype)
+      if query_slots is not None:
+        x = gather_slots(x, jnp.asarray(query_slots, jnp.int32))
+      x = x + attended
+      x = x + FeedForward(cfg, name="mlp")(norm(cfg, "mlp_norm")(x))
     return _constrain(x, ("batch", "length", "embed")), None

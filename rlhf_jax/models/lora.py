@@ -42,8 +42,8 @@ import jax.numpy as jnp
 from rlhf_jax.models.config import LORA_TARGETS, TransformerConfig
 
 __all__ = ["ADAPTER_SUFFIXES", "HEAD_NAMES", "LORA_TARGETS", "adapter", "adapter_params", "base_config",
-           "base_model", "base_params", "combine", "dropout_key", "enabled", "is_adapter", "is_trainable", "merge", "param_counts", "scale",
-           "trainable_mask", "trainable_params"]
+           "base_model", "base_params", "block_index", "combine", "dropout_key", "enabled", "is_adapter",
+           "is_trainable", "merge", "param_counts", "scale", "trainable_mask", "trainable_params"]
 
 ADAPTER_SUFFIXES = ("_lora_a", "_lora_b")
 # Heads a LoRA run trains in full alongside the adapters (as PEFT's `modules_to_save`).
@@ -52,6 +52,10 @@ HEAD_NAMES = ("reward_head", "value_head")
 
 # The trainer's dropout key (`dropout_key`), read while its step is traced.
 _DROPOUT_KEY: contextvars.ContextVar[jax.Array | None] = contextvars.ContextVar("lora_dropout_key", default=None)
+# The index of the transformer block being traced (`block_index`): under `nn.scan` every
+# block has the same module path, so the path alone would give every layer one mask.
+_BLOCK_INDEX: contextvars.ContextVar[jax.Array | int | None] = contextvars.ContextVar("lora_block_index",
+                                                                                      default=None)
 
 
 @contextlib.contextmanager
@@ -64,6 +68,18 @@ def dropout_key(key: jax.Array | None) -> Iterator[None]:
     yield
   finally:
     _DROPOUT_KEY.reset(token)
+
+
+@contextlib.contextmanager
+def block_index(index: jax.Array | int | None) -> Iterator[None]:
+  """Adapters traced inside this context are in transformer block `index` (an int, or
+  the traced layer counter of a scanned stack): `dropout_key`'s masks fold it in, so
+  scanned layers, which share one module path, still draw a different mask each."""
+  token = _BLOCK_INDEX.set(index)
+  try:
+    yield
+  finally:
+    _BLOCK_INDEX.reset(token)
 
 
 def enabled(config: TransformerConfig) -> bool:
@@ -84,8 +100,10 @@ def adapter(module: nn.Module, name: str, x: jax.Array, shape: tuple[int, ...], 
   `config` is a `TransformerConfig`), where the projection's kernel has `shape` = in +
   out (`contract` input axes) and logical axis names `axes`; the rank axis is unsharded.
   `x` [..., *in] is the projection's input. Dropout (rate `lora_dropout`, inverted
-  scaling) runs only when the caller passed a "dropout" PRNG key to `apply`, or inside
-  `dropout_key(key)` (the train step's).
+  scaling) runs only when the caller passed a "dropout" PRNG key to `apply` (split over
+  scanned layers), or inside `dropout_key(key)` (the train step's; folded with the
+  adapter's module path and `block_index`), so every layer and projection draws its own
+  mask.
   Returns [..., *out] in the compute dtype.
   """
   from rlhf_jax.models.layers import project  # pylint: disable=g-import-not-at-top (layers imports this module)
@@ -111,6 +129,8 @@ def adapter(module: nn.Module, name: str, x: jax.Array, shape: tuple[int, ...], 
     elif _DROPOUT_KEY.get() is not None:
       where = "/".join(map(str, module.path)) + f"/{name}"
       key = jax.random.fold_in(_DROPOUT_KEY.get(), zlib.crc32(where.encode()) & 0x7FFFFFFF)
+      if _BLOCK_INDEX.get() is not None:
+        key = jax.random.fold_in(key, _BLOCK_INDEX.get())
   if key is not None:
     keep = 1.0 - cfg.lora_dropout
     mask = jax.random.bernoulli(key, keep, x.shape)

@@ -265,17 +265,19 @@ class Transformer(nn.Module):
       layers = nn.scan(
           block,
           variable_axes={"params": 0, "cache": 0},
-          split_rngs={"params": True},
-          in_axes=(nn.broadcast,) * 4,
+          split_rngs={"params": True, "dropout": True},
+          # The last input is the layer counter (LoRA dropout folds it into its masks).
+          in_axes=(nn.broadcast,) * 5 + (0,),
           length=cfg.n_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      x, _ = layers(cfg, decode=decode, name="layers")(x, positions, attention_mask, segment_ids, documents)
+      x, _ = layers(cfg, decode=decode, name="layers")(
+          x, positions, attention_mask, segment_ids, documents, None, jnp.arange(cfg.n_layers, dtype=jnp.int32))
     else:
       for i in range(cfg.n_layers):
-        last_slots = (slots,) if prune_last and i == cfg.n_layers - 1 else ()
+        last_slots = slots if prune_last and i == cfg.n_layers - 1 else None
         x, _ = block(cfg, decode=decode, name=f"layer_{i}")(
-            x, positions, attention_mask, segment_ids, documents, *last_slots)
+            x, positions, attention_mask, segment_ids, documents, last_slots, i)
 
     if slots is not None and not prune_last:
       # Gather before the final norm (per position) and the [D, V] projection.

@@ -33,7 +33,7 @@ from rlhf_jax import models
 from rlhf_jax.models import lora
 
 __all__ = ["HF_PREFIX", "SMOLLM2", "SMOLLM2_FILE", "checkpoint_params", "checkpoint_path", "fill_base",
-           "freeze", "is_pretrained", "load_base", "load_into", "lora_fields", "model_config", "optimizer", "smollm2_path",
+           "is_pretrained", "load_base", "load_into", "lora_fields", "model_config", "optimizer", "smollm2_path",
            "tokenizer", "uses_lora"]
 
 _log = logging.getLogger(__name__)
@@ -166,12 +166,6 @@ def optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
   optimizer state (`optax.multi_transform` with `set_to_zero`)."""
   labels = lambda params: jax.tree.map(lambda t: "train" if t else "freeze", lora.trainable_mask(params))
   return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
-
-
-def freeze(params: Any) -> Any:
-  """`params` with `stop_gradient` on the frozen base: its gradient is never computed."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: x if lora.is_trainable(path) else jax.lax.stop_gradient(x), params)
 
 
 def checkpoint_params(params: Any) -> Any:

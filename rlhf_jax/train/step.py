@@ -7,6 +7,8 @@
   `lax.scan` sums their losses and gradients; since every microbatch loss is divided
   by the denominator of the whole batch (`objectives.weighted_sum`), the sum equals the
   full-batch loss and gradient for any per-example weights;
+- LoRA: gradients (and their accumulator) cover only what the run trains, the adapters
+  and any reward / value head (`lora.trainable_params`), never the frozen base;
 - the optimizer (with its NaN/Inf guard) updates parameters and moments;
 - compiled by `jax.jit` with `in_shardings`/`out_shardings` and the state donated.
 
@@ -26,7 +28,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rlhf_jax.models import TransformerConfig, lora
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import optim
-from rlhf_jax.train import pretrained
 from rlhf_jax.train.objectives import Layout, Objective
 from rlhf_jax.train.state import TrainState
 
@@ -82,15 +83,18 @@ def train_step_fn(
 
   adapters = lora.enabled(model.config) if isinstance(getattr(model, "config", None), TransformerConfig) else False
 
-  def loss_fn(params, batch, rng, denominator, rows):
+  def loss_fn(trained, params, batch, rng, denominator, rows):
+    """The loss as a function of `trained` (all parameters, or a LoRA run's adapters and
+    heads, which then replace their leaves in `params`)."""
     batch = dict(batch, loss_denominator=denominator, loss_rows=rows)
     if not adapters:
-      return objective.fn(params, batch, rng, model=model, settings=settings, layout=layout)
-    # LoRA: no gradient flows into the frozen base (it is never computed), and the
-    # adapters' dropout draws from this step's key.
+      return objective.fn(trained, batch, rng, model=model, settings=settings, layout=layout)
+    # LoRA: the adapters' dropout draws from this step's key.
     with lora.dropout_key(jax.random.fold_in(rng, 0x10BA)):
-      return objective.fn(pretrained.freeze(params), batch, rng, model=model, settings=settings, layout=layout)
+      return objective.fn(lora.combine(params, trained), batch, rng, model=model, settings=settings, layout=layout)
 
+  # Differentiated with respect to `trained` only: a LoRA run computes no gradient of the
+  # frozen base and its accumulator holds only the adapters and heads.
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step(state: TrainState, batch: Batch, key: jax.Array):
@@ -99,8 +103,9 @@ def train_step_fn(
     # Rows of the global batch, so that per-example outputs can be scaled to average
     # correctly over the microbatches (the online objectives' loss components).
     rows = jnp.asarray(next(iter(batch.values())).shape[0], jnp.float32)
+    trained = lora.trainable_params(state.params) if adapters else state.params
     if microbatches == 1:
-      (loss, outputs), grads = grad_fn(state.params, batch, rng, denominator, rows)
+      (loss, outputs), grads = grad_fn(trained, state.params, batch, rng, denominator, rows)
     else:
       micro = split_microbatches(batch, microbatches)
       if microbatch_sharding is not None:
@@ -110,21 +115,26 @@ def train_step_fn(
         grads_sum, loss_sum = carry
         index, microbatch = inputs
         (loss, outputs), grads = grad_fn(
-            state.params, microbatch, jax.random.fold_in(rng, index), denominator, rows)
+            trained, state.params, microbatch, jax.random.fold_in(rng, index), denominator, rows)
         return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss), outputs
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      zeros = jax.tree.map(jnp.zeros_like, trained)
       (grads, loss), outputs = jax.lax.scan(
           accumulate, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(microbatches), micro))
       outputs = _merge_microbatches(outputs)
 
+    grad_norm = optax.tree.norm(grads)
+    if adapters:
+      # The optimizer takes a full tree; its frozen part ignores these zeros (set_to_zero),
+      # which XLA never materialises.
+      grads = lora.combine(jax.tree.map(jnp.zeros_like, state.params), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     skipped_before = optim.skipped_updates(state.opt_state)
     metrics = {k: jnp.mean(v) for k, v in outputs.items() if k != "loss" and not k.startswith("label_")}
     metrics.update(
         loss=loss,
-        grad_norm=optax.tree.norm(grads),
+        grad_norm=grad_norm,
         skipped_updates=optim.skipped_updates(opt_state),
         update_skipped=optim.skipped_updates(opt_state) - skipped_before,
         consecutive_skips=optim.consecutive_skips(opt_state),

@@ -1,16 +1,14 @@
 """LoRA adapters (`rlhf_jax.models.lora`): the adapted forward against an independent
 NumPy merge + the NumPy decoder, zero B = the base model, merged weights = the adapter
-forward (unrolled, scanned, KV-cache decoding, reward model), dropout only with a key,
-the parameter-tree helpers, and the PEFT layout against PEFT's documented names."""
-
-import json
+forward (unrolled, scanned, KV-cache decoding, reward model), dropout only with a key
+and a mask per layer, and the parameter-tree helpers. The PEFT layout is tested in
+tests/models/hf/test_peft.py."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 import numpy_transformer as ref
 from rlhf_jax import hf, models
@@ -159,6 +157,48 @@ def test_dropout_only_with_a_key():
   np.testing.assert_allclose(zero_dropped, zero_plain, atol=1e-6)
 
 
+@pytest.mark.parametrize("source", ["rngs", "dropout_key"])
+def test_scanned_layers_draw_their_own_dropout_masks(monkeypatch, source):
+  """Under nn.scan every block has one module path: the dropout key must still be split
+  over the layers (an explicit "dropout" rng, and the train step's `dropout_key`), so
+  the layers' masks differ, while the same key draws the same masks again."""
+  config = CONFIG.replace(lora_dropout=0.5, lora_targets=("query",), scan_layers=True)
+  model = models.Transformer(config)
+  params = ref.random_params(nn.unbox(models.abstract_params(model)))
+  masks = []
+  bernoulli = jax.random.bernoulli
+
+  def recording_bernoulli(key, p, shape):
+    mask = bernoulli(key, p, shape)
+    jax.debug.callback(lambda m: masks.append(np.asarray(m)), mask, ordered=True)
+    return mask
+
+  monkeypatch.setattr(jax.random, "bernoulli", recording_bernoulli)
+
+  def apply(p, key):
+    if source == "rngs":
+      return model.apply({"params": p}, TOKENS, MASK, rngs={"dropout": key})
+    with lora.dropout_key(key):
+      return model.apply({"params": p}, TOKENS, MASK)
+
+  run = jax.jit(apply)
+
+  def masks_of(key):
+    masks.clear()
+    jax.block_until_ready(run(params, key))
+    jax.effects_barrier()
+    return list(masks)
+
+  first = masks_of(jax.random.key(3))
+  assert len(first) == config.n_layers == 2 and first[0].shape == (*TOKENS.shape, config.d_model)
+  assert 0.3 < first[0].mean() < 0.7 and (first[0] != first[1]).mean() > 0.3  # independent masks
+  again = masks_of(jax.random.key(3))
+  for drawn, redrawn in zip(first, again):
+    np.testing.assert_array_equal(drawn, redrawn)
+  other = masks_of(jax.random.key(4))
+  assert (first[0] != other[0]).mean() > 0.3
+
+
 def test_tree_helpers_and_counts():
   config = models.get_preset("tiny", lora_rank=4)  # default targets: query, value
   model, params = init(config, model_cls=models.RewardModel)
@@ -197,39 +237,3 @@ def test_hf_save_refuses_unmerged_adapters(tmp_path):
   model, params = init()
   with pytest.raises(ValueError, match="LoRA adapters"):
     hf.save(tmp_path, model, params)
-
-
-def test_peft_layout_names_shapes_and_values(tmp_path):
-  """PEFT names adapters `base_model.model.<module>.lora_A.weight` [r, in] and
-  `.lora_B.weight` [out, r] (docs/source/developer_guides/checkpoint.md of huggingface/
-  peft), and computes W_hf + (alpha / r) B_hf A_hf: that must be the merged model's
-  tensor as hf.save writes it."""
-  model, params = init()
-  hf.save_adapters(tmp_path / "adapter", model, params, base_model_name_or_path="base")
-  hf.save(tmp_path / "base", lora.base_model(model), lora.base_params(params))
-  hf.save(tmp_path / "merged", lora.base_model(model), lora.merge(params, CONFIG))
-  tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
-  modules = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
-             "out": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
-  expected_names = sorted(f"base_model.model.model.layers.{i}.{m}.lora_{p}.weight"
-                          for i in range(CONFIG.n_layers) for m in modules.values() for p in "AB")
-  assert sorted(tensors) == expected_names == hf.peft_tensor_names(model)
-  config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-  assert (config["peft_type"], config["task_type"], config["r"], config["lora_alpha"]) == ("LORA", "CAUSAL_LM", 4, 8.0)
-  assert sorted(config["target_modules"]) == sorted(m.split(".")[1] for m in modules.values())
-  base, merged = load_file(tmp_path / "base" / "model.safetensors"), load_file(tmp_path / "merged" / "model.safetensors")
-  for i in range(CONFIG.n_layers):
-    for module in modules.values():
-      name = f"model.layers.{i}.{module}"
-      a, b = tensors[f"base_model.model.{name}.lora_A.weight"], tensors[f"base_model.model.{name}.lora_B.weight"]
-      assert a.shape[0] == 4 and b.shape[1] == 4 and a.shape[1] == base[name + ".weight"].shape[1]
-      np.testing.assert_allclose(base[name + ".weight"] + 2.0 * b @ a, merged[name + ".weight"], atol=1e-5)
-
-
-def test_peft_reward_model_writes_the_score_head(tmp_path):
-  model, params = init(models.get_preset("tiny", lora_rank=2), model_cls=models.RewardModel)
-  hf.save_adapters(tmp_path, model, params)
-  tensors = load_file(tmp_path / "adapter_model.safetensors")
-  np.testing.assert_array_equal(tensors["base_model.model.score.weight"], np.asarray(params["reward_head"]["kernel"]).T)
-  config = json.loads((tmp_path / "adapter_config.json").read_text())
-  assert (config["task_type"], config["modules_to_save"]) == ("SEQ_CLS", ["score"])

@@ -57,6 +57,7 @@ def _kind(model: nn.Module) -> str:
 def _modules(model: nn.Module, model_type: str | None = None):
   """{our kernel path (unscanned): Hugging Face module name} of every adapted projection,
   and the family."""
+  kind = _kind(model)
   config = model.config
   if not lora.enabled(config):
     raise ValueError("save_adapters: the model has no LoRA adapters (lora_rank is 0).")
@@ -64,7 +65,6 @@ def _modules(model: nn.Module, model_type: str | None = None):
   if family.model_type == "gpt2":
     raise CheckpointError("save_adapters: GPT-2 fuses q, k and v in one Conv1D (c_attn); our separate "
                           "adapters have no PEFT layout there. Export merged weights instead.")
-  kind = _kind(model)
   sources = family.sources(lora.base_config(config).replace(scan_layers=False), kind, getattr(model, "num_heads", 1))
   modules = {}
   for path, source in sources.items():
