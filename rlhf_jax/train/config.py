@@ -292,8 +292,8 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
 
   config.train = ml_collections.ConfigDict()
   # Optimizer steps of the run (the schedule decays to its end at this step).
-  # smollm2: 10 steps of 8, what 2 shared CPU cores do in minutes (a step of 8 pairs of
-  # 128 tokens takes about a minute there; docs/benchmarks.md).
+  # smollm2: 10 steps of 8, what 2 shared CPU cores do in minutes (step times and the
+  # run's result: docs/benchmarks.md, "Pretrained: SmolLM2 on the HH-RLHF sample").
   config.train.steps = 200 if tiny else 10 if pretrained else 2000
   # Global batch: pairs (reward model, DPO family) or sequences (SFT, KTO) per step.
   config.train.batch_size = 16 if tiny else 8 if pretrained else 64
