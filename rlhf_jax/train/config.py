@@ -151,7 +151,9 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
     preset: "tiny" (CPU demo on synthetic data, no file) or "125m" / "1b" / "7b"
       (accelerator shapes; give `data.train` for a real run), or "smollm2": LoRA on
       the pretrained SmolLM2-135M-Instruct (`make smollm2`; model.init_from=hf:smollm2,
-      its architecture and tokenizer), sized for a CPU.
+      its architecture and tokenizer), sized for a run of minutes on 2 CPU cores: a
+      demonstration of the path, not a converged model (docs/benchmarks.md, "Pretrained:
+      SmolLM2 on the HH-RLHF sample").
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
@@ -223,9 +225,11 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   # Vocabulary size of a tokenizer trained here.
   config.data.tokenizer_vocab_size = 512 if tiny else 32000
   # Length of every tokenized sequence (prompt + completion + eos), padded / truncated.
-  config.data.max_length = 128 if tiny else 512 if pretrained else 1024
-  # Longest prompt segment (bos included); longer prompts lose their oldest tokens.
-  config.data.max_prompt_length = 64 if tiny else 256 if pretrained else 512
+  # smollm2: 128, the cost of a CPU step and evaluation being linear in it.
+  config.data.max_length = 128 if tiny or pretrained else 1024
+  # Longest prompt segment (bos included); longer prompts lose their oldest tokens
+  # (smollm2: 96, keeping the last turns of a dialogue and 32 tokens for the completion).
+  config.data.max_prompt_length = 64 if tiny else 96 if pretrained else 512
   # Pairs (dpo, simpo, orpo, reward_model): pack each pair as one row [prompt | chosen |
   # rejected] so the prompt goes through the model once; logits only where a completion
   # token is predicted, rewards at each completion's last token
@@ -271,7 +275,7 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   config.optim.learning_rate = (_TINY_LEARNING_RATES if tiny else _LORA_LEARNING_RATES if pretrained
                                 else _LEARNING_RATES)[objective]
   # Linear warmup from 0 to the peak over this many steps.
-  config.optim.warmup_steps = 10 if tiny else 20 if pretrained else 100
+  config.optim.warmup_steps = 10 if tiny else 2 if pretrained else 100
   # Final learning rate as a fraction of the peak (end of the cosine decay).
   config.optim.end_learning_rate_factor = 0.1
   # AdamW moments and epsilon.
@@ -288,13 +292,15 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
 
   config.train = ml_collections.ConfigDict()
   # Optimizer steps of the run (the schedule decays to its end at this step).
-  config.train.steps = 200 if tiny or pretrained else 2000
+  # smollm2: 10 steps of 8, what 2 shared CPU cores do in minutes (step times and the
+  # run's result: docs/benchmarks.md, "Pretrained: SmolLM2 on the HH-RLHF sample").
+  config.train.steps = 200 if tiny else 10 if pretrained else 2000
   # Global batch: pairs (reward model, DPO family) or sequences (SFT, KTO) per step.
-  config.train.batch_size = 16 if tiny or pretrained else 64
+  config.train.batch_size = 16 if tiny else 8 if pretrained else 64
   # Gradient accumulation: the batch is split into this many microbatches (lax.scan).
   config.train.microbatches = 1
   # Write metrics (metrics.jsonl, TensorBoard, progress bar) every this many steps.
-  config.train.log_every = 10 if tiny else 20
+  config.train.log_every = 10 if tiny else 2 if pretrained else 20
   # Show a tqdm progress bar (process 0 only).
   config.train.progress_bar = True
   # Compile without XLA backend optimisation (`components.FAST_COMPILE_OPTIONS`): faster
@@ -304,9 +310,9 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
 
   config.eval = ml_collections.ConfigDict()
   # Evaluate every this many steps (and after the last one); 0 evaluates only at the end.
-  config.eval.every = 50 if tiny or pretrained else 500
+  config.eval.every = 50 if tiny else 0 if pretrained else 500
   # Evaluation batch size; the eval set is read in order, the last partial batch padded.
-  config.eval.batch_size = 32 if tiny or pretrained else 64
+  config.eval.batch_size = 32 if tiny else 16 if pretrained else 64
   # Equal-width bins of the expected calibration error (reward models).
   config.eval.ece_bins = 10
 
@@ -321,8 +327,9 @@ def base_config(objective: str, preset: str = DEFAULT_PRESET) -> ml_collections.
   config.reference = ml_collections.ConfigDict()
   # DPO / KTO reference log-probs: "cached" (one pass of the frozen reference over each
   # data set, stored as .npz keyed by data and parameter fingerprints) or "on_the_fly"
-  # (a reference forward every step).
-  config.reference.mode = "cached"
+  # (a reference forward every step). smollm2: on the fly, its few steps see fewer
+  # pairs than one pass over the training file would.
+  config.reference.mode = "on_the_fly" if pretrained else "cached"
   # Folder of the reference cache; "" uses `<workdir>/reference_cache`.
   config.reference.cache_dir = ""
   # Batch size of the one-off reference pass.

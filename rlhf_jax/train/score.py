@@ -202,7 +202,8 @@ def restore_params(step_dir: Path, abstract: Any) -> Any:
   quiet = _NoItemMetadataWarning()
   logging.getLogger("absl").addFilter(quiet)
   try:
-    return _restore_item_params(step_dir, abstract)
+    # Orbax finds no item metadata under a relative path (`--workdir=runs/x`): absolute.
+    return _restore_item_params(Path(step_dir).absolute(), abstract)
   finally:
     logging.getLogger("absl").removeFilter(quiet)
 

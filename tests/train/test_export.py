@@ -53,6 +53,14 @@ def test_policy_export_loads_back_with_the_same_logits(sft_run, tmp_path):
   assert config["architectures"] == ["LlamaForCausalLM"]
 
 
+def test_a_relative_workdir_reads_the_same_checkpoint(sft_run, monkeypatch):
+  workdir, results = sft_run
+  monkeypatch.chdir(workdir.parent)
+  model, params, _, step = export.load_run(workdir.name)
+  assert step == 2
+  np.testing.assert_array_equal(apply(model, params), apply(model, results["state"].params))
+
+
 def test_reward_model_export_drops_the_bias_explicitly(tmp_path):
   results = loop.train(tiny_config("reward_model", **QUICK), tmp_path / "rm")
   with pytest.raises(ValueError, match="nonzero bias"):
