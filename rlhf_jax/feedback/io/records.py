@@ -1076,9 +1076,9 @@ def _crowd_fast_path(path: Path, data: bytes) -> _Parsed | None:
   import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
 
   first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
-  if b'"' in first_line:
-    return None
-  header = [c.strip() for c in first_line.decode("utf-8", errors="replace").split(",")]
+  # A quoted header ("question","worker","answer": pyarrow's and R's write.csv default) is
+  # as clean as a bare one; a header record spanning lines fails the row count below.
+  header = [c.strip() for c in next(csv.reader([first_line.decode("utf-8", errors="replace")]), [])]
   if any(c not in header for c in _CROWD_COLUMNS) or len(set(header)) != len(header):
     return None  # The per-line reader raises the header error.
   try:
