@@ -35,7 +35,9 @@ Three cases (`--case`):
   after the first on a machine sees. Peak memory is each process's maximum resident set
   (the child's VmHWM). Accuracy against the simulated truth; Spearman correlation for scores.
   The data files are written before any clock starts, in `--work_dir` (a temporary
-  folder by default; 100M annotations take about 2.5 GB of CSV).
+  folder by default; 100M annotations take about 2.5 GB of CSV). `--max_rss_gb` and
+  `--min_available_gb` kill a side whose memory would exhaust the machine (polled every
+  0.2 s); its row then says "did not finish" with the memory it had reached.
 
 `--json_out=PATH` writes every figure as JSON as well. Figures are recorded only in
 docs/benchmarks.md, with the command.
@@ -292,14 +294,56 @@ def bench_stream(args) -> dict:
 # --case=process
 
 
-def _run_process(command: list[str], env: dict[str, str]) -> dict:
-  """Wall seconds and peak RSS (MB) of one child process, and its JSON line."""
+def _memory_kb(path: str, field: str) -> int | None:
+  """One `kB` field of a /proc file (`VmRSS` of a process, `MemAvailable` of the machine)."""
+  try:
+    with open(path, encoding="ascii") as handle:
+      for line in handle:
+        if line.startswith(field + ":"):
+          return int(line.split()[1])
+  except OSError:
+    pass
+  return None
+
+
+def _run_process(command: list[str], env: dict[str, str], max_rss_gb: float = 0.0,
+                 min_available_gb: float = 0.0) -> dict:
+  """Wall seconds and peak RSS (MB) of one child process, and its JSON line.
+
+  A watchdog polls the child (every 0.2 s) and kills it when its resident memory passes
+  `max_rss_gb` or the machine's available memory falls below `min_available_gb` (0: no
+  limit), so that a side that cannot run a size fails alone instead of exhausting a
+  shared machine; it then returns {"failed": reason, "seconds": ..., "peak_rss_mb": ...}.
+  """
   import subprocess  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
+  watch = {"reason": None, "rss_kb": 0}
+
+  def watchdog():
+    while process.poll() is None:
+      rss = _memory_kb(f"/proc/{process.pid}/status", "VmRSS") or 0
+      available = _memory_kb("/proc/meminfo", "MemAvailable")
+      watch["rss_kb"] = max(watch["rss_kb"], rss)
+      if max_rss_gb and rss > max_rss_gb * 2**20:
+        watch["reason"] = f"killed at {rss / 2**20:.1f} GB resident (limit {max_rss_gb:g} GB)"
+      elif min_available_gb and available is not None and available < min_available_gb * 2**20:
+        watch["reason"] = (f"killed at {rss / 2**20:.1f} GB resident: the machine had "
+                           f"{available / 2**20:.1f} GB available (floor {min_available_gb:g} GB)")
+      if watch["reason"]:
+        process.kill()
+        return
+      time.sleep(0.2)
+
+  thread = threading.Thread(target=watchdog, daemon=True)
+  thread.start()
   stdout, stderr = process.communicate()
   seconds = time.perf_counter() - start
+  thread.join()
+  if watch["reason"]:
+    return {"failed": watch["reason"], "seconds": seconds, "peak_rss_mb": watch["rss_kb"] / 1024}
   if process.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
   # Peak RSS comes from the child's own report of its high-water mark (VmHWM): rusage of a
@@ -331,9 +375,13 @@ def bench_process(args, crowdkit) -> dict:
 
   def run(side_name, task, data, out):
     side = "crowdkit" if side_name.startswith("crowd-kit") else "ours"
-    return _run_process(_worker_command(side, task, data, out), env)
+    return _run_process(_worker_command(side, task, data, out), env, args.max_rss_gb,
+                        args.min_available_gb)
 
   def row(name, r, quality, label):
+    if "failed" in r:
+      return (f"{name:<34}{r['seconds']:9.2f}{'-':>10}{'-':>8}{r['peak_rss_mb']:9.0f}"
+              f"   did not finish: {r['failed']}")
     return (f"{name:<34}{r['seconds']:9.2f}{r['import_s']:10.2f}{r['fit_s']:8.2f}"
             f"{r['peak_rss_mb']:9.0f}   {label} {quality:.4f}")
 
@@ -347,6 +395,10 @@ def bench_process(args, crowdkit) -> dict:
     for side_name in sides:
       out = work / f"labels_{size}_{len(entry)}.csv"
       r = run(side_name, "dawid_skene", data, out)
+      entry[side_name] = r
+      if "failed" in r:
+        print(row(side_name, r, 0.0, ""))
+        continue
       table = pa_csv.read_csv(out)
       predicted = np.full(num_items, -1, np.int64)
       predicted[table["question"].to_numpy()] = table["label"].to_numpy()
@@ -372,6 +424,10 @@ def bench_process(args, crowdkit) -> dict:
   for side_name in sides:
     out = work / f"scores_{len(entry)}.csv"
     r = run(side_name, "crowd_bt", data, out)
+    entry[side_name] = r
+    if "failed" in r:
+      print(row(side_name, r, 0.0, ""))
+      continue
     scores = np.full(args.bt_items, np.nan)
     with open(out, encoding="utf-8") as handle:
       for row_ in csv.DictReader(handle):
@@ -415,7 +471,7 @@ def _write_crowd(path, size: int, args) -> tuple[np.ndarray, int, int]:
 
 def _print_ratios(entry: dict, sides: list[str]) -> None:
   """crowd-kit's wall time over ours (each cache state), as printed and stored."""
-  if len(sides) < 3:
+  if len(sides) < 3 or any("failed" in entry[side] for side in sides):
     return
   theirs = entry[sides[2]]["seconds"]
   for side in sides[:2]:
@@ -439,6 +495,10 @@ def main(argv: list[str] | None = None) -> None:
                       help="--case=process: Crowd-BT comparisons.")
   parser.add_argument("--no_compile_cache", action="store_true",
                       help="--case=stream: without JAX's persistent compilation cache.")
+  parser.add_argument("--max_rss_gb", type=float, default=0.0,
+                      help="--case=process: kill a side above this resident memory (0: no limit).")
+  parser.add_argument("--min_available_gb", type=float, default=0.0,
+                      help="--case=process: kill a side when the machine has less available (0: off).")
   parser.add_argument("--work_dir", default="", help="Data files (default: a temporary folder).")
   parser.add_argument("--json_out", default="", help="Also write the figures as JSON here.")
   parser.add_argument("--annotations", type=int, default=1_000_000)

@@ -3,6 +3,7 @@ the arithmetic of the measured times, and the whole-process runs fill the compil
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,16 @@ def test_process_case_ours_fills_the_compile_cache(tmp_path, capsys):
   caches = list(tmp_path.glob("jax_cache_*"))
   assert len(caches) == 1 and any(caches[0].iterdir())  # the first run wrote programs
   assert "speed-up" not in capsys.readouterr().out  # no ratio without crowd-kit
+
+
+def test_run_process_kills_a_side_above_its_memory_limit():
+  # A child that holds 400 MB for 30 s, against a 0.1 GB limit: killed, not awaited.
+  hog = [sys.executable, "-c", "import time; x = bytearray(400 * 2**20); time.sleep(30)"]
+  start = time.perf_counter()
+  r = aggregation._run_process(hog, {}, max_rss_gb=0.1)  # pylint: disable=protected-access
+  assert time.perf_counter() - start < 20
+  assert r["failed"].endswith("resident (limit 0.1 GB)")
+  assert r["peak_rss_mb"] > 0.1 * 1024
+  # Within the limit the child's own JSON line is returned.
+  quiet = [sys.executable, "-c", "print('{\"fit_s\": 0.5}')"]
+  assert aggregation._run_process(quiet, {}, max_rss_gb=1.0)["fit_s"] == 0.5  # pylint: disable=protected-access

@@ -894,6 +894,11 @@ def _crowd_unquoted_lines(path: Path, data: bytes) -> tuple[list, Any, list, lis
   return lines, raw, [questions, workers, answers], rejects
 
 
+def _unquote(name: str) -> str:
+  """A CSV header name without its enclosing double quotes (`"a"` -> `a`)."""
+  return name[1:-1] if len(name) >= 2 and name[0] == name[-1] == '"' else name
+
+
 def _crowd_fast_path(path: Path, data: bytes) -> _Parsed | None:
   """Reads a clean crowd CSV with pyarrow; None when the per-line reader is needed."""
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
@@ -901,9 +906,10 @@ def _crowd_fast_path(path: Path, data: bytes) -> _Parsed | None:
   import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
 
   first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
-  if b'"' in first_line:
-    return None
-  header = [c.strip() for c in first_line.decode("utf-8", errors="replace").split(",")]
+  # A quoted header ("question","worker","answer": pyarrow's and R's write.csv default) is
+  # as clean as a bare one. A quoted comma splits a name and a header record spanning
+  # lines fails the row count below: both go to the per-line reader.
+  header = [_unquote(c.strip()) for c in first_line.decode("utf-8", errors="replace").split(",")]
   if any(c not in header for c in _CROWD_COLUMNS) or len(set(header)) != len(header):
     return None  # The per-line reader raises the header error.
   try:

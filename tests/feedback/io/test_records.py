@@ -678,3 +678,20 @@ def test_read_annotator_truth(tmp_path):
   path.write_text("annotator,kind\nann-1,good\n", encoding="utf-8")
   with pytest.raises(FeedbackInputError, match="lacks required column"):
     records.read_annotator_truth(path)
+
+
+def test_crowd_quoted_header_takes_the_fast_path(tmp_path, monkeypatch):
+  # pyarrow's CSV writer and R's write.csv quote the header; the rows stay bare.
+  rows = "q1,w1,a\nq1,w2,b\nq2,w1,b\n"
+  bare, quoted = tmp_path / "bare.csv", tmp_path / "quoted.csv"
+  bare.write_text("question,worker,answer\n" + rows)
+  quoted.write_text('"question","worker","answer"\n' + rows)
+  expected = read_annotations(bare, format="crowd_csv").annotations
+  # The per-line reader is not reached: the fast path read the quoted file.
+  monkeypatch.setattr(records, "_crowd_records", lambda *a: pytest.fail("per-line reader used"))
+  monkeypatch.setattr(records, "_crowd_unquoted_lines", lambda *a: pytest.fail("per-line reader used"))
+  got = read_annotations(quoted, format="crowd_csv").annotations
+  assert (got.item_ids, got.annotator_ids, got.class_names) == (("q1", "q2"), ("w1", "w2"), ("a", "b"))
+  assert (got.items.tolist(), got.annotators.tolist(), got.labels.tolist()) == ([0, 0, 1], [0, 1, 0], [0, 1, 1])
+  for name in ("items", "annotators", "labels"):
+    np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
