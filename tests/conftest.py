@@ -11,6 +11,10 @@ its own module.
 import pytest
 
 SLOW_BY_MEASURED_TIME = frozenset({
+    "tests/benchmarks/test_aggregation_benchmark.py::test_stream_case_rates_and_ratio",
+    "tests/models/test_lora.py::test_init_b_is_zero_and_a_is_not",
+    "tests/train/test_train_step.py::test_lora_microbatches_accumulate_only_the_adapters",
+    "tests/train/test_train_step.py::test_two_microbatches_equal_one_full_batch",
     "tests/benchmarks/test_generate_benchmark.py::test_lines_follow_from_the_round_times",
     "tests/benchmarks/test_generate_benchmark.py::test_recompute_decoder_draws_what_generate_draws",
     "tests/benchmarks/test_train_step_benchmark.py::test_table_rows_follow_from_the_step_times",
