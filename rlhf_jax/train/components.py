@@ -2,6 +2,9 @@
 
     parts = build(settings, mesh, info)                   # settings: BuildSettings
     state = parts.init_state(init_key, train_key)         # sharded from birth
+    # or, from a pretrained base: only the adapters and heads are initialised
+    params = load(combine(parts.abstract_state.params, parts.init_trainable(init_key)))
+    state = parts.state_from_params(params, train_key)
     state, metrics = parts.train_step(state, batch, key)  # jitted, donated
 
 Nothing here reads data or allocates parameters except `init_state`, so the same
@@ -164,6 +167,11 @@ class Components:
   shardings: state_lib.TrainState
   abstract_state: state_lib.TrainState
   init_state: MeshFunction
+  # init_key -> the adapters and heads of `init_state`'s parameters (the same values),
+  # alone: the rest of a run from a pretrained base is read from its checkpoint.
+  init_trainable: MeshFunction
+  # (params, train_key) -> the TrainState at step 0 around `params` (donated).
+  state_from_params: MeshFunction
   train_step: MeshFunction
   eval_step: MeshFunction
   # (ref_params, batch) -> reference columns; replicated outputs (for the cache) and
@@ -265,6 +273,10 @@ def build(build_settings: BuildSettings, mesh: Mesh, info: DataInfo, **preset_ov
   options = compiler_options(build_settings.fast_compile)
   init_state = MeshFunction(
       state_lib.make_init_state(init_params, tx, shardings, compiler_options=options), mesh, rules)
+  init_trainable = MeshFunction(state_lib.make_init_subset(
+      init_params, models.lora.trainable_params, shardings.params, compiler_options=options), mesh, rules)
+  state_from_params = MeshFunction(
+      state_lib.make_state_from_params(tx, shardings, compiler_options=options), mesh, rules)
   train_step = MeshFunction(step_lib.make_train_step(
       objective, model, tx, mesh, shardings, settings=settings, layout=layout,
       microbatches=int(build_settings.microbatches), schedule=schedule, compiler_options=options),
@@ -290,6 +302,7 @@ def build(build_settings: BuildSettings, mesh: Mesh, info: DataInfo, **preset_ov
       build_settings=build_settings, info=info, objective=objective, settings=settings, layout=layout,
       model=model, tx=tx, schedule=schedule, mesh=mesh,
       rules=rules, init_params=init_params, shardings=shardings, abstract_state=abstract,
-      init_state=init_state, train_step=train_step, eval_step=eval_step,
+      init_state=init_state, init_trainable=init_trainable, state_from_params=state_from_params,
+      train_step=train_step, eval_step=eval_step,
       reference_cached=reference_cached, reference_on_the_fly=reference_on_the_fly,
       reference_groups=groups)

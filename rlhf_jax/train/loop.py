@@ -274,7 +274,15 @@ def evaluate_dataset(
 def _initial_params(parts: components_lib.Components, init_from: str, init_key, train_key) -> Any:
   """The run's starting parameters (also the frozen reference): a fresh sharded init, or
   the latest checkpoint of the run `init_from` (`model.init_from`), or a pretrained
-  checkpoint ("hf:..."); a LoRA model keeps its fresh adapters over the loaded base."""
+  checkpoint ("hf:..."); a LoRA model keeps its fresh adapters over the loaded base.
+
+  From a pretrained checkpoint only the adapters and heads are initialised: each base
+  tensor is read straight into its shards, with no random base to overwrite."""
+  if pretrained.is_pretrained(init_from):
+    fresh = parts.init_trainable(init_key)
+    params = pretrained.load_base(init_from, models.lora.combine(parts.abstract_state.params, fresh),
+                                  parts.model.config)
+    return parts.state_from_params(params, train_key)
   state = parts.init_state(init_key, train_key)
   if pretrained.is_pretrained(init_from) or models.lora.enabled(parts.model.config):
     return state.replace(params=pretrained.load_base(init_from, state.params, parts.model.config))

@@ -4,10 +4,11 @@ of `make smollm2`), and LoRA runs (`model.lora.rank > 0`).
 
 With `hf:`, the checkpoint decides the architecture (`model_config`: its config.json or
 GGUF metadata; `model.preset` is not read) and the tokenizer (`tokenizer`, unless
-`data.tokenizer` names another), and its weights replace the initialised ones, each
-tensor read straight into the shards the trainer gave that parameter (`load_into`). A
-reward or value model takes the score head of a `*ForSequenceClassification` checkpoint
-when it has one, else keeps its freshly initialised head.
+`data.tokenizer` names another), and its weights are read, each tensor straight into
+the shards the trainer gave that parameter (`load_into`; `train.loop` initialises only
+the adapters and heads). A reward or value model takes the score head of a
+`*ForSequenceClassification` checkpoint when it has one, else keeps its freshly
+initialised head.
 
 LoRA runs train and save only the adapters (and a reward or value head): `trainable`
 marks them, `optimizer` gives the frozen rest no optimizer state, and a checkpoint holds
@@ -118,9 +119,11 @@ def _kind(params: Any) -> str:
 
 
 def load_into(init_from: str, params: Any, config: models.TransformerConfig) -> Any:
-  """`params` (initialised, sharded) with the checkpoint's weights in place of the base.
+  """`params` (sharded) with the checkpoint's weights in place of the base.
 
-  Each tensor goes straight to the sharding its parameter has in `params`. LoRA
+  Each tensor goes straight to the sharding its parameter has in `params`; the base
+  leaves may be abstract (`jax.ShapeDtypeStruct`s with shardings: only those are read),
+  so a run never initialises what the checkpoint replaces (`train.loop`). LoRA
   adapters keep their initial values (B = 0: the run starts as the checkpoint); a reward
   or value head is the checkpoint's score head when it is a `*ForSequenceClassification`
   checkpoint (PEFT's `modules_to_save`), else stays as initialised.

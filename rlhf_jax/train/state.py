@@ -27,6 +27,8 @@ __all__ = [
     "abstract_state",
     "init_params_fn",
     "make_init_state",
+    "make_init_subset",
+    "make_state_from_params",
     "state_shardings",
 ]
 
@@ -135,6 +137,44 @@ def make_init_state(
         rng=jax.random.key_data(train_key))
 
   return jax.jit(init_state, out_shardings=shardings, compiler_options=compiler_options)
+
+
+def make_init_subset(
+    init_params: Callable[[jax.Array], Any],
+    select: Callable[[Any], Any],
+    param_shardings: Any,
+    *,
+    compiler_options: dict[str, Any] | None = None,
+) -> Callable[[jax.Array], Any]:
+  """A jitted `init_key -> select(params)`: only the selected parameters of the full
+  initialisation, with the values it gives them (the same keys), in their shardings.
+
+  What `select` drops is never computed (XLA removes it), so a run that reads its base
+  weights from a checkpoint initialises only the rest (LoRA adapters, a new head).
+  """
+
+  def init_subset(init_key: jax.Array) -> Any:
+    return select(nn.unbox(init_params(init_key)))
+
+  return jax.jit(init_subset, out_shardings=select(param_shardings), compiler_options=compiler_options)
+
+
+def make_state_from_params(
+    tx: optax.GradientTransformation,
+    shardings: TrainState,
+    *,
+    compiler_options: dict[str, Any] | None = None,
+) -> Callable[[Any, jax.Array], TrainState]:
+  """A jitted `(params, train_key) -> TrainState` at step 0 around given parameters (a
+  pretrained base with fresh adapters): the optimizer state is `tx.init(params)`, and
+  the parameters are donated, so they are not copied."""
+
+  def state_from_params(params: Any, train_key: jax.Array) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(train_key))
+
+  return jax.jit(state_from_params, in_shardings=(shardings.params, None), out_shardings=shardings,
+                 donate_argnums=0, compiler_options=compiler_options)
 
 
 def abstract_state(

@@ -122,6 +122,34 @@ def test_lora_reference_is_the_base_model(checkpoint, tmp_path):
   assert np.abs(np.asarray(policy) - logits).max() > 1e-3
 
 
+@pytest.mark.parametrize("objective", ["dpo", "reward_model"])
+def test_pretrained_start_initialises_only_adapters_and_heads_with_the_full_inits_values(
+    checkpoint, tmp_path, objective):
+  """The starting state of a run from "hf:DIR" (adapters and a new reward head initialised
+  alone, the base read into its shards) equals the other way round: the whole model
+  initialised, then the checkpoint read over its base."""
+  directory, _ = checkpoint
+  config = lora_dpo(directory) if objective == "dpo" else tiny_config(
+      "reward_model", data__toy__num_train=16, data__toy__num_eval=0, data__max_length=16,
+      data__max_prompt_length=8, model__init_from=f"hf:{directory}", model__lora__rank=4)
+  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  datasets = inputs_lib.load_datasets(config_lib.data_settings(config), tmp_path, objective=config.objective,
+                                      loss=config_lib.loss_settings(config), seed=int(config.seed))
+  parts = components.build(config_lib.build_settings(config), mesh, datasets.info)
+  init_key, train_key = jax.random.split(jax.random.key(5))
+  full = parts.init_state(init_key, train_key)
+  expected = full.replace(params=pretrained.load_base(config.model.init_from, full.params, parts.model.config))
+  got = loop._initial_params(parts, config.model.init_from, init_key, train_key)
+  got_leaves, want_leaves = flat(got), flat(expected)
+  assert got_leaves.keys() == want_leaves.keys()
+  assert any("lora_a" in name for name in got_leaves)
+  assert (objective == "reward_model") == any("reward_head" in name for name in got_leaves)
+  for name in got_leaves:
+    np.testing.assert_array_equal(got_leaves[name], want_leaves[name], err_msg=name)
+  for leaf, sharding in zip(jax.tree.leaves(got.params), jax.tree.leaves(parts.shardings.params)):
+    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+
+
 def test_tokenizer_and_architecture_come_from_the_checkpoint(checkpoint, tmp_path):
   directory, _ = checkpoint
   config = lora_dpo(directory)

@@ -202,3 +202,15 @@ def test_gguf_errors(tmp_path):
   writer.close()
   with pytest.raises(DataError, match="GGUF pre-tokenizer 'deepseek-llm' is not supported"):
     hf.load_tokenizer(tmp_path / "pre.gguf")
+
+
+def test_a_gguf_file_is_parsed_once_until_it_changes(tmp_path):
+  """A run opens its GGUF file several times (architecture, weights, score head); the
+  parse is reused while the file is unchanged, and a rewritten file is read again."""
+  path = write_gguf(tmp_path / "model.gguf")
+  first = hf.open_checkpoint(path)
+  assert hf.open_checkpoint(path) is first
+  assert "lm_head.weight" in first.names()
+  write_gguf(path, drop=("lm_head.weight",))
+  again = hf.open_checkpoint(path)
+  assert again is not first and "lm_head.weight" not in again.names()
