@@ -945,10 +945,12 @@ def _crowd_fast_path(path: Path) -> _Parsed | None:
   num_rows = table.num_rows
   if num_rows == 0 or num_rows != scan.num_lines - 1:
     return None  # No records (the per-line reader says so), or a quoted newline.
-  table = table.unify_dictionaries()  # one dictionary per column, in first-seen order
   columns = []
   for name in _CROWD_COLUMNS:
-    column = table.column(name)
+    # One column at a time, dropped from the table once copied, so that only one
+    # column's Arrow arrays are unified (one dictionary, first-seen order) at a time.
+    column = pa.table([table.column(name)], names=[name]).unify_dictionaries().column(0)
+    table = table.drop_columns([name])
     codes = np.empty(num_rows, np.int32)
     start = 0
     for chunk in column.chunks:
@@ -956,11 +958,12 @@ def _crowd_fast_path(path: Path) -> _Parsed | None:
         return None
       codes[start:start + len(chunk)] = _int32_values(chunk.indices)
       start += len(chunk)
-    stripped = _strip_dictionary(codes, column.chunk(0).dictionary)
+    dictionary = column.chunk(0).dictionary
+    del column
+    stripped = _strip_dictionary(codes, dictionary)
     if stripped is None:
       return None  # Empty values (or blank lines): let the per-line reader name them.
     columns.append(stripped)
-    del column
   del table
   (answer_codes, answers) = columns[2]
   class_names = _class_order(answers.tolist())
