@@ -79,7 +79,9 @@ class EncodedAnnotations(IdTables):
   item_ids: tuple[str, ...]  # item index -> id in the input
   annotator_ids: tuple[str, ...]  # annotator index -> id in the input
   class_names: tuple[str, ...]  # class index -> label as written in the input
-  annotation_ids: tuple[str, ...]  # [N] id of each annotation (given, or file:line)
+  # [N] id of each annotation (given, or file:line); a tuple, or `rlhf_jax.io.ingest.RowIds`
+  # (the default file:line ids worded on demand, equal to the tuple of them).
+  annotation_ids: Sequence[str]
   # Optional per-annotation fields (None when the input format lacks them).
   timestamps: np.ndarray | None = None  # [N] float64 seconds since epoch
   response_ms: np.ndarray | None = None  # [N] float64 response time in ms

@@ -110,6 +110,8 @@ __all__ = [
     "Reject",
     "RecordError",
     "Row",
+    "RowIds",
+    "TextScan",
     "append_rejects",
     "check_accounting",
     "check_local_file",
@@ -134,6 +136,7 @@ __all__ = [
     "reference_csv_rows",
     "read_rows",
     "read_string",
+    "scan_text",
     "source",
     "strip_bom",
     "undeclared_class",
@@ -252,6 +255,96 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+class RowIds(Sequence[str]):
+  """The default ids `FILE:N` of rows numbered N (lineage), made only when asked for.
+
+  A reader of a million rows would otherwise hold a million Python strings (about 60
+  bytes each) for ids that are rarely read: this sequence holds the file name and the
+  row numbers (a `range` for consecutive rows, else an integer array) and words an id
+  on access. It compares equal to any sequence of the same ids (a tuple of them, say).
+  """
+
+  def __init__(self, file: str, numbers: Sequence[int]):
+    self.file = file
+    self.numbers = numbers  # a range or a NumPy integer array
+
+  def __len__(self) -> int:
+    return len(self.numbers)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return RowIds(self.file, self.numbers[index])
+    return f"{self.file}:{int(self.numbers[index])}"
+
+  def __iter__(self) -> Iterator[str]:
+    prefix = f"{self.file}:"
+    return map(prefix.__add__, map(str, self.numbers))
+
+  def __contains__(self, value: object) -> bool:
+    if not isinstance(value, str) or not value.startswith(f"{self.file}:"):
+      return False
+    number = value[len(self.file) + 1:]
+    if not number.isdigit() or str(int(number)) != number:
+      return False
+    return bool(int(number) in self.numbers)
+
+  def __eq__(self, other: object) -> bool:
+    if isinstance(other, RowIds) and other.file == self.file:
+      return len(self) == len(other) and all(int(a) == int(b) for a, b in zip(self.numbers, other.numbers))
+    if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != len(self):
+      return False if isinstance(other, Sequence) else NotImplemented
+    return all(a == b for a, b in zip(self, other))
+
+  __hash__ = None  # mutable-looking like a list; a tuple of the ids is hashable
+
+  def take(self, positions) -> RowIds:
+    """The ids at `positions` (an integer array), in that order."""
+    numbers = self.numbers
+    if isinstance(numbers, range):
+      return RowIds(self.file, numbers.start + numbers.step * positions)
+    return RowIds(self.file, numbers[positions])
+
+  def __repr__(self) -> str:
+    shown = ", ".join(repr(i) for i in self[:3])
+    return f"RowIds({len(self)} ids: {shown}{', ...' if len(self) > 3 else ''})"
+
+
+class TextScan(NamedTuple):
+  """What one pass over a text file tells before a table reader parses it."""
+
+  fingerprint: str  # sha256 of the file's bytes as stored (`fingerprint`)
+  first_line: bytes  # without its line end and a UTF-8 byte-order mark
+  num_lines: int  # physical lines; a last line without a newline counts
+  data: bytes | None  # the decompressed text of a `.gz` file, else None (not kept)
+
+
+def scan_text(path: str | os.PathLike[str], error: type[IngestError] = IngestError,
+              block_size: int = 1 << 24) -> TextScan:
+  """Fingerprints a file and counts its lines in one pass of `block_size` blocks, without
+  holding the file (a `.gz` file is decompressed whole and its text returned, so that a
+  reader parses it once)."""
+  path = Path(path)
+  if path.name.lower().endswith(".gz"):
+    data = strip_bom(read_bytes(path, error))
+    num_lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+    return TextScan(fingerprint(path), data.split(b"\n", 1)[0].rstrip(b"\r"), num_lines, data)
+  digest = hashlib.sha256()
+  head, newlines, size, last = b"", 0, 0, b""
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(block_size), b""):
+      digest.update(block)
+      if newlines == 0:  # the first line is not complete yet
+        head += block
+      newlines += block.count(b"\n")
+      size += len(block)
+      last = block
+  head = strip_bom(head)
+  first = head.split(b"\n", 1)[0]
+  empty = size == len(_BOM) and not head or size == 0
+  num_lines = newlines + (0 if empty or last.endswith(b"\n") else 1)
+  return TextScan(digest.hexdigest(), first.rstrip(b"\r"), num_lines, None)
 
 
 # --- values ---------------------------------------------------------------------------

@@ -308,3 +308,37 @@ def test_crowd_csv_accepted_plus_rejected_is_read(tmp_path):
       (4, "answer", "missing required field answer; expected a non-empty value"),
       (6, None, "expected 3 columns (question,worker,answer) as in the header, got 4")]
   assert (report.num_read, report.num_accepted, report.num_rejected) == (6, 3, 3)
+
+
+# --- lean lineage and scanning -------------------------------------------------------------
+
+
+def test_row_ids_word_file_and_number_on_demand_like_a_tuple_of_them():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  ids = ingest.RowIds("a.csv", range(2, 7))
+  expected = ("a.csv:2", "a.csv:3", "a.csv:4", "a.csv:5", "a.csv:6")
+  assert ids == expected and expected == ids and list(ids) == list(expected) and len(ids) == 5
+  assert ids[0] == "a.csv:2" and ids[-1] == "a.csv:6" and ids[1:3] == expected[1:3]
+  assert "a.csv:4" in ids and "a.csv:7" not in ids and "a.csv:04" not in ids and "b.csv:4" not in ids
+  taken = ids.take(np.array([4, 0, 2]))
+  assert taken == ("a.csv:6", "a.csv:2", "a.csv:4") and "a.csv:6" in taken and "a.csv:3" not in taken
+  assert ids != expected[:4] and ids != ("a.csv:2", "a.csv:3", "a.csv:4", "a.csv:5", "a.csv:7")
+  assert ingest.RowIds("a.csv", np.array([2, 3, 4, 5, 6])) == ids
+
+
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"])
+def test_scan_text_fingerprints_and_counts_lines_as_the_line_readers_do(tmp_path, ending):
+  body = b"\xef\xbb\xbfquestion,worker,answer\r\n" + b"\n".join(b"q%d,w%d,1" % (i, i) for i in range(50)) + ending
+  plain, packed = tmp_path / "c.csv", tmp_path / "c.csv.gz"
+  plain.write_bytes(body)
+  packed.write_bytes(gzip.compress(body))
+  lines = ingest.physical_lines(ingest.strip_bom(body))
+  for block_size in (7, 1 << 20):  # a block boundary inside lines, and one block
+    scan = ingest.scan_text(plain, block_size=block_size)
+    assert scan.fingerprint == hashlib.sha256(body).hexdigest() and scan.data is None
+    assert scan.first_line == b"question,worker,answer" and scan.num_lines == len(lines) == 51
+  scan = ingest.scan_text(packed)
+  assert scan.fingerprint == hashlib.sha256(packed.read_bytes()).hexdigest()
+  assert scan.data == ingest.strip_bom(body) and scan.num_lines == 51
+  assert scan.first_line == b"question,worker,answer"

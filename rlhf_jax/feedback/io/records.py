@@ -49,10 +49,11 @@ line is decoded as UTF-8 on its own and parsed on its own (`json.loads` per line
 `csv` module for a CSV record; a quoted CSV field may span lines, and the record is then
 numbered by its first line). Blank lines are not records: they are skipped and not
 counted, but count for line numbers. Lines are 1-based and a CSV header is line 1.
-`crowd_csv` first tries a fast path (`pyarrow.csv`, which reads a million rows in a
-fraction of a second) and falls back to the per-line reader only if the file is not
-clean (a parse error, invalid UTF-8, an empty value, a quoted newline or a blank line),
-so that every reject gets its exact line. Parquet files are read with pyarrow (the Arrow
+`crowd_csv` first tries a fast path (`pyarrow.csv` straight to dictionary-encoded
+columns: int32 codes per annotation and each distinct id once, lines and default ids
+kept as a range, no Python object per annotation) and falls back to the per-line reader
+only if the file is not clean (a parse error, invalid UTF-8, an empty value, a quoted
+newline or a blank line), so that every reject gets its exact line. Parquet files are read with pyarrow (the Arrow
 reader behind `datasets`), and a row number N is reported as "row N".
 
 Validation. A record that cannot be used is rejected with `{"file", "line", "field",
@@ -88,7 +89,8 @@ Encoding. Item and annotator indices follow first-seen order among the accepted
 records (stable when a file is appended to, and the same for any format holding the same
 rows), computed with `np.unique(..., return_index=True, return_inverse=True)` for the
 pairwise formats and with Arrow's dictionary encoding (also first-seen, and several
-times faster on a million strings) for `crowd_csv`. Whitespace around ids and choices is
+times faster on a million strings; on the fast path pyarrow's CSV reader encodes as it
+parses) for `crowd_csv`. Whitespace around ids and choices is
 stripped; prompts and responses are kept exactly.
 """
 
@@ -582,13 +584,15 @@ class _Parsed:
   unit: str  # "line" or "row"
   num_read: int
   rejects: list[dict[str, Any]]
-  lines: np.ndarray  # [M] int64 line / row of each valid record
-  item_ids: Any  # [M] strings (numpy array or Arrow array)
+  lines: np.ndarray | range  # [M] line / row of each valid record (int64 array, or a range)
+  # [M] strings (NumPy or Arrow array), or already encoded: (int32 codes [M], ids [U]).
+  item_ids: Any
   annotator_ids: Any
   labels: np.ndarray  # [M] int32
   class_names: tuple[str, ...]
-  annotation_ids: list[str]
+  annotation_ids: list[str] | None  # None: the default `FILE:LINE` of every record
   raw: Callable[[int], str]  # valid-record position -> raw text
+  fingerprint: str | None = None  # sha256 of the file, when the reader computed it
   # Pairwise only.
   optional: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   guideline_versions: list[str] | None = None
@@ -740,10 +744,10 @@ def _class_order(answers: Sequence[str]) -> list[str]:
 def _read_crowd_csv(path: Path) -> _Parsed:
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
 
-  data = ingest.strip_bom(_read_bytes(path))
-  fast = _crowd_fast_path(path, data)
+  fast = _crowd_fast_path(path)
   if fast is not None:
     return fast
+  data = ingest.strip_bom(_read_bytes(path))
   name = path.name
   if b'"' not in data:
     lines, raws, values, rejects = _crowd_unquoted_lines(path, data)
@@ -762,7 +766,7 @@ def _read_crowd_csv(path: Path) -> _Parsed:
       item_ids=table[0], annotator_ids=table[1],
       labels=remap[answer_codes] if len(answers) else np.zeros(0, np.int32),
       class_names=tuple(class_names),
-      annotation_ids=_default_ids(name, lines),
+      annotation_ids=None,
       raw=raws if callable(raws) else raws.__getitem__,
   )
 
@@ -783,16 +787,23 @@ def _declare_crowd_classes(parsed: _Parsed, declared: tuple[str, ...]) -> _Parse
   kept = np.flatnonzero(~outside)
 
   def take(column):
+    if isinstance(column, tuple):  # (codes, ids): renumbered first-seen among the kept
+      codes, ids = column
+      codes, old_codes = _recode_first_seen(codes[kept], len(ids))
+      return codes, ids[old_codes]
     if isinstance(column, np.ndarray):
       return column[kept]
     return column.take(kept)  # an Arrow array
 
   old_raw = parsed.raw
   kept_list = kept.tolist()
+  lines = parsed.lines
   return dataclasses.replace(
-      parsed, lines=parsed.lines[kept], item_ids=take(parsed.item_ids),
-      annotator_ids=take(parsed.annotator_ids), labels=labels[kept], class_names=declared,
-      annotation_ids=[parsed.annotation_ids[k] for k in kept_list],
+      parsed, lines=(lines.start + kept if isinstance(lines, range) else lines[kept]),
+      item_ids=take(parsed.item_ids), annotator_ids=take(parsed.annotator_ids),
+      labels=labels[kept], class_names=declared,
+      annotation_ids=(None if parsed.annotation_ids is None
+                      else [parsed.annotation_ids[k] for k in kept_list]),
       raw=lambda position: old_raw(kept_list[position]))
 
 
@@ -899,57 +910,104 @@ def _unquote(name: str) -> str:
   return name[1:-1] if len(name) >= 2 and name[0] == name[-1] == '"' else name
 
 
-def _crowd_fast_path(path: Path, data: bytes) -> _Parsed | None:
-  """Reads a clean crowd CSV with pyarrow; None when the per-line reader is needed."""
+def _crowd_fast_path(path: Path) -> _Parsed | None:
+  """Reads a clean crowd CSV with pyarrow; None when the per-line reader is needed.
+
+  Lean by design (100M annotations should fit in memory): one pass fingerprints the file
+  and counts its lines without keeping it, pyarrow parses the three columns straight
+  into dictionary arrays (int32 codes per annotation, each distinct id once), the codes
+  are copied into NumPy and the ids stripped and checked on the dictionaries only, and
+  the lines and default annotation ids stay a `range` (`ingest.RowIds`). No Python
+  object per annotation is made, and the file's text is read again only to word a
+  reject (`raw`).
+  """
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
   import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
 
-  first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
+  scan = ingest.scan_text(path, FeedbackInputError)
   # A quoted header ("question","worker","answer": pyarrow's and R's write.csv default) is
   # as clean as a bare one. A quoted comma splits a name and a header record spanning
   # lines fails the row count below: both go to the per-line reader.
-  header = [_unquote(c.strip()) for c in first_line.decode("utf-8", errors="replace").split(",")]
+  header = [_unquote(c.strip()) for c in scan.first_line.decode("utf-8", errors="replace").split(",")]
   if any(c not in header for c in _CROWD_COLUMNS) or len(set(header)) != len(header):
     return None  # The per-line reader raises the header error.
+  codes_type = pa.dictionary(pa.int32(), pa.string())
   try:
     table = pa_csv.read_csv(
-        io.BytesIO(data),
+        os.fspath(path) if scan.data is None else io.BytesIO(scan.data),
         read_options=pa_csv.ReadOptions(column_names=header, skip_rows=1),
         parse_options=pa_csv.ParseOptions(ignore_empty_lines=False),
         convert_options=pa_csv.ConvertOptions(
-            include_columns=list(_CROWD_COLUMNS),
-            column_types={c: pa.string() for c in _CROWD_COLUMNS}),
+            include_columns=list(_CROWD_COLUMNS), column_types=dict.fromkeys(_CROWD_COLUMNS, codes_type)),
     )
   except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
     return None
-  num_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-  if table.num_rows != num_lines - 1:
-    return None  # A quoted newline: line numbers would drift.
-  columns = [pc.utf8_trim_whitespace(table.column(c).combine_chunks()) for c in _CROWD_COLUMNS]
-  if any(pc.any(pc.equal(pc.utf8_length(c), 0)).as_py() for c in columns):
-    return None  # Empty values (or blank lines): let the per-line reader name them.
-  name = path.name
   num_rows = table.num_rows
-  lines = np.arange(2, num_rows + 2, dtype=np.int64)
-  answer_codes, answers = _encode_first_seen(columns[2])
-  class_names = _class_order([str(a) for a in answers])
-  remap = np.asarray([class_names.index(a) for a in answers], np.int32)
+  if num_rows == 0 or num_rows != scan.num_lines - 1:
+    return None  # No records (the per-line reader says so), or a quoted newline.
+  columns = []
+  for name in _CROWD_COLUMNS:
+    # One column at a time, dropped from the table once copied, so that only one
+    # column's Arrow arrays are unified (one dictionary, first-seen order) at a time.
+    column = pa.table([table.column(name)], names=[name]).unify_dictionaries().column(0)
+    table = table.drop_columns([name])
+    codes = np.empty(num_rows, np.int32)
+    start = 0
+    for chunk in column.chunks:
+      if chunk.null_count:
+        return None
+      codes[start:start + len(chunk)] = _int32_values(chunk.indices)
+      start += len(chunk)
+    dictionary = column.chunk(0).dictionary
+    del column
+    stripped = _strip_dictionary(codes, dictionary)
+    if stripped is None:
+      return None  # Empty values (or blank lines): let the per-line reader name them.
+    columns.append(stripped)
+  del table
+  # Arrow's allocator keeps freed pages for reuse by Arrow; what follows (NumPy, JAX)
+  # allocates elsewhere, so hand them back (a quarter of the reader's peak at 10M).
+  pa.default_memory_pool().release_unused()
+  (answer_codes, answers) = columns[2]
+  class_names = _class_order(answers.tolist())
+  remap = np.asarray([class_names.index(a) for a in answers.tolist()], np.int32)
   physical: list[bytes] = []
 
   def raw(position: int) -> str:
     if not physical:
-      physical.extend(ingest.physical_lines(data))
+      physical.extend(ingest.physical_lines(ingest.strip_bom(_read_bytes(path))))
     return ingest.raw_text(physical[position + 1].rstrip(b"\r"))
 
   return _Parsed(
-      name=name, unit="line", num_read=num_rows, rejects=[], lines=lines,
+      name=path.name, unit="line", num_read=num_rows, rejects=[], lines=range(2, num_rows + 2),
       item_ids=columns[0], annotator_ids=columns[1],
-      labels=remap[answer_codes] if num_rows else np.zeros(0, np.int32),
-      class_names=tuple(class_names),
-      annotation_ids=_default_ids(name, range(2, num_rows + 2)),
-      raw=raw,
+      labels=remap[answer_codes], class_names=tuple(class_names),
+      annotation_ids=None, raw=raw, fingerprint=scan.fingerprint,
   )
+
+
+def _int32_values(array: Any) -> np.ndarray:
+  """A null-free Arrow int32 array as a NumPy view of its buffer (`Array.to_numpy` would
+  import pandas, a second or more of a short process)."""
+  return np.frombuffer(array.buffers()[1], np.int32, count=len(array), offset=4 * array.offset)
+
+
+def _strip_dictionary(codes: np.ndarray, dictionary: Any) -> tuple[np.ndarray, np.ndarray] | None:
+  """(codes, ids) of a dictionary-encoded column once its values are stripped of
+  whitespace (values equal after stripping merge, in first-seen order); None when a value
+  is empty after stripping. `ids` is an object array of Python strings."""
+  import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
+
+  stripped = pc.utf8_trim_whitespace(dictionary)
+  if len(stripped) and pc.min(pc.utf8_length(stripped)).as_py() == 0:
+    return None
+  if not pc.all(pc.equal(stripped, dictionary)).as_py():
+    merged = pc.dictionary_encode(stripped)  # first-seen order of the dictionary's order
+    codes = _int32_values(merged.indices)[codes]
+    stripped = merged.dictionary
+  ids = np.empty(len(stripped), object)
+  ids[:] = stripped.to_pylist()
+  return codes, ids
 
 
 # ----------------------------------------------------------------------------------------
@@ -977,9 +1035,9 @@ def _encode_first_seen(values: Any) -> tuple[np.ndarray, np.ndarray]:
   return rank[inverse.reshape(-1)], distinct[order]
 
 
-def _default_ids(name: str, lines: Sequence[int]) -> list[str]:
-  """`FILE:LINE` ids (a million in ~0.2 s, twice as fast as an f-string per line)."""
-  return list(map(f"{name}:".__add__, map(str, lines)))
+def _encoded(column: Any) -> tuple[np.ndarray, np.ndarray]:
+  """(codes, ids) of a `_Parsed` id column, encoding it first-seen unless it already is."""
+  return column if isinstance(column, tuple) else _encode_first_seen(column)
 
 
 def _recode_first_seen(codes: np.ndarray, num_codes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1043,19 +1101,30 @@ def _pair_keys(parsed: _Parsed, item_codes: np.ndarray, item_table: np.ndarray,
 def _finish(parsed: _Parsed, path: Path, fmt: str, policy: str,
             rejects_path: str | os.PathLike[str] | None) -> ReadReport:
   rejects = parsed.rejects
-  num_valid = parsed.lines.size
-  item_codes, item_table = _encode_first_seen(parsed.item_ids)
-  annotator_codes, annotator_table = _encode_first_seen(parsed.annotator_ids)
+  num_valid = len(parsed.lines)
+  item_codes, item_table = _encoded(parsed.item_ids)
+  annotator_codes, annotator_table = _encoded(parsed.annotator_ids)
   num_annotators = max(annotator_table.size, 1)
-  keep = np.ones(num_valid, bool)
+  keep = None  # [M] bool once a record is dropped
   duplicates: list[str] = []
   contradictions: list[dict[str, Any]] = []
-  ids = parsed.annotation_ids
+  ids = (ingest.RowIds(parsed.name, parsed.lines) if parsed.annotation_ids is None
+         else parsed.annotation_ids)
   unit = parsed.unit
 
+  duplicate_keys = None
   if num_valid:
-    # Self-contradictions, before the duplicate policy so that none goes unreported.
     duplicate_keys = item_codes.astype(np.int64) * num_annotators + annotator_codes
+    if parsed.payloads is None:
+      # Without responses to match across items, a contradiction is a duplicate with
+      # another answer: a file without duplicates (the usual case) needs no grouping,
+      # and a sort in place (no index array) tells.
+      in_order = np.sort(duplicate_keys)
+      if not (in_order[1:] == in_order[:-1]).any():
+        duplicate_keys = None
+      del in_order
+  if duplicate_keys is not None:
+    # Self-contradictions, before the duplicate policy so that none goes unreported.
     if parsed.payloads is None:  # no responses to match across items: pairs are items
       pair_groups = _groups(duplicate_keys)
       canon_labels = parsed.labels
@@ -1106,6 +1175,8 @@ def _finish(parsed: _Parsed, path: Path, fmt: str, policy: str,
           dropped = rows[rows != kept]
         item_id = str(item_table[item_codes[rows[0]]])
         annotator_id = str(annotator_table[annotator_codes[rows[0]]])
+        if keep is None:
+          keep = np.ones(num_valid, bool)
         for r in dropped:
           keep[r] = False
           if kept is None:
@@ -1125,7 +1196,7 @@ def _finish(parsed: _Parsed, path: Path, fmt: str, policy: str,
   if rejects_path is not None:
     ingest.write_json_lines(rejects_path, rejects)
 
-  num_accepted = int(keep.sum())
+  num_accepted = num_valid if keep is None else int(keep.sum())
   if num_accepted == 0:
     if parsed.num_read == 0:
       raise FeedbackInputError(f"{path}: no annotation records (the file has no data "
@@ -1139,30 +1210,35 @@ def _finish(parsed: _Parsed, path: Path, fmt: str, policy: str,
         f"{len(rejects)} ({where}). First rejects: {examples}.")
 
   # Final encoding over the accepted records, first-seen order among them.
-  kept_rows = np.flatnonzero(keep)
-  if kept_rows.size == num_valid:  # nothing dropped: the codes are already first-seen
-    final_items, item_index = item_codes, np.arange(item_table.size)
-    final_annotators, annotator_index = annotator_codes, np.arange(annotator_table.size)
+  if keep is None:  # nothing dropped: the codes are already first-seen
+    kept_rows = slice(None)
+    final_items, item_ids = item_codes, tuple(item_table.tolist())
+    final_annotators, annotator_ids = annotator_codes, tuple(annotator_table.tolist())
+    labels = parsed.labels
+    annotation_ids = ids if isinstance(ids, ingest.RowIds) else tuple(ids)
   else:
+    kept_rows = np.flatnonzero(keep)
     final_items, item_index = _recode_first_seen(item_codes[kept_rows], item_table.size)
     final_annotators, annotator_index = _recode_first_seen(
         annotator_codes[kept_rows], annotator_table.size)
-  item_ids = tuple(item_table[item_index].tolist())
+    item_ids = tuple(item_table[item_index].tolist())
+    annotator_ids = tuple(annotator_table[annotator_index].tolist())
+    labels = parsed.labels[kept_rows]
+    annotation_ids = (ids.take(kept_rows) if isinstance(ids, ingest.RowIds)
+                      else tuple(np.asarray(ids, dtype=object)[kept_rows].tolist()))
   payloads = None
   if parsed.payloads is not None:
     payloads = tuple(dict(parsed.payloads.get(i, {})) for i in item_ids)
   optional = {k: v[kept_rows] for k, v in parsed.optional.items()}
   versions = None
   if parsed.guideline_versions is not None:
-    versions = tuple(parsed.guideline_versions[r] for r in kept_rows)
-  annotation_ids = (tuple(ids) if kept_rows.size == num_valid
-                    else tuple(np.asarray(ids, dtype=object)[kept_rows].tolist()))
+    versions = tuple(np.asarray(parsed.guideline_versions, dtype=object)[kept_rows].tolist())
   encoded = types.EncodedAnnotations(
-      items=final_items.astype(np.int32),
-      annotators=final_annotators.astype(np.int32),
-      labels=parsed.labels[kept_rows].astype(np.int32),
+      items=final_items.astype(np.int32, copy=False),
+      annotators=final_annotators.astype(np.int32, copy=False),
+      labels=labels.astype(np.int32, copy=False),
       item_ids=item_ids,
-      annotator_ids=tuple(annotator_table[annotator_index].tolist()),
+      annotator_ids=annotator_ids,
       class_names=tuple(parsed.class_names),
       annotation_ids=annotation_ids,
       timestamps=optional.get("timestamps"),
@@ -1185,5 +1261,5 @@ def _finish(parsed: _Parsed, path: Path, fmt: str, policy: str,
       format=fmt,
       duplicate_policy=policy,
       rejects_path=None if rejects_path is None else str(rejects_path),
-      fingerprint=ingest.fingerprint(path),
+      fingerprint=parsed.fingerprint or ingest.fingerprint(path),
   )

@@ -695,3 +695,30 @@ def test_crowd_quoted_header_takes_the_fast_path(tmp_path, monkeypatch):
   assert (got.items.tolist(), got.annotators.tolist(), got.labels.tolist()) == ([0, 0, 1], [0, 1, 0], [0, 1, 1])
   for name in ("items", "annotators", "labels"):
     np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+
+
+@pytest.mark.parametrize("classes, policy", [(None, "keep_last"), (("0", "1"), "keep_first"),
+                                             (None, "reject_all")])
+def test_crowd_fast_path_matches_the_per_line_reader_on_spaces_duplicates_and_typos(
+    tmp_path, monkeypatch, classes, policy):
+  # Ids equal once stripped (" q1" and "q1") share a code; w1 answers q1 twice (a
+  # duplicate and a contradiction); "O" is outside the declared classes.
+  path = tmp_path / "answers.csv"
+  path.write_bytes(b"question,worker,answer\r\n q1,w1,0\r\nq1 ,w2\t,1\r\nq2,w1, 1\r\nq1,w1,1\r\n"
+                   b"q3,w3,O\r\nq2,w2,0\r\n")
+  calls = []
+  fast_path = records._crowd_fast_path
+  monkeypatch.setattr(records, "_crowd_fast_path", lambda p: calls.append(p) or fast_path(p))
+  fast = read_annotations(path, format="crowd_csv", classes=classes, duplicate_policy=policy)
+  assert len(calls) == 1 and fast_path(path) is not None  # the fast path read it
+  monkeypatch.setattr(records, "_crowd_fast_path", lambda p: None)
+  slow = read_annotations(path, format="crowd_csv", classes=classes, duplicate_policy=policy)
+  a, b = fast.annotations, slow.annotations
+  for name in ("items", "annotators", "labels"):
+    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+  assert (a.item_ids, a.annotator_ids, a.class_names) == (b.item_ids, b.annotator_ids, b.class_names)
+  assert a.annotation_ids == b.annotation_ids and list(a.annotation_ids) == list(b.annotation_ids)
+  assert (fast.rejects, fast.duplicates, fast.contradictions, fast.fingerprint) == (
+      slow.rejects, slow.duplicates, slow.contradictions, slow.fingerprint)
+  assert item_lineage(a) == item_lineage(b)
+  assert a.item_ids[:2] == ("q1", "q2") and "answers.csv:3" in a.annotation_ids
