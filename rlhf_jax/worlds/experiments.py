@@ -376,7 +376,7 @@ bad_annotators = ablate_vectorize.SeedProgram(
     prepare=_bad_annotators_prepare, compute=aggregate_arrays, finish=_bad_annotators_finish,
     static_of=lambda params: _aggregation_static(params, params["method"]),
     sequential_because=lambda params: (
-        "GLAD's L-BFGS line search moves every seed in lockstep (6.5x slower vmapped on 2 CPU cores)"
+        "GLAD's L-BFGS line search moves every seed in lockstep, slower vmapped than seed after seed on a CPU"
         if params["method"] == "glad" else None),
     doc="""Ablation 3: a share `bad_share` of bad annotators (`bad_kind`: spammer, adversary,
   position_biased or mixed thirds) and one aggregation `method` (AGGREGATORS, or
