@@ -529,11 +529,12 @@ _GGUF_DIGITS_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "
 
 
 def _gguf_tokenizer(path: Path, pad_id: int | None) -> HFTokenizer:
-  import gguf  # pylint: disable=g-import-not-at-top
   from tokenizers import AddedToken, Tokenizer as BackendTokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
 
+  from rlhf_jax.models.hf import read_gguf  # pylint: disable=g-import-not-at-top
+
   try:
-    reader = gguf.GGUFReader(os.fspath(path))
+    reader = read_gguf(path)  # the parse the model's weights were read with, if it was
   except (ValueError, OSError, IndexError, KeyError) as e:
     raise DataError(f"{path}: not a readable GGUF file ({e}).") from e
   field = lambda key, default=None: reader.fields[key].contents() if key in reader.fields else default

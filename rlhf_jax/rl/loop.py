@@ -41,7 +41,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -139,6 +139,11 @@ class OnlineComponents:
   shardings: OnlineState
   abstract_state: OnlineState
   init_state: components_lib.MeshFunction
+  # init_key -> what `init_state` initialises of a run from a pretrained policy (the same
+  # values), alone: adapters, heads, a critic from scratch (`_fresh_over_pretrained`).
+  init_trainable: components_lib.MeshFunction
+  # (params, train_key) -> the TrainState at step 0 around `params` (donated).
+  state_from_params: components_lib.MeshFunction
   rollout: components_lib.MeshFunction
   update: components_lib.MeshFunction
   sampling: models.SamplingConfig
@@ -182,6 +187,21 @@ def _check_shapes(objective, settings, layout, rollout: RolloutSettings, dp: int
   return update_rows
 
 
+def _fresh_over_pretrained(value_model: bool, value_init: str) -> Callable[[Any], Any]:
+  """The parameters a run from a pretrained policy ("hf:...") initialises (a selection
+  of the full parameters): the adapters and heads (`lora.trainable_params`), and the
+  whole critic when it starts from scratch; the rest is read from checkpoints
+  (`_initial_state`)."""
+
+  def select(params: Any) -> Any:
+    fresh = models.lora.trainable_params(params)
+    if value_model and value_init == "scratch":
+      fresh = dict(fresh, value=params["value"])
+    return fresh
+
+  return select
+
+
 def build(config: Any, mesh: Mesh, info: PromptInfo,
           value_config: models.TransformerConfig | None = None) -> OnlineComponents:
   """Model, optimizer, shardings and the jitted init / rollout / update for `config`."""
@@ -222,6 +242,12 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
   options = components_lib.compiler_options(bool(config.train.fast_compile))
   init_state = components_lib.MeshFunction(
       state_lib.make_init_state(init_params, tx, train_shardings, compiler_options=options), mesh, rules)
+  select = _fresh_over_pretrained(objective.value_model,
+                                  str(config.model.value_init) if objective.value_model else "")
+  init_trainable = components_lib.MeshFunction(state_lib.make_init_subset(
+      init_params, select, train_shardings.params, compiler_options=options), mesh, rules)
+  state_from_params = components_lib.MeshFunction(
+      state_lib.make_state_from_params(tx, train_shardings, compiler_options=options), mesh, rules)
   sampling = models.SamplingConfig(
       max_new_tokens=rollout.max_new_tokens, temperature=float(rollout.temperature), top_k=int(rollout.top_k),
       top_p=float(rollout.top_p), eos_id=info.eos_id, pad_id=info.pad_id, num_samples=rollout.num_samples,
@@ -256,6 +282,7 @@ def build(config: Any, mesh: Mesh, info: PromptInfo,
   return OnlineComponents(
       objective=objective, settings=settings, layout=layout, rollout_settings=rollout, model=model, tx=tx,
       mesh=mesh, rules=rules, shardings=shardings, abstract_state=abstract, init_state=init_state,
+      init_trainable=init_trainable, state_from_params=state_from_params,
       rollout=components_lib.MeshFunction(rollout_jit, mesh, rules),
       update=components_lib.MeshFunction(update_jit, mesh, rules), sampling=sampling, update_rows=update_rows)
 
@@ -317,9 +344,17 @@ def load_policy(path: str | os.PathLike[str], policy_params: Any, field: str) ->
 def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
                    reward_settings: rewards_lib.RewardSettings, reward_heads: int = 1) -> state_lib.TrainState:
   """The run's starting TrainState: initialised, the policy from `model.init_from`, the
-  critic from the policy or the reward model (`model.value_init`)."""
-  state = parts.init_state(init_key, train_key)
-  params = state.params
+  critic from the policy or the reward model (`model.value_init`).
+
+  From a pretrained policy ("hf:...") only what no checkpoint replaces is initialised
+  (`init_trainable`); the rest stays abstract until each tensor is read straight into its
+  shards, as in `train.loop` (the same state, bit for bit)."""
+  if pretrained.is_pretrained(config.model.init_from):
+    state = None
+    params = models.lora.combine(parts.abstract_state.train.params, parts.init_trainable(init_key))
+  else:
+    state = parts.init_state(init_key, train_key)
+    params = state.params
   policy = params["policy"] if parts.objective.value_model else params
   if pretrained.is_pretrained(config.model.init_from):
     policy = pretrained.load_into(config.model.init_from, policy, parts.model.config)
@@ -327,23 +362,33 @@ def _initial_state(parts: OnlineComponents, config: Any, init_key, train_key,
     policy = pretrained.load_base(config.model.init_from, policy, parts.model.config)
   elif config.model.init_from:
     policy = load_policy(config.model.init_from, policy, "model.init_from")
-  if not parts.objective.value_model:
-    return state.replace(params=policy)
-  value = params["value"]
-  value_init = config.model.value_init
+  if parts.objective.value_model:
+    params = {"policy": policy, "value": _initial_critic(params["value"], policy, config.model.value_init,
+                                                        reward_settings, reward_heads)}
+  else:
+    params = policy
+  if state is None:  # from a pretrained policy: step 0 built around the parameters
+    return parts.state_from_params(params, train_key)
+  return state.replace(params=params)
+
+
+def _initial_critic(value: Any, policy: Any, value_init: str, reward_settings: rewards_lib.RewardSettings,
+                    reward_heads: int) -> Any:
+  """The critic's starting parameters (`model.value_init`): `value` as initialised
+  ("scratch"), the policy's backbone ("policy") or the reward model's ("reward_model")."""
   if value_init == "policy":
     # The critic's backbone is the policy without its output layer (same shapes).
-    value = dict(value, backbone=_copy({k: v for k, v in policy.items() if k != "lm_head"}))
-  elif value_init == "reward_model":
+    return dict(value, backbone=_copy({k: v for k, v in policy.items() if k != "lm_head"}))
+  if value_init == "reward_model":
     # The reward head has K columns (heads); the critic's one column starts from the first.
     head = value["value_head"]
     wide = {name: jax.device_put(np.zeros(x.shape[:-1] + (reward_heads,), x.dtype), x.sharding)
             for name, x in head.items()}
     loaded = checkpoint_lib.load_params(reward_settings.checkpoints[0],
                                         {"backbone": value["backbone"], "reward_head": wide})
-    value = {"backbone": loaded["backbone"],
-             "value_head": _copy({name: x[..., :1] for name, x in loaded["reward_head"].items()})}
-  return state.replace(params={"policy": policy, "value": value})
+    return {"backbone": loaded["backbone"],
+            "value_head": _copy({name: x[..., :1] for name, x in loaded["reward_head"].items()})}
+  return value
 
 
 def _run(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict | None:

@@ -5,10 +5,10 @@ of `make smollm2`), and LoRA runs (`model.lora.rank > 0`).
 With `hf:`, the checkpoint decides the architecture (`model_config`: its config.json or
 GGUF metadata; `model.preset` is not read) and the tokenizer (`tokenizer`, unless
 `data.tokenizer` names another), and its weights are read, each tensor straight into
-the shards the trainer gave that parameter (`load_into`; `train.loop` initialises only
-the adapters and heads). A reward or value model takes the score head of a
-`*ForSequenceClassification` checkpoint when it has one, else keeps its freshly
-initialised head.
+the shards the trainer gave that parameter (`load_into`; `train.loop` and `rl.loop`
+initialise only the adapters and heads, and a critic from scratch). A reward or value
+model takes the score head of a `*ForSequenceClassification` checkpoint when it has one,
+else keeps its freshly initialised head.
 
 LoRA runs train and save only the adapters (and a reward or value head): `trainable`
 marks them, `optimizer` gives the frozen rest no optimizer state, and a checkpoint holds

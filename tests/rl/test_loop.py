@@ -1,6 +1,7 @@
 """Whole online runs: each objective learns a task whose best policy is known, a huge KL
 coefficient holds the policy at the reference, resume is exact, reward models as the
-reward source, and the command line.
+reward source, the command line, and a start from a pretrained checkpoint that
+initialises only what it does not read (the same state as initialising everything).
 
 The task (`rlhf_jax.rl.toy`): toy prompts, the reward of a completion is the count of
 the GOOD marker in it; the reference policy (a fresh tiny model) writes it about once in
@@ -15,18 +16,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import data, rl, train
-from rlhf_jax.train import rundir, score
+from rlhf_jax import data, hf, models, rl, train
+from rlhf_jax.rl import loop as rl_loop
+from rlhf_jax.train import mesh as mesh_lib
+from rlhf_jax.train import pretrained, rundir, score
 
 import rl_testlib
 from rl_testlib import tiny_online_config
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+TOKENIZER = REPO / "tests" / "models" / "fixtures" / "hf" / "tokenizer"
+
+sys.path.insert(0, str(REPO / "tests" / "models"))
+import numpy_transformer as ref  # noqa: E402
 
 
 def test_reward_settings_read_the_comma_separated_checkpoints():
@@ -277,3 +285,51 @@ def test_sigterm_then_sigkill_then_resume_keeps_every_iteration_once(tmp_path):
   assert [r["step"] for r in _records(tmp_path)] == list(range(1, final + 1))
   steps = sorted({s["step"] for s in _samples(tmp_path)})
   assert steps == list(range(1, final + 1)) and len(_samples(tmp_path)) == 4 * final
+
+
+def _leaves(tree):
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]}
+
+
+@pytest.mark.parametrize("objective, overrides", [
+    ("grpo", dict(model__lora__rank=2, model__lora__targets="query,value")),
+    ("ppo", dict(model__lora__rank=2, model__value_init="policy")),
+    ("ppo", dict(model__value_init="scratch")),
+])
+def test_pretrained_start_initialises_only_what_no_checkpoint_replaces(objective, overrides, tmp_path):
+  """The starting state of an online run from "hf:DIR" (adapters, heads and a critic from
+  scratch initialised alone, the policy read into its shards) equals the other way round:
+  the whole policy (and critic) initialised, then the checkpoint read over the policy's
+  base and the critic copied from the policy, bit for bit."""
+  arch = models.TransformerConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
+                                  max_len=64, norm_eps=1e-5)
+  model = models.Transformer(arch)
+  hf.save(tmp_path / "base", model, ref.random_params(nn.unbox(models.abstract_params(model)), seed=7),
+          tokenizer=hf.load_tokenizer(TOKENIZER))
+  config = tiny_online_config(objective, rollout__prompts=4, reward__function="rl_testlib:count_token_5",
+                              model__init_from=f"hf:{tmp_path / 'base'}",
+                              **overrides)
+  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  parts = rl.build(config, mesh, rl.PromptInfo(vocab_size=320, prompt_length=8, pad_id=0, eos_id=1))
+  init_key, train_key = jax.random.split(jax.random.key(5))
+  full = parts.init_state(init_key, train_key)
+  value_model = parts.objective.value_model
+  policy = pretrained.load_into(config.model.init_from, full.params["policy"] if value_model else full.params,
+                                parts.model.config)
+  params = policy
+  if value_model:
+    value = full.params["value"]
+    if config.model.value_init == "policy":
+      value = dict(value, backbone={k: v for k, v in policy.items() if k != "lm_head"})
+    params = {"policy": policy, "value": value}
+  want = _leaves(full.replace(params=params))
+  got_state = rl_loop._initial_state(parts, config, init_key, train_key, rl_loop.read_reward_settings(config))
+  got = _leaves(got_state)
+  assert got.keys() == want.keys()
+  assert any("lora_a" in name for name in got) == ("model__lora__rank" in overrides)
+  assert value_model == any("value_head" in name for name in got)
+  for name in got:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  for leaf, sharding in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(parts.shardings.train.params)):
+    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)

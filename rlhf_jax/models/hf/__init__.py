@@ -15,10 +15,11 @@ them. Tokenizers: `rlhf_jax.hf.load_tokenizer`. Everything reads without PyTorch
 
 from rlhf_jax.models.hf.checkpoint import SafetensorsCheckpoint
 from rlhf_jax.models.hf.families import FAMILIES, CheckpointError
-from rlhf_jax.models.hf.gguf_file import GGUFCheckpoint
+from rlhf_jax.models.hf.gguf_file import GGUFCheckpoint, read_gguf
 from rlhf_jax.models.hf.loader import load, mesh_shardings, model_for, open_checkpoint, place
 from rlhf_jax.models.hf.peft import peft_tensor_names, save_adapters
 from rlhf_jax.models.hf.writer import save
 
 __all__ = ["FAMILIES", "CheckpointError", "GGUFCheckpoint", "SafetensorsCheckpoint", "load",
-           "mesh_shardings", "model_for", "open_checkpoint", "peft_tensor_names", "place", "save", "save_adapters"]
+           "mesh_shardings", "model_for", "open_checkpoint", "peft_tensor_names", "place", "read_gguf", "save",
+           "save_adapters"]

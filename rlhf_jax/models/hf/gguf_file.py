@@ -11,6 +11,7 @@ layout (pairs (2i, 2i + 1) of a head rotate together, where Hugging Face and we 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from rlhf_jax.models.hf.families import CheckpointError
 
-__all__ = ["GGUFCheckpoint", "unpermute_rope_rows"]
+__all__ = ["GGUFCheckpoint", "read_gguf", "unpermute_rope_rows"]
 
 # GGUF tensor names of the Llama architecture -> Hugging Face names ({} = layer index).
 _LAYER_NAMES = {
@@ -51,6 +52,24 @@ def unpermute_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
   return weight.reshape(heads, head_dim // 2, 2, columns).swapaxes(1, 2).reshape(rows, columns)
 
 
+def read_gguf(path: str | os.PathLike[str]) -> Any:
+  """The `gguf.GGUFReader` of a GGUF file (metadata parsed, tensors memory-mapped), one
+  parse per (path, modification time, size, inode): parsing the metadata (tens of
+  thousands of vocabulary strings and merges) takes seconds, and a run reads the file
+  several times (architecture, weights, score head, tokenizer); a rewritten file is
+  parsed again. Raises what the reader raises (OSError, ValueError, ...)."""
+  stat = os.stat(path)
+  return _parse_gguf(os.fspath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_gguf(path: str, mtime_ns: int, size: int, inode: int) -> Any:
+  import gguf  # pylint: disable=g-import-not-at-top
+
+  del mtime_ns, size, inode  # only the cache key
+  return gguf.GGUFReader(path)
+
+
 def _field(reader, key: str, default: Any = ...) -> Any:
   field = reader.fields.get(key)
   if field is None:
@@ -71,7 +90,7 @@ class GGUFCheckpoint:
     if not self.path.is_file():
       raise CheckpointError(f"{self.path}: no such GGUF file.")
     try:
-      self._reader = gguf.GGUFReader(os.fspath(self.path))
+      self._reader = read_gguf(self.path)
     except (ValueError, OSError, IndexError, KeyError) as e:
       raise CheckpointError(f"{self.path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
     self._gguf = gguf

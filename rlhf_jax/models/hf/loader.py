@@ -17,7 +17,6 @@ holds one parameter at a time besides what the devices hold.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -49,10 +48,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
   if path.is_dir():
     return SafetensorsCheckpoint(path)
   if path.suffix.lower() == ".gguf" or (path.is_file() and _starts_with_gguf_magic(path)):
-    if not path.is_file():
-      return GGUFCheckpoint(path)  # raises the missing-file error
-    stat = path.stat()
-    return _open_gguf(os.fspath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    return GGUFCheckpoint(path)  # parsed once while unchanged (`read_gguf`)
   if not path.exists():
     raise CheckpointError(f"{path}: no such checkpoint directory or GGUF file.")
   raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + safetensors) "
@@ -62,15 +58,6 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 def _starts_with_gguf_magic(path: Path) -> bool:
   with path.open("rb") as f:
     return f.read(4) == b"GGUF"
-
-
-@functools.lru_cache(maxsize=4)
-def _open_gguf(path: str, mtime_ns: int, size: int, inode: int) -> GGUFCheckpoint:
-  """One parsed GGUF file per (path, modification time, size, inode): parsing its metadata
-  (tens of thousands of vocabulary strings) takes seconds, and a run opens the file
-  several times (architecture, weights, score head); a rewritten file is parsed again."""
-  del mtime_ns, size, inode  # only the cache key
-  return GGUFCheckpoint(path)
 
 
 def _dtype_name(config: dict[str, Any]) -> str | None:

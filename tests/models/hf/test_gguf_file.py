@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from rlhf_jax import hf
 from rlhf_jax.data.sources import DataError
+from rlhf_jax.models import hf as models_hf
 
 gguf = pytest.importorskip("gguf")
 
@@ -204,13 +205,21 @@ def test_gguf_errors(tmp_path):
     hf.load_tokenizer(tmp_path / "pre.gguf")
 
 
-def test_a_gguf_file_is_parsed_once_until_it_changes(tmp_path):
-  """A run opens its GGUF file several times (architecture, weights, score head); the
-  parse is reused while the file is unchanged, and a rewritten file is read again."""
+def test_a_gguf_file_is_parsed_once_until_it_changes(tmp_path, monkeypatch):
+  """A run reads its GGUF file several times (architecture, weights, score head,
+  tokenizer); the parse is reused while the file is unchanged, and a rewritten file is
+  read again."""
+  parses = []
+  reader = gguf.GGUFReader
+  monkeypatch.setattr(gguf, "GGUFReader", lambda *args, **kwargs: parses.append(args) or reader(*args, **kwargs))
   path = write_gguf(tmp_path / "model.gguf")
   first = hf.open_checkpoint(path)
-  assert hf.open_checkpoint(path) is first
-  assert "lm_head.weight" in first.names()
+  second = hf.open_checkpoint(path)
+  tokenizer = hf.load_tokenizer(path)
+  assert len(parses) == 1 and models_hf.read_gguf(path) is models_hf.read_gguf(path)
+  assert "lm_head.weight" in first.names() and "lm_head.weight" in second.names()
+  assert tokenizer.encode("Hello world") == hf.load_tokenizer(FIXTURES / "tokenizer").encode("Hello world")
   write_gguf(path, drop=("lm_head.weight",))
   again = hf.open_checkpoint(path)
-  assert again is not first and "lm_head.weight" not in again.names()
+  hf.load_tokenizer(path)
+  assert len(parses) == 2 and "lm_head.weight" not in again.names()
