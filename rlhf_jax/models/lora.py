@@ -23,8 +23,10 @@ in this module works on such parameter trees:
     reference = base_model(model)                # the same model with adapters off:
     reference.apply({"params": params}, ...)     #   the base model, no second copy
 
-`trainable_mask(params)` marks what a LoRA run trains: the adapters, and the reward or
-value head of a model that has one (a new head has no pretrained value to keep).
+`trainable_mask(params)` marks what a LoRA run trains: the adapters, the reward or value
+head of a model that has one (a new head has no pretrained value to keep), and an
+objective's own parameters (`objective_params`: the `OBJECTIVE_KEY` subtree, such as
+Crowd-BT's learned annotator reliabilities).
 """
 
 from __future__ import annotations
@@ -41,13 +43,17 @@ import jax.numpy as jnp
 
 from rlhf_jax.models.config import LORA_TARGETS, TransformerConfig
 
-__all__ = ["ADAPTER_SUFFIXES", "HEAD_NAMES", "LORA_TARGETS", "adapter", "adapter_params", "base_config",
+__all__ = ["ADAPTER_SUFFIXES", "HEAD_NAMES", "LORA_TARGETS", "OBJECTIVE_KEY", "adapter", "adapter_params", "base_config",
            "base_model", "base_params", "block_index", "combine", "dropout_key", "enabled", "is_adapter",
-           "is_trainable", "merge", "param_counts", "scale", "trainable_mask", "trainable_params"]
+           "is_objective_param", "is_trainable", "merge", "network_params", "objective_params", "param_counts",
+           "scale", "trainable_mask", "trainable_params"]
 
 ADAPTER_SUFFIXES = ("_lora_a", "_lora_b")
 # Heads a LoRA run trains in full alongside the adapters (as PEFT's `modules_to_save`).
 HEAD_NAMES = ("reward_head", "value_head")
+# The subtree of an objective's own parameters (e.g. learned annotator reliabilities),
+# beside the network's: trained in full, read from no checkpoint.
+OBJECTIVE_KEY = "objective"
 
 
 # The trainer's dropout key (`dropout_key`), read while its step is traced.
@@ -171,9 +177,17 @@ def _is_head(path: tuple[Any, ...]) -> bool:
   return any(_key_name(k) in HEAD_NAMES for k in path)
 
 
+def is_objective_param(path: tuple[Any, ...]) -> bool:
+  """True for a leaf under `OBJECTIVE_KEY`: an objective's own parameter (`train.state`
+  keeps them there, beside the network's), which no checkpoint holds and a LoRA run
+  trains in full like a head."""
+  return bool(path) and _key_name(path[0]) == OBJECTIVE_KEY
+
+
 def is_trainable(path: tuple[Any, ...]) -> bool:
-  """True for what a LoRA run trains: an adapter, or a leaf of a reward / value head."""
-  return is_adapter(path) or _is_head(path)
+  """True for what a LoRA run trains: an adapter, a leaf of a reward / value head, or an
+  objective's own parameter."""
+  return is_adapter(path) or _is_head(path) or is_objective_param(path)
 
 
 def _filter(tree: Mapping[str, Any], keep, prefix: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -197,6 +211,16 @@ def adapter_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def base_params(params: Mapping[str, Any]) -> dict[str, Any]:
   """Everything but the adapters."""
   return _filter(params, lambda path: not is_adapter(path))
+
+
+def objective_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Only the objective's own parameters (the `OBJECTIVE_KEY` subtree, if any)."""
+  return {key: value for key, value in params.items() if key == OBJECTIVE_KEY}
+
+
+def network_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """The network's parameters (base and adapters), without the objective's own."""
+  return {key: value for key, value in params.items() if key != OBJECTIVE_KEY}
 
 
 def trainable_params(params: Mapping[str, Any]) -> dict[str, Any]:

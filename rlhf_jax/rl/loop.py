@@ -384,8 +384,10 @@ def _initial_critic(value: Any, policy: Any, value_init: str, reward_settings: r
     head = value["value_head"]
     wide = {name: jax.device_put(np.zeros(x.shape[:-1] + (reward_heads,), x.dtype), x.sharding)
             for name, x in head.items()}
-    loaded = checkpoint_lib.load_params(reward_settings.checkpoints[0],
-                                        {"backbone": value["backbone"], "reward_head": wide})
+    # Through the scorer's reader: a LoRA reward model's checkpoint holds only its adapters
+    # and head, over the base of its own model.init_from.
+    _, step_dir = score_lib.latest_checkpoint(reward_settings.checkpoints[0])
+    loaded = score_lib.restore_params(step_dir, {"backbone": value["backbone"], "reward_head": wide})
     return {"backbone": loaded["backbone"],
             "value_head": _copy({name: x[..., :1] for name, x in loaded["reward_head"].items()})}
   return value

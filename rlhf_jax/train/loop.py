@@ -284,7 +284,7 @@ def _initial_params(parts: components_lib.Components, init_from: str, init_key, 
                                   parts.model.config)
     return parts.state_from_params(params, train_key)
   state = parts.init_state(init_key, train_key)
-  if pretrained.is_pretrained(init_from) or models.lora.enabled(parts.model.config):
+  if models.lora.enabled(parts.model.config):
     return state.replace(params=pretrained.load_base(init_from, state.params, parts.model.config))
   if init_from:
     return state.replace(params=checkpoint_lib.load_params(init_from, state.params))

@@ -126,11 +126,13 @@ def load_into(init_from: str, params: Any, config: models.TransformerConfig) -> 
   so a run never initialises what the checkpoint replaces (`train.loop`). LoRA
   adapters keep their initial values (B = 0: the run starts as the checkpoint); a reward
   or value head is the checkpoint's score head when it is a `*ForSequenceClassification`
-  checkpoint (PEFT's `modules_to_save`), else stays as initialised.
+  checkpoint (PEFT's `modules_to_save`), else stays as initialised, and so do the
+  objective's own parameters (`lora.objective_params`, e.g. learned annotator
+  reliabilities), which no checkpoint holds.
   """
   path = checkpoint_path(init_from)
   kind = _kind(params)
-  base = lora.base_params(params)
+  base = lora.base_params(lora.network_params(params))
   shardings = jax.tree.map(lambda x: x.sharding, base)
   heads = getattr(params.get("reward_head", {}).get("kernel"), "shape", (None, 1))[-1] if kind == "reward" else None
   base_config = lora.base_config(config)
@@ -143,7 +145,7 @@ def load_into(init_from: str, params: Any, config: models.TransformerConfig) -> 
     loaded = dict(loaded, **{head: params[head]})
   _log.info("model.init_from: loaded %s (%s)", path, "with its score head" if has_head and kind != "policy"
             else kind)
-  return lora.combine(loaded, lora.adapter_params(params))
+  return lora.combine(dict(loaded, **lora.objective_params(params)), lora.adapter_params(params))
 
 
 def load_base(init_from: str, params: Any, config: models.TransformerConfig) -> Any:

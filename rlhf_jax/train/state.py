@@ -19,6 +19,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
+from rlhf_jax.models import lora
 from rlhf_jax.train import mesh as mesh_lib
 from rlhf_jax.train import optim
 
@@ -61,7 +62,8 @@ def init_params_fn(
     length: int,
     extra_params: Callable[[jax.Array], dict[str, Any]] | None = None,
 ) -> Callable[[jax.Array], Any]:
-  """`key -> boxed params` of `model` (and the objective's extra parameters).
+  """`key -> boxed params` of `model` (and the objective's extra parameters, under
+  `lora.OBJECTIVE_KEY`).
 
   The dummy input only fixes the traced shapes; parameter shapes do not depend on it.
   """
@@ -71,8 +73,9 @@ def init_params_fn(
     tokens = jnp.zeros((batch_size, length), jnp.int32)
     mask = jnp.ones((batch_size, length), jnp.bool_)
     params = dict(model.init(model_key, tokens, mask)["params"])
-    if extra_params is not None:
-      params.update(extra_params(extra_key))
+    extra = extra_params(extra_key) if extra_params is not None else {}
+    if extra:  # beside the network's, under one key (what LoRA trains in full, no checkpoint holds)
+      params[lora.OBJECTIVE_KEY] = extra
     return params
 
   return init

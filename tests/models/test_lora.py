@@ -218,6 +218,20 @@ def test_tree_helpers_and_counts():
   assert mask["reward_head"]["kernel"] and not mask["backbone"]["embed"]["embedding"]
 
 
+def test_an_objectives_own_parameters_train_in_full_and_are_not_the_networks():
+  """The `OBJECTIVE_KEY` subtree (an objective's own parameters, e.g. learned annotator
+  reliabilities) is trained by a LoRA run and kept apart from the network's tree."""
+  config = models.get_preset("tiny", lora_rank=2)
+  _, params = init(config, model_cls=models.RewardModel)
+  reliabilities = np.zeros(5, np.float32)
+  with_objective = dict(params, objective={"reliability_logits": reliabilities})
+  assert lora.objective_params(with_objective) == {"objective": {"reliability_logits": reliabilities}}
+  assert lora.network_params(with_objective).keys() == params.keys()
+  assert lora.trainable_mask(with_objective)["objective"]["reliability_logits"]
+  assert set(lora.trainable_params(with_objective)) == {"backbone", "reward_head", "objective"}
+  assert lora.param_counts(with_objective)["trainable"] == lora.param_counts(params)["trainable"] + 5
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(lora_rank=-1), "lora_rank"), (dict(lora_rank=2, lora_alpha=0), "lora_alpha"),
     (dict(lora_dropout=1.0), "lora_dropout"), (dict(lora_targets=("q_proj",)), "unknown projection"),

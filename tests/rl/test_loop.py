@@ -333,3 +333,39 @@ def test_pretrained_start_initialises_only_what_no_checkpoint_replaces(objective
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
   for leaf, sharding in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(parts.shardings.train.params)):
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+
+
+@pytest.mark.slow  # about 30 s on 2 quiet cores; CI runs it with make test-slow
+def test_ppo_from_a_pretrained_policy_starts_its_critic_from_a_lora_reward_model(tmp_path):
+  """value_init "reward_model" where the reward model is a LoRA run from the same
+  pretrained checkpoint: its checkpoint holds only adapters and head, so the critic is
+  rebuilt over the checkpoint's base. With learning rate 0 the critic after one
+  iteration is the reward model the earlier run ended with, leaf for leaf."""
+  arch = models.TransformerConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
+                                  max_len=64, norm_eps=1e-5)
+  model = models.Transformer(arch)
+  hf.save(tmp_path / "base", model, ref.random_params(nn.unbox(models.abstract_params(model)), seed=7),
+          tokenizer=hf.load_tokenizer(TOKENIZER))
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text("".join(json.dumps(p) + "\n" for p in rl_testlib.preference_pairs(32, seed=1)))
+  lora = dict(model__init_from=f"hf:{tmp_path / 'base'}", model__lora__rank=2)
+  rm_config = train.config.base_config("reward_model", "tiny")
+  for path, value in dict(train__steps=2, train__batch_size=8, train__progress_bar=False, optim__warmup_steps=0,
+                          optim__learning_rate=0.05, eval__every=0, data__train=str(pairs), data__max_length=48,
+                          data__max_prompt_length=24, **lora).items():
+    *parents, leaf = path.split("__")
+    node = rm_config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  reward_model = _leaves(train.loop.train(rm_config, tmp_path / "rm")["state"].params)
+  assert any(np.abs(v).max() > 0 for k, v in reward_model.items() if "lora_b" in k)  # the adapters trained
+  config = tiny_online_config("ppo", train__steps=1, data__train=str(pairs), data__max_prompt_length=24,
+                              rollout__max_new_tokens=4, reward__checkpoints=str(tmp_path / "rm"),
+                              model__value_init="reward_model", optim__learning_rate=0.0, **lora)
+  critic = _leaves(rl.train(config, tmp_path / "ppo")["state"].train.params["value"])
+  backbone = {k: v for k, v in reward_model.items() if k.startswith("['backbone']")}
+  assert {k for k in critic if k.startswith("['backbone']")} == backbone.keys()
+  for name, value in backbone.items():
+    np.testing.assert_array_equal(critic[name], value, err_msg=name)
+  np.testing.assert_array_equal(critic["['value_head']['kernel']"], reward_model["['reward_head']['kernel']"][:, :1])

@@ -4,6 +4,7 @@ no optimizer state for the base, checkpoints only the adapters and resumes exact
 the base read again; its reference log-probs are the base model's (float64 NumPy
 forward); `hf:smollm2` without the package is a clear error."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -181,6 +182,32 @@ def test_reward_model_takes_a_classifier_checkpoints_score_head(tmp_path):
   assert got.keys() == want.keys()
   for name in got:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_crowd_bt_reliabilities_learn_from_a_pretrained_start(rank, checkpoint, tmp_path):
+  """Crowd-BT's learned annotator reliabilities (an objective parameter no checkpoint
+  holds) sit beside the pretrained weights and train from logit(initial_reliability), in
+  full fine-tuning and under LoRA (where the base stays the checkpoint's)."""
+  from rlhf_jax.train import objectives
+  directory, base = checkpoint
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text("".join(json.dumps({"prompt": f"question {i}", "chosen": "a kind answer", "rejected": "no",
+                                       "annotator": f"annotator {i % 2}"}) + "\n" for i in range(16)))
+  config = tiny_config("reward_model", train__steps=3, train__batch_size=8, optim__warmup_steps=0,
+                       optim__learning_rate=0.1, eval__every=0, checkpoint__every=0, data__train=str(pairs),
+                       data__max_length=32, data__max_prompt_length=16,
+                       model__init_from=f"hf:{directory}", model__lora__rank=rank, loss__name="crowd_bt",
+                       loss__initial_reliability=0.8)
+  results = loop.train(config, tmp_path / "run")
+  params = flat(results["state"].params)
+  name = f"['objective']['{objectives.RELIABILITY_PARAM}']"
+  assert params[name].shape == (2,)
+  assert np.abs(params[name] - np.log(0.8 / 0.2)).max() > 1e-4  # moved from its start: it trained
+  if rank:
+    for key, value in flat(base).items():
+      if key != "['lm_head']":  # a reward model's backbone has no output layer
+        np.testing.assert_array_equal(params["['backbone']" + key], value, err_msg=key)
 
 
 def test_lora_on_an_sft_run_and_its_checkpoint_read_back(tmp_path):

@@ -32,10 +32,13 @@ def test_init_params_uses_the_first_half_of_the_key_and_adds_extra_params():
   params = nn.unbox(init(key))
   model_key, extra_key = jax.random.split(key)
   expected = nn.unbox(model.init(model_key, jnp.zeros((1, 8), jnp.int32))["params"])
-  assert set(params) == set(expected) | {"extra"}
+  assert set(params) == set(expected) | {"objective"}  # the objective's own, under one key
   for got, want in zip(jax.tree.leaves({k: params[k] for k in expected}), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-  np.testing.assert_array_equal(params["extra"], jax.random.normal(extra_key, (3,)))
+  np.testing.assert_array_equal(params["objective"]["extra"], jax.random.normal(extra_key, (3,)))
+  # No extra parameters: no `objective` key at all.
+  bare = nn.unbox(state_lib.init_params_fn(model, batch_size=2, length=8, extra_params=lambda key: {})(key))
+  assert set(bare) == set(expected)
 
 
 def test_optimizer_moments_are_sharded_like_their_parameters():

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import losses
+from rlhf_jax.models import lora
 from rlhf_jax.train import evaluate, networks, padding_free, shared_prompt
 from rlhf_jax.train.objectives.contract import check_choice, loss_default, register, weighted_sum
 from rlhf_jax.train.objectives.logps import concat
@@ -101,13 +102,13 @@ def _crowd_reliability(params, batch, settings: RewardModelSettings) -> jax.Arra
   if "reliability" in batch:
     reliability = jnp.asarray(batch["reliability"], jnp.float32)
   else:
-    logits = params[RELIABILITY_PARAM]
+    logits = params[lora.OBJECTIVE_KEY][RELIABILITY_PARAM]
     reliability = jax.nn.sigmoid(logits[jnp.clip(annotator, 0, logits.shape[0] - 1)])
   return jnp.where(known, reliability, jnp.float32(settings.unknown_reliability))
 
 
 def _reward_params(params):
-  return {k: v for k, v in params.items() if k != RELIABILITY_PARAM}
+  return lora.network_params(params)
 
 
 def pair_rewards(model: Any, params: Any, batch: Mapping[str, jax.Array],
