@@ -1,11 +1,13 @@
 """One side of `benchmarks/aggregation.py --case=process`: a whole process, as a user runs it.
 
-    python benchmarks/_aggregation_worker.py {ours,crowdkit} {dawid_skene,crowd_bt} DATA OUT
+    python benchmarks/_aggregation_worker.py {ours,crowdkit} {dawid_skene,crowd_bt} DATA OUT [stop_on=objective]
 
 Imports, reading DATA, fitting at the library's default settings and writing OUT are all
 inside the process the parent times; only the standard library is imported before the
 side's own imports, so neither side pays for the other's. Prints one JSON line with the
-in-process split (import, read, fit, write seconds).
+in-process split (import, read, fit, write seconds). `stop_on=objective` runs our
+Dawid-Skene with crowd-kit's stopping rule (`feedback.dawid_skene(stop_on=...)`) instead
+of our default.
 
 DATA for dawid_skene: CSV `question,worker,answer` (the shared crowd data format); OUT:
 `question,label`. DATA for crowd_bt: CSV `worker,left,right,label` (label = the winner,
@@ -20,7 +22,7 @@ import sys
 import time
 
 
-def _ours(task: str, data: str, out: str) -> dict:
+def _ours(task: str, data: str, out: str, stop_on: str = "posteriors") -> dict:
   start = time.perf_counter()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from rlhf_jax import cli  # pylint: disable=g-import-not-at-top
@@ -36,7 +38,7 @@ def _ours(task: str, data: str, out: str) -> dict:
     timings["read_s"] = time.perf_counter() - start
     start = time.perf_counter()
     result = feedback.dawid_skene(enc.items, enc.annotators, enc.labels,
-                                  num_classes=enc.num_classes)
+                                  num_classes=enc.num_classes, stop_on=stop_on)
     labels = np.asarray(result.labels)
     timings["fit_s"] = time.perf_counter() - start
     timings["num_iters"] = int(result.extras["num_iters"])
@@ -75,8 +77,10 @@ def _crowdkit(task: str, data: str, out: str) -> dict:
   start = time.perf_counter()
   if task == "dawid_skene":
     frame = frame.rename(columns={"question": "task", "answer": "label"})
-    result = DawidSkene().fit_predict(frame)  # defaults: n_iter=100, tol=1e-5
+    model = DawidSkene()  # defaults: n_iter=100, tol=1e-5
+    result = model.fit_predict(frame)
     timings["fit_s"] = time.perf_counter() - start
+    timings["num_iters"] = len(model.loss_history_)
     start = time.perf_counter()
     result.rename("label").rename_axis("question").to_csv(out)
   else:
@@ -90,7 +94,8 @@ def _crowdkit(task: str, data: str, out: str) -> dict:
 
 def main() -> None:
   side, task, data, out = sys.argv[1:5]
-  timings = (_ours if side == "ours" else _crowdkit)(task, data, out)
+  options = dict(arg.split("=", 1) for arg in sys.argv[5:])
+  timings = _ours(task, data, out, **options) if side == "ours" else _crowdkit(task, data, out)
   timings["peak_rss_mb"] = _peak_rss_mb()
   print(json.dumps(timings))
 

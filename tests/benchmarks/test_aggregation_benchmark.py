@@ -51,6 +51,13 @@ def test_process_case_ratios_against_crowdkit(tmp_path, capsys):
     assert (f"{entry[sides[0]]['speedup']:.2f}x with an empty compile cache, "
             f"{entry[sides[1]]['speedup']:.2f}x with a warm one") in printed
   assert r["dawid_skene"][0]["ours (warm compile cache)"]["accuracy"] > 0.6
+  # The extra row: ours with crowd-kit's stopping rule, no more iterations than our default.
+  ds = r["dawid_skene"][0]
+  extra, crowdkit = ds[aggregation.OBJECTIVE_STOP_SIDE], next(v for k, v in ds.items() if k.startswith("crowd-kit"))
+  assert extra["speedup"] == pytest.approx(crowdkit["seconds"] / extra["seconds"])
+  assert f"with crowd-kit's stopping rule (objective gain < tol), warm cache: {extra['speedup']:.2f}x" in printed
+  assert 1 <= extra["num_iters"] <= ds["ours (warm compile cache)"]["num_iters"]
+  assert f"{extra['num_iters']} iterations, accuracy" in printed
 
 
 @pytest.mark.slow  # four fresh processes, each importing JAX

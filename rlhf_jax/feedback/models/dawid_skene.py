@@ -35,6 +35,7 @@ from rlhf_jax._checks import check_choice, check_scalar_range
 from rlhf_jax.feedback.models._arrays import annotation_arrays, check_size, check_tol, is_traced
 from rlhf_jax.feedback.models.em import (
     PROB_FLOOR,
+    STOP_RULES,
     argmax_result,
     class_counts,
     confusion_e_step,
@@ -273,12 +274,12 @@ def _dirichlet_log_normalizers(
   return lg_conf_total - jnp.sum(lg_conf, -1), lg_class_total[0] - jnp.sum(lg_class)
 
 
-def _confusion_em(items, annotators, labels, model_m_step, *, num_items, num_classes, num_iters, tol):
+def _confusion_em(items, annotators, labels, model_m_step, *, num_items, num_classes, num_iters, tol, stop_on):
   """`run_em` with the confusion E-step from the vote shares, as crowd-kit's DawidSkene."""
   init = vote_share_init(items, labels, num_items, num_classes)
   return run_em(
       init, None, model_m_step, confusion_e_step(items, annotators, labels, num_items),
-      num_iters=num_iters, tol=tol, refit_last=True,
+      num_iters=num_iters, tol=tol, refit_last=True, stop_on=stop_on,
   )
 
 
@@ -306,10 +307,10 @@ def _confusion_result(posteriors, params, trace, items, extra_params=None):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_items", "num_annotators", "num_classes", "num_iters", "tol")
+    jax.jit, static_argnames=("num_items", "num_annotators", "num_classes", "num_iters", "tol", "stop_on")
 )
 def _dawid_skene(items, annotators, labels, smoothing, *, num_items, num_annotators,
-                 num_classes, num_iters, tol):
+                 num_classes, num_iters, tol, stop_on):
   def model_m_step(posteriors, previous_params):
     del previous_params  # closed form
     log_confusion = _m_step_jit(
@@ -328,13 +329,14 @@ def _dawid_skene(items, annotators, labels, smoothing, *, num_items, num_annotat
 
   posteriors, params, trace = _confusion_em(
       items, annotators, labels, model_m_step, num_items=num_items, num_classes=num_classes,
-      num_iters=num_iters, tol=tol,
+      num_iters=num_iters, tol=tol, stop_on=stop_on,
   )
   return _confusion_result(posteriors, params, trace, items)
 
 
 def _em_arguments(items, annotators, labels, num_classes, num_items, num_annotators,
-                  num_iters, tol):
+                  num_iters, tol, stop_on="posteriors"):
+  check_choice(stop_on, "stop_on", STOP_RULES)
   items, annotators, labels, num_items, num_annotators = annotation_arrays(
       items, annotators, labels, num_classes=num_classes, num_items=num_items,
       num_annotators=num_annotators,
@@ -342,6 +344,7 @@ def _em_arguments(items, annotators, labels, num_classes, num_items, num_annotat
   sizes = dict(
       num_items=num_items, num_annotators=num_annotators, num_classes=num_classes,
       num_iters=check_size(num_iters, "num_iters"), tol=check_tol(tol),
+      stop_on=stop_on,
   )
   return items, annotators, labels, sizes
 
@@ -356,6 +359,7 @@ def dawid_skene(
     num_items: int | None = None,
     num_annotators: int | None = None,
     tol: float | None = 1e-5,
+    stop_on: str = "posteriors",
     smoothing: float = 0.0,
 ) -> AggregationResult:
   """Dawid-Skene EM: a full confusion matrix per annotator and class priors.
@@ -379,6 +383,10 @@ def dawid_skene(
       `jit` only).
     tol: stop after the first iteration in which no posterior probability changed by
       `tol` or more; None runs exactly `num_iters` iterations.
+    stop_on: what `tol` bounds (`em.STOP_RULES`): "posteriors" (the above) or
+      "objective": stop after the first iteration whose objective gained less than
+      `tol` (or fell), as crowd-kit's DawidSkene stops; fewer iterations, a few labels
+      not yet settled (`em.run_em`).
     smoothing: pseudo-count added to every confusion cell (0: maximum likelihood, as
       the paper and crowd-kit; cells are floored at 1e-10 so logs stay finite).
 
@@ -392,7 +400,7 @@ def dawid_skene(
     NaN after the stop, "num_iters", "num_annotations" [I].
   """
   items, annotators, labels, sizes = _em_arguments(
-      items, annotators, labels, num_classes, num_items, num_annotators, num_iters, tol
+      items, annotators, labels, num_classes, num_items, num_annotators, num_iters, tol, stop_on
   )
   check_scalar_range(smoothing, "smoothing", low=0.0)
   return _dawid_skene(items, annotators, labels, jnp.float32(smoothing), **sizes)
@@ -412,10 +420,10 @@ def _one_coin_log_confusion(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_items", "num_annotators", "num_classes", "num_iters", "tol")
+    jax.jit, static_argnames=("num_items", "num_annotators", "num_classes", "num_iters", "tol", "stop_on")
 )
 def _one_coin(items, annotators, labels, smoothing, *, num_items, num_annotators,
-              num_classes, num_iters, tol):
+              num_classes, num_iters, tol, stop_on):
   ones = jnp.ones(items.shape, jnp.float32)
   answered = jax.ops.segment_sum(ones, annotators, num_segments=num_annotators)
   denominator = answered + 2.0 * smoothing
@@ -450,7 +458,7 @@ def _one_coin(items, annotators, labels, smoothing, *, num_items, num_annotators
 
   posteriors, params, trace = _confusion_em(
       items, annotators, labels, model_m_step, num_items=num_items, num_classes=num_classes,
-      num_iters=num_iters, tol=tol,
+      num_iters=num_iters, tol=tol, stop_on=stop_on,
   )
   return _confusion_result(posteriors, params, trace, items, {"accuracy": params["accuracy"]})
 
@@ -465,6 +473,7 @@ def one_coin_dawid_skene(
     num_items: int | None = None,
     num_annotators: int | None = None,
     tol: float | None = 1e-5,
+    stop_on: str = "posteriors",
     smoothing: float = 0.0,
 ) -> AggregationResult:
   """One-coin Dawid-Skene: one accuracy per annotator, errors uniform over other classes.
@@ -474,7 +483,7 @@ def one_coin_dawid_skene(
 
   The "one-coin" restriction of Dawid & Skene (1979) analysed by Zhang, Chen, Zhou &
   Jordan 2016, "Spectral methods meet EM" (JMLR 17); crowd-kit's OneCoinDawidSkene.
-  Same EM schedule, start and stopping rule as `dawid_skene`; `smoothing` is a
+  Same EM schedule, start and stopping rules (`stop_on`) as `dawid_skene`; `smoothing` is a
   Beta(s + 1, s + 1) prior on each accuracy. Confusion cells are floored at 1e-10 as in
   crowd-kit.
 
@@ -483,7 +492,7 @@ def one_coin_dawid_skene(
     reliability is the same number: P(answer = truth) does not depend on the class).
   """
   items, annotators, labels, sizes = _em_arguments(
-      items, annotators, labels, num_classes, num_items, num_annotators, num_iters, tol
+      items, annotators, labels, num_classes, num_items, num_annotators, num_iters, tol, stop_on
   )
   check_scalar_range(smoothing, "smoothing", low=0.0)
   return _one_coin(items, annotators, labels, jnp.float32(smoothing), **sizes)
@@ -496,11 +505,11 @@ def one_coin_dawid_skene(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("num_items", "num_annotators", "num_classes", "num_iters", "tol", "method"),
+    static_argnames=("num_items", "num_annotators", "num_classes", "num_iters", "tol", "stop_on", "method"),
 )
 def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorrect,
                           prior_class, *, num_items, num_annotators, num_classes, num_iters,
-                          tol, method):
+                          tol, stop_on, method):
   eye = jnp.eye(num_classes, dtype=bool)
   confusion_prior = jnp.where(eye, prior_correct, prior_incorrect)  # [K, K]
   class_prior_concentration = jnp.full((num_classes,), prior_class, jnp.float32)
@@ -575,7 +584,7 @@ def _bayesian_dawid_skene(items, annotators, labels, prior_correct, prior_incorr
   model_m_step = map_m_step if method == "map" else variational_m_step
   posteriors, params, trace = _confusion_em(
       items, annotators, labels, model_m_step, num_items=num_items, num_classes=num_classes,
-      num_iters=num_iters, tol=tol,
+      num_iters=num_iters, tol=tol, stop_on=stop_on,
   )
   extra = {}
   if method == "variational":
@@ -596,6 +605,7 @@ def bayesian_dawid_skene(
     num_items: int | None = None,
     num_annotators: int | None = None,
     tol: float | None = 1e-5,
+    stop_on: str = "posteriors",
     prior_correct: float = 2.0,
     prior_incorrect: float = 1.0,
     prior_class: float = 1.0,
@@ -621,8 +631,8 @@ def bayesian_dawid_skene(
     lower bound: sum_i log sum_k exp(...) - KL(q(confusion) || prior) - KL(q(rho) || prior).
 
   Args:
-    items, annotators, labels, num_classes, num_iters, num_items, num_annotators, tol:
-      as in `dawid_skene`; extras "objective" traces the objective above.
+    items, annotators, labels, num_classes, num_iters, num_items, num_annotators, tol,
+      stop_on: as in `dawid_skene`; extras "objective" traces the objective above.
     prior_correct: Dirichlet concentration on the diagonal, > 0.
     prior_incorrect: Dirichlet concentration off the diagonal, > 0.
     prior_class: Dirichlet concentration of the class priors, > 0.
@@ -635,7 +645,7 @@ def bayesian_dawid_skene(
   """
   check_choice(method, "method", BAYESIAN_METHODS)
   items, annotators, labels, sizes = _em_arguments(
-      items, annotators, labels, num_classes, num_items, num_annotators, num_iters, tol
+      items, annotators, labels, num_classes, num_items, num_annotators, num_iters, tol, stop_on
   )
   prior_correct = _check_concentration(prior_correct, "prior_correct")
   prior_incorrect = _check_concentration(prior_incorrect, "prior_incorrect")

@@ -23,9 +23,13 @@ from rlhf_jax.feedback.types import AggregationResult
 
 __all__ = [
     "EStep", "MStep", "PROB_FLOOR", "Params", "argmax_result", "class_counts", "confusion_e_step",
-    "e_step_core", "item_counts", "normalized_log", "per_annotator_mean",
+    "STOP_RULES", "e_step_core", "item_counts", "normalized_log", "per_annotator_mean",
     "posteriors_from_log_joint", "run_em", "vote_share_init",
 ]
+
+# What `run_em` compares with its tolerance: the largest move of a posterior, or the
+# gain of the E-step's objective (crowd-kit's rule).
+STOP_RULES = ("posteriors", "objective")
 
 # Probabilities are floored here before a log, as crowd-kit's DawidSkene clips its
 # error matrices and priors at 1e-10: an answer never seen under some true class keeps
@@ -160,16 +164,19 @@ def run_em(
     num_iters: int,
     tol: float | None,
     refit_last: bool,
+    stop_on: str = "posteriors",
 ) -> tuple[jax.Array, Params, dict[str, jax.Array]]:
   """The one EM loop of the annotator models: `m_step` then `e_step`, in one `while_loop`.
 
   Iteration t (t = 1, 2, ...) runs the M-step on the current posteriors (and the
   parameters they came from), then the E-step with the new parameters, which also yields
   the objective at them. It stops after `num_iters` iterations, or after the first
-  iteration in which no posterior probability moved by `tol` or more. (crowd-kit stops
-  on the change of its objective; in float32 a per-annotation log-likelihood is resolved
-  to ~1e-8 only, while labels still move at changes of 1e-7, so the posteriors are the
-  steadier signal.) Models differ in what they return at the stop:
+  iteration in which no posterior probability moved by `tol` or more (`stop_on`
+  "posteriors"), or, with `stop_on` "objective", in which the E-step's objective gained
+  less than `tol` (or fell), as crowd-kit stops. The posteriors are the default, steadier
+  signal: in float32 a per-annotation log-likelihood is resolved to ~1e-8 only, while
+  labels still move at changes of 1e-7, so the objective rule stops earlier with a few
+  labels not yet settled. Models differ in what they return at the stop:
 
   * `refit_last=True` (the Dawid-Skene family, as crowd-kit): one last loop pass runs
     only the M-step, so the returned parameters are the M-step on the returned
@@ -186,6 +193,7 @@ def run_em(
     m_step, e_step: the model's two steps (`MStep`, `EStep`).
     num_iters: most iterations, static; tol: None runs exactly `num_iters`.
     refit_last: see above.
+    stop_on: "posteriors" or "objective" (the E-step's scalar of that name), static.
 
   Returns:
     (posteriors, params, trace); trace holds each scalar of the E-step and
@@ -196,12 +204,22 @@ def run_em(
     shapes = jax.eval_shape(lambda p: m_step(p, None), init_posteriors)
     init_params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
   scalar_names = list(jax.eval_shape(e_step, init_params)[1])
+  if stop_on not in STOP_RULES:
+    raise ValueError(f"stop_on must be one of {', '.join(map(repr, STOP_RULES))}; got {stop_on!r}.")
+  if stop_on == "objective" and "objective" not in scalar_names:
+    raise ValueError("stop_on='objective': this model's E-step reports no objective; use 'posteriors'.")
 
   def stop(iteration, change):
     finished = iteration >= num_iters
     if tol is not None:
       finished |= change < tol
     return finished
+
+  def stop_signal(posteriors, new_posteriors, scalars, previous_objective):
+    """What `tol` is compared with: the largest posterior move, or the objective's gain."""
+    if stop_on == "objective":
+      return scalars["objective"] - previous_objective
+    return jnp.max(jnp.abs(new_posteriors - posteriors))
 
   def cond(state):
     return ~state["finished"]
@@ -212,8 +230,8 @@ def run_em(
     # With a refit, a pass that starts stopped only refits the parameters.
     counted = ~stop(iteration, state["change"]) if refit_last else jnp.asarray(True)
     new_posteriors, scalars = e_step(params)
-    change = jnp.max(jnp.abs(new_posteriors - posteriors))
-    scalars = {**scalars, "posterior_change": change}
+    change = stop_signal(posteriors, new_posteriors, scalars, state["objective"])
+    scalars = {**scalars, "posterior_change": jnp.max(jnp.abs(new_posteriors - posteriors))}
     slot = jnp.minimum(iteration, num_iters - 1)
     next_iteration = jnp.where(counted, iteration + 1, iteration)
     return {
@@ -221,6 +239,7 @@ def run_em(
         "posteriors": jnp.where(counted, new_posteriors, posteriors),
         "params": params,
         "change": change,
+        "objective": jnp.where(counted, scalars.get("objective", state["objective"]), state["objective"]),
         "trace": {
             name: jnp.where(counted, trace.at[slot].set(scalars[name]), trace)
             for name, trace in state["trace"].items()
@@ -234,6 +253,7 @@ def run_em(
       "posteriors": init_posteriors,
       "params": init_params,
       "change": jnp.asarray(jnp.inf, jnp.float32),
+      "objective": jnp.asarray(-jnp.inf, jnp.float32),
       "trace": {name: empty_trace for name in [*scalar_names, "posterior_change"]},
       "finished": jnp.asarray(False),
   }

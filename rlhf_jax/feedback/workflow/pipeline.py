@@ -259,6 +259,7 @@ def validate_config(config: Any) -> None:
   _choice(config, "duplicate_policy", records.DUPLICATE_POLICIES)
   _number(config, "num_iters", low=1, integer=True)
   _number(config, "tol", low=0.0)
+  _choice(config, "stop_on", dawid_skene_lib.STOP_RULES)
   _number(config, "seed", low=0, integer=True)
   _choice(config, "tie_break", voting.TIE_BREAKS)
   _number(config, "smoothing", low=0.0)
@@ -345,6 +346,7 @@ def _class_method(method: str, enc: types.EncodedAnnotations, config: Any,
   sizes = dict(num_classes=enc.num_classes, num_items=enc.num_items)
   key = jax.random.key(int(config.seed))
   em = dict(num_iters=int(config.num_iters), num_annotators=enc.num_annotators)
+  confusion_em = dict(em, tol=_tol(config), stop_on=str(config.stop_on))  # the Dawid-Skene family
   per_method = {
       "majority_vote": lambda: dict(num_annotators=enc.num_annotators, tie_break=config.tie_break, key=key),
       "weighted_vote": lambda: dict(annotator_weights=vote_weights, tie_break=config.tie_break, key=key),
@@ -352,10 +354,10 @@ def _class_method(method: str, enc: types.EncodedAnnotations, config: Any,
       "zero_based_skill": lambda: dict(num_annotators=enc.num_annotators),
       "kos": lambda: dict(em, key=key),
       "mmsr": lambda: dict(num_annotators=enc.num_annotators, key=key, tol=_tol(config)),
-      "dawid_skene": lambda: dict(em, tol=_tol(config), smoothing=float(config.smoothing)),
-      "one_coin_dawid_skene": lambda: dict(em, tol=_tol(config), smoothing=float(config.smoothing)),
+      "dawid_skene": lambda: dict(confusion_em, smoothing=float(config.smoothing)),
+      "one_coin_dawid_skene": lambda: dict(confusion_em, smoothing=float(config.smoothing)),
       "bayesian_dawid_skene": lambda: dict(
-          em, tol=_tol(config), prior_correct=float(config.bayesian.prior_correct),
+          confusion_em, prior_correct=float(config.bayesian.prior_correct),
           prior_incorrect=float(config.bayesian.prior_incorrect),
           prior_class=float(config.bayesian.prior_class), method=config.bayesian.method),
       "mace": lambda: dict(em, num_restarts=int(config.mace.num_restarts), key=key,

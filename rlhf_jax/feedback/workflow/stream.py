@@ -1179,6 +1179,10 @@ def config_from_aggregate(config: Any) -> StreamConfig:
   """The `StreamConfig` of a `configs/aggregate.py` ConfigDict (format, method, classes,
   num_iters, tol, smoothing, duplicate_policy)."""
   classes = tuple(c.strip() for c in str(config.classes).split(",") if c.strip()) or None
+  if config.get("stop_on", "posteriors") != "posteriors":
+    raise ValueError(f"config.stop_on = {config.stop_on!r}: the streaming aggregator (--follow) stops EM on the "
+                     "posteriors only (its warm starts begin near the optimum, where the objective's gain "
+                     "says little); leave stop_on at 'posteriors'.")
   return StreamConfig(format=config.format, method=config.method, classes=classes,
                       num_iters=int(config.num_iters), tol=float(config.tol),
                       smoothing=float(config.smoothing),

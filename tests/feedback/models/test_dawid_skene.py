@@ -330,6 +330,27 @@ def test_dawid_skene_matches_numpy_loops():
   np.testing.assert_array_equal(result.labels, np.argmax(posteriors, 1))
 
 
+def test_objective_stopping_rule_matches_the_numpy_loop_stopped_as_crowd_kit():
+  """stop_on="objective": EM stops after the first iteration whose objective gained less
+  than tol, as crowd-kit's DawidSkene; the NumPy loop finds that iteration from its own
+  float64 trace, and the result is that loop's state after as many iterations."""
+  tol = 1e-4
+  _, _, long_trace = np_em(SMALL, np_dawid_skene_m_step(SMALL), 30, np_log_likelihood_objective(SMALL))
+  gains = np.diff(long_trace)
+  stop = int(np.argmax(gains < tol)) + 2  # iterations run, the first slow one included
+  assert 3 < stop < 30 and np.all(np.abs(gains[:stop] - tol) > 0.2 * tol)  # a clear, mid-run stop
+  posteriors, params, trace = np_em(SMALL, np_dawid_skene_m_step(SMALL), stop, np_log_likelihood_objective(SMALL))
+  result = agg.dawid_skene(*args(SMALL), **sizes(SMALL), num_iters=50, tol=tol, stop_on="objective")
+  assert int(result.extras["num_iters"]) == stop
+  assert np.isnan(result.extras["objective"][stop:]).all()
+  result.extras.update(objective=result.extras["objective"][:stop], num_iters=stop)
+  assert_same_em(result, posteriors, params, trace)
+  # The default rule (posteriors) runs on: its largest move is still above tol there.
+  assert int(agg.dawid_skene(*args(SMALL), **sizes(SMALL), num_iters=50, tol=tol).extras["num_iters"]) > stop
+  with pytest.raises(ValueError, match="stop_on"):
+    agg.dawid_skene(*args(SMALL), **sizes(SMALL), stop_on="labels")
+
+
 def test_dawid_skene_smoothing_matches_numpy_loops():
   smoothing = 0.5
   m_step = np_dawid_skene_m_step(SMALL, smoothing)

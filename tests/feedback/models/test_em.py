@@ -3,6 +3,7 @@ written here, and the driver's schedule (iterations, stopping rule, trace)."""
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rlhf_jax.feedback.models import em
 
@@ -62,6 +63,17 @@ def test_run_em_schedule_and_stopping():
   _, _, trace = em.run_em(start, None, _fixed_m_step(log_confusion), e_step, num_iters=5, tol=None,
                           refit_last=True)
   assert int(trace["num_iters"]) == 5 and np.isfinite(np.asarray(trace["objective"])).all()
+  # On the objective: iteration 2 gains exactly 0 (the same parameters), so it stops there.
+  _, _, trace = em.run_em(start, None, _fixed_m_step(log_confusion), e_step, num_iters=10, tol=1e-6,
+                          refit_last=True, stop_on="objective")
+  assert int(trace["num_iters"]) == 2
+  without_objective = lambda params: (e_step(params)[0], {"other": jnp.float32(0.0)})
+  with pytest.raises(ValueError, match="reports no objective"):
+    em.run_em(start, None, _fixed_m_step(log_confusion), without_objective, num_iters=3, tol=1e-6,
+              refit_last=True, stop_on="objective")
+  with pytest.raises(ValueError, match="stop_on must be one of"):
+    em.run_em(start, None, _fixed_m_step(log_confusion), e_step, num_iters=3, tol=1e-6, refit_last=True,
+              stop_on="labels")
 
 
 def test_run_em_returns_the_parameters_of_the_last_e_step_or_a_refit():

@@ -334,6 +334,7 @@ def test_bad_config_value_exits_2(tmp_path):
     ("weights.source", "golden", "one of auto, calibration, reliability"),
     ("drift.cusum_p1", 0.9, "different from drift.cusum_p0"),
     ("output_dir", "", "required"),
+    ("stop_on", "labels", "one of posteriors, objective"),
 ])
 def test_validate_config_names_field(field, value, expected):
   config = _load_config(input="answers.csv", output_dir="out")
@@ -603,6 +604,27 @@ def test_new_methods_run_through_the_pipeline(no_tie_records, tmp_path, method):
   np.testing.assert_array_equal([enc.class_names.index(r["label"]) for r in rows], np.asarray(direct.labels))
   assert outputs.summary["method"] == method and outputs.training is not None
   assert outputs.training.num_trained + outputs.training.num_awaiting + outputs.training.num_rejected == len(rows)
+
+
+def test_the_objective_stopping_rule_reaches_the_labels(no_tie_records, tmp_path):
+  """config.stop_on="objective": labels.csv holds what `dawid_skene` gives under that rule
+  (fewer iterations than the posterior rule here); --follow refuses it with a clear error."""
+  from rlhf_jax import feedback  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.feedback.workflow import stream  # pylint: disable=g-import-not-at-top
+  config = _load_config(input=str(no_tie_records), format="jsonl", output_dir=str(tmp_path), stop_on="objective",
+                        **{"report.num_drift": 0, "report.plots": False})
+  outputs = pipeline.run(config)
+  enc = outputs.read_report.annotations
+  call = dict(num_classes=enc.num_classes, num_items=enc.num_items, num_annotators=enc.num_annotators,
+              num_iters=int(config.num_iters), tol=float(config.tol))
+  direct = feedback.dawid_skene(enc.items, enc.annotators, enc.labels, **call, stop_on="objective")
+  default = feedback.dawid_skene(enc.items, enc.annotators, enc.labels, **call)
+  assert int(direct.extras["num_iters"]) < int(default.extras["num_iters"])
+  _, rows = _read_csv(tmp_path / "labels.csv")
+  np.testing.assert_array_equal([enc.class_names.index(r["label"]) for r in rows], np.asarray(direct.labels))
+  np.testing.assert_allclose([float(r["confidence"]) for r in rows], np.asarray(direct.confidence), atol=1e-4)
+  with pytest.raises(ValueError, match="stops EM on the\s+posteriors only"):
+    stream.config_from_aggregate(config)
 
 
 def test_declared_class_without_evidence_is_blank_not_a_prior(no_tie_records, tmp_path,
