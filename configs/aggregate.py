@@ -67,8 +67,8 @@ def get_config(arg=None):
   config.num_iters = 100
   config.tol = 1e-5  # Stop EM once no posterior moves by this much; 0 runs every iteration.
   # What `tol` bounds in the Dawid-Skene family: "posteriors" (above) or "objective" (stop
-  # once the per-annotation log-likelihood gains less than tol, as crowd-kit: fewer
-  # iterations, a few labels not yet settled). --follow always stops on the posteriors.
+  # once the per-annotation log-likelihood gains less than tol, crowd-kit's kind of rule:
+  # fewer iterations, a few labels not yet settled). --follow stops on the posteriors.
   config.stop_on = "posteriors"
   config.seed = 0  # PRNG seed (MACE restarts, random tie-breaks).
   config.tie_break = "lowest"  # Vote ties: lowest | random | uniform.

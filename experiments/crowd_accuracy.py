@@ -101,6 +101,8 @@ def methods(sensitivity: bool) -> dict:
       "dawid_skene (num_iters=1000: converged)": lambda d: aggregation.dawid_skene(
           d["items"], d["annotators"], d["labels"], num_classes=d["num_classes"],
           num_iters=1000, tol=1e-7),
+      "dawid_skene (stop_on=objective: crowd-kit's kind of stopping rule)": lambda d: aggregation.dawid_skene(
+          d["items"], d["annotators"], d["labels"], num_classes=d["num_classes"], stop_on="objective"),
       "one_coin_dawid_skene": lambda d: aggregation.one_coin_dawid_skene(
           d["items"], d["annotators"], d["labels"], num_classes=d["num_classes"]),
       "bayesian_dawid_skene (map, default prior 2/1)": lambda d: aggregation.bayesian_dawid_skene(

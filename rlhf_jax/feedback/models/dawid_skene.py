@@ -384,9 +384,9 @@ def dawid_skene(
     tol: stop after the first iteration in which no posterior probability changed by
       `tol` or more; None runs exactly `num_iters` iterations.
     stop_on: what `tol` bounds (`em.STOP_RULES`): "posteriors" (the above) or
-      "objective": stop after the first iteration whose objective gained less than
-      `tol` (or fell), as crowd-kit's DawidSkene stops; fewer iterations, a few labels
-      not yet settled (`em.run_em`).
+      "objective": stop after the first iteration whose objective (extras "objective")
+      gained less than `tol` (or fell), crowd-kit's kind of rule; fewer iterations, a
+      few labels not yet settled (`em.run_em`).
     smoothing: pseudo-count added to every confusion cell (0: maximum likelihood, as
       the paper and crowd-kit; cells are floored at 1e-10 so logs stay finite).
 

@@ -172,11 +172,13 @@ def run_em(
   parameters they came from), then the E-step with the new parameters, which also yields
   the objective at them. It stops after `num_iters` iterations, or after the first
   iteration in which no posterior probability moved by `tol` or more (`stop_on`
-  "posteriors"), or, with `stop_on` "objective", in which the E-step's objective gained
-  less than `tol` (or fell), as crowd-kit stops. The posteriors are the default, steadier
-  signal: in float32 a per-annotation log-likelihood is resolved to ~1e-8 only, while
-  labels still move at changes of 1e-7, so the objective rule stops earlier with a few
-  labels not yet settled. Models differ in what they return at the stop:
+  "posteriors", the default), or, with `stop_on` "objective", in which the E-step's
+  objective gained less than `tol` (or fell): crowd-kit's kind of rule, on the objective
+  EM increases (crowd-kit's DawidSkene compares a bound that counts the class prior once
+  per annotation, so the two need not stop at the same iteration). The posteriors are
+  the steadier signal: in float32 a per-annotation log-likelihood is resolved to ~1e-8
+  only, while labels still move at changes of 1e-7, so the objective rule stops earlier
+  with a few labels not yet settled. Models differ in what they return at the stop:
 
   * `refit_last=True` (the Dawid-Skene family, as crowd-kit): one last loop pass runs
     only the M-step, so the returned parameters are the M-step on the returned
