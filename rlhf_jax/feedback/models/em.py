@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # What `run_em` compares with its tolerance: the largest move of a posterior, or the
-# gain of the E-step's objective (crowd-kit's rule).
+# gain of the E-step's objective (crowd-kit's kind of rule).
 STOP_RULES = ("posteriors", "objective")
 
 # Probabilities are floored here before a log, as crowd-kit's DawidSkene clips its
