@@ -6,7 +6,7 @@ Imports, reading DATA, fitting at the library's default settings and writing OUT
 inside the process the parent times; only the standard library is imported before the
 side's own imports, so neither side pays for the other's. Prints one JSON line with the
 in-process split (import, read, fit, write seconds). `stop_on=objective` runs our
-Dawid-Skene with crowd-kit's stopping rule (`feedback.dawid_skene(stop_on=...)`) instead
+Dawid-Skene with crowd-kit's kind of stopping rule (`feedback.dawid_skene(stop_on=...)`) instead
 of our default.
 
 DATA for dawid_skene: CSV `question,worker,answer` (the shared crowd data format); OUT:

@@ -357,7 +357,7 @@ def _worker_command(side: str, task: str, data, out, *options: str) -> list[str]
   return [sys.executable, worker, side, task, str(data), str(out), *options]
 
 
-# The extra Dawid-Skene row: ours with crowd-kit's stopping rule (the objective's gain),
+# The extra Dawid-Skene row: ours with crowd-kit's kind of stopping rule (our objective's gain),
 # run after the others so its compile cache is warm.
 OBJECTIVE_STOP_SIDE = "ours, objective stop (warm cache)"
 
@@ -487,7 +487,7 @@ def _print_ratios(entry: dict, sides: list[str]) -> None:
   extra = entry.get(OBJECTIVE_STOP_SIDE)
   if extra is not None and "failed" not in extra:
     extra["speedup"] = theirs / extra["seconds"]
-    print(f"with crowd-kit's stopping rule (objective gain < tol), warm cache: {extra['speedup']:.2f}x")
+    print(f"with crowd-kit's kind of stopping rule (our objective's gain < tol), warm cache: {extra['speedup']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,8 @@ def test_process_case_ratios_against_crowdkit(tmp_path, capsys):
   ds = r["dawid_skene"][0]
   extra, crowdkit = ds[aggregation.OBJECTIVE_STOP_SIDE], next(v for k, v in ds.items() if k.startswith("crowd-kit"))
   assert extra["speedup"] == pytest.approx(crowdkit["seconds"] / extra["seconds"])
-  assert f"with crowd-kit's stopping rule (objective gain < tol), warm cache: {extra['speedup']:.2f}x" in printed
+  assert (f"with crowd-kit's kind of stopping rule (our objective's gain < tol), warm cache: "
+          f"{extra['speedup']:.2f}x") in printed
   assert 1 <= extra["num_iters"] <= ds["ours (warm compile cache)"]["num_iters"]
   assert f"{extra['num_iters']} iterations, accuracy" in printed
 
